@@ -1,0 +1,67 @@
+"""The `lora-study` command. Each subcommand's flags are the fields of its config sections.
+
+    lora-study prepare --dataset data.jsonl --seq-len 512
+"""
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from pydantic import BaseModel
+
+from lora_study import data
+from lora_study.config import BaseModelConfig, DataConfig, flag, parse_sections
+from lora_study.errors import UserInputError
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    sections: tuple[type[BaseModel], ...]
+    run: Callable[..., str]  # takes one config per section, returns the MLflow run id
+
+
+COMMANDS = {
+    "prepare": Command(
+        "Tokenize, split and pack a data set; log it to MLflow.",
+        (DataConfig, BaseModelConfig),
+        data.run_prepare,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lora-study", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, command in COMMANDS.items():
+        sub = commands.add_parser(name, help=command.help, description=command.help)
+        for section in command.sections:
+            group = sub.add_argument_group(section.__name__, section.__doc__)
+            for field_name, field in section.model_fields.items():
+                boolean = field.annotation is bool
+                group.add_argument(
+                    flag(field_name),
+                    dest=field_name,
+                    default=argparse.SUPPRESS,  # unset flags take the config's default
+                    nargs="?" if boolean else None,
+                    const="true" if boolean else None,
+                    metavar="BOOL" if boolean else field_name.upper(),
+                    help=f"{field.description} (default: {field.default})",
+                )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    command = COMMANDS[args.pop("command")]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        run_id = command.run(*parse_sections(command.sections, args))
+    except UserInputError as error:
+        for problem in error.problems:
+            print(f"lora-study: error: {problem}", file=sys.stderr)
+        return 2
+    print(f"MLflow run {run_id}")
+    return 0

@@ -1,0 +1,93 @@
+"""Typed configuration, one pydantic model per concern, validated at the edge.
+
+A field's name is its CLI flag (`seq_len` -> `--seq-len`), its MLproject parameter and its
+MLflow param; `tests/test_config.py` checks that MLproject, the CLI and these classes agree.
+Every problem in a set of values is reported at once, each naming its flag.
+"""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lora_study.errors import UserInputError
+
+# Unknown keys are errors (a typo must not silently fall back to a default); configs are values.
+STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseModelConfig(BaseModel):
+    """Which base model to start from."""
+
+    model_config = STRICT
+
+    base_model: str = Field(
+        "smollm2-135m",
+        description="`smollm2-135m` (bundled, works offline), `tiny` (a 2-layer test model), "
+        "a Hugging Face hub id, or a local directory with a transformers checkpoint.",
+    )
+    trust_remote_code: bool = Field(
+        False, description="Let a hub model run its own Python code. Off unless you trust it."
+    )
+
+
+class DataConfig(BaseModel):
+    """Where the documents come from and how they become token blocks (`prepare`)."""
+
+    model_config = STRICT
+
+    dataset: str = Field(
+        "python-docs",
+        description="`python-docs` (the stdlib's pydoc_data.topics), a local .jsonl/.json/.csv/"
+        ".parquet/.txt file, or a Hugging Face hub dataset id.",
+    )
+    format: Literal["auto", "text", "instruction", "chat"] = Field(
+        "auto",
+        description="How records read: plain `text`, alpaca-style `instruction` records, or "
+        "`chat` records with `messages`; `auto` detects it from the columns.",
+    )
+    text_column: str = Field("text", description="Column holding the text for `text` data.")
+    split: str = Field("train", description="Split of a hub dataset to read.")
+    max_samples: int = Field(0, ge=0, description="Read only the first N documents; 0 reads all.")
+    seq_len: int = Field(256, gt=0, description="Tokens per packed training row.")
+    val_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of documents held out for validation."
+    )
+    test_fraction: float = Field(0.1, gt=0, lt=1, description="Share of documents held out for test.")
+    seed: int = Field(0, description="Seed of the document-level train/validation/test split.")
+
+    @model_validator(mode="after")
+    def _train_split_is_left(self):
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                "`val_fraction` + `test_fraction` must stay below 0.9 so that training keeps "
+                f"documents (got {self.val_fraction} + {self.test_fraction})"
+            )
+        return self
+
+
+def flag(name: str) -> str:
+    """The CLI flag of a config field."""
+    return "--" + name.replace("_", "-")
+
+
+def parse_sections(sections: tuple[type[BaseModel], ...], values: dict) -> tuple:
+    """Build one config per section from flat `values`; raise every problem at once."""
+    known = {name for section in sections for name in section.model_fields}
+    problems = [f"{flag(key)}: unknown option" for key in values if key not in known]
+    built = []
+    for section in sections:
+        own = {key: value for key, value in values.items() if key in section.model_fields}
+        try:
+            built.append(section.model_validate(own))
+        except ValidationError as error:
+            problems.extend(_describe(problem) for problem in error.errors())
+    if problems:
+        raise UserInputError(*problems)
+    return tuple(built)
+
+
+def _describe(problem: dict) -> str:
+    message = problem["msg"].removeprefix("Value error, ")
+    if not problem["loc"]:  # a model-level check: its message names the fields itself
+        return message
+    return f"{flag(str(problem['loc'][0]))}: {message} (got {problem['input']!r})"

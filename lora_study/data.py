@@ -1,0 +1,489 @@
+"""`prepare`: documents in, packed token rows out, split by document, cached, logged to MLflow.
+
+The procedure, top to bottom: read the documents (python-docs, a local file or a hub dataset)
+-> detect their format -> split them by document with a seed -> render and tokenize each, with
+labels only where the loss belongs -> pack them into `seq_len` rows -> cache -> log.
+"""
+
+import hashlib
+import json
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from lora_study import models, packing
+from lora_study.cache import build_once, cache_root, file_sha256
+from lora_study.config import BaseModelConfig, DataConfig
+from lora_study.errors import UserInputError
+from lora_study.packing import IGNORE_INDEX
+from lora_study.tracking import (
+    ARTIFACT_DATA,
+    ARTIFACT_PREVIEW,
+    METRIC_DOCUMENTS,
+    METRIC_DROPPED_DOCUMENTS,
+    METRIC_LOSS_TOKENS,
+    METRIC_ROWS,
+    METRIC_TOKENS,
+    METRIC_TRUNCATED_DOCUMENTS,
+    PARAM_BASE_MODEL_REVISION,
+    PARAM_BASE_MODEL_SHA256,
+    PARAM_DATASET_DIGEST,
+    PARAM_DETECTED_FORMAT,
+    PARAM_SOURCE_DIGEST,
+    PARAM_TOKENIZER_DIGEST,
+    SPLITS,
+    log_params,
+    stage_run,
+)
+
+PYTHON_DOCS = "python-docs"
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+PREPARE_VERSION = 1  # part of the cache key: bump it when the same inputs give other rows
+META_FILE = "meta.json"
+
+# The Alpaca template (https://github.com/tatsu-lab/stanford_alpaca#data-release).
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+ALPACA_PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+)
+
+
+@dataclass(frozen=True)
+class Documents:
+    """The raw documents read, one row each, and where they came from."""
+
+    frame: pd.DataFrame
+    name: str
+    digest: str  # of the content read
+    source: object  # an mlflow DatasetSource
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A folder of packed splits (`<split>.parquet`) and the `meta.json` that describes them."""
+
+    path: Path
+    meta: dict
+
+    def rows(self, split: str) -> list[dict]:
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.path / f"{split}.parquet").to_pylist()
+
+
+# --- reading documents ---------------------------------------------------------------------
+
+
+def read_documents(cfg: DataConfig) -> Documents:
+    if cfg.dataset == PYTHON_DOCS:
+        documents = _read_python_docs()
+    else:
+        path = Path(cfg.dataset).expanduser()
+        if path.is_file():
+            documents = _read_file(path)
+        elif path.suffix in FILE_SUFFIXES or cfg.dataset.startswith((".", "/", "~")):
+            raise UserInputError(f"--dataset: file {cfg.dataset} does not exist")
+        else:
+            documents = _read_hub(cfg)
+    if cfg.max_samples:
+        frame = documents.frame.head(cfg.max_samples)
+        documents = Documents(frame, documents.name, documents.digest, documents.source)
+    if documents.frame.empty:
+        raise UserInputError(f"--dataset: {cfg.dataset} holds no documents")
+    return documents
+
+
+def _read_python_docs() -> Documents:
+    import pydoc_data.topics
+
+    topics = pydoc_data.topics.topics
+    frame = pd.DataFrame({"title": sorted(topics), "text": [topics[t] for t in sorted(topics)]})
+    digest = hashlib.sha256(json.dumps(topics, sort_keys=True).encode()).hexdigest()
+    return Documents(frame, PYTHON_DOCS, digest, source=_local_source(pydoc_data.topics.__file__))
+
+
+def _read_file(path: Path) -> Documents:
+    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv,
+               ".parquet": _read_parquet, ".txt": _read_txt}  # fmt: skip
+    if path.suffix not in readers:
+        raise UserInputError(
+            f"--dataset: cannot read `{path.suffix}` files ({path}); use one of "
+            + ", ".join(FILE_SUFFIXES)
+        )
+    frame = readers[path.suffix](path)
+    return Documents(frame, path.name, file_sha256(path), source=_local_source(path.resolve()))
+
+
+def _local_source(path):
+    # Built from JSON: resolving a plain path string makes MLflow warn that two of its own
+    # source classes match it.
+    from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+
+    return get_dataset_source_from_json(json.dumps({"uri": str(path)}), source_type="local")
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    records = []
+    with open(path, encoding="utf-8") as stream:
+        for number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UserInputError(
+                    f"{path}, line {number}: not valid JSON ({error.msg} at column {error.colno}); "
+                    "each line of a .jsonl file must be one JSON object"
+                ) from None
+            if not isinstance(record, dict):
+                raise UserInputError(f"{path}, line {number}: expected a JSON object, got {line[:40]!r}")
+            records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def _read_json(path: Path) -> pd.DataFrame:
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise UserInputError(
+            f"{path}, line {error.lineno}: not valid JSON ({error.msg} at column {error.colno})"
+        ) from None
+    if isinstance(content, list) and all(isinstance(record, dict) for record in content):
+        return pd.DataFrame.from_records(content)
+    raise UserInputError(f"{path}: expected a JSON array of objects (or use a .jsonl file)")
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise UserInputError(f"{path}: not a readable CSV file ({error})".replace("\n", " ")) from None
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except Exception as error:  # pyarrow raises several types for a damaged file
+        raise UserInputError(f"{path}: not a readable Parquet file ({error})") from None
+
+
+def _read_txt(path: Path) -> pd.DataFrame:
+    """A plain text file: each paragraph (blank-line separated) is one document."""
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", path.read_text(encoding="utf-8"))]
+    return pd.DataFrame({"text": [p for p in paragraphs if p]})
+
+
+def _read_hub(cfg: DataConfig) -> Documents:
+    import datasets
+    from huggingface_hub import HfApi
+    from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+
+    try:  # fails in milliseconds offline, where load_dataset would retry for half a minute
+        revision = HfApi().dataset_info(cfg.dataset).sha
+    except Exception as error:
+        raise UserInputError(
+            f"--dataset: cannot reach `{cfg.dataset}` on the Hugging Face hub "
+            f"({type(error).__name__}); offline, use `{PYTHON_DOCS}` or a local file "
+            f"({', '.join(FILE_SUFFIXES)})"
+        ) from None
+    split = f"{cfg.split}[:{cfg.max_samples}]" if cfg.max_samples else cfg.split
+    try:
+        loaded = datasets.load_dataset(cfg.dataset, split=split, revision=revision)
+    except ValueError as error:  # an unknown split names the ones there are
+        raise UserInputError(f"--split: {error}".replace("\n", " ")) from None
+    digest = hashlib.sha256(f"{cfg.dataset}@{revision}:{split}".encode()).hexdigest()
+    source = HuggingFaceDatasetSource(path=cfg.dataset, split=split, revision=revision)
+    return Documents(loaded.to_pandas(), cfg.dataset, digest, source)
+
+
+# --- formats: what a record looks like, and where its loss goes ------------------------------
+
+
+def detect_format(cfg: DataConfig, columns: list[str]) -> str:
+    """Resolve `--format auto` from the columns, and check the columns an explicit one needs."""
+    needs = {"chat": ["messages"], "instruction": ["instruction", "output"], "text": [cfg.text_column]}
+    fmt = cfg.format
+    if fmt == "auto":
+        fmt = next((f for f, cols in needs.items() if set(cols) <= set(columns)), None)
+        if fmt is None:
+            raise UserInputError(
+                f"--dataset {cfg.dataset}: no `{cfg.text_column}` column and no instruction or "
+                f"chat columns (columns: {', '.join(map(str, columns))}); pass --text-column NAME, "
+                "or give `instruction`/`output` or `messages` columns"
+            )
+    missing = [col for col in needs[fmt] if col not in columns]
+    if missing:
+        fix = "pass --text-column NAME" if fmt == "text" else "pass another --format"
+        raise UserInputError(
+            f"--dataset {cfg.dataset}: --format {fmt} needs column(s) {', '.join(missing)} "
+            f"(columns: {', '.join(map(str, columns))}); {fix}"
+        )
+    return fmt
+
+
+def render(record: dict, fmt: str, cfg: DataConfig, tokenizer) -> list[tuple[str, bool]]:
+    """A record as text segments, each marked with whether the loss covers it."""
+    if fmt == "text":
+        return [(str(record[cfg.text_column]), True)]
+    if fmt == "instruction":
+        extra = record.get("input")
+        template = ALPACA_PROMPT if _present(extra) and str(extra).strip() else ALPACA_PROMPT_NO_INPUT
+        prompt = template.format(instruction=record["instruction"], input=extra)
+        return [(prompt, False), (str(record["output"]), True)]
+    return _render_chat(record["messages"], tokenizer)
+
+
+def _render_chat(messages, tokenizer) -> list[tuple[str, bool]]:
+    """Chat segments: each assistant turn is trained on, everything before it is context.
+
+    Rendering growing prefixes with the tokenizer's own chat template finds where each
+    assistant turn starts and ends in the text the model will see.
+    """
+    if tokenizer.chat_template is None:
+        raise UserInputError(
+            "--format chat: the base model's tokenizer has no chat template; use a chat model or "
+            "--format instruction"
+        )
+    messages = [dict(message) for message in messages]
+    segments, rendered = [], ""
+    for turn, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        prompt = tokenizer.apply_chat_template(messages[:turn], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(messages[: turn + 1], tokenize=False)
+        if not (prompt.startswith(rendered) and full.startswith(prompt)):
+            raise UserInputError(
+                "--format chat: the tokenizer's chat template does not render a conversation as "
+                "a prefix of its continuation, so the answer tokens cannot be found"
+            )
+        segments += [(prompt[len(rendered) :], False), (full[len(prompt) :], True)]
+        rendered = full
+    return segments
+
+
+def check_records(documents: Documents, fmt: str, cfg: DataConfig) -> list[int]:
+    """Indices of usable records; raise on a malformed chat record, naming it."""
+    usable = []
+    for index, record in enumerate(documents.frame.to_dict("records")):
+        if fmt == "chat":
+            _check_messages(record["messages"], f"{documents.name}, record {index + 1}")
+            usable.append(index)
+        elif fmt == "text" and _present(record[cfg.text_column]) and str(record[cfg.text_column]).strip():
+            usable.append(index)
+        elif fmt == "instruction" and _present(record["instruction"]) and _present(record["output"]):
+            usable.append(index)
+    return usable
+
+
+def _check_messages(messages, where: str) -> None:
+    problem = "`messages` must be a list of {role, content} objects with at least one assistant turn"
+    if not hasattr(messages, "__len__") or isinstance(messages, (str, dict)):
+        raise UserInputError(f"{where}: {problem}")
+    if not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages):
+        raise UserInputError(f"{where}: {problem}")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise UserInputError(f"{where}: {problem}")
+
+
+def _present(value) -> bool:
+    return value is not None and not (isinstance(value, float) and value != value)  # NaN
+
+
+def tokenize(segments: list[tuple[str, bool]], fmt: str, tokenizer) -> tuple[list[int], list[int]]:
+    """Token ids and labels of one record; text and instruction records end with EOS."""
+    ids, labels = [], []
+    for text, trained in segments:
+        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += piece
+        labels += piece if trained else [IGNORE_INDEX] * len(piece)
+    if fmt != "chat":  # a chat template writes its own end-of-turn tokens
+        ids.append(tokenizer.eos_token_id)
+        labels.append(tokenizer.eos_token_id)
+    return ids, labels
+
+
+# --- the split -----------------------------------------------------------------------------
+
+
+def split_documents(count: int, cfg: DataConfig) -> dict[str, list[int]]:
+    """Assign document indices to splits, by seed; a document lands in exactly one split."""
+    held_out = {"validation": cfg.val_fraction, "test": cfg.test_fraction}
+    sizes = {split: max(1, round(count * share)) for split, share in held_out.items()}
+    if count - sum(sizes.values()) < 1:
+        raise UserInputError(
+            f"--dataset {cfg.dataset}: {count} usable document(s) cannot make train, validation "
+            "and test splits; give at least 3 documents (raise --max-samples or use more data)"
+        )
+    order = list(range(count))
+    random.Random(cfg.seed).shuffle(order)
+    test = order[: sizes["test"]]
+    validation = order[sizes["test"] : sizes["test"] + sizes["validation"]]
+    train = order[sizes["test"] + sizes["validation"] :]
+    return {"train": sorted(train), "validation": sorted(validation), "test": sorted(test)}
+
+
+def pack_split(records: list[tuple[list[int], list[int]]], fmt: str, seq_len: int):
+    """Rows of one split, and how many records were cut to fit `seq_len` or dropped."""
+    if fmt == "text":
+        return packing.pack_stream(records, seq_len), 0, 0
+    fitted = [(ids[:seq_len], labels[:seq_len]) for ids, labels in records]
+    kept = [record for record in fitted if any(label != IGNORE_INDEX for label in record[1])]
+    truncated = sum(len(ids) > seq_len for ids, _ in records)
+    return packing.pack_records(kept, seq_len), truncated, len(fitted) - len(kept)
+
+
+# --- prepare, cached -----------------------------------------------------------------------
+
+
+def prepare(data: DataConfig, ref: models.BaseModelRef, tokenizer) -> tuple[PreparedData, Documents]:
+    """Prepared splits for these inputs: from the cache when the same inputs ran before."""
+    documents = read_documents(data)
+    fmt = detect_format(data, list(documents.frame.columns))
+    key = _cache_key(data, fmt, documents.digest, models.tokenizer_digest(tokenizer))
+    target = cache_root() / "prepared" / key[:16]
+    build_once(target, lambda folder: _write_prepared(folder, key, data, fmt, documents, ref, tokenizer))
+    return load_prepared(str(target)), documents
+
+
+def _cache_key(data: DataConfig, fmt: str, source_digest: str, tokenizer_digest: str) -> str:
+    inputs = data.model_dump(exclude={"dataset", "format", "split"})
+    inputs.update(version=PREPARE_VERSION, format=fmt, source=source_digest, tokenizer=tokenizer_digest)
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def _write_prepared(folder: Path, key: str, data: DataConfig, fmt: str, documents: Documents, ref, tokenizer):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    usable = check_records(documents, fmt, data)
+    records = documents.frame.to_dict("records")
+    chosen = split_documents(len(usable), data)
+    splits = {split: [usable[i] for i in indices] for split, indices in chosen.items()}
+    counts = {METRIC_TRUNCATED_DOCUMENTS: 0, METRIC_DROPPED_DOCUMENTS: len(records) - len(usable)}
+    for split, indices in splits.items():
+        tokenized = [tokenize(render(records[i], fmt, data, tokenizer), fmt, tokenizer) for i in indices]
+        rows, truncated, dropped = pack_split(tokenized, fmt, data.seq_len)
+        if not rows:
+            raise UserInputError(_empty_split_problem(data, fmt, split, tokenized))
+        pq.write_table(pa.Table.from_pylist(rows), folder / f"{split}.parquet")
+        counts.update(_split_counts(split, len(indices), rows))
+        counts[METRIC_TRUNCATED_DOCUMENTS] += truncated
+        counts[METRIC_DROPPED_DOCUMENTS] += dropped
+    meta = dict(
+        version=PREPARE_VERSION, digest=key, dataset=data.dataset, source_digest=documents.digest,
+        format=fmt, seq_len=data.seq_len, seed=data.seed, base_model=ref.name,
+        tokenizer_digest=models.tokenizer_digest(tokenizer), counts=counts, documents=splits,
+    )  # fmt: skip
+    (folder / META_FILE).write_text(json.dumps(meta, indent=1))
+
+
+def _empty_split_problem(data: DataConfig, fmt: str, split: str, tokenized) -> str:
+    if fmt != "text":
+        return (
+            f"--dataset {data.dataset}: no {split} record has an answer within --seq-len "
+            f"{data.seq_len} ({len(tokenized)} record(s), all prompt at that length); raise --seq-len"
+        )
+    return (
+        f"--dataset {data.dataset}: the {split} split holds {sum(len(ids) for ids, _ in tokenized)} "
+        f"tokens, fewer than one --seq-len block of {data.seq_len}; lower --seq-len, raise "
+        "--val-fraction/--test-fraction or add data"
+    )
+
+
+def _split_counts(split: str, documents: int, rows: list[dict]) -> dict[str, int]:
+    return {
+        METRIC_DOCUMENTS.format(split=split): documents,
+        METRIC_TOKENS.format(split=split): sum(len(row["input_ids"]) for row in rows),
+        METRIC_LOSS_TOKENS.format(split=split): sum(
+            sum(label != IGNORE_INDEX for label in row["labels"]) for row in rows
+        ),
+        METRIC_ROWS.format(split=split): len(rows),
+    }
+
+
+def load_prepared(uri: str) -> PreparedData:
+    """Prepared data from a folder, or from a `prepare` run: `runs:/<run_id>` (or `.../data`)."""
+    import mlflow
+
+    if uri.startswith("runs:/"):
+        if uri.rstrip("/").count("/") == 1:
+            uri = f"{uri.rstrip('/')}/{ARTIFACT_DATA}"
+        try:
+            uri = mlflow.artifacts.download_artifacts(artifact_uri=uri)
+        except Exception as error:
+            raise UserInputError(f"--data: cannot fetch {uri} ({type(error).__name__}: {error})") from None
+    path = Path(uri).expanduser()
+    if not (path / META_FILE).exists():
+        raise UserInputError(
+            f"--data: {uri} holds no prepared data ({META_FILE} missing); pass `runs:/<id>` of a "
+            "`prepare` run or the folder it wrote"
+        )
+    return PreparedData(path, json.loads((path / META_FILE).read_text()))
+
+
+# --- the MLflow run ------------------------------------------------------------------------
+
+
+def run_prepare(data: DataConfig, base: BaseModelConfig) -> str:
+    """The `prepare` entry point: prepare (or reuse) the splits and log them; returns the run id.
+
+    Everything that can be wrong with the input fails before the run starts.
+    """
+    import mlflow
+
+    ref = models.resolve(base.base_model, base.trust_remote_code)
+    tokenizer = models.load_tokenizer(ref)
+    prepared, documents = prepare(data, ref, tokenizer)
+    with stage_run("prepare") as run:
+        log_params({**data.model_dump(), **base.model_dump()})
+        log_params({
+            PARAM_DETECTED_FORMAT: prepared.meta["format"],
+            PARAM_DATASET_DIGEST: prepared.meta["digest"],
+            PARAM_SOURCE_DIGEST: documents.digest,
+            PARAM_TOKENIZER_DIGEST: prepared.meta["tokenizer_digest"],
+            PARAM_BASE_MODEL_SHA256: ref.sha256 or "",
+            PARAM_BASE_MODEL_REVISION: ref.revision or "",
+        })  # fmt: skip
+        mlflow.log_metrics(prepared.meta["counts"])
+        _log_dataset_inputs(prepared, documents)
+        mlflow.log_table(_preview(prepared, tokenizer), ARTIFACT_PREVIEW)
+        mlflow.log_artifacts(str(prepared.path), ARTIFACT_DATA)
+    return run.info.run_id
+
+
+def _log_dataset_inputs(prepared: PreparedData, documents: Documents) -> None:
+    """One MLflow dataset input per split: the documents it holds, with their digest."""
+    import mlflow
+
+    for split in SPLITS:
+        indices = prepared.meta["documents"][split]
+        digest = hashlib.sha256(f"{documents.digest}:{indices}".encode()).hexdigest()[:16]
+        frame = documents.frame.iloc[indices].reset_index(drop=True)
+        dataset = mlflow.data.from_pandas(frame, source=documents.source, name=documents.name, digest=digest)
+        mlflow.log_input(dataset, context=split)
+
+
+def _preview(prepared: PreparedData, tokenizer, rows_per_split: int = 5) -> pd.DataFrame:
+    previews = []
+    for split in SPLITS:
+        for number, row in enumerate(prepared.rows(split)[:rows_per_split]):
+            previews.append({
+                "split": split,
+                "row": number,
+                "tokens": len(row["input_ids"]),
+                "loss_tokens": sum(label != IGNORE_INDEX for label in row["labels"]),
+                "documents": len(row["doc_lengths"]),
+                "text": tokenizer.decode(row["input_ids"][:200]),
+            })  # fmt: skip
+    return pd.DataFrame(previews)

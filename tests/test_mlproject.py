@@ -1,0 +1,59 @@
+"""The MLproject entry points, run the way users run them: `mlflow run . -e ... --env-manager local`."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from conftest import REPO, runs
+
+
+def mlflow_run(entry_point: str, experiment_id: str, **params):
+    argv = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry_point, "--env-manager", "local",
+            "--experiment-id", experiment_id]  # fmt: skip
+    for key, value in params.items():
+        argv += ["-P", f"{key}={value}"]
+    # `mlflow run --env-manager local` runs the entry point with the `python` on PATH: this one.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_prepare_entry_point_finishes(tmp_path, mlflow_experiment):
+    path = tmp_path / "notes.txt"
+    path.write_text("\n\n".join(f"note {i}: " + "lists sort in place " * 12 for i in range(12)))
+    done = mlflow_run("prepare", mlflow_experiment, dataset=path, base_model="tiny", seq_len=32)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run,) = runs(mlflow_experiment)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["seq_len"] == "32" and run.data.params["detected_format"] == "text"
+
+
+def test_prepare_entry_point_bad_input_fails_the_run_with_one_line(tmp_path, mlflow_experiment):
+    done = mlflow_run("prepare", mlflow_experiment, dataset=tmp_path / "none.jsonl", base_model="tiny")
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("lora-study: error:")]
+    assert errors == [f"lora-study: error: --dataset: file {tmp_path / 'none.jsonl'} does not exist"]
+    (run,) = runs(mlflow_experiment)
+    assert run.info.status == "FAILED"
+
+
+@pytest.mark.smoke
+def test_prepare_on_the_embedded_default(mlflow_experiment):
+    """The real thing: SmolLM2's tokenizer on Python's own documentation."""
+    done = mlflow_run("prepare", mlflow_experiment)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run,) = runs(mlflow_experiment)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["dataset"] == "python-docs" and run.data.params["base_model"] == "smollm2-135m"
+    assert len(run.data.params["base_model_sha256"]) == 64
+    for split in ("train", "validation", "test"):
+        assert run.data.metrics[f"{split}_tokens"] >= 256
+    assert sum(run.data.metrics[f"{s}_documents"] for s in ("train", "validation", "test")) == 79
+    contexts = sorted(i.tags[0].value for i in run.inputs.dataset_inputs)
+    assert contexts == ["test", "train", "validation"]
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "data")}
+    assert artifacts == {f"data/{name}" for name in
+                         ("meta.json", "train.parquet", "validation.parquet", "test.parquet")}  # fmt: skip
