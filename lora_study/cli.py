@@ -5,14 +5,15 @@
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from typing import Callable
 
 from pydantic import BaseModel
 
-from lora_study import data
-from lora_study.config import BaseModelConfig, DataConfig, flag, parse_sections
+from lora_study import data, training
+from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, TrainConfig, flag, parse_sections
 from lora_study.errors import UserInputError
 
 
@@ -28,6 +29,11 @@ COMMANDS = {
         "Tokenize, split and pack a data set; log it to MLflow.",
         (DataConfig, BaseModelConfig),
         data.run_prepare,
+    ),
+    "train": Command(
+        "Fine-tune one LoRA adapter; log its metrics and the adapter to MLflow.",
+        (DataConfig, BaseModelConfig, AdapterConfig, TrainConfig),
+        training.run_train,
     ),
 }
 
@@ -53,15 +59,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_progress_bars() -> None:
+    """Progress bars are for a terminal; in logs and CI they are noise."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = COMMANDS[args.pop("command")]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if not sys.stderr.isatty():
+        quiet_progress_bars()
     try:
         run_id = command.run(*parse_sections(command.sections, args))
     except UserInputError as error:
         for problem in error.problems:
             print(f"lora-study: error: {problem}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("lora-study: interrupted", file=sys.stderr)
+        return 130
     print(f"MLflow run {run_id}")
     return 0

@@ -91,3 +91,58 @@ def _describe(problem: dict) -> str:
     if not problem["loc"]:  # a model-level check: its message names the fields itself
         return message
     return f"{flag(str(problem['loc'][0]))}: {message} (got {problem['input']!r})"
+
+
+class AdapterConfig(BaseModel):
+    """The LoRA adapter: its shape, where it goes, and how the base under it is stored."""
+
+    model_config = STRICT
+
+    rank: int = Field(8, gt=0, description="LoRA rank r: the width of the low-rank update.")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha: the update is scaled by alpha/r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input, in [0, 1).")
+    target_modules: str = Field(
+        "qv",
+        description="Modules to adapt: a preset (q, v, qv, qkvo, attention, mlp, all-linear) or "
+        "comma-separated module names.",
+    )
+    use_rslora: bool = Field(False, description="Rank-stabilized LoRA: scale by alpha/sqrt(r).")
+    use_dora: bool = Field(False, description="DoRA: learn a magnitude beside the LoRA direction.")
+    quantization: Literal["none", "8bit", "4bit"] = Field(
+        "none", description="Store the base in 8-bit or 4-bit NF4 (QLoRA) with bitsandbytes."
+    )
+
+
+class TrainConfig(BaseModel):
+    """The optimization: steps, batch, schedule, precision."""
+
+    model_config = STRICT
+
+    data: str = Field(
+        "", description="Prepared data: `runs:/<prepare run id>` or its folder; empty prepares "
+        "it here from --dataset and the other data options."
+    )  # fmt: skip
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate of AdamW.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule after warmup."
+    )
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up.")
+    max_steps: int = Field(0, ge=0, description="Optimizer steps; 0 trains for --epochs instead.")
+    epochs: float = Field(1.0, ge=0, description="Passes over the training rows, if --max-steps is 0.")
+    batch_size: int = Field(8, gt=0, description="Rows per forward pass.")
+    grad_accum: int = Field(1, gt=0, description="Forward passes per optimizer step.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Autocast dtype; `auto` takes bf16 where the hardware has it, else fp32."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, more time."
+    )
+    eval_every: int = Field(
+        20, ge=0, description="Evaluate on the validation split every N steps (0: only at the end)."
+    )
+
+    @model_validator(mode="after")
+    def _some_training_is_asked_for(self):
+        if self.max_steps == 0 and self.epochs == 0:
+            raise ValueError("`max_steps` and `epochs` are both 0: set --max-steps N or --epochs N")
+        return self

@@ -59,3 +59,42 @@ def _join(records: list[tuple[list[int], list[int]]]) -> dict:
         "labels": [label for _, labels in records for label in labels],
         "doc_lengths": [len(ids) for ids, _ in records],
     }
+
+
+def collate(rows: list[dict], pad_id: int) -> dict:
+    """Model inputs for a batch of packed rows, with next-token `targets`.
+
+    Position ids restart at each record. A row holding several records gets a block-diagonal
+    causal mask: with SDPA, position ids alone do not stop one record attending to another.
+    Padding at a row's end forms a block of its own (a query that may attend to nothing would
+    give NaN). A record's last token predicts nothing: the next token belongs to another record.
+    """
+    import torch
+
+    length = max(len(row["input_ids"]) for row in rows)
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    targets = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros((len(rows), length), dtype=torch.long)
+    blocks = torch.zeros((len(rows), length), dtype=torch.long)
+    for b, row in enumerate(rows):
+        size = len(row["input_ids"])
+        input_ids[b, :size] = torch.tensor(row["input_ids"])
+        targets[b, : size - 1] = torch.tensor(row["labels"][1:])
+        start = 0
+        for block, doc_length in enumerate([*row["doc_lengths"], length - size]):
+            positions[b, start : start + doc_length] = torch.arange(doc_length)
+            blocks[b, start : start + doc_length] = block
+            start += doc_length
+            targets[b, start - 1] = IGNORE_INDEX
+    packed = any(len(row["doc_lengths"]) > 1 or len(row["input_ids"]) < length for row in rows)
+    mask = None
+    if packed:
+        causal = torch.ones(length, length, dtype=torch.bool).tril()
+        mask = ((blocks[:, :, None] == blocks[:, None, :]) & causal)[:, None]
+    return {
+        "input_ids": input_ids,
+        "position_ids": positions,
+        "attention_mask": mask,
+        "targets": targets,
+        "tokens": sum(len(row["input_ids"]) for row in rows),
+    }

@@ -30,18 +30,41 @@ METRIC_ROWS = "{split}_rows"
 METRIC_TRUNCATED_DOCUMENTS = "truncated_documents"
 METRIC_DROPPED_DOCUMENTS = "dropped_documents"
 
+# --- metrics of `train` ----------------------------------------------------------------------
+# over steps
+METRIC_TRAIN_LOSS = "train_loss"
+METRIC_LEARNING_RATE = "learning_rate"
+METRIC_TOKENS_PER_S = "tokens_per_s"  # real (non-padding) tokens of the step over its time
+# at every `eval_every` steps and at the end
+METRIC_EVAL_LOSS = "eval_loss"  # token-weighted mean over the validation split
+METRIC_EVAL_PERPLEXITY = "eval_perplexity"
+# once, at the end
+METRIC_TRAIN_TOKENS_PER_S = "train_tokens_per_s"  # real tokens over the time of the steps
+METRIC_PEAK_MEMORY_MB = "peak_memory_mb"  # see TAG_MEMORY_KIND and lora_study.memory
+METRIC_MODEL_MEMORY_MB = "model_memory_mb"  # the loaded base with its adapter
+METRIC_TRAINABLE_PARAMS = "trainable_params"
+METRIC_TOTAL_PARAMS = "total_params"
+METRIC_TRAINABLE_PERCENT = "trainable_percent"
+METRIC_ADAPTER_SIZE_MB = "adapter_size_mb"
+METRIC_TRAIN_RUNTIME_S = "train_runtime_s"  # the training loop, evaluations included
+TAG_MEMORY_KIND = "memory_kind"
+PARAM_STEPS = "steps"  # optimizer steps actually planned (from max_steps or epochs)
+PARAM_AUTOCAST_DTYPE = "autocast_dtype"
+PARAM_DEVICE = "device"
+
 # --- artifacts -----------------------------------------------------------------------------
 ARTIFACT_DATA = "data"  # the prepared splits, as `prepare` wrote them
 ARTIFACT_PREVIEW = "preview.json"  # an MLflow table: a few decoded rows per split
+ARTIFACT_ADAPTER = "adapter"  # the adapter as an MLflow model (lora_study.serving)
 
 
 @contextmanager
-def stage_run(stage: str, **tags: str):
+def stage_run(stage: str, log_system_metrics: bool = False, **tags: str):
     """Start the stage's run (or continue the one `mlflow run` made); never leave it RUNNING.
 
     An exception ends the run FAILED and Ctrl-C ends it KILLED, each with the reason as a tag.
     """
-    with mlflow.start_run(tags={TAG_STAGE: stage, **tags}) as run:
+    with mlflow.start_run(tags={TAG_STAGE: stage, **tags}, log_system_metrics=log_system_metrics) as run:
         try:
             yield run
         except KeyboardInterrupt:

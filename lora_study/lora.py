@@ -1,0 +1,85 @@
+"""LoRA adapters: which modules they wrap, attaching them with PEFT, and what they cost.
+
+`--target-modules` takes a preset or comma-separated module names (`q_proj,v_proj`):
+- `q`, `v`, `qv`, `qkvo`: Llama-style projection names;
+- `attention`, `mlp`: every linear layer inside the attention or MLP blocks, whatever they are
+  called in this architecture;
+- `all-linear`: every linear layer but the output head (PEFT's own preset).
+"""
+
+import re
+
+import torch
+from torch import nn
+
+from lora_study.errors import UserInputError
+
+NAMED_PRESETS = {
+    "q": ["q_proj"],
+    "v": ["v_proj"],
+    "qv": ["q_proj", "v_proj"],
+    "qkvo": ["q_proj", "k_proj", "v_proj", "o_proj"],
+}
+BLOCK_PRESETS = {"attention": r"attn|attention", "mlp": r"mlp|feed_forward|ffn"}
+PRESETS = [*NAMED_PRESETS, *BLOCK_PRESETS, "all-linear"]
+
+
+def linear_names(model: nn.Module) -> dict[str, str]:
+    """Leaf name -> full name of one of its instances, for every linear layer but the head."""
+    names = {}
+    for full_name, module in model.named_modules():
+        is_linear = isinstance(module, nn.Linear) or type(module).__name__.startswith("Linear")
+        if is_linear and not full_name.endswith("lm_head") and "." in full_name:
+            names.setdefault(full_name.rsplit(".", 1)[1], full_name)
+    return names
+
+
+def resolve_targets(model: nn.Module, target_modules: str) -> list[str] | str:
+    """The module names PEFT should wrap; an unknown name lists those the model has."""
+    available = linear_names(model)
+    if target_modules == "all-linear":
+        return "all-linear"
+    if target_modules in BLOCK_PRESETS:
+        pattern = re.compile(BLOCK_PRESETS[target_modules])
+        wanted = sorted(leaf for leaf, full in available.items() if pattern.search(full))
+    else:
+        wanted = NAMED_PRESETS.get(target_modules) or [
+            name.strip() for name in target_modules.split(",") if name.strip()
+        ]
+    missing = [name for name in wanted if name not in available]
+    if missing or not wanted:
+        raise UserInputError(
+            f"--target-modules {target_modules}: the model has no linear module named "
+            f"{', '.join(missing) or '(none matched)'}; use a preset ({', '.join(PRESETS)}) or "
+            f"names from: {', '.join(sorted(available))}"
+        )
+    return wanted
+
+
+def attach(model: nn.Module, config, seed: int):
+    """Wrap `model` with a fresh LoRA adapter; the seed fixes its initial weights."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_config = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=resolve_targets(model, config.target_modules),
+        use_rslora=config.use_rslora,
+        use_dora=config.use_dora,
+        task_type="CAUSAL_LM",
+    )
+    torch.manual_seed(seed)
+    return get_peft_model(model, peft_config)
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters; 4-bit weights count as the values they hold."""
+    trainable = total = 0
+    for parameter in model.parameters():
+        count = parameter.numel()
+        if type(parameter).__name__ == "Params4bit":  # two 4-bit values per stored byte
+            count *= 2
+        total += count
+        trainable += count if parameter.requires_grad else 0
+    return trainable, total

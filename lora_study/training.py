@@ -1,0 +1,273 @@
+"""`train`: fine-tune one LoRA adapter and log everything a LoRA study compares.
+
+The recipe, top to bottom: check the settings against the base model -> load the base and the
+prepared data -> attach a fresh adapter -> run the loop (packed rows, autocast, gradient
+accumulation, evaluation every `eval_every` steps) -> log metrics and the adapter.
+
+    lora-study train --max-steps 30 --rank 16 --target-modules qkvo
+"""
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import mlflow
+import torch
+
+from lora_study import data as data_stage
+from lora_study import lora, models, serving
+from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, TrainConfig
+from lora_study.errors import UserInputError
+from lora_study.evaluation import autocast, loss_sum, mean_loss, perplexity
+from lora_study.memory import PeakMemory
+from lora_study.packing import IGNORE_INDEX, collate
+from lora_study.tracking import (
+    METRIC_EVAL_LOSS,
+    METRIC_EVAL_PERPLEXITY,
+    METRIC_LEARNING_RATE,
+    METRIC_MODEL_MEMORY_MB,
+    METRIC_PEAK_MEMORY_MB,
+    METRIC_TOKENS_PER_S,
+    METRIC_TOTAL_PARAMS,
+    METRIC_TRAIN_LOSS,
+    METRIC_TRAIN_RUNTIME_S,
+    METRIC_TRAIN_TOKENS_PER_S,
+    METRIC_TRAINABLE_PARAMS,
+    METRIC_TRAINABLE_PERCENT,
+    PARAM_AUTOCAST_DTYPE,
+    PARAM_BASE_MODEL_REVISION,
+    PARAM_BASE_MODEL_SHA256,
+    PARAM_DATASET_DIGEST,
+    PARAM_DEVICE,
+    PARAM_STEPS,
+    TAG_MEMORY_KIND,
+    log_params,
+    stage_run,
+)
+
+EvalHook = Callable[[int, float], None]  # (step, eval_loss); the sweep prunes trials with it
+
+
+@dataclass
+class Setup:
+    """What one training run works on: loaded once, and reused across trials by the sweep."""
+
+    ref: models.BaseModelRef
+    tokenizer: object
+    model: torch.nn.Module
+    prepared: data_stage.PreparedData
+    device: torch.device
+    dtype: torch.dtype | None  # the autocast dtype; None trains in fp32
+    weights_dtype: torch.dtype  # of the frozen base weights that are not quantized
+
+
+# --- setup -----------------------------------------------------------------------------------
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_dtype(precision: str, where: torch.device) -> torch.dtype | None:
+    """`auto`: bf16 where the hardware computes it natively (this CPU does), else fp16 on older
+    GPUs, else fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        if where.type != "cuda":
+            raise UserInputError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    if where.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+def check_settings(adapter: AdapterConfig, train: TrainConfig, seq_len: int, config, where) -> None:
+    """Refuse settings that cannot work with this model, all at once, before any work."""
+    problems = []
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and seq_len > limit:
+        problems.append(f"--seq-len {seq_len} is over the model's maximum of {limit} positions")
+    if adapter.quantization == "4bit" and train.precision == "fp32":
+        problems.append("--quantization 4bit computes in bf16: use --precision auto or bf16")
+    if adapter.quantization != "none" and where.type == "cpu" and train.precision == "fp16":
+        problems.append("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
+    if problems:
+        raise UserInputError(*problems)
+
+
+def setup(data: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, train: TrainConfig) -> Setup:
+    """Load the base model and the prepared data, and check they fit together."""
+    from transformers import AutoConfig
+
+    where = device()
+    ref = models.resolve(base.base_model, base.trust_remote_code)
+    config = AutoConfig.from_pretrained(ref.path, revision=ref.revision, trust_remote_code=ref.trust_remote_code)
+    check_settings(adapter, train, data.seq_len, config, where)
+    dtype = autocast_dtype(train.precision, where)
+    tokenizer = models.load_tokenizer(ref)
+    if train.data:
+        prepared = data_stage.load_prepared(train.data)
+    else:
+        prepared = data_stage.prepare(data, ref, tokenizer)[0]
+    check_prepared(prepared, data.seq_len, models.tokenizer_digest(tokenizer), base.base_model)
+    # Frozen base weights in the autocast dtype: autocast would otherwise cast them every step.
+    weights_dtype = dtype if dtype is not None and adapter.quantization == "none" else torch.float32
+    model = models.load_model(ref, adapter.quantization, weights_dtype)
+    lora.resolve_targets(model, adapter.target_modules)  # an unknown name fails before the run
+    if adapter.quantization == "none":
+        model.to(where)
+    return Setup(ref, tokenizer, model, prepared, where, dtype, weights_dtype)
+
+
+def check_prepared(prepared, seq_len: int, tokenizer_digest: str, base_model: str) -> None:
+    meta = prepared.meta
+    if meta["tokenizer_digest"] != tokenizer_digest:
+        raise UserInputError(
+            f"--data: prepared with the tokenizer of `{meta['base_model']}`, not that of "
+            f"`{base_model}`; prepare it again with --base-model {base_model}"
+        )
+    if meta["seq_len"] != seq_len:
+        raise UserInputError(
+            f"--seq-len {seq_len} differs from the prepared data's {meta['seq_len']}: pass "
+            f"--seq-len {meta['seq_len']} or prepare the data again"
+        )
+
+
+def planned_steps(train: TrainConfig, train_rows: int) -> int:
+    if train.max_steps:
+        return train.max_steps
+    return max(1, math.ceil(train.epochs * train_rows / (train.batch_size * train.grad_accum)))
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+
+def batches(rows: list[dict], batch_size: int, seed: int, pad_id: int):
+    """Shuffled batches, epoch after epoch, in an order fixed by the seed."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(rows), generator=generator).tolist()
+        for start in range(0, len(order) - batch_size + 1, batch_size) or [0]:
+            yield collate([rows[i] for i in order[start : start + batch_size]], pad_id)
+
+
+def fine_tune(s: Setup, adapter: AdapterConfig, train: TrainConfig, seed: int, on_eval: EvalHook | None = None):
+    """Attach a fresh adapter to `s.model`, train it, and log as it goes; returns the PEFT model."""
+    from peft import prepare_model_for_kbit_training
+    from transformers import get_scheduler
+
+    if adapter.quantization != "none":
+        s.model = prepare_model_for_kbit_training(s.model, use_gradient_checkpointing=False)
+    if train.gradient_checkpointing:
+        s.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = lora.attach(s.model, adapter, seed)
+    train_rows, validation_rows = s.prepared.rows("train"), s.prepared.rows("validation")
+    steps = planned_steps(train, len(train_rows))
+    trainable, total = lora.parameter_counts(model)
+    log_params({**adapter.model_dump(), **train.model_dump(), PARAM_STEPS: steps,
+                PARAM_DEVICE: s.device.type, PARAM_AUTOCAST_DTYPE: str(s.dtype or "none")})  # fmt: skip
+    mlflow.log_metrics({
+        METRIC_TRAINABLE_PARAMS: trainable,
+        METRIC_TOTAL_PARAMS: total,
+        METRIC_TRAINABLE_PERCENT: 100 * trainable / total,
+        METRIC_MODEL_MEMORY_MB: model.get_memory_footprint() / 2**20,
+    })  # fmt: skip
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train.learning_rate)
+    scheduler = get_scheduler(train.lr_scheduler, optimizer, round(train.warmup_ratio * steps), steps)
+    stream = batches(train_rows, train.batch_size, seed, s.tokenizer.pad_token_id)
+    evaluate = lambda: mean_loss(model, validation_rows, train.batch_size, s.tokenizer.pad_token_id, s.dtype)  # noqa: E731
+    progress = _progress(steps)
+    tokens_seen, step_time, started = 0, 0.0, time.perf_counter()
+    _log_eval(0, evaluate())  # the fresh adapter is a no-op: step 0 is the base model's loss
+    model.train()
+    with PeakMemory(s.device) as peak:
+        for step in range(1, steps + 1):
+            tick = time.perf_counter()
+            micro = [next(stream) for _ in range(train.grad_accum)]
+            step_loss = _accumulate_gradients(model, micro, s, step)
+            if not math.isfinite(step_loss):
+                raise UserInputError(
+                    f"train_loss became {step_loss} at step {step}: lower --learning-rate, or "
+                    "train with --precision fp32"
+                )
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            elapsed = time.perf_counter() - tick
+            tokens = sum(b["tokens"] for b in micro)
+            tokens_seen, step_time = tokens_seen + tokens, step_time + elapsed
+            mlflow.log_metrics(
+                {METRIC_TRAIN_LOSS: step_loss, METRIC_LEARNING_RATE: scheduler.get_last_lr()[0],
+                 METRIC_TOKENS_PER_S: tokens / elapsed},
+                step=step, synchronous=False,
+            )  # fmt: skip
+            progress.update(1)
+            progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens / elapsed:.0f}")
+            if step == steps or (train.eval_every and step % train.eval_every == 0):
+                eval_loss = evaluate()
+                _log_eval(step, eval_loss)
+                if on_eval is not None:
+                    on_eval(step, eval_loss)
+    progress.close()
+    mlflow.log_metrics({
+        METRIC_TRAIN_TOKENS_PER_S: tokens_seen / step_time,
+        METRIC_TRAIN_RUNTIME_S: time.perf_counter() - started,
+        METRIC_PEAK_MEMORY_MB: peak.megabytes,
+    })  # fmt: skip
+    mlflow.set_tag(TAG_MEMORY_KIND, peak.kind)
+    return model
+
+
+def _accumulate_gradients(model, micro: list[dict], s: Setup, step: int) -> float:
+    """Forward and backward over the step's micro-batches; returns the step's mean loss."""
+    targets = sum(int((batch["targets"] != IGNORE_INDEX).sum()) for batch in micro)
+    step_loss = 0.0
+    try:
+        for batch in micro:
+            with autocast(s.device, s.dtype):
+                loss, _ = loss_sum(model, batch, s.device)
+            (loss / targets).backward()  # every target token of the step weighs the same
+            step_loss += float(loss.detach()) / targets
+    except torch.OutOfMemoryError:
+        raise UserInputError(
+            f"out of memory at step {step}: lower --batch-size (raise --grad-accum to keep the "
+            "batch), or use --gradient-checkpointing or --quantization 4bit"
+        ) from None
+    return step_loss
+
+
+def _log_eval(step: int, eval_loss: float) -> None:
+    metrics = {METRIC_EVAL_LOSS: eval_loss, METRIC_EVAL_PERPLEXITY: perplexity(eval_loss)}
+    mlflow.log_metrics(metrics, step=step, synchronous=False)
+
+
+def _progress(steps: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, desc="train", unit="step", disable=not sys.stderr.isatty())
+
+
+# --- the entry point -------------------------------------------------------------------------
+
+
+def run_train(data: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, train: TrainConfig) -> str:
+    """The `train` entry point; returns the MLflow run id."""
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    s = setup(data, base, adapter, train)
+    with stage_run("train", log_system_metrics=True) as run:
+        log_params({**data.model_dump(), **base.model_dump(),
+                    PARAM_BASE_MODEL_SHA256: s.ref.sha256 or "", PARAM_BASE_MODEL_REVISION: s.ref.revision or "",
+                    PARAM_DATASET_DIGEST: s.prepared.meta["digest"]})  # fmt: skip
+        model = fine_tune(s, adapter, train, data.seed)
+        reference = serving.base_reference(s.ref, adapter.quantization, s.weights_dtype, s.prepared.meta["format"])
+        serving.log_adapter(model, reference)
+        mlflow.flush_async_logging()
+    return run.info.run_id
