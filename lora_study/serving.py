@@ -9,7 +9,6 @@ hub revision, quantization and dtype. Loading resolves the base the way `--base-
 
 import json
 import tempfile
-import warnings
 from pathlib import Path
 
 import mlflow
@@ -28,11 +27,6 @@ SIGNATURE = ModelSignature(
     outputs=Schema([ColSpec("string")]),
     params=ParamSchema([ParamSpec("max_new_tokens", "long", 64), ParamSpec("temperature", "double", 0.0)]),
 )
-
-
-# The explicit SIGNATURE (a named `prompt` column, generation params) is the contract; MLflow's
-# type-hint inference would replace it with a bare list, so its reminder is silenced.
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
 
 
 class AdapterModel(mlflow.pyfunc.PythonModel):
