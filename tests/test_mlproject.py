@@ -40,6 +40,27 @@ def test_prepare_entry_point_bad_input_fails_the_run_with_one_line(tmp_path, mlf
     assert run.info.status == "FAILED"
 
 
+def test_train_entry_point_finishes_and_logs_the_adapter(mlflow_experiment):
+    done = mlflow_run("train", mlflow_experiment, base_model="tiny", max_samples=15, seq_len=32,
+                      max_steps=2, batch_size=4)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run,) = runs(mlflow_experiment)
+    assert run.info.status == "FINISHED" and run.data.params["steps"] == "2"
+    assert mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/adapter").metadata.signature is not None
+
+
+@pytest.mark.smoke
+def test_train_on_smollm2_lowers_the_validation_loss(mlflow_experiment):
+    """A handful of real steps on SmolLM2 and Python's documentation."""
+    done = mlflow_run("train", mlflow_experiment, seq_len=128, max_samples=30, max_steps=6,
+                      batch_size=4, learning_rate=1e-3, eval_every=0, target_modules="qkvo")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run,) = runs(mlflow_experiment)
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "eval_loss")
+    by_step = {m.step: m.value for m in history}
+    assert set(by_step) == {0, 6} and by_step[6] < by_step[0]
+
+
 @pytest.mark.smoke
 def test_prepare_on_the_embedded_default(mlflow_experiment):
     """The real thing: SmolLM2's tokenizer on Python's own documentation."""
