@@ -181,6 +181,8 @@ def fine_tune(s: Setup, adapter: AdapterConfig, train: TrainConfig, seed: int, o
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train.learning_rate)
     scheduler = get_scheduler(train.lr_scheduler, optimizer, round(train.warmup_ratio * steps), steps)
+    # fp16 (CUDA only) needs loss scaling against underflow; disabled, the scaler passes through
+    scaler = torch.amp.GradScaler(s.device.type, enabled=s.dtype == torch.float16)
     stream = batches(train_rows, train.batch_size, seed, s.tokenizer.pad_token_id)
     evaluate = lambda: mean_loss(model, validation_rows, train.batch_size, s.tokenizer.pad_token_id, s.dtype)  # noqa: E731
     progress = _progress(steps)
@@ -191,14 +193,16 @@ def fine_tune(s: Setup, adapter: AdapterConfig, train: TrainConfig, seed: int, o
         for step in range(1, steps + 1):
             tick = time.perf_counter()
             micro = [next(stream) for _ in range(train.grad_accum)]
-            step_loss = _accumulate_gradients(model, micro, s, step)
+            step_loss = _accumulate_gradients(model, micro, s, step, scaler)
             if not math.isfinite(step_loss):
                 raise UserInputError(
                     f"train_loss became {step_loss} at step {step}: lower --learning-rate, or "
                     "train with --precision fp32"
                 )
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             elapsed = time.perf_counter() - tick
@@ -226,7 +230,7 @@ def fine_tune(s: Setup, adapter: AdapterConfig, train: TrainConfig, seed: int, o
     return model
 
 
-def _accumulate_gradients(model, micro: list[dict], s: Setup, step: int) -> float:
+def _accumulate_gradients(model, micro: list[dict], s: Setup, step: int, scaler) -> float:
     """Forward and backward over the step's micro-batches; returns the step's mean loss."""
     targets = sum(int((batch["targets"] != IGNORE_INDEX).sum()) for batch in micro)
     step_loss = 0.0
@@ -234,7 +238,7 @@ def _accumulate_gradients(model, micro: list[dict], s: Setup, step: int) -> floa
         for batch in micro:
             with autocast(s.device, s.dtype):
                 loss, _ = loss_sum(model, batch, s.device)
-            (loss / targets).backward()  # every target token of the step weighs the same
+            scaler.scale(loss / targets).backward()  # every target token of the step weighs the same
             step_loss += float(loss.detach()) / targets
     except torch.OutOfMemoryError:
         raise UserInputError(
