@@ -350,9 +350,13 @@ def prepare(data: DataConfig, ref: models.BaseModelRef, tokenizer) -> tuple[Prep
     """Prepared splits for these inputs: from the cache when the same inputs ran before."""
     documents = read_documents(data)
     fmt = detect_format(data, list(documents.frame.columns))
-    key = _cache_key(data, fmt, documents.digest, models.tokenizer_digest(tokenizer))
+    tokenizer_digest = models.tokenizer_digest(tokenizer)
+    key = _cache_key(data, fmt, documents.digest, tokenizer_digest)
     target = cache_root() / "prepared" / key[:16]
-    build_once(target, lambda folder: _write_prepared(folder, key, data, fmt, documents, ref, tokenizer))
+    meta = dict(version=PREPARE_VERSION, digest=key, dataset=data.dataset, source_digest=documents.digest,
+                format=fmt, seq_len=data.seq_len, seed=data.seed, base_model=ref.name,
+                tokenizer_digest=tokenizer_digest)  # fmt: skip
+    build_once(target, lambda folder: _write_prepared(folder, meta, data, documents, tokenizer))
     return load_prepared(str(target)), documents
 
 
@@ -362,10 +366,11 @@ def _cache_key(data: DataConfig, fmt: str, source_digest: str, tokenizer_digest:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
-def _write_prepared(folder: Path, key: str, data: DataConfig, fmt: str, documents: Documents, ref, tokenizer):
+def _write_prepared(folder: Path, meta: dict, data: DataConfig, documents: Documents, tokenizer):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    fmt = meta["format"]
     usable = check_records(documents, fmt, data)
     records = documents.frame.to_dict("records")
     chosen = split_documents(len(usable), data)
@@ -380,12 +385,7 @@ def _write_prepared(folder: Path, key: str, data: DataConfig, fmt: str, document
         counts.update(_split_counts(split, len(indices), rows))
         counts[METRIC_TRUNCATED_DOCUMENTS] += truncated
         counts[METRIC_DROPPED_DOCUMENTS] += dropped
-    meta = dict(
-        version=PREPARE_VERSION, digest=key, dataset=data.dataset, source_digest=documents.digest,
-        format=fmt, seq_len=data.seq_len, seed=data.seed, base_model=ref.name,
-        tokenizer_digest=models.tokenizer_digest(tokenizer), counts=counts, documents=splits,
-    )  # fmt: skip
-    (folder / META_FILE).write_text(json.dumps(meta, indent=1))
+    (folder / META_FILE).write_text(json.dumps({**meta, "counts": counts, "documents": splits}, indent=1))
 
 
 def _empty_split_problem(data: DataConfig, fmt: str, split: str, tokenized) -> str:

@@ -95,8 +95,6 @@ def check_settings(adapter: AdapterConfig, train: TrainConfig, seq_len: int, con
         problems.append(f"--seq-len {seq_len} is over the model's maximum of {limit} positions")
     if adapter.quantization == "4bit" and train.precision == "fp32":
         problems.append("--quantization 4bit computes in bf16: use --precision auto or bf16")
-    if adapter.quantization != "none" and where.type == "cpu" and train.precision == "fp16":
-        problems.append("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
     if problems:
         raise UserInputError(*problems)
 
