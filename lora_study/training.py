@@ -87,7 +87,7 @@ def autocast_dtype(precision: str, where: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
 
 
-def check_settings(adapter: AdapterConfig, train: TrainConfig, seq_len: int, config, where) -> None:
+def check_settings(adapter: AdapterConfig, train: TrainConfig, seq_len: int, config) -> None:
     """Refuse settings that cannot work with this model, all at once, before any work."""
     problems = []
     limit = getattr(config, "max_position_embeddings", None)
@@ -106,7 +106,7 @@ def setup(data: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, train
     where = device()
     ref = models.resolve(base.base_model, base.trust_remote_code)
     config = AutoConfig.from_pretrained(ref.path, revision=ref.revision, trust_remote_code=ref.trust_remote_code)
-    check_settings(adapter, train, data.seq_len, config, where)
+    check_settings(adapter, train, data.seq_len, config)
     dtype = autocast_dtype(train.precision, where)
     tokenizer = models.load_tokenizer(ref)
     if train.data:
