@@ -99,7 +99,7 @@ def run_baseline(args) -> dict:
         save_strategy="no", report_to=[], logging_steps=train.max_steps, seed=0, use_cpu=not torch.cuda.is_available(),
     )  # fmt: skip
     trainer = Trainer(model=model, args=arguments, train_dataset=examples, data_collator=counting_collator)
-    with PeakMemory(training.device()) as peak:
+    with PeakMemory(models.device()) as peak:
         started = time.perf_counter()
         trainer.train()
         elapsed = time.perf_counter() - started

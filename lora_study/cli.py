@@ -12,8 +12,16 @@ from typing import Callable
 
 from pydantic import BaseModel
 
-from lora_study import data, training
-from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, TrainConfig, flag, parse_sections
+from lora_study import data, evaluation, training
+from lora_study.config import (
+    AdapterConfig,
+    BaseModelConfig,
+    DataConfig,
+    EvaluateConfig,
+    TrainConfig,
+    flag,
+    parse_sections,
+)
 from lora_study.errors import UserInputError
 
 
@@ -34,6 +42,11 @@ COMMANDS = {
         "Fine-tune one LoRA adapter; log its metrics and the adapter to MLflow.",
         (DataConfig, BaseModelConfig, AdapterConfig, TrainConfig),
         training.run_train,
+    ),
+    "evaluate": Command(
+        "Measure an adapter against its base model: test perplexity, generation speed and quality.",
+        (EvaluateConfig,),
+        evaluation.run_evaluate,
     ),
 }
 

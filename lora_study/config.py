@@ -146,3 +146,41 @@ class TrainConfig(BaseModel):
         if self.max_steps == 0 and self.epochs == 0:
             raise ValueError("`max_steps` and `epochs` are both 0: set --max-steps N or --epochs N")
         return self
+
+
+class EvaluateConfig(BaseModel):
+    """What to evaluate, on which data and prompts, and how."""
+
+    model_config = STRICT
+
+    model_uri: str = Field(
+        "", description="The adapter: `runs:/<id>/adapter`, `models:/<name>/<version>`, "
+        "`models:/<name>@<alias>`, or `base:<base model>` for a base model alone."
+    )  # fmt: skip
+    data: str = Field(
+        "", description="Prepared data (`runs:/<prepare run id>` or its folder); empty: the data "
+        "the adapter was trained on (for `base:`, the default python-docs)."
+    )  # fmt: skip
+    prompts: str = Field(
+        "", description="A file of prompts: one per line (.txt), or JSONL with `prompt` and "
+        "optional `reference`; empty: prompts from the test split."
+    )  # fmt: skip
+    max_prompts: int = Field(16, ge=0, description="Prompts to generate for; 0 skips generation.")
+    max_new_tokens: int = Field(64, gt=0, description="Tokens to generate per prompt (greedy).")
+    merged: bool = Field(
+        False, description="Also evaluate the adapter merged into the base weights, and check "
+        "that it matches the unmerged adapter."
+    )  # fmt: skip
+    batch_size: int = Field(8, gt=0, description="Rows per forward pass for perplexity.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Autocast dtype; `auto` takes bf16 where the hardware has it, else fp32."
+    )
+
+    @model_validator(mode="after")
+    def _a_model_is_named(self):
+        if not self.model_uri:
+            raise ValueError(
+                "`model_uri` is required: --model-uri runs:/<run id>/adapter, models:/<name>/<version>, "
+                "models:/<name>@<alias> or base:<base model>"
+            )
+        return self

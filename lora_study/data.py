@@ -432,6 +432,15 @@ def load_prepared(uri: str) -> PreparedData:
     return PreparedData(path, json.loads((path / META_FILE).read_text()))
 
 
+def check_tokenizer(prepared: PreparedData, tokenizer_digest: str, base_model: str) -> None:
+    """Token ids mean nothing under another tokenizer: refuse data prepared with one."""
+    if prepared.meta["tokenizer_digest"] != tokenizer_digest:
+        raise UserInputError(
+            f"--data: prepared with the tokenizer of `{prepared.meta['base_model']}`, not that of "
+            f"`{base_model}`; prepare it again with --base-model {base_model}"
+        )
+
+
 # --- the MLflow run ------------------------------------------------------------------------
 
 

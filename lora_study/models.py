@@ -97,6 +97,26 @@ def load_model(
     )
 
 
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_dtype(precision: str, where: torch.device) -> torch.dtype | None:
+    """`auto`: bf16 where the hardware computes it natively (this CPU does), else fp16 on older
+    GPUs, else fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        if where.type != "cuda":
+            raise UserInputError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    if where.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
 def bitsandbytes_config(quantization: Quantization):
     from transformers import BitsAndBytesConfig
 

@@ -39,20 +39,22 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):
         params = {"max_new_tokens": 64, "temperature": 0.0, **(params or {})}
+        prompt_format = self.reference["prompt_format"]
         return [
-            generate(self.model, self.tokenizer, self.format_prompt(prompt), **params)
+            generate(self.model, self.tokenizer, format_prompt(prompt, prompt_format, self.tokenizer), **params)
             for prompt in _prompts(model_input)
         ]
 
-    def format_prompt(self, prompt: str) -> str:
-        """Wrap a prompt the way the adapter's training data was rendered."""
-        if self.reference["prompt_format"] == "instruction":
-            return ALPACA_PROMPT_NO_INPUT.format(instruction=prompt)
-        if self.reference["prompt_format"] == "chat":
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
-        return prompt
+
+def format_prompt(prompt: str, prompt_format: str, tokenizer) -> str:
+    """Wrap a user's prompt the way the adapter's training data was rendered."""
+    if prompt_format == "instruction":
+        return ALPACA_PROMPT_NO_INPUT.format(instruction=prompt)
+    if prompt_format == "chat":
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    return prompt
 
 
 def base_reference(ref: models.BaseModelRef, quantization: str, dtype: torch.dtype, prompt_format: str) -> dict:

@@ -52,10 +52,40 @@ PARAM_STEPS = "steps"  # optimizer steps actually planned (from max_steps or epo
 PARAM_AUTOCAST_DTYPE = "autocast_dtype"
 PARAM_DEVICE = "device"
 
+# --- metrics of `evaluate` ---------------------------------------------------------------------
+# perplexity over the test split, with the adapter and, on the same tokens, without it
+METRIC_TEST_LOSS = "test_loss"
+METRIC_TEST_PERPLEXITY = "test_perplexity"
+METRIC_BASE_TEST_PERPLEXITY = "base_test_perplexity"
+METRIC_PERPLEXITY_IMPROVEMENT_PCT = "perplexity_improvement_pct"  # 100 * (1 - ppl / base ppl)
+# greedy generation over the prompt suite, one request at a time
+METRIC_GEN_TOKENS_PER_S = "gen_tokens_per_s"  # new tokens over the time of the requests
+METRIC_GEN_LATENCY_P50_MS = "gen_latency_p50_ms"
+METRIC_GEN_LATENCY_P95_MS = "gen_latency_p95_ms"
+METRIC_FIRST_TOKEN_LATENCY_MS = "first_token_latency_ms"  # median
+METRIC_ROUGE_L = "rougeL"  # mean ROUGE-L F1 against the references, where there are any
+METRIC_BASE_ROUGE_L = "base_rougeL"
+BASE_PREFIX = "base_"  # the generation metrics again, of the base model: base_gen_tokens_per_s
+# with --merged: the adapter merged into the base weights, against the unmerged adapter
+MERGED_PREFIX = "merged_"  # the generation metrics again, merged: merged_gen_tokens_per_s
+METRIC_MERGED_MAX_LOGPROB_DIFF = "merged_max_logprob_diff"  # of the target tokens of a test batch
+METRIC_MERGED_LOSS_DIFF_PCT = "merged_loss_diff_pct"  # of the test loss
+METRIC_MERGED_MATCHES = "merged_matches"  # 1 when the loss difference is within tolerance
+METRIC_MERGED_OUTPUTS_MATCH_PCT = "merged_outputs_match_pct"  # identical greedy answers
+METRIC_MERGED_SPEEDUP = "merged_speedup"  # merged gen_tokens_per_s over the unmerged one
+METRIC_EVAL_PEAK_MEMORY_MB = "eval_peak_memory_mb"  # same kinds as peak_memory_mb
+# an evaluate run names what it evaluated; a registered version names its evaluate run
+TAG_EVALUATED_MODEL_URI = "lora_study.model_uri"
+TAG_EVALUATED_RUN_ID = "lora_study.source_run_id"
+TAG_EVALUATED_REGISTERED_MODEL = "lora_study.registered_model"
+TAG_EVALUATED_VERSION = "lora_study.model_version"
+TAG_EVALUATION_RUN_ID = "evaluation_run_id"
+
 # --- artifacts -----------------------------------------------------------------------------
 ARTIFACT_DATA = "data"  # the prepared splits, as `prepare` wrote them
 ARTIFACT_PREVIEW = "preview.json"  # an MLflow table: a few decoded rows per split
 ARTIFACT_ADAPTER = "adapter"  # the adapter as an MLflow model (lora_study.serving)
+ARTIFACT_GENERATIONS = "generations.json"  # an MLflow table: prompt, reference, base and adapter outputs
 
 
 @contextmanager
@@ -85,6 +115,17 @@ def log_params(params: dict) -> None:
     run = mlflow.active_run()
     held = mlflow.get_run(run.info.run_id).data.params
     mlflow.log_params({key: _param_text(value) for key, value in params.items() if key not in held})
+
+
+def param_value(text: str) -> str:
+    """A param as it was given: `mlflow run` logs string parameters shell-quoted (`''` for empty)."""
+    import shlex
+
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        return text
+    return words[0] if len(words) == 1 else text
 
 
 def _param_text(value) -> str:

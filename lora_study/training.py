@@ -67,26 +67,6 @@ class Setup:
 # --- setup -----------------------------------------------------------------------------------
 
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def autocast_dtype(precision: str, where: torch.device) -> torch.dtype | None:
-    """`auto`: bf16 where the hardware computes it natively (this CPU does), else fp16 on older
-    GPUs, else fp32."""
-    if precision == "fp32":
-        return None
-    if precision == "fp16":
-        if where.type != "cuda":
-            raise UserInputError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
-        return torch.float16
-    if precision == "bf16":
-        return torch.bfloat16
-    if where.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-
-
 def check_settings(adapter: AdapterConfig, train: TrainConfig, seq_len: int, config) -> None:
     """Refuse settings that cannot work with this model, all at once, before any work."""
     problems = []
@@ -103,11 +83,11 @@ def setup(data: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, train
     """Load the base model and the prepared data, and check they fit together."""
     from transformers import AutoConfig
 
-    where = device()
+    where = models.device()
     ref = models.resolve(base.base_model, base.trust_remote_code)
     config = AutoConfig.from_pretrained(ref.path, revision=ref.revision, trust_remote_code=ref.trust_remote_code)
     check_settings(adapter, train, data.seq_len, config)
-    dtype = autocast_dtype(train.precision, where)
+    dtype = models.autocast_dtype(train.precision, where)
     tokenizer = models.load_tokenizer(ref)
     if train.data:
         prepared = data_stage.load_prepared(train.data)
@@ -124,16 +104,11 @@ def setup(data: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, train
 
 
 def check_prepared(prepared, seq_len: int, tokenizer_digest: str, base_model: str) -> None:
-    meta = prepared.meta
-    if meta["tokenizer_digest"] != tokenizer_digest:
+    data_stage.check_tokenizer(prepared, tokenizer_digest, base_model)
+    if prepared.meta["seq_len"] != seq_len:
         raise UserInputError(
-            f"--data: prepared with the tokenizer of `{meta['base_model']}`, not that of "
-            f"`{base_model}`; prepare it again with --base-model {base_model}"
-        )
-    if meta["seq_len"] != seq_len:
-        raise UserInputError(
-            f"--seq-len {seq_len} differs from the prepared data's {meta['seq_len']}: pass "
-            f"--seq-len {meta['seq_len']} or prepare the data again"
+            f"--seq-len {seq_len} differs from the prepared data's {prepared.meta['seq_len']}: pass "
+            f"--seq-len {prepared.meta['seq_len']} or prepare the data again"
         )
 
 

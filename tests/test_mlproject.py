@@ -50,15 +50,21 @@ def test_train_entry_point_finishes_and_logs_the_adapter(mlflow_experiment):
 
 
 @pytest.mark.smoke
-def test_train_on_smollm2_lowers_the_validation_loss(mlflow_experiment):
-    """A handful of real steps on SmolLM2 and Python's documentation."""
+def test_train_and_evaluate_on_smollm2(mlflow_experiment):
+    """A handful of real steps on SmolLM2 and Python's documentation, then `evaluate`."""
     done = mlflow_run("train", mlflow_experiment, seq_len=128, max_samples=30, max_steps=6,
                       batch_size=4, learning_rate=1e-3, eval_every=0, target_modules="qkvo")  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    (run,) = runs(mlflow_experiment)
-    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "eval_loss")
+    (train,) = runs(mlflow_experiment)
+    history = mlflow.MlflowClient().get_metric_history(train.info.run_id, "eval_loss")
     by_step = {m.step: m.value for m in history}
     assert set(by_step) == {0, 6} and by_step[6] < by_step[0]
+    done = mlflow_run("evaluate", mlflow_experiment, model_uri=f"runs:/{train.info.run_id}/adapter",
+                      max_prompts=2, max_new_tokens=8)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    evaluate = next(run for run in runs(mlflow_experiment) if run.info.run_id != train.info.run_id)
+    metrics = evaluate.data.metrics
+    assert metrics["test_perplexity"] < metrics["base_test_perplexity"] and metrics["gen_tokens_per_s"] > 0
 
 
 @pytest.mark.smoke

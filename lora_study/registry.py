@@ -1,0 +1,84 @@
+"""The MLflow side of a trained adapter: what a model URI points at, and registry tags.
+
+A model URI names an adapter the way MLflow does (`runs:/<id>/adapter`, `models:/<name>/<version>`,
+`models:/<name>@<alias>`), or `base:<base model>` for a base model with no adapter, so that a base
+can be measured by the same code as the adapters trained on it.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+
+from lora_study.errors import UserInputError
+
+BASE_PREFIX = "base:"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """An adapter as found in MLflow (or a bare base model), and where it came from."""
+
+    uri: str
+    base_model: str  # the name `--base-model` takes
+    reference: dict | None  # the adapter's base_model.json; None for `base:`
+    adapter_dir: Path | None  # the downloaded PEFT adapter folder; None for `base:`
+    run_id: str | None = None  # the run that logged the adapter
+    model_id: str | None = None  # the MLflow LoggedModel
+    registered_model: str | None = None
+    version: str | None = None
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.adapter_dir is not None
+
+
+def resolve_model_uri(uri: str) -> ModelSource:
+    """Find and download the adapter `uri` names; one clear line if it is not there or not one."""
+    if uri.startswith(BASE_PREFIX):
+        return ModelSource(uri, uri.removeprefix(BASE_PREFIX), None, None)
+    registered_model, version = _registered_version(uri)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except MlflowException as error:
+        raise UserInputError(f"--model-uri {uri}: {error.message}") from None
+    if not (local / "MLmodel").exists():
+        raise UserInputError(f"--model-uri {uri}: no MLflow model there (no MLmodel file)")
+    model = Model.load(local)
+    artifacts = model.flavors.get("python_function", {}).get("artifacts", {})
+    if "adapter" not in artifacts or "base_model" not in artifacts:
+        raise UserInputError(
+            f"--model-uri {uri}: not a lora-study adapter (its MLmodel names no adapter and base "
+            "model); pass the `adapter` model of a `train` or `sweep` run"
+        )
+    reference = json.loads((local / artifacts["base_model"]["path"]).read_text())
+    return ModelSource(
+        uri, reference["name"], reference, local / artifacts["adapter"]["path"],
+        run_id=model.run_id, model_id=model.model_id, registered_model=registered_model, version=version,
+    )  # fmt: skip
+
+
+def _registered_version(uri: str) -> tuple[str | None, str | None]:
+    """(name, version) of a `models:/<name>/<version>` or `models:/<name>@<alias>` URI."""
+    if not uri.startswith("models:/") or uri.startswith("models:/m-"):  # m-<id>: a LoggedModel
+        return None, None
+    name_and_version = uri.removeprefix("models:/").rstrip("/")
+    client = mlflow.MlflowClient()
+    try:
+        if "@" in name_and_version:
+            name, alias = name_and_version.split("@", 1)
+            return name, client.get_model_version_by_alias(name, alias).version
+        name, _, version = name_and_version.partition("/")
+        return name, client.get_model_version(name, version).version
+    except MlflowException as error:
+        raise UserInputError(f"--model-uri {uri}: {error.message}") from None
+
+
+def tag_version(name: str, version: str, tags: dict) -> None:
+    """Set tags on a registered model version, so the registry page shows them."""
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
