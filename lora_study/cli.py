@@ -12,12 +12,13 @@ from typing import Callable
 
 from pydantic import BaseModel
 
-from lora_study import data, evaluation, training
+from lora_study import data, evaluation, sweep, training
 from lora_study.config import (
     AdapterConfig,
     BaseModelConfig,
     DataConfig,
     EvaluateConfig,
+    SweepConfig,
     TrainConfig,
     flag,
     parse_sections,
@@ -47,6 +48,11 @@ COMMANDS = {
         "Measure an adapter against its base model: test perplexity, generation speed and quality.",
         (EvaluateConfig,),
         evaluation.run_evaluate,
+    ),
+    "sweep": Command(
+        "Run an Optuna study over LoRA settings, one nested MLflow run per trial; register the best.",
+        (DataConfig, BaseModelConfig, SweepConfig),
+        sweep.run_sweep,
     ),
 }
 

@@ -184,3 +184,62 @@ class EvaluateConfig(BaseModel):
                 "models:/<name>@<alias> or base:<base model>"
             )
         return self
+
+
+OBJECTIVES = ("perplexity", "peak_memory_mb", "trainable_params")
+
+
+class SweepConfig(BaseModel):
+    """The Optuna study: its search space, budget, storage, workers and registry."""
+
+    model_config = STRICT
+
+    config: str = Field(
+        "configs/sweep/default.yaml",
+        description="Search-space YAML (sampler and space); also rank.yaml, modules.yaml, "
+        "quantization.yaml in configs/sweep/.",
+    )
+    data: str = Field(
+        "", description="Prepared data (`runs:/<prepare run id>` or its folder); empty: prepare "
+        "it from --dataset and the other data options."
+    )  # fmt: skip
+    n_trials: int = Field(8, gt=0, description="Finished trials (any state) the study holds when done.")
+    timeout_min: float = Field(0, ge=0, description="Stop starting trials after this many minutes; 0: no limit.")
+    max_steps: int = Field(8, gt=0, description="Optimizer steps per trial.")
+    eval_every: int = Field(4, gt=0, description="Validation loss every N steps: what the pruner sees.")
+    objectives: str = Field(
+        "perplexity",
+        description="What to minimize, comma-separated: perplexity (validation), peak_memory_mb, "
+        "trainable_params; two or more keep a Pareto front.",
+    )
+    pruner: Literal["median", "hyperband", "none"] = Field(
+        "median", description="Stop trials whose validation loss falls behind (single objective only)."
+    )
+    study_name: str = Field(
+        "", description="Optuna study; the same name resumes it. Empty: from the config, base model and data."
+    )
+    storage: str = Field(
+        "", description="Optuna storage URL (postgresql://... for many workers or machines); empty: "
+        "sqlite optuna.db beside the MLflow store."
+    )  # fmt: skip
+    n_workers: int = Field(1, gt=0, description="Worker processes on this machine sharing the study.")
+    registered_model: str = Field(
+        "", description="Registry name for the best adapters; empty: lora-study-<base model>."
+    )
+    promote: bool = Field(
+        False, description="Move alias `champion` to the new best if it beats the current champion."
+    )
+
+    @model_validator(mode="after")
+    def _objectives_are_known(self):
+        names = [name.strip() for name in self.objectives.split(",")]
+        unknown = [name for name in names if name not in OBJECTIVES]
+        if unknown or len(set(names)) != len(names):
+            raise ValueError(
+                f"`objectives`: {self.objectives!r} must be distinct names among {', '.join(OBJECTIVES)}"
+            )
+        return self
+
+    @property
+    def objective_names(self) -> list[str]:
+        return [name.strip() for name in self.objectives.split(",")]

@@ -73,6 +73,22 @@ def attach(model: nn.Module, config, seed: int):
     return get_peft_model(model, peft_config)
 
 
+def detach(model: nn.Module) -> nn.Module:
+    """Take every adapter layer out of `model` (without merging): the base as it was loaded.
+
+    Works on the base a PeftModel was built on, so a sweep can reuse it after a trial that
+    failed halfway.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, module.get_base_layer())
+    vars(model).pop("peft_config", None)  # PEFT notes its config on the base it wraps
+    return model
+
+
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameters; 4-bit weights count as the values they hold."""
     trainable = total = 0

@@ -2,11 +2,14 @@
 
 - CUDA: the peak of memory allocated by tensors (`torch.cuda.max_memory_allocated`), weights
   included, since the block started.
-- CPU: how far the process's peak resident set size rose above its size when the block started.
+- CPU: how far the process's peak resident set size rose above its size when the block started
+  (after freed heap memory is handed back to the OS).
   Linux resets the peak on writing 5 to /proc/self/clear_refs (proc(5)); where that is refused,
   a thread samples the resident size every 10 ms instead.
 """
 
+import ctypes
+import gc
 import threading
 from pathlib import Path
 
@@ -31,6 +34,7 @@ class PeakMemory:
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
             return self
+        _return_freed_memory()
         self._start = _status_kib("VmRSS")
         try:
             CLEAR_REFS.write_text("5")
@@ -46,6 +50,17 @@ class PeakMemory:
         else:
             self.megabytes = max(0, _status_kib("VmHWM") - self._start) / 1024
         return False
+
+
+def _return_freed_memory() -> None:
+    """Free what is garbage and hand freed heap pages back to the OS, so that the block's rise is
+    its own: glibc keeps freed pages resident, and a block reusing them (the next trial of a
+    sweep, say) would otherwise seem to need almost nothing."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 class _RssSampler:

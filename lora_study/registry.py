@@ -82,3 +82,33 @@ def tag_version(name: str, version: str, tags: dict) -> None:
     client = mlflow.MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))
+
+
+def find_trial_version(name: str, study: str, trial_number: int):
+    """The version registered from this study's trial, if any: a resumed sweep must not repeat it."""
+    from lora_study.tracking import TAG_STUDY, TAG_TRIAL_NUMBER
+
+    query = f"name = '{name}' and tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_TRIAL_NUMBER}` = '{trial_number}'"
+    try:
+        found = mlflow.MlflowClient().search_model_versions(query)
+    except MlflowException:  # no such registered model yet
+        return None
+    return found[0] if found else None
+
+
+def register(model_uri: str, name: str, tags: dict):
+    """Register `model_uri` as a new version of `name`, with its tags set."""
+    version = mlflow.register_model(model_uri, name, tags={key: str(value) for key, value in tags.items()})
+    return mlflow.MlflowClient().get_model_version(name, version.version)
+
+
+def alias_version(name: str, alias: str):
+    """The version an alias points at, or None."""
+    try:
+        return mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, version)

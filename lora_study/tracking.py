@@ -81,6 +81,19 @@ TAG_EVALUATED_REGISTERED_MODEL = "lora_study.registered_model"
 TAG_EVALUATED_VERSION = "lora_study.model_version"
 TAG_EVALUATION_RUN_ID = "evaluation_run_id"
 
+# --- `sweep`: a parent run per invocation, a nested run per trial ---------------------------
+TAG_STUDY = "lora_study.study"  # on the parent, every trial run and every registered version
+TAG_TRIAL_NUMBER = "trial_number"  # on trial runs (and registered versions)
+TAG_TRIAL_STATE = "trial_state"  # COMPLETE | PRUNED | FAIL, on trial runs
+PARAM_STORAGE = "optuna_storage"  # the Optuna storage URL the sweep used, password masked
+METRIC_TRIALS = "{state}_trials"  # complete_trials, pruned_trials, failed_trials on the parent
+METRIC_BEST = "best_{objective}"  # best_perplexity ... on the parent
+PARAM_BEST = "best_{param}"  # the best trial's params, on the parent (single objective)
+ARTIFACT_TRIALS = "trials.json"  # an MLflow table: one row per trial
+ARTIFACT_SWEEP_CONFIG = "sweep_config.yaml"  # the search space the study ran on
+ALIAS_CHALLENGER = "challenger"
+ALIAS_CHAMPION = "champion"
+
 # --- artifacts -----------------------------------------------------------------------------
 ARTIFACT_DATA = "data"  # the prepared splits, as `prepare` wrote them
 ARTIFACT_PREVIEW = "preview.json"  # an MLflow table: a few decoded rows per split

@@ -94,13 +94,21 @@ def setup(data: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, train
     else:
         prepared = data_stage.prepare(data, ref, tokenizer)[0]
     check_prepared(prepared, data.seq_len, models.tokenizer_digest(tokenizer), base.base_model)
-    # Frozen base weights in the autocast dtype: autocast would otherwise cast them every step.
-    weights_dtype = dtype if dtype is not None and adapter.quantization == "none" else torch.float32
-    model = models.load_model(ref, adapter.quantization, weights_dtype)
+    model, weights_dtype = load_base(ref, adapter.quantization, dtype, where)
     lora.resolve_targets(model, adapter.target_modules)  # an unknown name fails before the run
-    if adapter.quantization == "none":
-        model.to(where)
     return Setup(ref, tokenizer, model, prepared, where, dtype, weights_dtype)
+
+
+def load_base(ref: models.BaseModelRef, quantization: str, dtype: torch.dtype | None, where: torch.device):
+    """The frozen base on its device, and the dtype of its weights that are not quantized.
+
+    They are held in the autocast dtype: autocast would otherwise cast them at every step.
+    """
+    weights_dtype = dtype if dtype is not None and quantization == "none" else torch.float32
+    model = models.load_model(ref, quantization, weights_dtype)
+    if quantization == "none":
+        model.to(where)
+    return model, weights_dtype
 
 
 def check_prepared(prepared, seq_len: int, tokenizer_digest: str, base_model: str) -> None:
@@ -130,8 +138,14 @@ def batches(rows: list[dict], batch_size: int, seed: int, pad_id: int):
             yield collate([rows[i] for i in order[start : start + batch_size]], pad_id)
 
 
-def fine_tune(s: Setup, adapter: AdapterConfig, train: TrainConfig, seed: int, on_eval: EvalHook | None = None):
-    """Attach a fresh adapter to `s.model`, train it, and log as it goes; returns the PEFT model."""
+def fine_tune(s: Setup, adapter: AdapterConfig, train: TrainConfig, seed: int, on_eval: EvalHook | None = None,
+              base_eval_loss: float | None = None):  # fmt: skip
+    """Attach a fresh adapter to `s.model`, train it, and log as it goes; returns the PEFT model.
+
+    `on_eval(step, eval_loss)` sees every evaluation, step 0 included. Step 0 is the base model's
+    loss (a fresh adapter changes nothing); a sweep that measured it already passes
+    `base_eval_loss` instead of measuring it again for every trial.
+    """
     from peft import prepare_model_for_kbit_training
     from transformers import get_scheduler
 
@@ -160,7 +174,10 @@ def fine_tune(s: Setup, adapter: AdapterConfig, train: TrainConfig, seed: int, o
     evaluate = lambda: mean_loss(model, validation_rows, train.batch_size, s.tokenizer.pad_token_id, s.dtype)  # noqa: E731
     progress = _progress(steps)
     tokens_seen, step_time, started = 0, 0.0, time.perf_counter()
-    _log_eval(0, evaluate())  # the fresh adapter is a no-op: step 0 is the base model's loss
+    base_eval_loss = evaluate() if base_eval_loss is None else base_eval_loss
+    _log_eval(0, base_eval_loss)
+    if on_eval is not None:
+        on_eval(0, base_eval_loss)
     model.train()
     with PeakMemory(s.device) as peak:
         for step in range(1, steps + 1):

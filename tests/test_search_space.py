@@ -1,0 +1,98 @@
+"""Search-space files: the shipped ones, every problem at once, and what a trial draws."""
+
+import optuna
+import pytest
+
+from lora_study import search_space
+from lora_study.errors import UserInputError
+from lora_study.search_space import Choice, Fixed, Range
+
+from conftest import REPO
+
+
+def write(tmp_path, text):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_the_shipped_configs_parse():
+    default = search_space.load(str(REPO / "configs/sweep/default.yaml"))
+    assert default.sampler == "tpe"
+    assert default.dimensions["rank"] == Choice((4, 8, 16, 32))
+    assert default.dimensions["alpha_per_rank"] == Choice((1, 2))
+    assert default.dimensions["learning_rate"] == Range(1e-4, 3e-3, log=True, integer=False)
+    assert default.dimensions["quantization"] == Fixed("none")
+    grids = {name: search_space.load(str(REPO / f"configs/sweep/{name}.yaml")) for name in
+             ("rank", "modules", "quantization")}  # fmt: skip
+    assert all(space.sampler == "grid" for space in grids.values())
+    assert grids["rank"].grid() == {"rank": [4, 8, 16, 32, 64]}
+    assert grids["modules"].grid() == {"target_modules": ["q", "v", "qv", "qkvo", "mlp", "all-linear"]}
+    assert grids["quantization"].grid() == {"quantization": ["none", "8bit", "4bit"]}
+
+
+def test_a_trial_draws_typed_configs_and_alpha_per_rank():
+    space = search_space.load(str(REPO / "configs/sweep/default.yaml"))
+    trial = optuna.trial.FixedTrial({"rank": 16, "alpha_per_rank": 2, "target_modules": "qkvo",
+                                     "learning_rate": 1e-3})  # fmt: skip
+    adapter, train = space.suggest(trial, {"max_steps": 7, "eval_every": 2})
+    assert (adapter.rank, adapter.alpha, adapter.target_modules, adapter.dropout) == (16, 32.0, "qkvo", 0.05)
+    assert (train.learning_rate, train.batch_size, train.max_steps, train.eval_every) == (1e-3, 4, 7, 2)
+
+
+def test_an_integer_range_draws_integers(tmp_path):
+    space = search_space.load(write(tmp_path, "space:\n  rank: {low: 2, high: 64, log: true}\n"))
+    assert space.dimensions["rank"] == Range(2, 64, log=True, integer=True)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    adapter, _ = space.suggest(study.ask(), {})
+    assert isinstance(adapter.rank, int) and 2 <= adapter.rank <= 64
+
+
+def test_every_problem_is_listed_at_once_naming_the_file_and_key(tmp_path):
+    path = write(tmp_path, """
+sampler: grid
+colour: blue
+space:
+  rank: [0, 8]
+  target_modules: []
+  learning_rate: {low: 1.0e-2, high: 1.0e-4}
+  dropout: {low: 0.0, high: 0.2}
+  alpha: {per_rank: [2, -1]}
+  max_steps: 10
+  rnak: 4
+  quantization: [none, 2bit]
+""")
+    with pytest.raises(UserInputError) as caught:
+        search_space.load(path)
+    problems = caught.value.problems
+    expected = [
+        "unknown key `colour`",
+        "space.rank: Input should be greater than 0 (got 0)",
+        "space.target_modules: empty list of choices",
+        "space.learning_rate: low (0.01) must be below high (0.0001)",
+        "space.alpha: per_rank: -1 is not a positive number",
+        "space.max_steps: set by the sweep's --max-steps flag",
+        "space.rnak: unknown option (options: alpha, batch_size",
+        "space.quantization: Input should be 'none', '8bit' or '4bit' (got '2bit')",
+        "space.learning_rate: the grid sampler needs a list of values, not a range",
+        "space.dropout: the grid sampler needs a list of values, not a range",
+    ]
+    assert len(problems) == len(expected)
+    for fragment in expected:
+        assert any(p.startswith(f"{path}: ") and fragment in p for p in problems), fragment
+
+
+def test_bad_yaml_names_the_line(tmp_path):
+    path = write(tmp_path, "space:\n  rank: [4, 8\n  alpha: 16\n")
+    with pytest.raises(UserInputError, match=r"space.yaml, line \d: not valid YAML"):
+        search_space.load(path)
+
+
+def test_a_missing_file_points_at_the_shipped_ones():
+    with pytest.raises(UserInputError, match="--config: file nowhere.yaml does not exist"):
+        search_space.load("nowhere.yaml")
+
+
+def test_a_range_needs_a_numeric_option(tmp_path):
+    with pytest.raises(UserInputError, match="space.target_modules: a range needs a numeric option"):
+        search_space.load(write(tmp_path, "space:\n  target_modules: {low: 1, high: 2}\n"))

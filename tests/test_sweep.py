@@ -1,0 +1,235 @@
+"""`sweep` on the tiny model: runs and names, pruning, failures, multi-objective, resume after a
+killed worker, the pristine base between trials, and the registry."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import optuna
+import pytest
+import torch
+
+from lora_study import cli, search_space, sweep
+from lora_study.config import BaseModelConfig, DataConfig, SweepConfig
+from lora_study.errors import UserInputError
+from lora_study.evaluation import mean_loss
+
+from conftest import REPO, runs
+
+TINY = ["--base-model", "tiny", "--max-samples", "15", "--seq-len", "32"]
+SPACE = """
+sampler: {sampler}
+space:
+  rank: [4, 8]
+  alpha: {{per_rank: 2}}
+  target_modules: [qv, all-linear]
+  learning_rate: {learning_rate}
+  batch_size: 4
+"""
+
+
+def space_file(tmp_path, sampler="random", learning_rate="[0.02, 0.000001]"):
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE.format(sampler=sampler, learning_rate=learning_rate))
+    return str(path)
+
+
+def sweep_argv(tmp_path, *extra, n_trials=4, config=None):
+    return ["sweep", *TINY, "--config", config or space_file(tmp_path), "--n-trials", str(n_trials),
+            "--max-steps", "4", "--eval-every", "2", "--storage", f"sqlite:///{tmp_path}/optuna.db",
+            "--study-name", "s", "--registered-model", registered(tmp_path), *extra]  # fmt: skip
+
+
+def registered(tmp_path) -> str:
+    """A registered model of the test's own: the tests share one MLflow store."""
+    return f"tiny-{tmp_path.name}"
+
+
+def parent_and_trials(experiment_id):
+    all_runs = runs(experiment_id)
+    parents = [r for r in all_runs if r.data.tags["lora_study.stage"] == "sweep"]
+    trials = [r for r in all_runs if r.data.tags["lora_study.stage"] == "trial"]
+    return parents, sorted(trials, key=lambda r: int(r.data.tags["trial_number"]))
+
+
+def study(tmp_path, name="s"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/optuna.db")
+
+
+def test_a_sweep_is_a_parent_run_with_a_nested_run_per_trial(tmp_path, mlflow_experiment, capsys):
+    assert cli.main(sweep_argv(tmp_path, "--pruner", "none")) == 0
+    (parent,), trials = parent_and_trials(mlflow_experiment)
+    assert parent.info.status == "FINISHED" and parent.data.tags["lora_study.study"] == "s"
+    assert [int(t.data.tags["trial_number"]) for t in trials] == [0, 1, 2, 3]
+    for trial in trials:
+        assert trial.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert trial.data.tags["trial_state"] == "COMPLETE" and trial.info.status == "FINISHED"
+        # everything `train` logs, under the same names
+        for name in ("rank", "alpha", "target_modules", "learning_rate", "seq_len", "base_model", "dataset_digest"):
+            assert name in trial.data.params
+        for name in ("eval_perplexity", "train_tokens_per_s", "peak_memory_mb", "trainable_params", "adapter_size_mb"):
+            assert name in trial.data.metrics
+        assert trial.data.params["alpha"] == str(2.0 * int(trial.data.params["rank"]))
+    metrics, params = parent.data.metrics, parent.data.params
+    assert (metrics["complete_trials"], metrics["pruned_trials"], metrics["failed_trials"]) == (4, 0, 0)
+    best = min(trials, key=lambda t: t.data.metrics["eval_perplexity"])
+    assert metrics["best_perplexity"] == pytest.approx(best.data.metrics["eval_perplexity"])
+    assert params["best_rank"] == best.data.params["rank"] and params["n_trials"] == "4"
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "plots")}
+    assert artifacts == {f"plots/{name}.png" for name in
+                         ("perplexity_by_rank", "perplexity_vs_memory", "optimization_history", "parameter_importances")}  # fmt: skip
+    table = mlflow.load_table("trials.json", run_ids=[parent.info.run_id])
+    assert sorted(table.trial_number) == [0, 1, 2, 3]
+    # the best adapter is registered once, with its tags, as the challenger
+    version = mlflow.MlflowClient().get_model_version_by_alias(registered(tmp_path), "challenger")
+    assert version.run_id == best.info.run_id
+    tags = version.tags
+    assert tags["lora_study.study"] == "s" and tags["trial_number"] == best.data.tags["trial_number"]
+    assert float(tags["test_perplexity"]) < float(tags["base_test_perplexity"])
+    assert tags["base_model"] == "tiny" and len(tags["base_model_sha256"]) == 64
+    assert "champion" not in mlflow.MlflowClient().get_registered_model(registered(tmp_path)).aliases
+    out = capsys.readouterr().out
+    assert "mlflow ui --backend-store-uri" in out and f"models:/{registered(tmp_path)}@challenger" in out
+
+
+def test_a_trial_behind_the_median_is_pruned_and_recorded(tmp_path, mlflow_experiment):
+    good = {"rank": 8, "target_modules": "qv", "learning_rate": 0.02}
+    created = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/optuna.db")
+    for params in (good, good, good, {**good, "learning_rate": 0.000001}):  # the median pruner waits for 3
+        created.enqueue_trial(params)
+    assert cli.main(sweep_argv(tmp_path)) == 0
+    (parent,), trials = parent_and_trials(mlflow_experiment)
+    assert [t.data.tags["trial_state"] for t in trials] == ["COMPLETE"] * 3 + ["PRUNED"]
+    assert trials[3].info.status == "FINISHED"
+    assert [m.step for m in mlflow.MlflowClient().get_metric_history(trials[3].info.run_id, "eval_loss")] == [0, 2]
+    assert parent.data.metrics["pruned_trials"] == 1
+    assert study(tmp_path).trials[3].state == optuna.trial.TrialState.PRUNED
+
+
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, mlflow_experiment, monkeypatch):
+    fine_tune = sweep.training.fine_tune
+
+    def failing_for_rank_4(s, adapter, train, seed, **hooks):
+        if adapter.rank == 4:
+            raise UserInputError("train_loss became nan at step 1: lower --learning-rate")
+        return fine_tune(s, adapter, train, seed, **hooks)
+
+    monkeypatch.setattr(sweep.training, "fine_tune", failing_for_rank_4)
+    created = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/optuna.db")
+    created.enqueue_trial({"rank": 4, "target_modules": "qv", "learning_rate": 0.02})
+    assert cli.main(sweep_argv(tmp_path, "--pruner", "none", n_trials=3)) == 0
+    (parent,), trials = parent_and_trials(mlflow_experiment)
+    assert trials[0].info.status == "FAILED" and trials[0].data.tags["trial_state"] == "FAIL"
+    assert "train_loss became nan" in trials[0].data.tags["lora_study.error"]
+    assert parent.data.metrics["failed_trials"] == 1 and parent.data.metrics["complete_trials"] == 2
+    assert parent.info.status == "FINISHED"
+
+
+def test_several_objectives_keep_and_register_the_pareto_front(tmp_path, mlflow_experiment):
+    argv = sweep_argv(tmp_path, "--objectives", "perplexity,trainable_params", n_trials=5)
+    assert cli.main(argv) == 0
+    front = study(tmp_path).best_trials
+    assert len(study(tmp_path).directions) == 2 and front
+    versions = mlflow.MlflowClient().search_model_versions(f"name = '{registered(tmp_path)}'")
+    assert sorted(int(v.tags["trial_number"]) for v in versions) == sorted(t.number for t in front)
+    challenger = mlflow.MlflowClient().get_model_version_by_alias(registered(tmp_path), "challenger")
+    assert int(challenger.tags["trial_number"]) == min(front, key=lambda t: t.values[0]).number
+    assert {"eval_perplexity", "trainable_params"} <= set(challenger.tags)
+
+
+def test_each_trial_starts_from_the_pristine_base(tmp_path, mlflow_experiment):
+    plan = sweep.Plan(DataConfig(max_samples=15, seq_len=32), BaseModelConfig(base_model="tiny"),
+                      SweepConfig(max_steps=3, eval_every=3, pruner="none"),
+                      search_space.load(space_file(tmp_path, learning_rate="0.05")), "pristine",
+                      f"sqlite:///{tmp_path}/optuna.db", experiment_id=mlflow_experiment)  # fmt: skip
+    worker = sweep.Worker(plan)
+    base = worker.bases["none"]
+    pristine = {name: tensor.clone() for name, tensor in base.state_dict().items()}
+    created = sweep.open_study(plan)
+    created.enqueue_trial({"rank": 8, "target_modules": "all-linear"})
+    created.enqueue_trial({"rank": 4, "target_modules": "qv"})
+    created.optimize(worker.objective, n_trials=2)
+    assert worker.bases["none"] is base and type(base).__name__ == "LlamaForCausalLM"
+    assert not any("lora" in name for name, _ in base.named_modules()) and "peft_config" not in vars(base)
+    after = base.state_dict()
+    assert after.keys() == pristine.keys() and all(torch.equal(after[k], pristine[k]) for k in pristine)
+    # and it still computes what trial 0 measured on it at step 0, before any adapter
+    _, trials = parent_and_trials(mlflow_experiment)
+    step0 = next(m.value for m in mlflow.MlflowClient().get_metric_history(trials[0].info.run_id, "eval_loss")
+                 if m.step == 0)  # fmt: skip
+    s = worker.setup
+    again = mean_loss(base, s.prepared.rows("validation"), 4, s.tokenizer.pad_token_id, s.dtype)
+    assert again == pytest.approx(step0, rel=1e-6)
+
+
+def test_running_again_resumes_after_a_killed_worker(tmp_path, mlflow_experiment):
+    """Kill a sweep mid-trial; the same command then fails that trial by heartbeat, keeps the
+    finished ones, completes the study and registers nothing twice."""
+    argv = sweep_argv(tmp_path, "--pruner", "none", "--max-steps", "40", "--eval-every", "40", n_trials=4)
+    env = {**os.environ, "LORA_STUDY_HEARTBEAT_S": "1", "MLFLOW_EXPERIMENT_ID": mlflow_experiment}
+    worker = subprocess.Popen([sys.executable, "-m", "lora_study", *argv], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            trials = study(tmp_path).trials
+        except KeyError:  # the study is not created yet
+            trials = []
+        if any(t.state.name == "COMPLETE" for t in trials) and any(t.state.name == "RUNNING" for t in trials):
+            break
+        time.sleep(0.2)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    killed = next(t.number for t in study(tmp_path).trials if t.state.name == "RUNNING")
+    time.sleep(3)  # past the grace period of two heartbeats
+    os.environ["LORA_STUDY_HEARTBEAT_S"] = "1"
+    try:
+        sweep.HEARTBEAT_S = 1
+        assert cli.main(argv) == 0
+        assert cli.main(argv) == 0  # once more: the study is done, nothing new runs or registers
+    finally:
+        sweep.HEARTBEAT_S = int(os.environ.pop("LORA_STUDY_HEARTBEAT_S"))
+    states = {t.number: t.state.name for t in study(tmp_path).trials}
+    assert states[killed] == "FAIL" and len([s for s in states.values() if s == "COMPLETE"]) >= 3
+    assert len(states) == 4 + (states[killed] == "FAIL") - 1 or len(states) == 4
+    _, trial_runs = parent_and_trials(mlflow_experiment)
+    killed_run = next(r for r in trial_runs if r.data.tags["trial_number"] == str(killed))
+    assert killed_run.info.status == "FAILED" and "heartbeats" in killed_run.data.tags["lora_study.error"]
+    assert all(r.info.status != "RUNNING" for r in trial_runs)
+    assert len(mlflow.MlflowClient().search_model_versions(f"name = '{registered(tmp_path)}'")) == 1
+
+
+def test_promote_moves_champion_only_to_a_better_challenger(mlflow_experiment):
+    from lora_study import registry
+
+    class Echo(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return model_input
+
+    with mlflow.start_run() as run:
+        mlflow.pyfunc.log_model(name="adapter", python_model=Echo())
+    uri = f"runs:/{run.info.run_id}/adapter"
+    first = registry.register(uri, "promote-test", {"eval_perplexity": "10"})
+    sweep._promote("promote-test", first, "perplexity")
+    assert registry.alias_version("promote-test", "champion").version == first.version
+    worse = registry.register(uri, "promote-test", {"eval_perplexity": "12"})
+    sweep._promote("promote-test", worse, "perplexity")
+    assert registry.alias_version("promote-test", "champion").version == first.version
+    better = registry.register(uri, "promote-test", {"eval_perplexity": "9.5"})
+    sweep._promote("promote-test", better, "perplexity")
+    assert registry.alias_version("promote-test", "champion").version == better.version
+
+
+def test_a_bad_search_space_or_target_fails_before_any_run(tmp_path, mlflow_experiment, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("space:\n  rank: [0]\n  target_modules: [qv, gate]\n")
+    assert cli.main(sweep_argv(tmp_path, config=str(config))) == 2
+    assert "space.rank: Input should be greater than 0" in capsys.readouterr().err
+    config.write_text("space:\n  target_modules: [qv, gate]\n")
+    assert cli.main(sweep_argv(tmp_path, config=str(config))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"lora-study: error: {config}: space.target_modules: --target-modules gate:")
+    assert runs(mlflow_experiment) == []
