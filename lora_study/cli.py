@@ -12,13 +12,15 @@ from typing import Callable
 
 from pydantic import BaseModel
 
-from lora_study import data, evaluation, sweep, training
+from lora_study import data, evaluation, registry, sweep, training
 from lora_study.config import (
     AdapterConfig,
     BaseModelConfig,
     DataConfig,
     EvaluateConfig,
+    PromoteConfig,
     SweepConfig,
+    VersionsConfig,
     TrainConfig,
     flag,
     parse_sections,
@@ -30,7 +32,7 @@ from lora_study.errors import UserInputError
 class Command:
     help: str
     sections: tuple[type[BaseModel], ...]
-    run: Callable[..., str]  # takes one config per section, returns the MLflow run id
+    run: Callable[..., str | None]  # takes one config per section; returns the MLflow run id, if it made one
 
 
 COMMANDS = {
@@ -54,6 +56,16 @@ COMMANDS = {
         (DataConfig, BaseModelConfig, SweepConfig),
         sweep.run_sweep,
     ),
+    "promote": Command(
+        "Move an alias (champion) to a registered version that beats its holder; record why.",
+        (PromoteConfig,),
+        registry.run_promote,
+    ),
+    "versions": Command(
+        "List a registered model's versions: aliases, base model, adapter shape, metrics.",
+        (VersionsConfig,),
+        registry.run_versions,
+    ),
 }
 
 
@@ -65,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         for section in command.sections:
             group = sub.add_argument_group(section.__name__, section.__doc__)
             for field_name, field in section.model_fields.items():
+                if (field.json_schema_extra or {}).get("positional"):
+                    group.add_argument(field_name, metavar=field_name.upper(), help=field.description)
+                    continue
                 boolean = field.annotation is bool
                 group.add_argument(
                     flag(field_name),
@@ -73,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                     nargs="?" if boolean else None,
                     const="true" if boolean else None,
                     metavar="BOOL" if boolean else field_name.upper(),
-                    help=f"{field.description} (default: {field.default})",
+                    help=f"{field.description} ({'required' if field.is_required() else f'default: {field.default}'})",
                 )
     return parser
 
@@ -102,5 +117,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lora-study: interrupted", file=sys.stderr)
         return 130
-    print(f"MLflow run {run_id}")
+    if run_id:
+        print(f"MLflow run {run_id}")
     return 0

@@ -90,6 +90,8 @@ def _describe(problem: dict) -> str:
     message = problem["msg"].removeprefix("Value error, ")
     if not problem["loc"]:  # a model-level check: its message names the fields itself
         return message
+    if problem["type"] == "missing":
+        return f"{flag(str(problem['loc'][0]))}: required"
     return f"{flag(str(problem['loc'][0]))}: {message} (got {problem['input']!r})"
 
 
@@ -243,3 +245,26 @@ class SweepConfig(BaseModel):
     @property
     def objective_names(self) -> list[str]:
         return [name.strip() for name in self.objectives.split(",")]
+
+
+POSITIONAL = {"positional": True}  # a field given as `lora-study <command> VALUE`, not as a flag
+
+
+class PromoteConfig(BaseModel):
+    """Which registered version to promote to which alias, and why."""
+
+    model_config = STRICT
+
+    registered_model: str = Field(description="The registered model.", json_schema_extra=POSITIONAL)
+    version: int = Field(gt=0, description="The version to promote.")
+    alias: str = Field("champion", min_length=1, description="The alias to move to it.")
+    force: bool = Field(False, description="Move the alias even if the version is not better, or unevaluated.")
+    reason: str = Field("", description="Why, recorded on the version.")
+
+
+class VersionsConfig(BaseModel):
+    """Which registered model to list."""
+
+    model_config = STRICT
+
+    registered_model: str = Field(description="The registered model.", json_schema_extra=POSITIONAL)

@@ -112,3 +112,94 @@ def alias_version(name: str, alias: str):
 
 def set_alias(name: str, alias: str, version: str) -> None:
     mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+# --- promotion and the versions table ------------------------------------------------------------
+
+# What promotion compares: the test perplexity `evaluate` (or the sweep) recorded on a version.
+PROMOTION_METRIC = "test_perplexity"
+VERSION_COLUMNS = ("rank", "alpha", "target_modules", "quantization")  # from the run that logged it
+
+
+def get_version(name: str, version: int):
+    try:
+        return mlflow.MlflowClient().get_model_version(name, str(version))
+    except MlflowException as error:
+        raise UserInputError(f"{name} version {version}: {error.message}") from None
+
+
+def promote(name: str, version: int, alias: str, force: bool, reason: str) -> str:
+    """Point `alias` at `version` if it beats the alias's holder on test perplexity (or `force`);
+    record who, when, why and what was compared on the version. Returns what was done."""
+    import getpass
+    from datetime import datetime, timezone
+
+    candidate = get_version(name, version)
+    holder = alias_version(name, alias)
+    if holder is not None and holder.version == candidate.version:
+        return f"{name}@{alias} is version {version} already"
+    compared = _compare(name, candidate, holder, alias, force)
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, candidate.version)
+    tag_version(name, candidate.version, {
+        "promoted_alias": alias,
+        "promoted_by": getpass.getuser(),
+        "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "promotion_reason": reason or "(none given)",
+        "promotion_compared": compared,
+    })  # fmt: skip
+    return f"{name}@{alias} -> version {version} ({compared})"
+
+
+def _compare(name: str, candidate, holder, alias: str, force: bool) -> str:
+    """The comparison, in words; refuses a worse or unevaluated candidate unless `force`."""
+    mine = candidate.tags.get(PROMOTION_METRIC)
+    if mine is None and not force:
+        raise UserInputError(
+            f"{name} version {candidate.version} has no {PROMOTION_METRIC} tag: run `lora-study evaluate "
+            f"--model-uri models:/{name}/{candidate.version}` first, or pass --force"
+        )
+    if holder is None:
+        return f"{PROMOTION_METRIC} {mine}; no version held @{alias} before"
+    theirs = holder.tags.get(PROMOTION_METRIC)
+    words = f"{PROMOTION_METRIC} {mine} vs {theirs} of version {holder.version}"
+    if mine is not None and theirs is not None and float(mine) >= float(theirs) and not force:
+        raise UserInputError(
+            f"{name} version {candidate.version} is not better than @{alias} (version {holder.version}): "
+            f"{words}; pass --force to move the alias anyway"
+        )
+    return words + (" (forced)" if force else "")
+
+
+def versions_table(name: str):
+    """One row per version: aliases, base model, adapter shape and headline metrics."""
+    import pandas as pd
+
+    client = mlflow.MlflowClient()
+    try:
+        aliases = client.get_registered_model(name).aliases
+    except MlflowException as error:
+        raise UserInputError(f"{name}: {error.message}") from None
+    rows = []
+    for mv in sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)):
+        params = client.get_run(mv.run_id).data.params if mv.run_id else {}
+        rows.append({
+            "version": int(mv.version),
+            "aliases": ",".join(sorted(a for a, v in aliases.items() if str(v) == str(mv.version))),
+            "base_model": mv.tags.get("base_model", params.get("base_model", "")),
+            **{column: params.get(column, "") for column in VERSION_COLUMNS},
+            "test_perplexity": mv.tags.get(PROMOTION_METRIC, ""),
+            "base_test_perplexity": mv.tags.get("base_test_perplexity", ""),
+            "eval_perplexity": mv.tags.get("eval_perplexity", ""),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def run_promote(cfg) -> None:
+    """The `promote` entry point: prints what it did."""
+    print(promote(cfg.registered_model, cfg.version, cfg.alias, cfg.force, cfg.reason))
+
+
+def run_versions(cfg) -> None:
+    """The `versions` command: prints the table."""
+    table = versions_table(cfg.registered_model)
+    print(table.to_string(index=False) if not table.empty else f"{cfg.registered_model} has no versions")

@@ -10,17 +10,25 @@ from lora_study.errors import UserInputError
 from conftest import REPO
 
 MLPROJECT = yaml.safe_load((REPO / "MLproject").read_text())
-REQUIRED = {"model_uri": "base:tiny"}  # fields that have no usable default
+REQUIRED = {"model_uri": "base:tiny", "registered_model": "m", "version": "1"}  # no usable default
 
 
-@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_every_command_but_the_listing_is_an_entry_point():
+    assert set(MLPROJECT["entry_points"]) == set(cli.COMMANDS) - {"versions"}
+
+
+@pytest.mark.parametrize("name", sorted(MLPROJECT["entry_points"]))
 def test_mlproject_entry_point_matches_the_cli(name):
     entry = MLPROJECT["entry_points"][name]
     sections = cli.COMMANDS[name].sections
     fields = {key: f for section in sections for key, f in section.model_fields.items()}
     assert set(entry["parameters"]) == set(fields)
     for key, spec in entry["parameters"].items():
-        assert f"{flag(key)} {{{key}}}" in entry["command"]
+        positional = (fields[key].json_schema_extra or {}).get("positional")
+        assert (f"{{{key}}}" if positional else f"{flag(key)} {{{key}}}") in entry["command"]
+        if fields[key].is_required():
+            assert spec in ("string", "float")  # MLproject's way of saying required
+            continue
         if key in REQUIRED:
             continue
         required = {k: v for k, v in REQUIRED.items() if k in fields}
@@ -33,8 +41,10 @@ def test_mlproject_entry_point_matches_the_cli(name):
 def test_every_config_field_is_a_cli_flag(name):
     sub = cli.build_parser()._subparsers._group_actions[0].choices[name]
     flags = {opt for action in sub._actions for opt in action.option_strings}
+    positional = {action.dest for action in sub._actions if not action.option_strings}
     for section in cli.COMMANDS[name].sections:
-        assert {flag(key) for key in section.model_fields} <= flags
+        for key, field in section.model_fields.items():
+            assert key in positional if (field.json_schema_extra or {}).get("positional") else flag(key) in flags
 
 
 def test_flag_names_do_not_collide_across_sections():
