@@ -8,6 +8,7 @@ hub revision, quantization and dtype. Loading resolves the base the way `--base-
 """
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -22,10 +23,16 @@ from lora_study.data import ALPACA_PROMPT_NO_INPUT
 from lora_study.tracking import ARTIFACT_ADAPTER, METRIC_ADAPTER_SIZE_MB
 
 BASE_REFERENCE = "base_model.json"
+DEFAULT_PARAMS = {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0}
+# The most tokens one request may ask for: a server-side bound, so one request cannot hold the
+# server for minutes. Set LORA_STUDY_MAX_NEW_TOKENS where the server starts to change it (at
+# least the default of 64).
+MAX_NEW_TOKENS = int(os.environ.get("LORA_STUDY_MAX_NEW_TOKENS", "512"))
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "prompt")]),
     outputs=Schema([ColSpec("string")]),
-    params=ParamSchema([ParamSpec("max_new_tokens", "long", 64), ParamSpec("temperature", "double", 0.0)]),
+    params=ParamSchema([ParamSpec(name, "long" if name == "max_new_tokens" else "double", value)
+                        for name, value in DEFAULT_PARAMS.items()]),  # fmt: skip
 )
 
 
@@ -38,12 +45,13 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         self.model, self.tokenizer = load_adapter(context.artifacts["adapter"], reference)
 
     def predict(self, context, model_input, params=None):
-        params = {"max_new_tokens": 64, "temperature": 0.0, **(params or {})}
+        """Answers, one per prompt. A bad request raises an MLflow INVALID_PARAMETER_VALUE error,
+        which `mlflow models serve` answers with HTTP 400 and keeps serving."""
+        params = check_params({**DEFAULT_PARAMS, **(params or {})})
         prompt_format = self.reference["prompt_format"]
-        return [
-            generate(self.model, self.tokenizer, format_prompt(prompt, prompt_format, self.tokenizer), **params)
-            for prompt in _prompts(model_input)
-        ]
+        texts = [format_prompt(prompt, prompt_format, self.tokenizer) for prompt in _prompts(model_input)]
+        check_lengths(texts, self.tokenizer, self.model.config, params["max_new_tokens"])
+        return [generate(self.model, self.tokenizer, text, **params) for text in texts]
 
 
 def format_prompt(prompt: str, prompt_format: str, tokenizer) -> str:
@@ -88,9 +96,11 @@ def load_adapter(adapter_dir: str, reference: dict):
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: float) -> str:
+def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: float, top_p: float = 1.0) -> str:
     inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
-    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    sampling = {"do_sample": False}
+    if temperature > 0:
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}
     output = model.generate(
         **inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
     )
@@ -99,10 +109,48 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: fl
 
 def _prompts(model_input) -> list[str]:
     if isinstance(model_input, pd.DataFrame):
-        return [str(prompt) for prompt in model_input["prompt"]]
-    if isinstance(model_input, str):
-        return [model_input]
-    return [str(prompt) for prompt in model_input]
+        if "prompt" not in model_input.columns:
+            raise _bad_request(f"the input needs a `prompt` column (got columns: {', '.join(map(str, model_input.columns))})")
+        prompts = list(model_input["prompt"])
+    else:
+        prompts = [model_input] if isinstance(model_input, str) else list(model_input)
+    if not prompts or not all(isinstance(prompt, str) and prompt.strip() for prompt in prompts):
+        raise _bad_request("every `prompt` must be a non-empty string")
+    return prompts
+
+
+def check_params(params: dict) -> dict:
+    """The request's generation params, within bounds."""
+    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
+    if unknown:
+        raise _bad_request(f"unknown params {', '.join(unknown)} (known: {', '.join(DEFAULT_PARAMS)})")
+    if not 1 <= params["max_new_tokens"] <= MAX_NEW_TOKENS:
+        raise _bad_request(f"max_new_tokens must be 1 to {MAX_NEW_TOKENS} (got {params['max_new_tokens']})")
+    if not 0 <= params["temperature"] <= 10:
+        raise _bad_request(f"temperature must be 0 (greedy) to 10 (got {params['temperature']})")
+    if not 0 < params["top_p"] <= 1:
+        raise _bad_request(f"top_p must be in (0, 1] (got {params['top_p']})")
+    return params
+
+
+def check_lengths(texts: list[str], tokenizer, config, max_new_tokens: int) -> None:
+    """Refuse a prompt that leaves no room for the answer in the model's context."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is None:
+        return
+    for number, text in enumerate(texts, start=1):
+        length = len(tokenizer(text)["input_ids"])
+        if length + max_new_tokens > limit:
+            raise _bad_request(
+                f"prompt {number} has {length} tokens; with max_new_tokens {max_new_tokens} that is over "
+                f"the model's {limit} positions"
+            )
+
+
+def _bad_request(message: str):
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException.invalid_parameter_value(message)
 
 
 def log_adapter(peft_model, reference: dict) -> "mlflow.models.model.ModelInfo":

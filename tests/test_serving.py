@@ -49,7 +49,7 @@ def test_the_model_holds_the_adapter_and_a_base_reference_only(tiny):
     assert info.metadata["base_model"]["sha256"] == tiny.sha256
     signature = info.signature
     assert signature.inputs.input_names() == ["prompt"]
-    assert {p.name for p in signature.params.params} == {"max_new_tokens", "temperature"}
+    assert {p.name for p in signature.params.params} == {"max_new_tokens", "temperature", "top_p"}
 
 
 def test_predict_generates_text_for_each_prompt():
