@@ -5,7 +5,7 @@ MLflow param; `tests/test_config.py` checks that MLproject, the CLI and these cl
 Every problem in a set of values is reported at once, each naming its flag.
 """
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -115,15 +115,22 @@ class AdapterConfig(BaseModel):
     )
 
 
+# Fields that mean the same in several commands, defined once.
+PreparedData = Annotated[str, Field(
+    description="Prepared data: `runs:/<prepare run id>` or its folder; empty prepares it here from "
+    "--dataset and the other data options."
+)]  # fmt: skip
+Precision = Annotated[Literal["auto", "fp32", "bf16", "fp16"], Field(
+    description="Autocast dtype; `auto` takes bf16 where the hardware has it, else fp32."
+)]  # fmt: skip
+
+
 class TrainConfig(BaseModel):
     """The optimization: steps, batch, schedule, precision."""
 
     model_config = STRICT
 
-    data: str = Field(
-        "", description="Prepared data: `runs:/<prepare run id>` or its folder; empty prepares "
-        "it here from --dataset and the other data options."
-    )  # fmt: skip
+    data: PreparedData = ""
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate of AdamW.")
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         "cosine", description="Learning-rate schedule after warmup."
@@ -133,9 +140,7 @@ class TrainConfig(BaseModel):
     epochs: float = Field(1.0, ge=0, description="Passes over the training rows, if --max-steps is 0.")
     batch_size: int = Field(8, gt=0, description="Rows per forward pass.")
     grad_accum: int = Field(1, gt=0, description="Forward passes per optimizer step.")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="Autocast dtype; `auto` takes bf16 where the hardware has it, else fp32."
-    )
+    precision: Precision = "auto"
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: less memory, more time."
     )
@@ -174,9 +179,7 @@ class EvaluateConfig(BaseModel):
         "that it matches the unmerged adapter."
     )  # fmt: skip
     batch_size: int = Field(8, gt=0, description="Rows per forward pass for perplexity.")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="Autocast dtype; `auto` takes bf16 where the hardware has it, else fp32."
-    )
+    precision: Precision = "auto"
 
     @model_validator(mode="after")
     def _a_model_is_named(self):
@@ -201,10 +204,7 @@ class SweepConfig(BaseModel):
         description="Search-space YAML (sampler and space); also rank.yaml, modules.yaml, "
         "quantization.yaml in configs/sweep/.",
     )
-    data: str = Field(
-        "", description="Prepared data (`runs:/<prepare run id>` or its folder); empty: prepare "
-        "it from --dataset and the other data options."
-    )  # fmt: skip
+    data: PreparedData = ""
     n_trials: int = Field(8, gt=0, description="Finished trials (any state) the study holds when done.")
     timeout_min: float = Field(0, ge=0, description="Stop starting trials after this many minutes; 0: no limit.")
     max_steps: int = Field(8, gt=0, description="Optimizer steps per trial.")

@@ -31,7 +31,7 @@ from lora_study import models, registry, serving
 from lora_study.config import DataConfig, EvaluateConfig
 from lora_study.errors import UserInputError
 from lora_study.memory import PeakMemory
-from lora_study.packing import IGNORE_INDEX, collate
+from lora_study.packing import IGNORE_INDEX, collate, records
 from lora_study.tracking import (
     ARTIFACT_GENERATIONS,
     BASE_PREFIX,
@@ -78,17 +78,22 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
-def loss_sum(model, batch: dict, device: torch.device) -> tuple[torch.Tensor, int]:
-    """Summed next-token loss over the batch's target tokens, and how many there are."""
+def logits(model, batch: dict, device: torch.device) -> torch.Tensor:
+    """The model's logits for a collated batch of packed rows."""
     mask = batch["attention_mask"]
-    logits = model(
+    return model(
         input_ids=batch["input_ids"].to(device),
         position_ids=batch["position_ids"].to(device),
         attention_mask=mask.to(device) if mask is not None else None,
     ).logits
+
+
+def loss_sum(model, batch: dict, device: torch.device) -> tuple[torch.Tensor, int]:
+    """Summed next-token loss over the batch's target tokens, and how many there are."""
     targets = batch["targets"].to(device)
     loss = F.cross_entropy(
-        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        logits(model, batch, device).flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
+        reduction="sum",
     )
     return loss, int((targets != IGNORE_INDEX).sum())
 
@@ -131,7 +136,7 @@ def prompts_from_rows(rows: list[dict], fmt: str, tokenizer, limit: int, max_new
     """
     prompts = []
     for row in rows:
-        for ids, labels in _records(row):
+        for ids, labels in records(row):
             if fmt == "text":
                 cut, end = TEXT_PROMPT_TOKENS, TEXT_PROMPT_TOKENS + max_new_tokens
             else:
@@ -144,13 +149,6 @@ def prompts_from_rows(rows: list[dict], fmt: str, tokenizer, limit: int, max_new
             if len(prompts) == limit:
                 return prompts
     return prompts
-
-
-def _records(row: dict):
-    start = 0
-    for length in row["doc_lengths"]:
-        yield row["input_ids"][start : start + length], row["labels"][start : start + length]
-        start += length
 
 
 def read_prompts(path: str, tokenizer, prompt_format: str, limit: int) -> list[Prompt]:
@@ -366,14 +364,10 @@ def _target_logprobs(model, batch: dict, dtype) -> torch.Tensor:
     device = next(model.parameters()).device
     model.eval()
     with autocast(device, dtype):
-        logits = model(
-            input_ids=batch["input_ids"].to(device),
-            position_ids=batch["position_ids"].to(device),
-            attention_mask=None if batch["attention_mask"] is None else batch["attention_mask"].to(device),
-        ).logits
+        scores = logits(model, batch, device)
     targets = batch["targets"].to(device)
     keep = targets != IGNORE_INDEX
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    logprobs = torch.log_softmax(scores.float(), dim=-1)
     return logprobs[keep].gather(-1, targets[keep].unsqueeze(-1)).squeeze(-1)
 
 
@@ -385,13 +379,11 @@ def load_subject(source: registry.ModelSource, where: torch.device, dtype):
     if source.is_adapter:
         model, tokenizer = serving.load_adapter(str(source.adapter_dir), source.reference)
         ref = models.resolve(source.reference["name"], source.reference["trust_remote_code"])
-        quantized = source.reference["quantization"] != "none"
     else:
         ref = models.resolve(source.base_model)
-        weights = dtype if dtype is not None else torch.float32
-        model, tokenizer = models.load_model(ref, "none", weights).eval(), models.load_tokenizer(ref)
-        quantized = False
-    if not quantized:
+        model, tokenizer = models.load_base(ref, "none", dtype, where)[0].eval(), models.load_tokenizer(ref)
+        return model, tokenizer, ref
+    if source.reference["quantization"] == "none":
         model.to(where)
     return model, tokenizer, ref
 
@@ -425,13 +417,12 @@ def _training_data(run_id: str, ref, tokenizer) -> data_stage.PreparedData:
     return prepared
 
 
-def prompt_suite(cfg: EvaluateConfig, prepared, tokenizer, prompt_format: str) -> list[Prompt]:
+def prompt_suite(cfg: EvaluateConfig, rows: list[dict], data_format: str, tokenizer, prompt_format: str) -> list[Prompt]:
     if cfg.max_prompts == 0:
         return []
     if cfg.prompts:
         return read_prompts(cfg.prompts, tokenizer, prompt_format, cfg.max_prompts)
-    rows = prepared.rows("test")
-    return prompts_from_rows(rows, prepared.meta["format"], tokenizer, cfg.max_prompts, cfg.max_new_tokens)
+    return prompts_from_rows(rows, data_format, tokenizer, cfg.max_prompts, cfg.max_new_tokens)
 
 
 # --- the entry point ---------------------------------------------------------------------------------
@@ -446,8 +437,8 @@ def run_evaluate(cfg: EvaluateConfig) -> str:
     model, tokenizer, ref = load_subject(source, where, dtype)
     prepared = evaluation_data(cfg, source, ref, tokenizer)
     prompt_format = source.reference["prompt_format"] if source.is_adapter else prepared.meta["format"]
-    prompts = prompt_suite(cfg, prepared, tokenizer, prompt_format)
     rows = prepared.rows("test")
+    prompts = prompt_suite(cfg, rows, prepared.meta["format"], tokenizer, prompt_format)
     with stage_run("evaluate", **_link_tags(source)) as run:
         log_params({**cfg.model_dump(), "base_model": ref.name, PARAM_BASE_MODEL_SHA256: ref.sha256 or "",
                     PARAM_DATASET_DIGEST: prepared.meta["digest"], "prompt_count": len(prompts)})  # fmt: skip

@@ -117,6 +117,21 @@ def autocast_dtype(precision: str, where: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
 
 
+def weights_dtype(quantization: Quantization, dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype of a frozen base's weights that are not quantized: the autocast dtype (autocast
+    would otherwise cast them at every step), or fp32 under quantization or without autocast."""
+    return dtype if dtype is not None and quantization == "none" else torch.float32
+
+
+def load_base(ref: BaseModelRef, quantization: Quantization, dtype: torch.dtype | None, where: torch.device):
+    """The frozen base on its device, and `weights_dtype` of it."""
+    held = weights_dtype(quantization, dtype)
+    model = load_model(ref, quantization, held)
+    if quantization == "none":
+        model.to(where)
+    return model, held
+
+
 def bitsandbytes_config(quantization: Quantization):
     from transformers import BitsAndBytesConfig
 

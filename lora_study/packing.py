@@ -61,6 +61,14 @@ def _join(records: list[tuple[list[int], list[int]]]) -> dict:
     }
 
 
+def records(row: dict):
+    """The (input_ids, labels) of each record a packed row holds, in order."""
+    start = 0
+    for length in row["doc_lengths"]:
+        yield row["input_ids"][start : start + length], row["labels"][start : start + length]
+        start += length
+
+
 def collate(rows: list[dict], pad_id: int) -> dict:
     """Model inputs for a batch of packed rows, with next-token `targets`.
 

@@ -128,9 +128,9 @@ def get_version(name: str, version: int):
         raise UserInputError(f"{name} version {version}: {error.message}") from None
 
 
-def promote(name: str, version: int, alias: str, force: bool, reason: str) -> str:
-    """Point `alias` at `version` if it beats the alias's holder on test perplexity (or `force`);
-    record who, when, why and what was compared on the version. Returns what was done."""
+def promote(name: str, version: int, alias: str, force: bool, reason: str, metric: str = PROMOTION_METRIC) -> str:
+    """Point `alias` at `version` if it beats the alias's holder on `metric` (lower is better), or
+    with `force`; record who, when, why and what was compared on the version. Returns what was done."""
     import getpass
     from datetime import datetime, timezone
 
@@ -138,8 +138,8 @@ def promote(name: str, version: int, alias: str, force: bool, reason: str) -> st
     holder = alias_version(name, alias)
     if holder is not None and holder.version == candidate.version:
         return f"{name}@{alias} is version {version} already"
-    compared = _compare(name, candidate, holder, alias, force)
-    mlflow.MlflowClient().set_registered_model_alias(name, alias, candidate.version)
+    compared = _compare(name, candidate, holder, alias, force, metric)
+    set_alias(name, alias, candidate.version)
     tag_version(name, candidate.version, {
         "promoted_alias": alias,
         "promoted_by": getpass.getuser(),
@@ -150,18 +150,18 @@ def promote(name: str, version: int, alias: str, force: bool, reason: str) -> st
     return f"{name}@{alias} -> version {version} ({compared})"
 
 
-def _compare(name: str, candidate, holder, alias: str, force: bool) -> str:
+def _compare(name: str, candidate, holder, alias: str, force: bool, metric: str) -> str:
     """The comparison, in words; refuses a worse or unevaluated candidate unless `force`."""
-    mine = candidate.tags.get(PROMOTION_METRIC)
+    mine = candidate.tags.get(metric)
     if mine is None and not force:
         raise UserInputError(
-            f"{name} version {candidate.version} has no {PROMOTION_METRIC} tag: run `lora-study evaluate "
+            f"{name} version {candidate.version} has no {metric} tag: run `lora-study evaluate "
             f"--model-uri models:/{name}/{candidate.version}` first, or pass --force"
         )
     if holder is None:
-        return f"{PROMOTION_METRIC} {mine}; no version held @{alias} before"
-    theirs = holder.tags.get(PROMOTION_METRIC)
-    words = f"{PROMOTION_METRIC} {mine} vs {theirs} of version {holder.version}"
+        return f"{metric} {mine}; no version held @{alias} before"
+    theirs = holder.tags.get(metric)
+    words = f"{metric} {mine} vs {theirs} of version {holder.version}"
     if mine is not None and theirs is not None and float(mine) >= float(theirs) and not force:
         raise UserInputError(
             f"{name} version {candidate.version} is not better than @{alias} (version {holder.version}): "

@@ -10,7 +10,6 @@ counts, best values, plots and the trials table on the parent, and say where to 
 """
 
 import dataclasses
-import math
 import multiprocessing
 import os
 import re
@@ -25,7 +24,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from lora_study import evaluation, lora, models, plots, registry, search_space, serving, training
+from lora_study import evaluation, lora, models, plots, registry, search_space, training
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, EvaluateConfig, SweepConfig, TrainConfig
 from lora_study.errors import UserInputError
 from lora_study.tracking import (
@@ -41,10 +40,8 @@ from lora_study.tracking import (
     METRIC_TRAIN_TOKENS_PER_S,
     METRIC_TRAINABLE_PARAMS,
     METRIC_TRIALS,
-    PARAM_BASE_MODEL_REVISION,
     PARAM_BASE_MODEL_SHA256,
     PARAM_BEST,
-    PARAM_DATASET_DIGEST,
     PARAM_STORAGE,
     TAG_ERROR,
     TAG_STAGE,
@@ -186,11 +183,10 @@ class Worker:
 
     def setup_for(self, adapter: AdapterConfig) -> training.Setup:
         if adapter.quantization not in self.bases:
-            model, _ = training.load_base(self.setup.ref, adapter.quantization, self.setup.dtype, self.setup.device)
+            model, _ = models.load_base(self.setup.ref, adapter.quantization, self.setup.dtype, self.setup.device)
             self.bases[adapter.quantization] = model
-        model = self.bases[adapter.quantization]
-        weights_dtype = self.setup.weights_dtype if adapter.quantization == "none" else torch.float32
-        return dataclasses.replace(self.setup, model=model, weights_dtype=weights_dtype)
+        return dataclasses.replace(self.setup, model=self.bases[adapter.quantization],
+                                   weights_dtype=models.weights_dtype(adapter.quantization, self.setup.dtype))  # fmt: skip
 
     def optimize(self, study: optuna.Study) -> None:
         remaining = self.plan.sweep.n_trials - finished(study)
@@ -208,15 +204,12 @@ class Worker:
         base_key = (adapter.quantization, train.precision)  # what the base's loss depends on
         evals: list[float] = []
         with self._trial_run(trial) as run_id:
-            log_params({**self.plan.data.model_dump(), **self.plan.base.model_dump(),
-                        PARAM_BASE_MODEL_SHA256: s.ref.sha256 or "", PARAM_BASE_MODEL_REVISION: s.ref.revision or "",
-                        PARAM_DATASET_DIGEST: s.prepared.meta["digest"]})  # fmt: skip
+            training.log_inputs(s, self.plan.data, self.plan.base)
             try:
                 model = training.fine_tune(s, adapter, train, self.plan.data.seed, on_eval=self._pruning(trial, evals),
                                            base_eval_loss=self.base_eval_losses.get(base_key))
                 self.base_eval_losses[base_key] = evals[0]
-                prompt_format = s.prepared.meta["format"]
-                serving.log_adapter(model, serving.base_reference(s.ref, adapter.quantization, s.weights_dtype, prompt_format))
+                training.log_trained_adapter(s, model, adapter)
             finally:
                 self.bases[adapter.quantization] = lora.detach(s.model)  # the next trial starts from the base
                 if train.gradient_checkpointing:
@@ -354,17 +347,11 @@ def test_metrics(worker: Worker, run_id: str) -> dict:
 
 def _promote(name: str, challenger, objective: str) -> None:
     """`champion` moves only to a challenger that beats it on the study's first objective."""
-    metric = OBJECTIVE_METRIC[objective]
-    champion = registry.alias_version(name, ALIAS_CHAMPION)
-    if champion is not None and champion.version == challenger.version:
-        return
-    theirs = float(champion.tags.get(metric, "inf")) if champion is not None else math.inf
-    if float(challenger.tags[metric]) < theirs:
-        registry.set_alias(name, ALIAS_CHAMPION, challenger.version)
-        print(f"champion: {name} version {challenger.version} ({metric} {challenger.tags[metric]} < {theirs:.6g})")
-    else:
-        print(f"champion stays {name} version {champion.version} ({metric} {champion.tags.get(metric)} "
-              f"<= the challenger's {challenger.tags[metric]})")  # fmt: skip
+    try:
+        print(registry.promote(name, int(challenger.version), ALIAS_CHAMPION, force=False,
+                               reason="sweep --promote", metric=OBJECTIVE_METRIC[objective]))  # fmt: skip
+    except UserInputError as refused:
+        print(f"champion stays: {refused}")
 
 
 def summarize(plan: Plan, study: optuna.Study) -> None:
@@ -418,7 +405,7 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
         worker.plan = plan
         log_params({**data.model_dump(), **base.model_dump(), **cfg.model_dump(), "study_name": study_name,
                     PARAM_STORAGE: masked(plan.storage), "sampler": space.sampler})  # fmt: skip
-        mlflow.log_artifact(space.path, ARTIFACT_SWEEP_CONFIG.rsplit(".", 1)[0])
+        mlflow.log_artifact(space.path, ARTIFACT_SWEEP_CONFIG)
         run_workers(plan, worker, study)
         versions = register_best(plan, worker, study)
         summarize(plan, study)

@@ -90,7 +90,7 @@ METRIC_TRIALS = "{state}_trials"  # complete_trials, pruned_trials, failed_trial
 METRIC_BEST = "best_{objective}"  # best_perplexity ... on the parent
 PARAM_BEST = "best_{param}"  # the best trial's params, on the parent (single objective)
 ARTIFACT_TRIALS = "trials.json"  # an MLflow table: one row per trial
-ARTIFACT_SWEEP_CONFIG = "sweep_config.yaml"  # the search space the study ran on
+ARTIFACT_SWEEP_CONFIG = "sweep_config"  # the folder holding the search-space file the study ran on
 ALIAS_CHALLENGER = "challenger"
 ALIAS_CHAMPION = "champion"
 

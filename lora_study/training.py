@@ -94,21 +94,9 @@ def setup(data: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, train
     else:
         prepared = data_stage.prepare(data, ref, tokenizer)[0]
     check_prepared(prepared, data.seq_len, models.tokenizer_digest(tokenizer), base.base_model)
-    model, weights_dtype = load_base(ref, adapter.quantization, dtype, where)
+    model, weights_dtype = models.load_base(ref, adapter.quantization, dtype, where)
     lora.resolve_targets(model, adapter.target_modules)  # an unknown name fails before the run
     return Setup(ref, tokenizer, model, prepared, where, dtype, weights_dtype)
-
-
-def load_base(ref: models.BaseModelRef, quantization: str, dtype: torch.dtype | None, where: torch.device):
-    """The frozen base on its device, and the dtype of its weights that are not quantized.
-
-    They are held in the autocast dtype: autocast would otherwise cast them at every step.
-    """
-    weights_dtype = dtype if dtype is not None and quantization == "none" else torch.float32
-    model = models.load_model(ref, quantization, weights_dtype)
-    if quantization == "none":
-        model.to(where)
-    return model, weights_dtype
 
 
 def check_prepared(prepared, seq_len: int, tokenizer_digest: str, base_model: str) -> None:
@@ -257,11 +245,21 @@ def run_train(data: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, t
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     s = setup(data, base, adapter, train)
     with stage_run("train", log_system_metrics=True) as run:
-        log_params({**data.model_dump(), **base.model_dump(),
-                    PARAM_BASE_MODEL_SHA256: s.ref.sha256 or "", PARAM_BASE_MODEL_REVISION: s.ref.revision or "",
-                    PARAM_DATASET_DIGEST: s.prepared.meta["digest"]})  # fmt: skip
+        log_inputs(s, data, base)
         model = fine_tune(s, adapter, train, data.seed)
-        reference = serving.base_reference(s.ref, adapter.quantization, s.weights_dtype, s.prepared.meta["format"])
-        serving.log_adapter(model, reference)
+        log_trained_adapter(s, model, adapter)
         mlflow.flush_async_logging()
     return run.info.run_id
+
+
+def log_inputs(s: Setup, data: DataConfig, base: BaseModelConfig) -> None:
+    """The data and base-model params of a run that trains (`train`, and each sweep trial)."""
+    log_params({**data.model_dump(), **base.model_dump(),
+                PARAM_BASE_MODEL_SHA256: s.ref.sha256 or "", PARAM_BASE_MODEL_REVISION: s.ref.revision or "",
+                PARAM_DATASET_DIGEST: s.prepared.meta["digest"]})  # fmt: skip
+
+
+def log_trained_adapter(s: Setup, model, adapter: AdapterConfig) -> None:
+    """The adapter as the MLflow model `adapter`, with the reference to the base it was trained on."""
+    reference = serving.base_reference(s.ref, adapter.quantization, s.weights_dtype, s.prepared.meta["format"])
+    serving.log_adapter(model, reference)

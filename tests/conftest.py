@@ -1,6 +1,11 @@
 """Shared fixtures: a private lora-study cache, a real MLflow store, and the tiny base model."""
 
 import os
+import socket
+import subprocess
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -50,3 +55,34 @@ def tokenizer(tiny):
 
 def runs(experiment_id: str):
     return mlflow.search_runs([experiment_id], output_format="list")
+
+
+class Echo(mlflow.pyfunc.PythonModel):
+    """An MLflow model that is not an adapter: it answers with its input."""
+
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server_process(argv: list, ready_url: str, timeout_s: float, env: dict | None = None):
+    """A server started from `argv`, once `ready_url` answers (or `timeout_s` passed); stopped after."""
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(ready_url, timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    try:
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

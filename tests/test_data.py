@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from lora_study import data
+from lora_study import data, packing
 from lora_study.config import DataConfig
 from lora_study.errors import UserInputError
 from lora_study.packing import IGNORE_INDEX
@@ -48,14 +48,6 @@ def prepare(tiny, tokenizer, **values):
 
 def all_rows(prepared):
     return {split: prepared.rows(split) for split in ("train", "validation", "test")}
-
-
-def records_of(row):
-    """Split a packed row back into its records' (ids, labels)."""
-    start = 0
-    for length in row["doc_lengths"]:
-        yield row["input_ids"][start : start + length], row["labels"][start : start + length]
-        start += length
 
 
 # --- sources -------------------------------------------------------------------------------
@@ -135,7 +127,7 @@ def test_instruction_loss_covers_the_response_and_eos_only(tmp_path, tiny, token
     seen = 0
     for rows in all_rows(prepared).values():
         for row in rows:
-            for ids, labels in records_of(row):
+            for ids, labels in packing.records(row):
                 answer = [t for t, label in zip(ids, labels) if label != IGNORE_INDEX]
                 prompt = [t for t, label in zip(ids, labels) if label == IGNORE_INDEX]
                 assert [label for label in labels if label != IGNORE_INDEX] == answer
@@ -154,7 +146,7 @@ def test_chat_loss_covers_each_assistant_turn_only(tmp_path, tiny, tokenizer):
     assert prepared.meta["format"] == "chat"
     for rows in all_rows(prepared).values():
         for row in rows:
-            for ids, labels in records_of(row):
+            for ids, labels in packing.records(row):
                 trained = tokenizer.decode([label for label in labels if label != IGNORE_INDEX])
                 assert trained.startswith("It is ") and "<|im_end|>\nThat gives " in trained
                 assert "user" not in trained and "plus" not in trained
@@ -206,7 +198,7 @@ def test_rows_of_a_split_come_from_its_own_documents(tmp_path, tiny, tokenizer):
         expected = sorted(records[i]["output"] + tokenizer.eos_token for i in indices)
         answers = [
             tokenizer.decode([t for t, label in zip(ids, labels) if label != IGNORE_INDEX])
-            for row in prepared.rows(split) for ids, labels in records_of(row)
+            for row in prepared.rows(split) for ids, labels in packing.records(row)
         ]  # fmt: skip
         assert sorted(answers) == expected
 

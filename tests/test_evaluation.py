@@ -10,13 +10,13 @@ import mlflow
 import pytest
 import torch
 
-from lora_study import cli, data, evaluation, models, registry, training
+from lora_study import cli, data, evaluation, models, packing, registry, training
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, EvaluateConfig, TrainConfig
 from lora_study.errors import UserInputError
 from lora_study.evaluation import loss_sum, mean_loss
 from lora_study.packing import IGNORE_INDEX, collate, pack_records
 
-from conftest import runs
+from conftest import Echo, runs
 from test_data import alpaca_records, write_jsonl
 
 TINY = BaseModelConfig(base_model="tiny")
@@ -105,11 +105,8 @@ def direct_perplexity(model, rows):
     """Each record alone, unpadded, through the model's own loss: token-weighted over records."""
     total, count = 0.0, 0
     for row in rows:
-        start = 0
-        for length in row["doc_lengths"]:
-            ids = torch.tensor([row["input_ids"][start : start + length]])
-            labels = torch.tensor([row["labels"][start : start + length]])
-            start += length
+        for record_ids, record_labels in packing.records(row):
+            ids, labels = torch.tensor([record_ids]), torch.tensor([record_labels])
             n = int((labels[0, 1:] != IGNORE_INDEX).sum())
             with torch.no_grad():
                 total += float(model(input_ids=ids, labels=labels).loss) * n
@@ -251,10 +248,6 @@ def test_a_base_model_alone_is_its_own_baseline(adapter_run, mlflow_experiment):
 
 
 def not_an_adapter():
-    class Echo(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input, params=None):
-            return model_input
-
     with mlflow.start_run() as run:
         mlflow.pyfunc.log_model(name="model", python_model=Echo())
     return f"runs:/{run.info.run_id}/model"

@@ -6,10 +6,7 @@ import pytest
 from lora_study import cli, registry
 from lora_study.errors import UserInputError
 
-
-class Echo(mlflow.pyfunc.PythonModel):
-    def predict(self, context, model_input, params=None):
-        return model_input
+from conftest import Echo
 
 
 def register(name: str, **tags) -> str:

@@ -2,23 +2,15 @@
 
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
 import mlflow
 import pytest
 
+from conftest import free_port, server_process
 from test_serving import trained_adapter
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -29,22 +21,11 @@ def server(tracking_uri, tmp_path_factory):
     _, _, run_id, _ = trained_adapter()
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "LORA_STUDY_MAX_NEW_TOKENS": "100"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{run_id}/adapter", "--env-manager",
-         "local", "--host", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{run_id}/adapter", "--env-manager",
+            "local", "--host", "127.0.0.1", "-p", str(port)]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/ping", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+    with server_process(argv, f"{url}/ping", 180, env):
+        yield url
 
 
 def post(url: str, payload: dict) -> tuple[int, dict]:

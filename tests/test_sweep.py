@@ -17,7 +17,7 @@ from lora_study.config import BaseModelConfig, DataConfig, SweepConfig
 from lora_study.errors import UserInputError
 from lora_study.evaluation import mean_loss
 
-from conftest import REPO, runs
+from conftest import Echo, runs
 
 TINY = ["--base-model", "tiny", "--max-samples", "15", "--seq-len", "32"]
 SPACE = """
@@ -204,10 +204,6 @@ def test_running_again_resumes_after_a_killed_worker(tmp_path, mlflow_experiment
 
 def test_promote_moves_champion_only_to_a_better_challenger(mlflow_experiment):
     from lora_study import registry
-
-    class Echo(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input, params=None):
-            return model_input
 
     with mlflow.start_run() as run:
         mlflow.pyfunc.log_model(name="adapter", python_model=Echo())
