@@ -12,16 +12,18 @@ from typing import Callable
 
 from pydantic import BaseModel
 
-from lora_study import data, evaluation, registry, sweep, training
+from lora_study import data, evaluation, merging, registry, serving, sweep, training
 from lora_study.config import (
     AdapterConfig,
     BaseModelConfig,
     DataConfig,
     EvaluateConfig,
+    MergeConfig,
     PromoteConfig,
+    ServeConfig,
     SweepConfig,
-    VersionsConfig,
     TrainConfig,
+    VersionsConfig,
     flag,
     parse_sections,
 )
@@ -66,6 +68,16 @@ COMMANDS = {
         (VersionsConfig,),
         registry.run_versions,
     ),
+    "serve": Command(
+        "Serve one model, or many adapters on one base, over HTTP (mlflow models serve).",
+        (ServeConfig,),
+        serving.run_serve,
+    ),
+    "merge": Command(
+        "Merge an adapter into its base; check it answers as the adapter does; log it as an MLflow model.",
+        (MergeConfig,),
+        merging.run_merge,
+    ),
 }
 
 
@@ -78,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
             group = sub.add_argument_group(section.__name__, section.__doc__)
             for field_name, field in section.model_fields.items():
                 if (field.json_schema_extra or {}).get("positional"):
-                    group.add_argument(field_name, metavar=field_name.upper(), help=field.description)
+                    group.add_argument(field_name, metavar=field_name.upper(), help=field.description,
+                                       nargs=None if field.is_required() else "?", default=argparse.SUPPRESS)  # fmt: skip
                     continue
                 boolean = field.annotation is bool
                 group.add_argument(

@@ -268,3 +268,50 @@ class VersionsConfig(BaseModel):
     model_config = STRICT
 
     registered_model: str = Field(description="The registered model.", json_schema_extra=POSITIONAL)
+
+
+class ServeConfig(BaseModel):
+    """What to serve (one model, or many adapters on one base) and where."""
+
+    model_config = STRICT
+
+    model_uri: str = Field(
+        "", description="The model to serve: runs:/<id>/adapter, models:/<name>@<alias>, models:/<name>/<version> "
+        "or a merged model.", json_schema_extra=POSITIONAL,
+    )  # fmt: skip
+    adapters: str = Field(
+        "", description="Many adapters on one base instead: name@alias,name@version,... or a YAML list "
+        "file; a request picks one with `adapter`, default the first.",
+    )  # fmt: skip
+    host: str = Field("127.0.0.1", description="The address to listen on; 0.0.0.0 for every interface.")
+    port: int = Field(5001, gt=0, lt=65536, description="The port to listen on.")
+    max_new_tokens_limit: int = Field(
+        512, ge=64, description="The most new tokens one request may ask for (the server's bound)."
+    )
+
+    @model_validator(mode="after")
+    def _one_thing_to_serve(self):
+        if bool(self.model_uri) == bool(self.adapters):
+            raise ValueError(
+                "name one thing to serve: a model URI (lora-study serve models:/<name>@champion) or "
+                "--adapters name1@champion,name2@3"
+            )
+        return self
+
+
+class MergeConfig(BaseModel):
+    """Which adapter to merge into its base, and how the result is checked and written."""
+
+    model_config = STRICT
+
+    model_uri: str = Field(
+        description="The adapter: runs:/<id>/adapter, models:/<name>@<alias> or models:/<name>/<version>.",
+        json_schema_extra=POSITIONAL,
+    )
+    data: PreparedData = ""
+    max_prompts: int = Field(4, ge=0, description="Prompts whose greedy answers are compared, merged against not.")
+    max_new_tokens: int = Field(32, gt=0, description="Tokens generated per compared prompt.")
+    batch_size: int = Field(8, gt=0, description="Rows per forward pass for the test loss.")
+    precision: Precision = "auto"
+    output_dir: str = Field("", description="Also write the merged model here (a new or empty folder).")
+    registered_model: str = Field("", description="Also register the merged model under this name.")

@@ -9,7 +9,6 @@ import hashlib
 import json
 import random
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -439,7 +439,7 @@ def run_evaluate(cfg: EvaluateConfig) -> str:
     prompt_format = source.reference["prompt_format"] if source.is_adapter else prepared.meta["format"]
     rows = prepared.rows("test")
     prompts = prompt_suite(cfg, rows, prepared.meta["format"], tokenizer, prompt_format)
-    with stage_run("evaluate", **_link_tags(source)) as run:
+    with stage_run("evaluate", **link_tags(source)) as run:
         log_params({**cfg.model_dump(), "base_model": ref.name, PARAM_BASE_MODEL_SHA256: ref.sha256 or "",
                     PARAM_DATASET_DIGEST: prepared.meta["digest"], "prompt_count": len(prompts)})  # fmt: skip
         with PeakMemory(where) as peak:
@@ -459,7 +459,7 @@ def run_evaluate(cfg: EvaluateConfig) -> str:
     return run.info.run_id
 
 
-def _link_tags(source: registry.ModelSource) -> dict[str, str]:
+def link_tags(source: registry.ModelSource) -> dict[str, str]:
     tags = {TAG_EVALUATED_MODEL_URI: source.uri}
     if source.run_id:
         tags[TAG_EVALUATED_RUN_ID] = source.run_id

@@ -36,22 +36,23 @@ class ModelSource:
         return self.adapter_dir is not None
 
 
-def resolve_model_uri(uri: str) -> ModelSource:
-    """Find and download the adapter `uri` names; one clear line if it is not there or not one."""
+def resolve_model_uri(uri: str, flag: str = "--model-uri") -> ModelSource:
+    """Find and download the adapter `uri` names; one clear line, naming `flag`, if it is not there
+    or not one."""
     if uri.startswith(BASE_PREFIX):
         return ModelSource(uri, uri.removeprefix(BASE_PREFIX), None, None)
-    registered_model, version = _registered_version(uri)
+    registered_model, version = _registered_version(uri, flag)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except MlflowException as error:
-        raise UserInputError(f"--model-uri {uri}: {error.message}") from None
+        raise UserInputError(f"{flag} {uri}: {error.message}") from None
     if not (local / "MLmodel").exists():
-        raise UserInputError(f"--model-uri {uri}: no MLflow model there (no MLmodel file)")
+        raise UserInputError(f"{flag} {uri}: no MLflow model there (no MLmodel file)")
     model = Model.load(local)
     artifacts = model.flavors.get("python_function", {}).get("artifacts", {})
     if "adapter" not in artifacts or "base_model" not in artifacts:
         raise UserInputError(
-            f"--model-uri {uri}: not a lora-study adapter (its MLmodel names no adapter and base "
+            f"{flag} {uri}: not a lora-study adapter (its MLmodel names no adapter and base "
             "model); pass the `adapter` model of a `train` or `sweep` run"
         )
     reference = json.loads((local / artifacts["base_model"]["path"]).read_text())
@@ -61,7 +62,7 @@ def resolve_model_uri(uri: str) -> ModelSource:
     )  # fmt: skip
 
 
-def _registered_version(uri: str) -> tuple[str | None, str | None]:
+def _registered_version(uri: str, flag: str) -> tuple[str | None, str | None]:
     """(name, version) of a `models:/<name>/<version>` or `models:/<name>@<alias>` URI."""
     if not uri.startswith("models:/") or uri.startswith("models:/m-"):  # m-<id>: a LoggedModel
         return None, None
@@ -74,7 +75,7 @@ def _registered_version(uri: str) -> tuple[str | None, str | None]:
         name, _, version = name_and_version.partition("/")
         return name, client.get_model_version(name, version).version
     except MlflowException as error:
-        raise UserInputError(f"--model-uri {uri}: {error.message}") from None
+        raise UserInputError(f"{flag} {uri}: {error.message}") from None
 
 
 def tag_version(name: str, version: str, tags: dict) -> None:

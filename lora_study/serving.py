@@ -1,15 +1,29 @@
-"""The adapter as an MLflow model: adapter weights and config only, plus a base-model reference.
+"""The adapter as an MLflow model, and the server that answers with it.
 
 `mlflow.transformers.log_model` on a PEFT model over a local base copies the whole base
 (~500 MB for SmolLM2) and reloads it with the LoRA keys unmatched, so its answers are noise.
 Here the model holds the adapter (a few MB) and `base_model.json`: the base's name, sha256 or
 hub revision, quantization and dtype. Loading resolves the base the way `--base-model` does
 (cache, bundled GGUF or hub), checks it is the same weights, and applies the adapter.
+
+The same model class serves three folders, told apart by their artifacts:
+- `adapter` + `base_model`: one adapter, as `train` and `sweep` log it;
+- `adapters` (a manifest) + `adapter-<i>` + `base_model`: many adapters on one base, as
+  `lora-study serve --adapters` saves it; a request picks one with `adapter`;
+- `merged` + `base_model`: the base with an adapter merged in, as `lora-study merge` logs it.
 """
 
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -18,40 +32,92 @@ import torch
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-from lora_study import models
+from lora_study import models, registry
+from lora_study.config import ServeConfig
 from lora_study.data import ALPACA_PROMPT_NO_INPUT
+from lora_study.errors import UserInputError
 from lora_study.tracking import ARTIFACT_ADAPTER, METRIC_ADAPTER_SIZE_MB
 
 BASE_REFERENCE = "base_model.json"
+ADAPTERS_MANIFEST = "adapters.json"
+ADAPTER_FIELD = "adapter"  # the request field (a param, or a column per prompt) that picks the adapter
 DEFAULT_PARAMS = {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0}
 # The most tokens one request may ask for: a server-side bound, so one request cannot hold the
 # server for minutes. Set LORA_STUDY_MAX_NEW_TOKENS where the server starts to change it (at
 # least the default of 64).
 MAX_NEW_TOKENS = int(os.environ.get("LORA_STUDY_MAX_NEW_TOKENS", "512"))
+GENERATION_PARAMS = [ParamSpec(name, "long" if name == "max_new_tokens" else "double", value)
+                     for name, value in DEFAULT_PARAMS.items()]  # fmt: skip
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "prompt")]),
     outputs=Schema([ColSpec("string")]),
-    params=ParamSchema([ParamSpec(name, "long" if name == "max_new_tokens" else "double", value)
-                        for name, value in DEFAULT_PARAMS.items()]),  # fmt: skip
+    params=ParamSchema(GENERATION_PARAMS),
+)
+MULTI_ADAPTER_SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "prompt"), ColSpec("string", ADAPTER_FIELD, required=False)]),
+    outputs=Schema([ColSpec("string")]),
+    params=ParamSchema([*GENERATION_PARAMS, ParamSpec(ADAPTER_FIELD, "string", "")]),
 )
 
 
+@dataclass(frozen=True)
+class ServedAdapter:
+    """An adapter a model answers with: its PEFT adapter name and how its prompts are written."""
+
+    key: str  # the artifact key, also the PEFT adapter name
+    prompt_format: str
+
+
 class AdapterModel(mlflow.pyfunc.PythonModel):
-    """Generates text with the base model plus this adapter; temperature 0 is greedy."""
+    """Generates text with the base model plus an adapter (or a merged model); temperature 0 is greedy."""
 
     def load_context(self, context):
-        reference = json.loads(Path(context.artifacts["base_model"]).read_text())
-        self.reference = reference
-        self.model, self.tokenizer = load_adapter(context.artifacts["adapter"], reference)
+        artifacts = context.artifacts
+        self.reference = json.loads(Path(artifacts["base_model"]).read_text())
+        if "merged" in artifacts:
+            self.adapters = {}
+            self.model, self.tokenizer = load_merged(artifacts["merged"], self.reference)
+        else:
+            self.adapters = served_adapters(artifacts, self.reference)
+            folders = {adapter.key: artifacts[adapter.key] for adapter in self.adapters.values()}
+            self.model, self.tokenizer = load_adapters(folders, self.reference)
+        # The server runs requests in threads; the active adapter is model state, so one at a time.
+        self.lock = threading.Lock()
 
     def predict(self, context, model_input, params=None):
         """Answers, one per prompt. A bad request raises an MLflow INVALID_PARAMETER_VALUE error,
         which `mlflow models serve` answers with HTTP 400 and keeps serving."""
         params = check_params({**DEFAULT_PARAMS, **(params or {})})
-        prompt_format = self.reference["prompt_format"]
-        texts = [format_prompt(prompt, prompt_format, self.tokenizer) for prompt in _prompts(model_input)]
+        choice = params.pop(ADAPTER_FIELD, "")
+        prompts = _prompts(model_input)
+        adapters = [self._adapter(name or choice) for name in _adapter_column(model_input, len(prompts))]
+        prompt_formats = [a.prompt_format if a else self.reference["prompt_format"] for a in adapters]
+        texts = [format_prompt(p, f, self.tokenizer) for p, f in zip(prompts, prompt_formats)]
         check_lengths(texts, self.tokenizer, self.model.config, params["max_new_tokens"])
-        return [generate(self.model, self.tokenizer, text, **params) for text in texts]
+        with self.lock:
+            answers = []
+            for text, adapter in zip(texts, adapters):
+                if adapter is not None:
+                    self.model.set_adapter(adapter.key)
+                answers.append(generate(self.model, self.tokenizer, text, **params))
+        return answers
+
+    def _adapter(self, name: str) -> ServedAdapter | None:
+        """The adapter a request names; the first when it names none; None for a merged model."""
+        if not name:
+            return next(iter(self.adapters.values()), None)
+        if name not in self.adapters:
+            known = ", ".join(self.adapters) or "none: this model has its adapter merged in"
+            raise _bad_request(f"unknown adapter {name!r} (this server has: {known})")
+        return self.adapters[name]
+
+
+def served_adapters(artifacts: dict, reference: dict) -> dict[str, ServedAdapter]:
+    """Request name -> adapter, in the order served; the first is the default."""
+    if ADAPTER_FIELD in artifacts:  # one adapter, as `train` logs it
+        return {ADAPTER_FIELD: ServedAdapter(ADAPTER_FIELD, reference["prompt_format"])}
+    manifest = json.loads(Path(artifacts["adapters"]).read_text())
+    return {entry["name"]: ServedAdapter(entry["artifact"], entry["prompt_format"]) for entry in manifest}
 
 
 def format_prompt(prompt: str, prompt_format: str, tokenizer) -> str:
@@ -79,8 +145,36 @@ def base_reference(ref: models.BaseModelRef, quantization: str, dtype: torch.dty
 
 def load_adapter(adapter_dir: str, reference: dict):
     """The base model the reference names, with the adapter from `adapter_dir` applied."""
+    return load_adapters({ADAPTER_FIELD: adapter_dir}, reference)
+
+
+def load_adapters(folders: dict[str, str], reference: dict):
+    """The base model the reference names, loaded once, with every adapter (PEFT name -> folder)
+    beside it; the first is active."""
     from peft import PeftModel
 
+    base = models.load_model(_base_ref(reference), reference["quantization"], getattr(torch, reference["dtype"]))
+    (first, folder), *others = folders.items()
+    model = PeftModel.from_pretrained(base, folder, adapter_name=first)
+    for name, folder in others:
+        model.load_adapter(folder, adapter_name=name)
+    model.set_adapter(first)
+    return model.eval(), models.load_tokenizer(_base_ref(reference))
+
+
+def load_merged(folder: str, reference: dict):
+    """A merged model: a plain transformers folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, reference["dtype"]))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer
+
+
+def _base_ref(reference: dict) -> models.BaseModelRef:
+    """The base the reference names, checked to be the same weights."""
     ref = models.resolve(reference["name"], reference["trust_remote_code"])
     if reference["sha256"] and ref.sha256 != reference["sha256"]:
         raise ValueError(
@@ -90,9 +184,7 @@ def load_adapter(adapter_dir: str, reference: dict):
     if reference["revision"]:
         ref = models.BaseModelRef(ref.name, ref.path, revision=reference["revision"],
                                   trust_remote_code=ref.trust_remote_code)  # fmt: skip
-    base = models.load_model(ref, reference["quantization"], getattr(torch, reference["dtype"]))
-    model = PeftModel.from_pretrained(base, adapter_dir)
-    return model.eval(), models.load_tokenizer(ref)
+    return ref
 
 
 @torch.no_grad()
@@ -119,11 +211,22 @@ def _prompts(model_input) -> list[str]:
     return prompts
 
 
+def _adapter_column(model_input, count: int) -> list[str]:
+    """Each prompt's `adapter` column value ("" where it has none)."""
+    if not isinstance(model_input, pd.DataFrame) or ADAPTER_FIELD not in model_input.columns:
+        return [""] * count
+    names = model_input[ADAPTER_FIELD].tolist()
+    if not all(name is None or isinstance(name, str) or pd.isna(name) for name in names):
+        raise _bad_request(f"every `{ADAPTER_FIELD}` must be a string: an adapter's name")
+    return [name if isinstance(name, str) else "" for name in names]
+
+
 def check_params(params: dict) -> dict:
     """The request's generation params, within bounds."""
-    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
+    known = [*DEFAULT_PARAMS, ADAPTER_FIELD]
+    unknown = sorted(set(params) - set(known))
     if unknown:
-        raise _bad_request(f"unknown params {', '.join(unknown)} (known: {', '.join(DEFAULT_PARAMS)})")
+        raise _bad_request(f"unknown params {', '.join(unknown)} (known: {', '.join(known)})")
     if not 1 <= params["max_new_tokens"] <= MAX_NEW_TOKENS:
         raise _bad_request(f"max_new_tokens must be 1 to {MAX_NEW_TOKENS} (got {params['max_new_tokens']})")
     if not 0 <= params["temperature"] <= 10:
@@ -155,31 +258,218 @@ def _bad_request(message: str):
 
 def log_adapter(peft_model, reference: dict) -> "mlflow.models.model.ModelInfo":
     """Log the adapter under the active run as the MLflow model `adapter`, and its size."""
-    import peft
-    import transformers
-
     with tempfile.TemporaryDirectory() as folder:
         adapter_dir = Path(folder) / "adapter"
         peft_model.save_pretrained(adapter_dir)
         reference_file = Path(folder) / BASE_REFERENCE
         reference_file.write_text(json.dumps(reference, indent=1))
-        requirements = [
-            f"torch=={torch.__version__.split('+')[0]}",
-            f"transformers=={transformers.__version__}",
-            f"peft=={peft.__version__}",
-            f"mlflow=={mlflow.__version__}",
-        ]
-        if reference["quantization"] != "none":
-            import bitsandbytes
-
-            requirements.append(f"bitsandbytes=={bitsandbytes.__version__}")
         size = sum(f.stat().st_size for f in adapter_dir.glob("*.safetensors")) / 2**20
         mlflow.log_metric(METRIC_ADAPTER_SIZE_MB, size)
         return mlflow.pyfunc.log_model(
             name=ARTIFACT_ADAPTER,
-            python_model=str(Path(__file__).with_name("adapter_model.py")),
+            python_model=MODEL_CODE,
             artifacts={"adapter": str(adapter_dir), "base_model": str(reference_file)},
             signature=SIGNATURE,
-            pip_requirements=requirements,
+            pip_requirements=requirements(reference["quantization"]),
             metadata={"base_model": reference},
         )
+
+
+MODEL_CODE = str(Path(__file__).with_name("adapter_model.py"))  # "models from code": see that file
+
+
+def requirements(quantization: str) -> list[str]:
+    """What a served model needs installed, pinned to what made it."""
+    import peft
+    import transformers
+
+    pinned = [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"transformers=={transformers.__version__}",
+        f"peft=={peft.__version__}",
+        f"mlflow=={mlflow.__version__}",
+    ]
+    if quantization != "none":
+        import bitsandbytes
+
+        pinned.append(f"bitsandbytes=={bitsandbytes.__version__}")
+    return pinned
+
+
+# --- many adapters on one base -------------------------------------------------------------------
+
+# What must be the same for adapters to share one loaded base model.
+SHARED_BASE_KEYS = ("name", "sha256", "revision", "trust_remote_code", "quantization", "dtype")
+
+
+def adapter_entries(spec: str) -> list[tuple[str, str]]:
+    """(request name, model URI) for each adapter `--adapters` names: `name@alias`, `name@version`
+    or a model URI, comma-separated; or a YAML file listing them (strings, or `name` + `model_uri`)."""
+    if spec.endswith((".yaml", ".yml")):
+        items = _yaml_entries(spec)
+    else:
+        items = [item.strip() for item in spec.split(",") if item.strip()]
+    entries = [(item, _model_uri(item)) if isinstance(item, str) else item for item in items]
+    names = [name for name, _ in entries]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if not entries or repeated:
+        raise UserInputError(
+            f"--adapters {spec}: "
+            + (f"the name {', '.join(repeated)} is given twice; names pick adapters, so each is one"
+               if repeated else "names no adapter; give name@alias,name@version,... or a YAML list")
+        )  # fmt: skip
+    return entries
+
+
+def _model_uri(entry: str) -> str:
+    """`name@champion` -> models:/name@champion; `name@3` -> models:/name/3; a URI as it is."""
+    if ":" in entry:
+        return entry
+    name, at, pointer = entry.rpartition("@")
+    if not at or not name or not pointer:
+        raise UserInputError(f"--adapters: {entry!r} is not name@alias, name@version or a model URI")
+    return f"models:/{name}/{pointer}" if pointer.isdigit() else f"models:/{name}@{pointer}"
+
+
+def _yaml_entries(path: str) -> list:
+    import yaml
+
+    if not Path(path).is_file():
+        raise UserInputError(f"--adapters {path}: no such file")
+    items = yaml.safe_load(Path(path).read_text())
+    if not isinstance(items, list):
+        raise UserInputError(f"{path}: must be a YAML list of adapters (name@alias strings, or name + model_uri)")
+    entries = []
+    for number, item in enumerate(items, start=1):
+        if isinstance(item, dict) and set(item) == {"name", "model_uri"} and all(isinstance(v, str) for v in item.values()):
+            entries.append((item["name"], item["model_uri"]))
+        elif isinstance(item, str):
+            entries.append(item)
+        else:
+            raise UserInputError(f"{path}, entry {number}: give `name@alias`, or `name:` and `model_uri:` (got {item!r})")
+    return entries
+
+
+def save_multi_adapter_model(entries: list[tuple[str, str]], path: Path) -> list[str]:
+    """Save one MLflow model at `path` holding every adapter `entries` names, over their one base.
+    Returns the request names, the default first."""
+    sources = [registry.resolve_model_uri(uri, flag=f"--adapters {name}") for name, uri in entries]
+    first_name, first = entries[0][0], sources[0]
+    for (name, _), source in zip(entries, sources):
+        differs = [key for key in SHARED_BASE_KEYS if source.reference[key] != first.reference[key]]
+        if differs:
+            raise UserInputError(
+                f"--adapters {name}: its base differs from {first_name}'s in "
+                + ", ".join(f"{key} ({source.reference[key]} vs {first.reference[key]})" for key in differs)
+                + "; one server holds one base model, so serve these apart"
+            )
+    manifest = [{"name": name, "model_uri": uri, "artifact": f"adapter-{i}",
+                 "prompt_format": source.reference["prompt_format"]}
+                for i, ((name, uri), source) in enumerate(zip(entries, sources))]  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        manifest_file, reference_file = Path(folder) / ADAPTERS_MANIFEST, Path(folder) / BASE_REFERENCE
+        manifest_file.write_text(json.dumps(manifest, indent=1))
+        reference_file.write_text(json.dumps(first.reference, indent=1))
+        mlflow.pyfunc.save_model(
+            path,
+            python_model=MODEL_CODE,
+            artifacts={"adapters": str(manifest_file), "base_model": str(reference_file),
+                       **{e["artifact"]: str(s.adapter_dir) for e, s in zip(manifest, sources)}},  # fmt: skip
+            signature=MULTI_ADAPTER_SIGNATURE,
+            pip_requirements=requirements(first.reference["quantization"]),
+            metadata={"base_model": first.reference, "adapters": manifest},
+        )
+    return [name for name, _ in entries]
+
+
+# --- the server --------------------------------------------------------------------------------------
+
+READY_TIMEOUT_S = 900  # a hub base model may download first
+
+
+def run_serve(cfg: ServeConfig) -> None:
+    """The `serve` command: `mlflow models serve` on one model, or on many adapters saved as one;
+    prints the URL and a curl example once it answers, and serves until stopped."""
+    _check_port(cfg.host, cfg.port)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server as Ctrl-C does
+    with tempfile.TemporaryDirectory(prefix="lora-study-serve-") as folder:
+        if cfg.adapters:
+            model_uri = str(Path(folder) / "model")
+            names = save_multi_adapter_model(adapter_entries(cfg.adapters), Path(model_uri))
+        else:
+            model_uri, names = cfg.model_uri, []
+            _check_model(model_uri)
+        url = f"http://{cfg.host}:{cfg.port}"
+        server = start_server(model_uri, cfg)
+        try:
+            started = time.time()
+            wait_until_ready(server, url)
+            print(usage(url, cfg.model_uri or cfg.adapters, names, time.time() - started), flush=True)
+            server.wait()
+        finally:
+            stop(server)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _check_port(host: str, port: int) -> None:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise UserInputError(f"--port {port}: cannot listen on {host}:{port} ({error.strerror}); pass another --port") from None
+
+
+def _check_model(model_uri: str) -> None:
+    """One clear line for a model URI that names nothing, before a server starts on it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.models.get_model_info(model_uri)
+    except (MlflowException, OSError) as error:
+        raise UserInputError(f"{model_uri}: {getattr(error, 'message', error)}") from None
+
+
+def start_server(model_uri: str, cfg: ServeConfig) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+            "--host", cfg.host, "--port", str(cfg.port)]  # fmt: skip
+    # mlflow starts `uvicorn` by name: find it beside this Python even when its venv is not activated.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "LORA_STUDY_MAX_NEW_TOKENS": str(cfg.max_new_tokens_limit)}
+    return subprocess.Popen(argv, env=env, start_new_session=True)  # its own group: stop() ends it all
+
+
+def wait_until_ready(server: subprocess.Popen, url: str) -> None:
+    deadline = time.time() + READY_TIMEOUT_S
+    while time.time() < deadline:
+        if server.poll() is not None:
+            raise UserInputError(f"the server exited (status {server.returncode}) before it answered; its log is above")
+        try:
+            urllib.request.urlopen(f"{url}/ping", timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise UserInputError(f"the server did not answer {url}/ping in {READY_TIMEOUT_S} s; its log is above")
+
+
+def stop(server: subprocess.Popen) -> None:
+    """End the server and the uvicorn it started (they share a process group)."""
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+def usage(url: str, what: str, names: list[str], ready_s: float) -> str:
+    params = {"max_new_tokens": 64}
+    lines = [f"Serving {what} at {url}/invocations (ready in {ready_s:.0f} s; Ctrl-C stops it)"]
+    if names:
+        lines.append(f"Adapters: {', '.join(names)}; a request picks one with `{ADAPTER_FIELD}` (default {names[0]})")
+        params[ADAPTER_FIELD] = names[-1]
+    payload = json.dumps({"inputs": {"prompt": ["What does str.split do?"]}, "params": params})
+    lines.append(f"  curl -s {url}/invocations -H 'Content-Type: application/json' -d '{payload}'")
+    return "\n".join(lines)

@@ -11,7 +11,7 @@ import mlflow
 SPLITS = ("train", "validation", "test")
 
 # --- tags ----------------------------------------------------------------------------------
-TAG_STAGE = "lora_study.stage"  # prepare | train | evaluate | sweep
+TAG_STAGE = "lora_study.stage"  # prepare | train | evaluate | sweep | merge
 TAG_ERROR = "lora_study.error"  # why a run FAILED or was KILLED, in one line
 
 # --- params (besides the config fields, which are logged under their own names) -------------
@@ -98,6 +98,7 @@ ALIAS_CHAMPION = "champion"
 ARTIFACT_DATA = "data"  # the prepared splits, as `prepare` wrote them
 ARTIFACT_PREVIEW = "preview.json"  # an MLflow table: a few decoded rows per split
 ARTIFACT_ADAPTER = "adapter"  # the adapter as an MLflow model (lora_study.serving)
+ARTIFACT_MERGED = "merged"  # the base with the adapter merged in, as an MLflow model (lora_study.merging)
 ARTIFACT_GENERATIONS = "generations.json"  # an MLflow table: prompt, reference, base and adapter outputs
 
 

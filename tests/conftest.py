@@ -71,9 +71,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def server_process(argv: list, ready_url: str, timeout_s: float, env: dict | None = None):
+def server_process(argv: list, ready_url: str, timeout_s: float, env: dict | None = None, stdout=subprocess.DEVNULL):
     """A server started from `argv`, once `ready_url` answers (or `timeout_s` passed); stopped after."""
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(argv, env=env, stdout=stdout, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         try:
@@ -85,4 +85,4 @@ def server_process(argv: list, ready_url: str, timeout_s: float, env: dict | Non
         yield process
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        process.wait(timeout=60)

@@ -1,16 +1,22 @@
-"""`mlflow models serve` on a logged adapter: real HTTP answers, 4xx for bad requests, still serving."""
+"""Real servers on loopback: `mlflow models serve` on a logged adapter (answers, 4xx for bad
+requests, still serving), and `lora-study serve` on one model or many adapters."""
 
 import json
 import os
+import socket
+import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
 import mlflow
 import pytest
 
+from lora_study import cli
+
 from conftest import free_port, server_process
-from test_serving import trained_adapter
+from test_serving import PROMPTS, answers, trained_adapter, two_registered_adapters
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +70,88 @@ def test_bad_requests_get_a_4xx_with_the_reason_and_the_server_keeps_serving(ser
     status, body = post(server, payload)
     assert 400 <= status < 500 and expected in body["message"]
     assert post(server, {"inputs": {"prompt": ["still there?"]}, "params": {"max_new_tokens": 2}})[0] == 200
+
+
+# --- `lora-study serve`: the shortcut, and many adapters on one base ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def multi_server(tracking_uri, tmp_path_factory):
+    """`lora-study serve --adapters` on versions 1 (@champion) and 2 of a registered model."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment(
+        "serving-http-multi", str(tmp_path_factory.mktemp("multi") / "artifacts")))  # fmt: skip
+    first, second = two_registered_adapters("http-docs")
+    alone = {"http-docs@champion": answers(f"runs:/{first}/adapter"), "http-docs@2": answers(f"runs:/{second}/adapter")}
+    port, log = free_port(), tmp_path_factory.mktemp("log") / "stdout.txt"
+    argv = [sys.executable, "-m", "lora_study", "serve", "--adapters", "http-docs@champion,http-docs@2",
+            "--port", str(port)]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    with log.open("w") as stdout, server_process(argv, f"{url}/ping", 180, {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}, stdout):
+        yield url, alone, log
+
+
+def printed(log, url) -> str:
+    """What `lora-study serve` printed once its server answered (it prints just after)."""
+    deadline = time.time() + 30
+    while "curl" not in log.read_text() and time.time() < deadline:
+        time.sleep(0.2)
+    text = log.read_text()
+    assert f"at {url}/invocations" in text
+    return text
+
+
+def test_a_request_picks_its_adapter_by_the_adapter_field(multi_server):
+    url, alone, _ = multi_server
+    default = post(url, {"inputs": {"prompt": PROMPTS}, "params": {"max_new_tokens": 8}})
+    assert default == (200, {"predictions": alone["http-docs@champion"]})
+    second = post(url, {"inputs": {"prompt": PROMPTS}, "params": {"max_new_tokens": 8, "adapter": "http-docs@2"}})
+    assert second == (200, {"predictions": alone["http-docs@2"]})
+    records = [{"prompt": PROMPTS[0], "adapter": "http-docs@2"}, {"prompt": PROMPTS[1], "adapter": "http-docs@champion"}]
+    status, body = post(url, {"dataframe_records": records, "params": {"max_new_tokens": 8}})
+    assert status == 200 and body["predictions"] == [alone["http-docs@2"][0], alone["http-docs@champion"][1]]
+    status, body = post(url, {"inputs": {"prompt": ["x"]}, "params": {"adapter": "sql@champion"}})
+    assert status == 400 and "unknown adapter 'sql@champion' (this server has: http-docs@champion, http-docs@2)" in body["message"]
+
+
+def test_serve_prints_the_url_the_adapters_and_a_curl_command_that_works(multi_server):
+    url, alone, log = multi_server
+    text = printed(log, url)
+    assert "Adapters: http-docs@champion, http-docs@2; a request picks one with `adapter` (default http-docs@champion)" in text
+    curl = next(line.strip() for line in text.splitlines() if line.strip().startswith("curl "))
+    answer = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=120, check=True)
+    assert len(json.loads(answer.stdout)["predictions"]) == 1
+
+
+def test_serve_shortcut_serves_one_model_uri(tracking_uri, tmp_path):
+    _, _, run_id, _ = trained_adapter()
+    port, log = free_port(), tmp_path / "stdout.txt"
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "lora_study", "serve", f"runs:/{run_id}/adapter", "--port", str(port)]
+    with log.open("w") as stdout, server_process(argv, f"{url}/ping", 180, {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}, stdout):
+        text = printed(log, url)
+        assert f"Serving runs:/{run_id}/adapter at {url}/invocations" in text
+        curl = next(line.strip() for line in text.splitlines() if line.strip().startswith("curl "))
+        answer = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=120, check=True)
+        assert json.loads(answer.stdout)["predictions"] == answers(f"runs:/{run_id}/adapter", ["What does str.split do?"], max_new_tokens=64)
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], "name one thing to serve"),
+        (["runs:/x/adapter", "--adapters", "a@1"], "name one thing to serve"),
+        (["models:/no-such-model@champion"], "models:/no-such-model@champion: "),
+        (["--adapters", "no-such-model@champion"], "--adapters no-such-model@champion models:/no-such-model@champion:"),
+        (["runs:/x/adapter", "--port", "BUSY"], "cannot listen on 127.0.0.1:BUSY"),
+    ],
+)
+def test_serve_refuses_bad_input_in_one_line_before_starting(argv, expected, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        argv, expected = [port if a == "BUSY" else a for a in argv], expected.replace("BUSY", port)
+        assert cli.main(["serve", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0]
