@@ -13,16 +13,14 @@ The same model class serves three folders, told apart by their artifacts:
 - `merged` + `base_model`: the base with an adapter merged in, as `lora-study merge` logs it.
 """
 
+import hashlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from lora_study import models, registry
+from lora_study.cache import build_once, cache_root
 from lora_study.config import ServeConfig
 from lora_study.data import ALPACA_PROMPT_NO_INPUT
 from lora_study.errors import UserInputError
@@ -350,9 +349,9 @@ def _yaml_entries(path: str) -> list:
     return entries
 
 
-def save_multi_adapter_model(entries: list[tuple[str, str]], path: Path) -> list[str]:
-    """Save one MLflow model at `path` holding every adapter `entries` names, over their one base.
-    Returns the request names, the default first."""
+def save_multi_adapter_model(entries: list[tuple[str, str]]) -> Path:
+    """One MLflow model holding every adapter `entries` names, over their one base, saved in the
+    cache (a few MB per adapter) under what it holds: the same adapters reuse it."""
     sources = [registry.resolve_model_uri(uri, flag=f"--adapters {name}") for name, uri in entries]
     first_name, first = entries[0][0], sources[0]
     for (name, _), source in zip(entries, sources):
@@ -363,15 +362,17 @@ def save_multi_adapter_model(entries: list[tuple[str, str]], path: Path) -> list
                 + ", ".join(f"{key} ({source.reference[key]} vs {first.reference[key]})" for key in differs)
                 + "; one server holds one base model, so serve these apart"
             )
-    manifest = [{"name": name, "model_uri": uri, "artifact": f"adapter-{i}",
-                 "prompt_format": source.reference["prompt_format"]}
+    manifest = [{"name": name, "model_uri": uri, "artifact": f"adapter-{i}", "model_id": source.model_id,
+                 "run_id": source.run_id, "prompt_format": source.reference["prompt_format"]}
                 for i, ((name, uri), source) in enumerate(zip(entries, sources))]  # fmt: skip
-    with tempfile.TemporaryDirectory() as folder:
-        manifest_file, reference_file = Path(folder) / ADAPTERS_MANIFEST, Path(folder) / BASE_REFERENCE
+    key = hashlib.sha256(json.dumps([manifest, first.reference], sort_keys=True).encode()).hexdigest()[:16]
+
+    def save(folder: Path) -> None:
+        manifest_file, reference_file = folder / ADAPTERS_MANIFEST, folder / BASE_REFERENCE
         manifest_file.write_text(json.dumps(manifest, indent=1))
         reference_file.write_text(json.dumps(first.reference, indent=1))
         mlflow.pyfunc.save_model(
-            path,
+            folder / "model",
             python_model=MODEL_CODE,
             artifacts={"adapters": str(manifest_file), "base_model": str(reference_file),
                        **{e["artifact"]: str(s.adapter_dir) for e, s in zip(manifest, sources)}},  # fmt: skip
@@ -379,39 +380,35 @@ def save_multi_adapter_model(entries: list[tuple[str, str]], path: Path) -> list
             pip_requirements=requirements(first.reference["quantization"]),
             metadata={"base_model": first.reference, "adapters": manifest},
         )
-    return [name for name, _ in entries]
+
+    return build_once(cache_root() / "served" / key, save) / "model"
 
 
 # --- the server --------------------------------------------------------------------------------------
 
-READY_TIMEOUT_S = 900  # a hub base model may download first
-
 
 def run_serve(cfg: ServeConfig) -> None:
-    """The `serve` command: `mlflow models serve` on one model, or on many adapters saved as one;
-    prints the URL and a curl example once it answers, and serves until stopped."""
+    """The `serve` command: becomes `mlflow models serve` on one model, or on many adapters saved as
+    one; a small helper prints the URL and a curl example once the server answers."""
     _check_port(cfg.host, cfg.port)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server as Ctrl-C does
-    with tempfile.TemporaryDirectory(prefix="lora-study-serve-") as folder:
-        if cfg.adapters:
-            model_uri = str(Path(folder) / "model")
-            names = save_multi_adapter_model(adapter_entries(cfg.adapters), Path(model_uri))
-        else:
-            model_uri, names = cfg.model_uri, []
-            _check_model(model_uri)
-        url = f"http://{cfg.host}:{cfg.port}"
-        server = start_server(model_uri, cfg)
-        try:
-            started = time.time()
-            wait_until_ready(server, url)
-            print(usage(url, cfg.model_uri or cfg.adapters, names, time.time() - started), flush=True)
-            server.wait()
-        finally:
-            stop(server)
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+    if cfg.adapters:
+        entries = adapter_entries(cfg.adapters)
+        model_uri, names = str(save_multi_adapter_model(entries)), [name for name, _ in entries]
+    else:
+        model_uri, names = cfg.model_uri, []
+        _check_model(model_uri)
+    url = f"http://{cfg.host}:{cfg.port}"
+    subprocess.run([sys.executable, "-m", "lora_study.ready", url, str(os.getpid()),
+                    usage(url, cfg.model_uri or cfg.adapters, names)], check=True)  # fmt: skip
+    argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+            "--host", cfg.host, "--port", str(cfg.port)]  # fmt: skip
+    # mlflow starts `uvicorn` by name: find it beside this Python even when its venv is not activated.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "LORA_STUDY_MAX_NEW_TOKENS": str(cfg.max_new_tokens_limit)}
+    sys.stdout.flush()
+    # Become the server, rather than wait beside it: this process has torch and transformers
+    # imported, hundreds of MB that a waiting parent would hold for the server's whole life.
+    os.execve(sys.executable, argv, env)
 
 
 def _check_port(host: str, port: int) -> None:
@@ -432,41 +429,10 @@ def _check_model(model_uri: str) -> None:
         raise UserInputError(f"{model_uri}: {getattr(error, 'message', error)}") from None
 
 
-def start_server(model_uri: str, cfg: ServeConfig) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-            "--host", cfg.host, "--port", str(cfg.port)]  # fmt: skip
-    # mlflow starts `uvicorn` by name: find it beside this Python even when its venv is not activated.
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "PATH": path, "LORA_STUDY_MAX_NEW_TOKENS": str(cfg.max_new_tokens_limit)}
-    return subprocess.Popen(argv, env=env, start_new_session=True)  # its own group: stop() ends it all
-
-
-def wait_until_ready(server: subprocess.Popen, url: str) -> None:
-    deadline = time.time() + READY_TIMEOUT_S
-    while time.time() < deadline:
-        if server.poll() is not None:
-            raise UserInputError(f"the server exited (status {server.returncode}) before it answered; its log is above")
-        try:
-            urllib.request.urlopen(f"{url}/ping", timeout=2)
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise UserInputError(f"the server did not answer {url}/ping in {READY_TIMEOUT_S} s; its log is above")
-
-
-def stop(server: subprocess.Popen) -> None:
-    """End the server and the uvicorn it started (they share a process group)."""
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-
-
-def usage(url: str, what: str, names: list[str], ready_s: float) -> str:
+def usage(url: str, what: str, names: list[str]) -> str:
+    """What to tell the user once the server answers: where it is and a request that works."""
     params = {"max_new_tokens": 64}
-    lines = [f"Serving {what} at {url}/invocations (ready in {ready_s:.0f} s; Ctrl-C stops it)"]
+    lines = [f"Serving {what} at {url}/invocations (Ctrl-C stops it)"]
     if names:
         lines.append(f"Adapters: {', '.join(names)}; a request picks one with `{ADAPTER_FIELD}` (default {names[0]})")
         params[ADAPTER_FIELD] = names[-1]
