@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -106,9 +107,19 @@ def measure(argvs: list[list[str]], ports: list[int], adapters: list[list[str | 
         return memory_mb([server.pid for server in servers])
     finally:
         for server in servers:
-            os.killpg(server.pid, 15)
+            os.killpg(server.pid, signal.SIGTERM)
         for server in servers:
             server.wait(timeout=60)
+            while _group_alive(server.pid):  # the uvicorn worker too: the next server takes its port
+                time.sleep(0.2)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def main():
@@ -132,7 +143,7 @@ def main():
         port = args.first_port
         one = measure([[sys.executable, "-m", "lora_study", "serve", "--adapters", ",".join(names), "--port", str(port)]],
                       [port], [names], env)  # fmt: skip
-        ports = list(range(args.first_port, args.first_port + count))
+        ports = list(range(args.first_port + 1, args.first_port + 1 + count))
         argvs = [[sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}/{i}", "--env-manager",
                   "local", "--host", "127.0.0.1", "--port", str(p)] for i, p in zip(range(1, count + 1), ports)]  # fmt: skip
         separate = measure(argvs, ports, [[None]] * count, env)
