@@ -81,10 +81,12 @@ def ask(port: int, adapter: str | None) -> None:
         assert answer.status == 200
 
 
-def wait_ready(ports: list[int], timeout_s: float = 1800) -> None:
+def wait_ready(servers: list[subprocess.Popen], ports: list[int], timeout_s: float = 1800) -> None:
     deadline = time.time() + timeout_s
-    for port in ports:
+    for server, port in zip(servers, ports):
         while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"the server on port {port} exited; see server-{port}.log")
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
                 break
@@ -99,7 +101,7 @@ def measure(argvs: list[list[str]], ports: list[int], adapters: list[list[str | 
     servers = [subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
                for argv, log in zip(argvs, logs)]  # fmt: skip
     try:
-        wait_ready(ports)
+        wait_ready(servers, ports)
         for port, names in zip(ports, adapters):
             for name in names:
                 ask(port, name)

@@ -413,6 +413,7 @@ def run_serve(cfg: ServeConfig) -> None:
 
 def _check_port(host: str, port: int) -> None:
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closed server's port is free
         try:
             probe.bind((host, port))
         except OSError as error:
