@@ -27,7 +27,7 @@ def wait_and_print(url: str, server_pid: int, text: str) -> None:
         except OSError:
             time.sleep(0.5)
             continue
-        print(f"{text}\n(ready in {time.time() - started:.0f} s)", flush=True)
+        print(f"Ready in {time.time() - started:.0f} s.\n{text}", flush=True)
         return
 
 
