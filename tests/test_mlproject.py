@@ -40,13 +40,19 @@ def test_prepare_entry_point_bad_input_fails_the_run_with_one_line(tmp_path, mlf
     assert run.info.status == "FAILED"
 
 
-def test_train_entry_point_finishes_and_logs_the_adapter(mlflow_experiment):
+def test_train_then_merge_entry_points_finish_and_log_their_models(mlflow_experiment, tmp_path):
     done = mlflow_run("train", mlflow_experiment, base_model="tiny", max_samples=15, seq_len=32,
                       max_steps=2, batch_size=4)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     (run,) = runs(mlflow_experiment)
     assert run.info.status == "FINISHED" and run.data.params["steps"] == "2"
     assert mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/adapter").metadata.signature is not None
+    done = mlflow_run("merge", mlflow_experiment, model_uri=f"runs:/{run.info.run_id}/adapter",
+                      output_dir=tmp_path / "merged", max_prompts=1)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (merge,) = [r for r in runs(mlflow_experiment) if r.info.run_id != run.info.run_id]
+    assert merge.info.status == "FINISHED" and merge.data.metrics["merged_matches"] == 1
+    assert (tmp_path / "merged" / "model.safetensors").exists()
 
 
 @pytest.mark.smoke
