@@ -377,8 +377,7 @@ def _target_logprobs(model, batch: dict, dtype) -> torch.Tensor:
 def load_subject(source: registry.ModelSource, where: torch.device, dtype):
     """The model under test (the base with the adapter applied) and its tokenizer and base ref."""
     if source.is_adapter:
-        model, tokenizer = serving.load_adapter(str(source.adapter_dir), source.reference)
-        ref = models.resolve(source.reference["name"], source.reference["trust_remote_code"])
+        model, tokenizer, ref = serving.load_adapter(str(source.adapter_dir), source.reference)
     else:
         ref = models.resolve(source.base_model)
         model, tokenizer = models.load_base(ref, "none", dtype, where)[0].eval(), models.load_tokenizer(ref)

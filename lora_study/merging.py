@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -43,14 +44,13 @@ def run_merge(cfg: MergeConfig) -> str:
     if not source.is_adapter:
         raise UserInputError(f"--model-uri {cfg.model_uri}: a base model has no adapter to merge; pass an adapter's URI")
     output = _empty_folder(cfg.output_dir)
-    reference = {**source.reference, "quantization": "none"}
+    source = replace(source, reference={**source.reference, "quantization": "none"})  # see the docstring
+    reference = source.reference
     where = models.device()
     dtype = models.autocast_dtype(cfg.precision, where)
-    model, tokenizer = serving.load_adapter(str(source.adapter_dir), reference)
-    model.to(where)
+    model, tokenizer, ref = evaluation.load_subject(source, where, dtype)
     check = EvaluateConfig(model_uri=cfg.model_uri, data=cfg.data, max_prompts=cfg.max_prompts,
                            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, precision=cfg.precision)  # fmt: skip
-    ref = models.resolve(reference["name"], reference["trust_remote_code"])
     prepared = evaluation.evaluation_data(check, source, ref, tokenizer)
     rows = prepared.rows("test")
     prompts = evaluation.prompt_suite(check, rows, prepared.meta["format"], tokenizer, reference["prompt_format"])

@@ -79,7 +79,7 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         else:
             self.adapters = served_adapters(artifacts, self.reference)
             folders = {adapter.key: artifacts[adapter.key] for adapter in self.adapters.values()}
-            self.model, self.tokenizer = load_adapters(folders, self.reference)
+            self.model, self.tokenizer, _ = load_adapters(folders, self.reference)
         # The server runs requests in threads; the active adapter is model state, so one at a time.
         self.lock = threading.Lock()
 
@@ -143,33 +143,30 @@ def base_reference(ref: models.BaseModelRef, quantization: str, dtype: torch.dty
 
 
 def load_adapter(adapter_dir: str, reference: dict):
-    """The base model the reference names, with the adapter from `adapter_dir` applied."""
+    """The base model the reference names, with the adapter from `adapter_dir` applied; its
+    tokenizer; and the resolved base."""
     return load_adapters({ADAPTER_FIELD: adapter_dir}, reference)
 
 
 def load_adapters(folders: dict[str, str], reference: dict):
     """The base model the reference names, loaded once, with every adapter (PEFT name -> folder)
-    beside it; the first is active."""
+    beside it, the first active; its tokenizer; and the resolved base."""
     from peft import PeftModel
 
-    base = models.load_model(_base_ref(reference), reference["quantization"], getattr(torch, reference["dtype"]))
+    ref = _base_ref(reference)
+    base = models.load_model(ref, reference["quantization"], getattr(torch, reference["dtype"]))
     (first, folder), *others = folders.items()
     model = PeftModel.from_pretrained(base, folder, adapter_name=first)
     for name, folder in others:
         model.load_adapter(folder, adapter_name=name)
     model.set_adapter(first)
-    return model.eval(), models.load_tokenizer(_base_ref(reference))
+    return model.eval(), models.load_tokenizer(ref), ref
 
 
 def load_merged(folder: str, reference: dict):
-    """A merged model: a plain transformers folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, reference["dtype"]))
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.eval(), tokenizer
+    """A merged model: a plain transformers folder, loaded as a base model is."""
+    ref = models.BaseModelRef(reference["name"], folder, trust_remote_code=reference["trust_remote_code"])
+    return models.load_model(ref, "none", getattr(torch, reference["dtype"])).eval(), models.load_tokenizer(ref)
 
 
 def _base_ref(reference: dict) -> models.BaseModelRef:
