@@ -18,7 +18,6 @@ Results are appended to benchmarks/RESULTS.md.
 import argparse
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -29,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
+from results import record
+
 NAME = "bench"
 
 
@@ -152,22 +152,14 @@ def main():
         rows.append((count, one, separate))
         print(count, one, separate, flush=True)
     adapter_mb = sum(f.stat().st_size for f in folder.rglob("adapter_model.safetensors")) / 2**20 / max(counts)
-    report = "\n".join([
-        f"## serve memory: N adapters on one base vs N single-adapter servers ({time.strftime('%Y-%m-%d')})",
-        "",
-        f"Machine: CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}. "
-        f"Command: `python benchmarks/serve_memory.py --counts {args.counts} --rank {args.rank} "
-        f"--target-modules {args.target_modules} --base-model {args.base_model}`. Each adapter: "
-        f"{adapter_mb:.1f} MB of safetensors.",
-        "",
+    command = (f"python benchmarks/serve_memory.py --counts {args.counts} --rank {args.rank} "
+               f"--target-modules {args.target_modules} --base-model {args.base_model}")  # fmt: skip
+    record("serve memory: N adapters on one base vs N single-adapter servers", command,
+           f". Each adapter: {adapter_mb:.1f} MB of safetensors.", [
         "| adapters | one server: RSS MB | one server: PSS MB | separate servers: RSS MB | separate servers: PSS MB | PSS ratio |",
         "|---|---|---|---|---|---|",
         *(f"| {n} | {o[0]:.0f} | {o[1]:.0f} | {s[0]:.0f} | {s[1]:.0f} | {s[1] / o[1]:.1f}x |" for n, o, s in rows),
-        "",
     ])  # fmt: skip
-    print(report)
-    with RESULTS.open("a") as results:
-        results.write("\n" + report)
 
 
 if __name__ == "__main__":

@@ -14,16 +14,14 @@ starting the processes to their exit. Results are appended to benchmarks/RESULTS
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+from results import record
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 LORA_STUDY = [sys.executable, "-m", "lora_study"]
 
 
@@ -77,24 +75,16 @@ def main() -> None:
     trains = run_trains(args, ranks)
     sweep = run_sweep(args, ranks)
     per_hour = {name: 3600 * len(ranks) / seconds for name, seconds in (("sweep", sweep), ("train", trains))}
-    report = "\n".join([
-        f"## sweep throughput: one sweep process vs one train process per trial ({time.strftime('%Y-%m-%d')})",
-        "",
-        f"Machine: CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
-        f"torch {torch.__version__}. Command: `python benchmarks/sweep_throughput.py --ranks {args.ranks} "
-        f"--max-steps {args.max_steps} --eval-every {args.eval_every} --seq-len {args.seq_len} "
-        f"--base-model {args.base_model}` ({len(ranks)} trials per side, pruning off).",
-        "",
+    command = (f"python benchmarks/sweep_throughput.py --ranks {args.ranks} --max-steps {args.max_steps} "
+               f"--eval-every {args.eval_every} --seq-len {args.seq_len} --base-model {args.base_model}")  # fmt: skip
+    record("sweep throughput: one sweep process vs one train process per trial", command,
+           f" ({len(ranks)} trials per side, pruning off).", [
         "| | wall time s | trials per hour |",
         "|---|---|---|",
         f"| sweep (one process) | {sweep:.0f} | {per_hour['sweep']:.0f} |",
         f"| train per trial | {trains:.0f} | {per_hour['train']:.0f} |",
         f"| sweep / train | | {per_hour['sweep'] / per_hour['train']:.2f}x |",
-        "",
     ])  # fmt: skip
-    print(report)
-    with RESULTS.open("a") as results:
-        results.write("\n" + report)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,11 @@ run inherits another's allocator state. Results are appended to benchmarks/RESUL
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -31,9 +29,7 @@ from lora_study import data, lora, models, training
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, TrainConfig
 from lora_study.evaluation import mean_loss
 from lora_study.memory import PeakMemory
-
-RESULTS = Path(__file__).with_name("RESULTS.md")
-
+from results import record
 
 def settings(args):
     data_cfg = DataConfig(seq_len=args.seq_len)
@@ -122,19 +118,12 @@ def one(kind: str, args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def report(args, results: dict[str, list[dict]]) -> str:
+def report(args, results: dict[str, list[dict]]) -> None:
     mean = {kind: {k: statistics.mean(r[k] for r in runs) for k in runs[0]} for kind, runs in results.items()}
     ours, base = mean["ours"], mean["baseline"]
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU {cpu}, {os.cpu_count()} cores"
+    command = (f"python benchmarks/train_throughput.py --steps {args.steps} --rounds {args.rounds} "
+               f"--batch-size {args.batch_size} --seq-len {args.seq_len} --base-model {args.base_model}")  # fmt: skip
     lines = [
-        f"## train throughput: ours vs transformers.Trainer + PEFT ({time.strftime('%Y-%m-%d')})",
-        "",
-        f"Machine: {device}; torch {torch.__version__}. Command: `python benchmarks/train_throughput.py "
-        f"--steps {args.steps} --rounds {args.rounds} --batch-size {args.batch_size} --seq-len {args.seq_len} "
-        f"--base-model {args.base_model}` ({args.rounds} alternating rounds, each run a fresh process).",
-        "",
         "| | real tokens/s | peak memory MB | validation loss |",
         "|---|---|---|---|",
         f"| ours | {ours['tokens_per_s']:.0f} | {ours['peak_memory_mb']:.0f} | {ours['eval_loss']:.4f} |",
@@ -146,9 +135,9 @@ def report(args, results: dict[str, list[dict]]) -> str:
         "",
         "Per run: " + "; ".join(f"{kind} " + ", ".join(f"{r['tokens_per_s']:.0f} tok/s" for r in runs)
                                 for kind, runs in results.items()) + ".",  # fmt: skip
-        "",
     ]
-    return "\n".join(lines)
+    record("train throughput: ours vs transformers.Trainer + PEFT", command,
+           f" ({args.rounds} alternating rounds, each run a fresh process).", lines)  # fmt: skip
 
 
 def main():
@@ -169,10 +158,7 @@ def main():
         for kind in results:
             results[kind].append(one(kind, args))
             print(kind, results[kind][-1], flush=True)
-    text = report(args, results)
-    print(text)
-    with open(RESULTS, "a") as stream:
-        stream.write(text + "\n")
+    report(args, results)
 
 
 if __name__ == "__main__":
