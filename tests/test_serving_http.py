@@ -9,6 +9,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -83,12 +85,25 @@ def multi_server(tracking_uri, tmp_path_factory):
         "serving-http-multi", str(tmp_path_factory.mktemp("multi") / "artifacts")))  # fmt: skip
     first, second = two_registered_adapters("http-docs")
     alone = {"http-docs@champion": answers(f"runs:/{first}/adapter"), "http-docs@2": answers(f"runs:/{second}/adapter")}
-    port, log = free_port(), tmp_path_factory.mktemp("log") / "stdout.txt"
-    argv = [sys.executable, "-m", "lora_study", "serve", "--adapters", "http-docs@champion,http-docs@2",
-            "--port", str(port)]  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    with log.open("w") as stdout, server_process(argv, f"{url}/ping", 180, {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}, stdout):
+    log = tmp_path_factory.mktemp("log") / "stdout.txt"
+    with lora_study_serve(["--adapters", "http-docs@champion,http-docs@2"], tracking_uri, log) as url:
         yield url, alone, log
+
+
+@contextmanager
+def lora_study_serve(args: list[str], tracking_uri: str, log: Path):
+    """`lora-study serve ARGS` on a free port, its stdout in `log`; yields its URL once it answers."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "lora_study", "serve", *args, "--port", str(port)]
+    with log.open("w") as stdout, server_process(argv, f"{url}/ping", 180, {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}, stdout):
+        yield url
+
+
+def run_printed_curl(text: str) -> dict:
+    """Run the curl command `lora-study serve` printed, as a user would paste it; its JSON answer."""
+    curl = next(line.strip() for line in text.splitlines() if line.strip().startswith("curl "))
+    return json.loads(subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=120, check=True).stdout)
 
 
 def printed(log, url) -> str:
@@ -118,22 +133,17 @@ def test_serve_prints_the_url_the_adapters_and_a_curl_command_that_works(multi_s
     url, alone, log = multi_server
     text = printed(log, url)
     assert "Adapters: http-docs@champion, http-docs@2; a request picks one with `adapter` (default http-docs@champion)" in text
-    curl = next(line.strip() for line in text.splitlines() if line.strip().startswith("curl "))
-    answer = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=120, check=True)
-    assert len(json.loads(answer.stdout)["predictions"]) == 1
+    assert len(run_printed_curl(text)["predictions"]) == 1
 
 
 def test_serve_shortcut_serves_one_model_uri(tracking_uri, tmp_path):
     _, _, run_id, _ = trained_adapter()
-    port, log = free_port(), tmp_path / "stdout.txt"
-    url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "lora_study", "serve", f"runs:/{run_id}/adapter", "--port", str(port)]
-    with log.open("w") as stdout, server_process(argv, f"{url}/ping", 180, {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}, stdout):
+    log = tmp_path / "stdout.txt"
+    with lora_study_serve([f"runs:/{run_id}/adapter"], tracking_uri, log) as url:
         text = printed(log, url)
         assert f"Serving runs:/{run_id}/adapter at {url}/invocations" in text
-        curl = next(line.strip() for line in text.splitlines() if line.strip().startswith("curl "))
-        answer = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=120, check=True)
-        assert json.loads(answer.stdout)["predictions"] == answers(f"runs:/{run_id}/adapter", ["What does str.split do?"], max_new_tokens=64)
+        expected = answers(f"runs:/{run_id}/adapter", ["What does str.split do?"], max_new_tokens=64)
+        assert run_printed_curl(text)["predictions"] == expected
 
 
 @pytest.mark.parametrize(
