@@ -27,7 +27,6 @@ import urllib.request
 from pathlib import Path
 
 import torch
-
 from results import record
 
 NAME = "bench"
@@ -37,21 +36,21 @@ def make_adapters(count: int, args) -> None:
     """`count` registered versions of NAME, each a distinct random LoRA adapter on the base."""
     import mlflow
 
-    from lora_study import lora, models, registry, serving
+    from lora_study import adapters, lora, models, registry
     from lora_study.config import AdapterConfig
 
     ref = models.resolve(args.base_model)
     dtype = models.weights_dtype("none", models.autocast_dtype("auto", torch.device("cpu")))
     base = models.load_model(ref, "none", dtype)
     adapter = AdapterConfig(rank=args.rank, alpha=2 * args.rank, target_modules=args.target_modules)
-    reference = serving.base_reference(ref, "none", dtype, "text")
+    reference = adapters.AdapterReference.of(ref, "none", dtype, "text")
     for seed in range(count):
         model = lora.attach(base, adapter, seed)
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(parameter, std=0.02)
         with mlflow.start_run() as run:
-            serving.log_adapter(model, reference)
+            adapters.log_adapter(model, reference)
         registry.register(f"runs:/{run.info.run_id}/adapter", NAME, {})
         base = lora.detach(model.base_model.model)
 
@@ -92,14 +91,18 @@ def wait_ready(servers: list[subprocess.Popen], ports: list[int], timeout_s: flo
                 break
             except OSError:
                 if time.time() > deadline:
-                    raise TimeoutError(f"no server on port {port}")
+                    raise TimeoutError(f"no server on port {port}") from None
                 time.sleep(1)
 
 
-def measure(argvs: list[list[str]], ports: list[int], adapters: list[list[str | None]], env: dict) -> tuple[float, float]:
+def measure(
+    argvs: list[list[str]], ports: list[int], adapters: list[list[str | None]], env: dict
+) -> tuple[float, float]:
     logs = [Path(f"server-{port}.log").open("w") for port in ports]  # in the benchmark's folder
-    servers = [subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-               for argv, log in zip(argvs, logs)]  # fmt: skip
+    servers = [
+        subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        for argv, log in zip(argvs, logs)
+    ]
     try:
         wait_ready(servers, ports)
         for port, names in zip(ports, adapters):
@@ -134,8 +137,11 @@ def main():
     args = parser.parse_args()
     counts = [int(count) for count in args.counts.split(",")]
     folder = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db",
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}  # fmt: skip
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db",
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+    }
     os.environ.update(env)
     os.chdir(folder)
     make_adapters(max(counts), args)
@@ -143,23 +149,50 @@ def main():
     for count in counts:
         names = [f"{NAME}@{i}" for i in range(1, count + 1)]
         port = args.first_port
-        one = measure([[sys.executable, "-m", "lora_study", "serve", "--adapters", ",".join(names), "--port", str(port)]],
-                      [port], [names], env)  # fmt: skip
+        one = measure(
+            [[sys.executable, "-m", "lora_study", "serve", "--adapters", ",".join(names), "--port", str(port)]],
+            [port],
+            [names],
+            env,
+        )
         ports = list(range(args.first_port + 1, args.first_port + 1 + count))
-        argvs = [[sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}/{i}", "--env-manager",
-                  "local", "--host", "127.0.0.1", "--port", str(p)] for i, p in zip(range(1, count + 1), ports)]  # fmt: skip
+        argvs = [
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "models",
+                "serve",
+                "-m",
+                f"models:/{NAME}/{i}",
+                "--env-manager",
+                "local",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(p),
+            ]
+            for i, p in zip(range(1, count + 1), ports)
+        ]
         separate = measure(argvs, ports, [[None]] * count, env)
         rows.append((count, one, separate))
         print(count, one, separate, flush=True)
     adapter_mb = sum(f.stat().st_size for f in folder.rglob("adapter_model.safetensors")) / 2**20 / max(counts)
-    command = (f"python benchmarks/serve_memory.py --counts {args.counts} --rank {args.rank} "
-               f"--target-modules {args.target_modules} --base-model {args.base_model}")  # fmt: skip
-    record("serve memory: N adapters on one base vs N single-adapter servers", command,
-           f". Each adapter: {adapter_mb:.1f} MB of safetensors.", [
-        "| adapters | one server: RSS MB | one server: PSS MB | separate servers: RSS MB | separate servers: PSS MB | PSS ratio |",
-        "|---|---|---|---|---|---|",
-        *(f"| {n} | {o[0]:.0f} | {o[1]:.0f} | {s[0]:.0f} | {s[1]:.0f} | {s[1] / o[1]:.1f}x |" for n, o, s in rows),
-    ])  # fmt: skip
+    command = (
+        f"python benchmarks/serve_memory.py --counts {args.counts} --rank {args.rank} "
+        f"--target-modules {args.target_modules} --base-model {args.base_model}"
+    )
+    record(
+        "serve memory: N adapters on one base vs N single-adapter servers",
+        command,
+        f". Each adapter: {adapter_mb:.1f} MB of safetensors.",
+        [
+            "| adapters | one server: RSS MB | one server: PSS MB | separate servers: RSS MB "
+            "| separate servers: PSS MB | PSS ratio |",
+            "|---|---|---|---|---|---|",
+            *(f"| {n} | {o[0]:.0f} | {o[1]:.0f} | {s[0]:.0f} | {s[1]:.0f} | {s[1] / o[1]:.1f}x |" for n, o, s in rows),
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -26,14 +26,28 @@ LORA_STUDY = [sys.executable, "-m", "lora_study"]
 
 
 def common(args) -> list[str]:
-    return ["--base-model", args.base_model, "--seq-len", str(args.seq_len), "--max-steps", str(args.max_steps),
-            "--eval-every", str(args.eval_every)]  # fmt: skip
+    return [
+        "--base-model",
+        args.base_model,
+        "--seq-len",
+        str(args.seq_len),
+        "--max-steps",
+        str(args.max_steps),
+        "--eval-every",
+        str(args.eval_every),
+    ]
 
 
 def timed(argv: list[str], folder: Path) -> float:
     started = time.perf_counter()
-    subprocess.run(argv, cwd=folder, check=True, capture_output=True, text=True,
-                   env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db"})  # fmt: skip
+    subprocess.run(
+        argv,
+        cwd=folder,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db"},
+    )
     return time.perf_counter() - started
 
 
@@ -45,8 +59,17 @@ def run_sweep(args, ranks: list[int]) -> float:
         f"  rank: [{', '.join(map(str, ranks))}]\n  alpha: {{per_rank: 2}}\n  target_modules: qv\n"
         "  learning_rate: 1.0e-3\n  batch_size: 4\n"
     )
-    argv = [*LORA_STUDY, "sweep", *common(args), "--config", str(config), "--n-trials", str(len(ranks)),
-            "--pruner", "none"]  # fmt: skip
+    argv = [
+        *LORA_STUDY,
+        "sweep",
+        *common(args),
+        "--config",
+        str(config),
+        "--n-trials",
+        str(len(ranks)),
+        "--pruner",
+        "none",
+    ]
     return timed(argv, folder)
 
 
@@ -54,8 +77,21 @@ def run_trains(args, ranks: list[int]) -> float:
     folder = Path(tempfile.mkdtemp(prefix="bench-train-"))
     total = 0.0
     for rank in ranks:
-        argv = [*LORA_STUDY, "train", *common(args), "--rank", str(rank), "--alpha", str(2 * rank),
-                "--target-modules", "qv", "--learning-rate", "1e-3", "--batch-size", "4"]  # fmt: skip
+        argv = [
+            *LORA_STUDY,
+            "train",
+            *common(args),
+            "--rank",
+            str(rank),
+            "--alpha",
+            str(2 * rank),
+            "--target-modules",
+            "qv",
+            "--learning-rate",
+            "1e-3",
+            "--batch-size",
+            "4",
+        ]
         total += timed(argv, folder)
     return total
 
@@ -70,21 +106,31 @@ def main() -> None:
     args = parser.parse_args()
     ranks = [int(rank) for rank in args.ranks.split(",")]
     # build the model cache and the prepared data first: neither side should pay for them
-    subprocess.run([*LORA_STUDY, "prepare", "--base-model", args.base_model, "--seq-len", str(args.seq_len)],
-                   cwd=tempfile.mkdtemp(), check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [*LORA_STUDY, "prepare", "--base-model", args.base_model, "--seq-len", str(args.seq_len)],
+        cwd=tempfile.mkdtemp(),
+        check=True,
+        capture_output=True,
+    )
     trains = run_trains(args, ranks)
     sweep = run_sweep(args, ranks)
     per_hour = {name: 3600 * len(ranks) / seconds for name, seconds in (("sweep", sweep), ("train", trains))}
-    command = (f"python benchmarks/sweep_throughput.py --ranks {args.ranks} --max-steps {args.max_steps} "
-               f"--eval-every {args.eval_every} --seq-len {args.seq_len} --base-model {args.base_model}")  # fmt: skip
-    record("sweep throughput: one sweep process vs one train process per trial", command,
-           f" ({len(ranks)} trials per side, pruning off).", [
-        "| | wall time s | trials per hour |",
-        "|---|---|---|",
-        f"| sweep (one process) | {sweep:.0f} | {per_hour['sweep']:.0f} |",
-        f"| train per trial | {trains:.0f} | {per_hour['train']:.0f} |",
-        f"| sweep / train | | {per_hour['sweep'] / per_hour['train']:.2f}x |",
-    ])  # fmt: skip
+    command = (
+        f"python benchmarks/sweep_throughput.py --ranks {args.ranks} --max-steps {args.max_steps} "
+        f"--eval-every {args.eval_every} --seq-len {args.seq_len} --base-model {args.base_model}"
+    )
+    record(
+        "sweep throughput: one sweep process vs one train process per trial",
+        command,
+        f" ({len(ranks)} trials per side, pruning off).",
+        [
+            "| | wall time s | trials per hour |",
+            "|---|---|---|",
+            f"| sweep (one process) | {sweep:.0f} | {per_hour['sweep']:.0f} |",
+            f"| train per trial | {trains:.0f} | {per_hour['train']:.0f} |",
+            f"| sweep / train | | {per_hour['sweep'] / per_hour['train']:.2f}x |",
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -24,12 +24,13 @@ import tempfile
 import time
 
 import torch
-
-from lora_study import data, lora, models, training
-from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, TrainConfig
-from lora_study.evaluation import mean_loss
-from lora_study.memory import PeakMemory
 from results import record
+
+from lora_study import data, lora, models, tracking, training
+from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, TrainConfig
+from lora_study.losses import mean_loss
+from lora_study.memory import PeakMemory
+
 
 def settings(args):
     data_cfg = DataConfig(seq_len=args.seq_len)
@@ -44,16 +45,16 @@ def run_ours(args) -> dict:
     mlflow.set_tracking_uri(f"sqlite:///{tempfile.mkdtemp()}/bench.db")
     s = training.setup(data_cfg, base, adapter, train)
     logging_time = []
-    log_metrics = mlflow.log_metrics
+    log_metrics = tracking.log_metrics
 
     def timed_log_metrics(*a, **k):  # what MLflow logging costs the training loop
         started = time.perf_counter()
         log_metrics(*a, **k)
         logging_time.append(time.perf_counter() - started)
 
-    training.mlflow.log_metrics = timed_log_metrics
+    tracking.log_metrics = timed_log_metrics
     with mlflow.start_run() as run:
-        model = training.fine_tune(s, adapter, train, data_cfg.seed)
+        model = training.fine_tune(s, adapter, train, data_cfg.seed).model
     mlflow.flush_async_logging()
     metrics = mlflow.get_run(run.info.run_id).data.metrics
     step_time = metrics["train_runtime_s"]
@@ -84,16 +85,28 @@ def run_baseline(args) -> dict:
         return batch
 
     model = models.load_model(ref)
-    peft_config = LoraConfig(r=adapter.rank, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
-                             target_modules=lora.resolve_targets(model, adapter.target_modules),
-                             task_type="CAUSAL_LM")  # fmt: skip
+    peft_config = LoraConfig(
+        r=adapter.rank,
+        lora_alpha=adapter.alpha,
+        lora_dropout=adapter.dropout,
+        target_modules=lora.resolve_targets(model, adapter.target_modules),
+        task_type="CAUSAL_LM",
+    )
     torch.manual_seed(0)
     model = get_peft_model(model, peft_config)
     arguments = TrainingArguments(
-        output_dir=tempfile.mkdtemp(), max_steps=train.max_steps, per_device_train_batch_size=train.batch_size,
-        learning_rate=train.learning_rate, lr_scheduler_type=train.lr_scheduler, warmup_steps=round(train.warmup_ratio * train.max_steps),
-        save_strategy="no", report_to=[], logging_steps=train.max_steps, seed=0, use_cpu=not torch.cuda.is_available(),
-    )  # fmt: skip
+        output_dir=tempfile.mkdtemp(),
+        max_steps=train.max_steps,
+        per_device_train_batch_size=train.batch_size,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=round(train.warmup_ratio * train.max_steps),
+        save_strategy="no",
+        report_to=[],
+        logging_steps=train.max_steps,
+        seed=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
     trainer = Trainer(model=model, args=arguments, train_dataset=examples, data_collator=counting_collator)
     with PeakMemory(models.device()) as peak:
         started = time.perf_counter()
@@ -101,8 +114,11 @@ def run_baseline(args) -> dict:
         elapsed = time.perf_counter() - started
     # the dataloader may collate a batch ahead of the last step: count the batches trained on
     tokens = sum(real_tokens[: train.max_steps])
-    return {"tokens_per_s": tokens / elapsed, "peak_memory_mb": peak.megabytes,
-            "eval_loss": _validation_loss(model, prepared, tokenizer)}  # fmt: skip
+    return {
+        "tokens_per_s": tokens / elapsed,
+        "peak_memory_mb": peak.megabytes,
+        "eval_loss": _validation_loss(model, prepared, tokenizer),
+    }
 
 
 def _validation_loss(model, prepared, tokenizer) -> float:
@@ -112,8 +128,20 @@ def _validation_loss(model, prepared, tokenizer) -> float:
 
 def one(kind: str, args) -> dict:
     """Run one measurement in a fresh subprocess."""
-    argv = [sys.executable, __file__, "--only", kind, "--steps", str(args.steps), "--batch-size",
-            str(args.batch_size), "--seq-len", str(args.seq_len), "--base-model", args.base_model]  # fmt: skip
+    argv = [
+        sys.executable,
+        __file__,
+        "--only",
+        kind,
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--seq-len",
+        str(args.seq_len),
+        "--base-model",
+        args.base_model,
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -121,8 +149,10 @@ def one(kind: str, args) -> dict:
 def report(args, results: dict[str, list[dict]]) -> None:
     mean = {kind: {k: statistics.mean(r[k] for r in runs) for k in runs[0]} for kind, runs in results.items()}
     ours, base = mean["ours"], mean["baseline"]
-    command = (f"python benchmarks/train_throughput.py --steps {args.steps} --rounds {args.rounds} "
-               f"--batch-size {args.batch_size} --seq-len {args.seq_len} --base-model {args.base_model}")  # fmt: skip
+    command = (
+        f"python benchmarks/train_throughput.py --steps {args.steps} --rounds {args.rounds} "
+        f"--batch-size {args.batch_size} --seq-len {args.seq_len} --base-model {args.base_model}"
+    )
     lines = [
         "| | real tokens/s | peak memory MB | validation loss |",
         "|---|---|---|---|",
@@ -133,11 +163,18 @@ def report(args, results: dict[str, list[dict]]) -> None:
         "",
         f"MLflow logging inside our loop: {ours['logging_pct']:.2f}% of its run time.",
         "",
-        "Per run: " + "; ".join(f"{kind} " + ", ".join(f"{r['tokens_per_s']:.0f} tok/s" for r in runs)
-                                for kind, runs in results.items()) + ".",  # fmt: skip
+        "Per run: "
+        + "; ".join(
+            f"{kind} " + ", ".join(f"{r['tokens_per_s']:.0f} tok/s" for r in runs) for kind, runs in results.items()
+        )
+        + ".",
     ]
-    record("train throughput: ours vs transformers.Trainer + PEFT", command,
-           f" ({args.rounds} alternating rounds, each run a fresh process).", lines)  # fmt: skip
+    record(
+        "train throughput: ours vs transformers.Trainer + PEFT",
+        command,
+        f" ({args.rounds} alternating rounds, each run a fresh process).",
+        lines,
+    )
 
 
 def main():

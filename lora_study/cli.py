@@ -1,18 +1,16 @@
 """The `lora-study` command. Each subcommand's flags are the fields of its config sections.
 
-    lora-study prepare --dataset data.jsonl --seq-len 512
+lora-study prepare --dataset data.jsonl --seq-len 512
 """
 
 import argparse
 import logging
-import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from pydantic import BaseModel
 
-from lora_study import data, evaluation, merging, registry, serving, sweep, training
 from lora_study.config import (
     AdapterConfig,
     BaseModelConfig,
@@ -27,7 +25,16 @@ from lora_study.config import (
     flag,
     parse_sections,
 )
+from lora_study.console import quiet_progress_bars
 from lora_study.errors import UserInputError
+from lora_study.stages.evaluate import run_evaluate
+from lora_study.stages.merge import run_merge
+from lora_study.stages.prepare import run_prepare
+from lora_study.stages.promote import run_promote
+from lora_study.stages.serve import run_serve
+from lora_study.stages.sweep import run_sweep
+from lora_study.stages.train import run_train
+from lora_study.stages.versions import run_versions
 
 
 @dataclass(frozen=True)
@@ -41,42 +48,42 @@ COMMANDS = {
     "prepare": Command(
         "Tokenize, split and pack a data set; log it to MLflow.",
         (DataConfig, BaseModelConfig),
-        data.run_prepare,
+        run_prepare,
     ),
     "train": Command(
         "Fine-tune one LoRA adapter; log its metrics and the adapter to MLflow.",
         (DataConfig, BaseModelConfig, AdapterConfig, TrainConfig),
-        training.run_train,
+        run_train,
     ),
     "evaluate": Command(
         "Measure an adapter against its base model: test perplexity, generation speed and quality.",
         (EvaluateConfig,),
-        evaluation.run_evaluate,
+        run_evaluate,
     ),
     "sweep": Command(
         "Run an Optuna study over LoRA settings, one nested MLflow run per trial; register the best.",
         (DataConfig, BaseModelConfig, SweepConfig),
-        sweep.run_sweep,
+        run_sweep,
     ),
     "promote": Command(
         "Move an alias (champion) to a registered version that beats its holder; record why.",
         (PromoteConfig,),
-        registry.run_promote,
+        run_promote,
     ),
     "versions": Command(
         "List a registered model's versions: aliases, base model, adapter shape, metrics.",
         (VersionsConfig,),
-        registry.run_versions,
+        run_versions,
     ),
     "serve": Command(
         "Serve one model, or many adapters on one base, over HTTP (mlflow models serve).",
         (ServeConfig,),
-        serving.run_serve,
+        run_serve,
     ),
     "merge": Command(
         "Merge an adapter into its base; check it answers as the adapter does; log it as an MLflow model.",
         (MergeConfig,),
-        merging.run_merge,
+        run_merge,
     ),
 }
 
@@ -90,8 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
             group = sub.add_argument_group(section.__name__, section.__doc__)
             for field_name, field in section.model_fields.items():
                 if (field.json_schema_extra or {}).get("positional"):
-                    group.add_argument(field_name, metavar=field_name.upper(), help=field.description,
-                                       nargs=None if field.is_required() else "?", default=argparse.SUPPRESS)  # fmt: skip
+                    group.add_argument(
+                        field_name,
+                        metavar=field_name.upper(),
+                        help=field.description,
+                        nargs=None if field.is_required() else "?",
+                        default=argparse.SUPPRESS,
+                    )
                     continue
                 boolean = field.annotation is bool
                 group.add_argument(
@@ -104,15 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"{field.description} ({'required' if field.is_required() else f'default: {field.default}'})",
                 )
     return parser
-
-
-def quiet_progress_bars() -> None:
-    """Progress bars are for a terminal; in logs and CI they are noise."""
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lora_study.errors import UserInputError
+from lora_study.tracking import OBJECTIVE_METRICS
 
 # Unknown keys are errors (a typo must not silently fall back to a default); configs are values.
 STRICT = ConfigDict(extra="forbid", frozen=True)
@@ -49,9 +50,7 @@ class DataConfig(BaseModel):
     split: str = Field("train", description="Split of a hub dataset to read.")
     max_samples: int = Field(0, ge=0, description="Read only the first N documents; 0 reads all.")
     seq_len: int = Field(256, gt=0, description="Tokens per packed training row.")
-    val_fraction: float = Field(
-        0.1, gt=0, lt=1, description="Share of documents held out for validation."
-    )
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="Share of documents held out for validation.")
     test_fraction: float = Field(0.1, gt=0, lt=1, description="Share of documents held out for test.")
     seed: int = Field(0, description="Seed of the document-level train/validation/test split.")
 
@@ -116,13 +115,17 @@ class AdapterConfig(BaseModel):
 
 
 # Fields that mean the same in several commands, defined once.
-PreparedData = Annotated[str, Field(
-    description="Prepared data: `runs:/<prepare run id>` or its folder; empty prepares it here from "
-    "--dataset and the other data options."
-)]  # fmt: skip
-Precision = Annotated[Literal["auto", "fp32", "bf16", "fp16"], Field(
-    description="Autocast dtype; `auto` takes bf16 where the hardware has it, else fp32."
-)]  # fmt: skip
+PreparedData = Annotated[
+    str,
+    Field(
+        description="Prepared data: `runs:/<prepare run id>` or its folder; empty prepares it here from "
+        "--dataset and the other data options."
+    ),
+]
+Precision = Annotated[
+    Literal["auto", "fp32", "bf16", "fp16"],
+    Field(description="Autocast dtype; `auto` takes bf16 where the hardware has it, else fp32."),
+]
 
 
 class TrainConfig(BaseModel):
@@ -161,23 +164,27 @@ class EvaluateConfig(BaseModel):
     model_config = STRICT
 
     model_uri: str = Field(
-        "", description="The adapter: `runs:/<id>/adapter`, `models:/<name>/<version>`, "
-        "`models:/<name>@<alias>`, or `base:<base model>` for a base model alone."
-    )  # fmt: skip
+        "",
+        description="The adapter: `runs:/<id>/adapter`, `models:/<name>/<version>`, "
+        "`models:/<name>@<alias>`, or `base:<base model>` for a base model alone.",
+    )
     data: str = Field(
-        "", description="Prepared data (`runs:/<prepare run id>` or its folder); empty: the data "
-        "the adapter was trained on (for `base:`, the default python-docs)."
-    )  # fmt: skip
+        "",
+        description="Prepared data (`runs:/<prepare run id>` or its folder); empty: the data "
+        "the adapter was trained on (for `base:`, the default python-docs).",
+    )
     prompts: str = Field(
-        "", description="A file of prompts: one per line (.txt), or JSONL with `prompt` and "
-        "optional `reference`; empty: prompts from the test split."
-    )  # fmt: skip
+        "",
+        description="A file of prompts: one per line (.txt), or JSONL with `prompt` and "
+        "optional `reference`; empty: prompts from the test split.",
+    )
     max_prompts: int = Field(16, ge=0, description="Prompts to generate for; 0 skips generation.")
     max_new_tokens: int = Field(64, gt=0, description="Tokens to generate per prompt (greedy).")
     merged: bool = Field(
-        False, description="Also evaluate the adapter merged into the base weights, and check "
-        "that it matches the unmerged adapter."
-    )  # fmt: skip
+        False,
+        description="Also evaluate the adapter merged into the base weights, and check "
+        "that it matches the unmerged adapter.",
+    )
     batch_size: int = Field(8, gt=0, description="Rows per forward pass for perplexity.")
     precision: Precision = "auto"
 
@@ -189,9 +196,6 @@ class EvaluateConfig(BaseModel):
                 "models:/<name>@<alias> or base:<base model>"
             )
         return self
-
-
-OBJECTIVES = ("perplexity", "peak_memory_mb", "trainable_params")
 
 
 class SweepConfig(BaseModel):
@@ -221,24 +225,23 @@ class SweepConfig(BaseModel):
         "", description="Optuna study; the same name resumes it. Empty: from the config, base model and data."
     )
     storage: str = Field(
-        "", description="Optuna storage URL (postgresql://... for many workers or machines); empty: "
-        "sqlite optuna.db beside the MLflow store."
-    )  # fmt: skip
+        "",
+        description="Optuna storage URL (postgresql://... for many workers or machines); empty: "
+        "sqlite optuna.db beside the MLflow store.",
+    )
     n_workers: int = Field(1, gt=0, description="Worker processes on this machine sharing the study.")
     registered_model: str = Field(
         "", description="Registry name for the best adapters; empty: lora-study-<base model>."
     )
-    promote: bool = Field(
-        False, description="Move alias `champion` to the new best if it beats the current champion."
-    )
+    promote: bool = Field(False, description="Move alias `champion` to the new best if it beats the current champion.")
 
     @model_validator(mode="after")
     def _objectives_are_known(self):
         names = [name.strip() for name in self.objectives.split(",")]
-        unknown = [name for name in names if name not in OBJECTIVES]
+        unknown = [name for name in names if name not in OBJECTIVE_METRICS]
         if unknown or len(set(names)) != len(names):
             raise ValueError(
-                f"`objectives`: {self.objectives!r} must be distinct names among {', '.join(OBJECTIVES)}"
+                f"`objectives`: {self.objectives!r} must be distinct names among {', '.join(OBJECTIVE_METRICS)}"
             )
         return self
 
@@ -276,13 +279,16 @@ class ServeConfig(BaseModel):
     model_config = STRICT
 
     model_uri: str = Field(
-        "", description="The model to serve: runs:/<id>/adapter, models:/<name>@<alias>, models:/<name>/<version> "
-        "or a merged model.", json_schema_extra=POSITIONAL,
-    )  # fmt: skip
+        "",
+        description="The model to serve: runs:/<id>/adapter, models:/<name>@<alias>, models:/<name>/<version> "
+        "or a merged model.",
+        json_schema_extra=POSITIONAL,
+    )
     adapters: str = Field(
-        "", description="Many adapters on one base instead: name@alias,name@version,... or a YAML list "
+        "",
+        description="Many adapters on one base instead: name@alias,name@version,... or a YAML list "
         "file; a request picks one with `adapter`, default the first.",
-    )  # fmt: skip
+    )
     host: str = Field("127.0.0.1", description="The address to listen on; 0.0.0.0 for every interface.")
     port: int = Field(5001, gt=0, lt=65536, description="The port to listen on.")
     max_new_tokens_limit: int = Field(

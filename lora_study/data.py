@@ -1,8 +1,9 @@
-"""`prepare`: documents in, packed token rows out, split by document, cached, logged to MLflow.
+"""Data: documents in, packed token rows out, split by document, cached.
 
-The procedure, top to bottom: read the documents (python-docs, a local file or a hub dataset)
--> detect their format -> split them by document with a seed -> render and tokenize each, with
-labels only where the loss belongs -> pack them into `seq_len` rows -> cache -> log.
+The steps, in order: read the documents (python-docs, a local file or a hub dataset) -> detect
+their format -> split them by document with a seed -> render and tokenize each, with labels only
+where the loss belongs -> pack them into `seq_len` rows -> cache. `prepare` is the whole of it;
+`load_prepared` reads a result back, from a folder or a `prepare` run.
 """
 
 import hashlib
@@ -14,46 +15,27 @@ from pathlib import Path
 
 import pandas as pd
 
-from lora_study import models, packing
+from lora_study import models, packing, tracking
 from lora_study.cache import build_once, cache_root, file_sha256
-from lora_study.config import BaseModelConfig, DataConfig
+from lora_study.config import DataConfig
 from lora_study.errors import UserInputError
 from lora_study.packing import IGNORE_INDEX
+from lora_study.templates import present, render
 from lora_study.tracking import (
     ARTIFACT_DATA,
-    ARTIFACT_PREVIEW,
     METRIC_DOCUMENTS,
     METRIC_DROPPED_DOCUMENTS,
     METRIC_LOSS_TOKENS,
     METRIC_ROWS,
     METRIC_TOKENS,
     METRIC_TRUNCATED_DOCUMENTS,
-    PARAM_BASE_MODEL_REVISION,
-    PARAM_BASE_MODEL_SHA256,
-    PARAM_DATASET_DIGEST,
-    PARAM_DETECTED_FORMAT,
-    PARAM_SOURCE_DIGEST,
-    PARAM_TOKENIZER_DIGEST,
     SPLITS,
-    log_params,
-    stage_run,
 )
 
 PYTHON_DOCS = "python-docs"
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 PREPARE_VERSION = 1  # part of the cache key: bump it when the same inputs give other rows
 META_FILE = "meta.json"
-
-# The Alpaca template (https://github.com/tatsu-lab/stanford_alpaca#data-release).
-ALPACA_PROMPT = (
-    "Below is an instruction that describes a task, paired with an input that provides further "
-    "context. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-)
-ALPACA_PROMPT_NO_INPUT = (
-    "Below is an instruction that describes a task. Write a response that appropriately "
-    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
-)
 
 
 @dataclass(frozen=True)
@@ -63,7 +45,7 @@ class Documents:
     frame: pd.DataFrame
     name: str
     digest: str  # of the content read
-    source: object  # an mlflow DatasetSource
+    source: dict  # where they were read: `tracking.dataset_source(**source)`
 
 
 @dataclass(frozen=True)
@@ -107,27 +89,23 @@ def _read_python_docs() -> Documents:
     topics = pydoc_data.topics.topics
     frame = pd.DataFrame({"title": sorted(topics), "text": [topics[t] for t in sorted(topics)]})
     digest = hashlib.sha256(json.dumps(topics, sort_keys=True).encode()).hexdigest()
-    return Documents(frame, PYTHON_DOCS, digest, source=_local_source(pydoc_data.topics.__file__))
+    return Documents(frame, PYTHON_DOCS, digest, source={"kind": "local", "uri": pydoc_data.topics.__file__})
 
 
 def _read_file(path: Path) -> Documents:
-    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv,
-               ".parquet": _read_parquet, ".txt": _read_txt}  # fmt: skip
+    readers = {
+        ".jsonl": _read_jsonl,
+        ".json": _read_json,
+        ".csv": _read_csv,
+        ".parquet": _read_parquet,
+        ".txt": _read_txt,
+    }
     if path.suffix not in readers:
         raise UserInputError(
-            f"--dataset: cannot read `{path.suffix}` files ({path}); use one of "
-            + ", ".join(FILE_SUFFIXES)
+            f"--dataset: cannot read `{path.suffix}` files ({path}); use one of " + ", ".join(FILE_SUFFIXES)
         )
     frame = readers[path.suffix](path)
-    return Documents(frame, path.name, file_sha256(path), source=_local_source(path.resolve()))
-
-
-def _local_source(path):
-    # Built from JSON: resolving a plain path string makes MLflow warn that two of its own
-    # source classes match it.
-    from mlflow.data.dataset_source_registry import get_dataset_source_from_json
-
-    return get_dataset_source_from_json(json.dumps({"uri": str(path)}), source_type="local")
+    return Documents(frame, path.name, file_sha256(path), source={"kind": "local", "uri": str(path.resolve())})
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
@@ -186,7 +164,6 @@ def _read_txt(path: Path) -> pd.DataFrame:
 def _read_hub(cfg: DataConfig) -> Documents:
     import datasets
     from huggingface_hub import HfApi
-    from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
 
     try:  # fails in milliseconds offline, where load_dataset would retry for half a minute
         revision = HfApi().dataset_info(cfg.dataset).sha
@@ -202,7 +179,7 @@ def _read_hub(cfg: DataConfig) -> Documents:
     except ValueError as error:  # an unknown split names the ones there are
         raise UserInputError(f"--split: {error}".replace("\n", " ")) from None
     digest = hashlib.sha256(f"{cfg.dataset}@{revision}:{split}".encode()).hexdigest()
-    source = HuggingFaceDatasetSource(path=cfg.dataset, split=split, revision=revision)
+    source = {"kind": "hub", "path": cfg.dataset, "split": split, "revision": revision}
     return Documents(loaded.to_pandas(), cfg.dataset, digest, source)
 
 
@@ -231,46 +208,6 @@ def detect_format(cfg: DataConfig, columns: list[str]) -> str:
     return fmt
 
 
-def render(record: dict, fmt: str, cfg: DataConfig, tokenizer) -> list[tuple[str, bool]]:
-    """A record as text segments, each marked with whether the loss covers it."""
-    if fmt == "text":
-        return [(str(record[cfg.text_column]), True)]
-    if fmt == "instruction":
-        extra = record.get("input")
-        template = ALPACA_PROMPT if _present(extra) and str(extra).strip() else ALPACA_PROMPT_NO_INPUT
-        prompt = template.format(instruction=record["instruction"], input=extra)
-        return [(prompt, False), (str(record["output"]), True)]
-    return _render_chat(record["messages"], tokenizer)
-
-
-def _render_chat(messages, tokenizer) -> list[tuple[str, bool]]:
-    """Chat segments: each assistant turn is trained on, everything before it is context.
-
-    Rendering growing prefixes with the tokenizer's own chat template finds where each
-    assistant turn starts and ends in the text the model will see.
-    """
-    if tokenizer.chat_template is None:
-        raise UserInputError(
-            "--format chat: the base model's tokenizer has no chat template; use a chat model or "
-            "--format instruction"
-        )
-    messages = [dict(message) for message in messages]
-    segments, rendered = [], ""
-    for turn, message in enumerate(messages):
-        if message.get("role") != "assistant":
-            continue
-        prompt = tokenizer.apply_chat_template(messages[:turn], tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(messages[: turn + 1], tokenize=False)
-        if not (prompt.startswith(rendered) and full.startswith(prompt)):
-            raise UserInputError(
-                "--format chat: the tokenizer's chat template does not render a conversation as "
-                "a prefix of its continuation, so the answer tokens cannot be found"
-            )
-        segments += [(prompt[len(rendered) :], False), (full[len(prompt) :], True)]
-        rendered = full
-    return segments
-
-
 def check_records(documents: Documents, fmt: str, cfg: DataConfig) -> list[int]:
     """Indices of usable records; raise on a malformed chat record, naming it."""
     usable = []
@@ -278,9 +215,9 @@ def check_records(documents: Documents, fmt: str, cfg: DataConfig) -> list[int]:
         if fmt == "chat":
             _check_messages(record["messages"], f"{documents.name}, record {index + 1}")
             usable.append(index)
-        elif fmt == "text" and _present(record[cfg.text_column]) and str(record[cfg.text_column]).strip():
+        elif fmt == "text" and present(record[cfg.text_column]) and str(record[cfg.text_column]).strip():
             usable.append(index)
-        elif fmt == "instruction" and _present(record["instruction"]) and _present(record["output"]):
+        elif fmt == "instruction" and present(record["instruction"]) and present(record["output"]):
             usable.append(index)
     return usable
 
@@ -293,10 +230,6 @@ def _check_messages(messages, where: str) -> None:
         raise UserInputError(f"{where}: {problem}")
     if not any(m["role"] == "assistant" for m in messages):
         raise UserInputError(f"{where}: {problem}")
-
-
-def _present(value) -> bool:
-    return value is not None and not (isinstance(value, float) and value != value)  # NaN
 
 
 def tokenize(segments: list[tuple[str, bool]], fmt: str, tokenizer) -> tuple[list[int], list[int]]:
@@ -352,9 +285,17 @@ def prepare(data: DataConfig, ref: models.BaseModelRef, tokenizer) -> tuple[Prep
     tokenizer_digest = models.tokenizer_digest(tokenizer)
     key = _cache_key(data, fmt, documents.digest, tokenizer_digest)
     target = cache_root() / "prepared" / key[:16]
-    meta = dict(version=PREPARE_VERSION, digest=key, dataset=data.dataset, source_digest=documents.digest,
-                format=fmt, seq_len=data.seq_len, seed=data.seed, base_model=ref.name,
-                tokenizer_digest=tokenizer_digest)  # fmt: skip
+    meta = dict(
+        version=PREPARE_VERSION,
+        digest=key,
+        dataset=data.dataset,
+        source_digest=documents.digest,
+        format=fmt,
+        seq_len=data.seq_len,
+        seed=data.seed,
+        base_model=ref.name,
+        tokenizer_digest=tokenizer_digest,
+    )
     build_once(target, lambda folder: _write_prepared(folder, meta, data, documents, tokenizer))
     return load_prepared(str(target)), documents
 
@@ -376,7 +317,7 @@ def _write_prepared(folder: Path, meta: dict, data: DataConfig, documents: Docum
     splits = {split: [usable[i] for i in indices] for split, indices in chosen.items()}
     counts = {METRIC_TRUNCATED_DOCUMENTS: 0, METRIC_DROPPED_DOCUMENTS: len(records) - len(usable)}
     for split, indices in splits.items():
-        tokenized = [tokenize(render(records[i], fmt, data, tokenizer), fmt, tokenizer) for i in indices]
+        tokenized = [tokenize(render(records[i], fmt, data.text_column, tokenizer), fmt, tokenizer) for i in indices]
         rows, truncated, dropped = pack_split(tokenized, fmt, data.seq_len)
         if not rows:
             raise UserInputError(_empty_split_problem(data, fmt, split, tokenized))
@@ -413,13 +354,11 @@ def _split_counts(split: str, documents: int, rows: list[dict]) -> dict[str, int
 
 def load_prepared(uri: str) -> PreparedData:
     """Prepared data from a folder, or from a `prepare` run: `runs:/<run_id>` (or `.../data`)."""
-    import mlflow
-
     if uri.startswith("runs:/"):
         if uri.rstrip("/").count("/") == 1:
             uri = f"{uri.rstrip('/')}/{ARTIFACT_DATA}"
         try:
-            uri = mlflow.artifacts.download_artifacts(artifact_uri=uri)
+            uri = tracking.download(uri)
         except Exception as error:
             raise UserInputError(f"--data: cannot fetch {uri} ({type(error).__name__}: {error})") from None
     path = Path(uri).expanduser()
@@ -440,58 +379,22 @@ def check_tokenizer(prepared: PreparedData, tokenizer_digest: str, base_model: s
         )
 
 
-# --- the MLflow run ------------------------------------------------------------------------
+# --- a look at the rows ---------------------------------------------------------------------
 
 
-def run_prepare(data: DataConfig, base: BaseModelConfig) -> str:
-    """The `prepare` entry point: prepare (or reuse) the splits and log them; returns the run id.
-
-    Everything that can be wrong with the input fails before the run starts.
-    """
-    import mlflow
-
-    ref = models.resolve(base.base_model, base.trust_remote_code)
-    tokenizer = models.load_tokenizer(ref)
-    prepared, documents = prepare(data, ref, tokenizer)
-    with stage_run("prepare") as run:
-        log_params({**data.model_dump(), **base.model_dump()})
-        log_params({
-            PARAM_DETECTED_FORMAT: prepared.meta["format"],
-            PARAM_DATASET_DIGEST: prepared.meta["digest"],
-            PARAM_SOURCE_DIGEST: documents.digest,
-            PARAM_TOKENIZER_DIGEST: prepared.meta["tokenizer_digest"],
-            PARAM_BASE_MODEL_SHA256: ref.sha256 or "",
-            PARAM_BASE_MODEL_REVISION: ref.revision or "",
-        })  # fmt: skip
-        mlflow.log_metrics(prepared.meta["counts"])
-        _log_dataset_inputs(prepared, documents)
-        mlflow.log_table(_preview(prepared, tokenizer), ARTIFACT_PREVIEW)
-        mlflow.log_artifacts(str(prepared.path), ARTIFACT_DATA)
-    return run.info.run_id
-
-
-def _log_dataset_inputs(prepared: PreparedData, documents: Documents) -> None:
-    """One MLflow dataset input per split: the documents it holds, with their digest."""
-    import mlflow
-
-    for split in SPLITS:
-        indices = prepared.meta["documents"][split]
-        digest = hashlib.sha256(f"{documents.digest}:{indices}".encode()).hexdigest()[:16]
-        frame = documents.frame.iloc[indices].reset_index(drop=True)
-        dataset = mlflow.data.from_pandas(frame, source=documents.source, name=documents.name, digest=digest)
-        mlflow.log_input(dataset, context=split)
-
-
-def _preview(prepared: PreparedData, tokenizer, rows_per_split: int = 5) -> pd.DataFrame:
+def preview(prepared: PreparedData, tokenizer, rows_per_split: int = 5) -> pd.DataFrame:
+    """A few decoded rows of each split: what the model will read."""
     previews = []
     for split in SPLITS:
         for number, row in enumerate(prepared.rows(split)[:rows_per_split]):
-            previews.append({
-                "split": split,
-                "row": number,
-                "tokens": len(row["input_ids"]),
-                "loss_tokens": sum(label != IGNORE_INDEX for label in row["labels"]),
-                "documents": len(row["doc_lengths"]),
-                "text": tokenizer.decode(row["input_ids"][:200]),
-            })  # fmt: skip
+            previews.append(
+                {
+                    "split": split,
+                    "row": number,
+                    "tokens": len(row["input_ids"]),
+                    "loss_tokens": sum(label != IGNORE_INDEX for label in row["labels"]),
+                    "documents": len(row["doc_lengths"]),
+                    "text": tokenizer.decode(row["input_ids"][:200]),
+                }
+            )
     return pd.DataFrame(previews)

@@ -73,17 +73,13 @@ def resolve(name: str, trust_remote_code: bool = False) -> BaseModelRef:
 def load_tokenizer(ref: BaseModelRef):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        ref.path, revision=ref.revision, trust_remote_code=ref.trust_remote_code
-    )
+    tokenizer = AutoTokenizer.from_pretrained(ref.path, revision=ref.revision, trust_remote_code=ref.trust_remote_code)
     if tokenizer.pad_token is None:  # packed rows are padded only at their end, and masked
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_model(
-    ref: BaseModelRef, quantization: Quantization = "none", dtype: torch.dtype = torch.float32
-):
+def load_model(ref: BaseModelRef, quantization: Quantization = "none", dtype: torch.dtype = torch.float32):
     """Load the base model; `8bit`/`4bit` go through bitsandbytes (4bit = NF4, double quant)."""
     from transformers import AutoModelForCausalLM
 
@@ -188,9 +184,7 @@ def _rebuild_from_gguf(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = loaded.config.to_dict()
     config.pop("quantization_config", None)
     config = type(loaded.config).from_dict(config)
@@ -240,9 +234,7 @@ def _resolve_local(path: Path, trust_remote_code: bool) -> BaseModelRef:
         )
     weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
     digest = hashlib.sha256("".join(file_sha256(f) for f in weights).encode()).hexdigest()
-    return BaseModelRef(
-        name=str(path), path=str(path.resolve()), sha256=digest, trust_remote_code=trust_remote_code
-    )
+    return BaseModelRef(name=str(path), path=str(path.resolve()), sha256=digest, trust_remote_code=trust_remote_code)
 
 
 def _resolve_hub(repo_id: str, trust_remote_code: bool) -> BaseModelRef:
@@ -257,6 +249,4 @@ def _resolve_hub(repo_id: str, trust_remote_code: bool) -> BaseModelRef:
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
             f"offline, use `{SMOLLM2}` or a local checkpoint directory"
         ) from None
-    return BaseModelRef(
-        name=repo_id, path=repo_id, revision=revision, trust_remote_code=trust_remote_code
-    )
+    return BaseModelRef(name=repo_id, path=repo_id, revision=revision, trust_remote_code=trust_remote_code)

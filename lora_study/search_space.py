@@ -110,8 +110,9 @@ def load(path: str) -> SearchSpace:
         raise UserInputError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
     if not isinstance(document, dict):
         raise UserInputError(f"{path}: must be a mapping with `sampler` and `space`")
-    problems = [f"{path}: unknown key `{key}` (allowed: sampler, space)" for key in document
-                if key not in ("sampler", "space")]  # fmt: skip
+    problems = [
+        f"{path}: unknown key `{key}` (allowed: sampler, space)" for key in document if key not in ("sampler", "space")
+    ]
     sampler = document.get("sampler", "tpe")
     if sampler not in SAMPLERS:
         problems.append(f"{path}: sampler: `{sampler}` is not one of {', '.join(SAMPLERS)}")
@@ -125,8 +126,11 @@ def load(path: str) -> SearchSpace:
         if dim is not None:
             dimensions[name] = dim
     if sampler == "grid":
-        problems += [f"{path}: space.{name}: the grid sampler needs a list of values, not a range"
-                     for name, dim in dimensions.items() if isinstance(dim, Range)]  # fmt: skip
+        problems += [
+            f"{path}: space.{name}: the grid sampler needs a list of values, not a range"
+            for name, dim in dimensions.items()
+            if isinstance(dim, Range)
+        ]
     if problems:
         raise UserInputError(*problems)
     return SearchSpace(str(path), sampler, dimensions)
@@ -156,8 +160,11 @@ def _alpha_per_rank(spec: dict) -> tuple[str, object, list[str]]:
     problems = [f"unknown key `{k}` (alpha takes {{per_rank: ...}})" for k in spec if k != PER_RANK]
     if not multiples:
         problems.append("per_rank: empty list of choices: give at least one value")
-    problems += [f"per_rank: {m!r} is not a positive number" for m in multiples
-                 if isinstance(m, bool) or not isinstance(m, (int, float)) or m <= 0]  # fmt: skip
+    problems += [
+        f"per_rank: {m!r} is not a positive number"
+        for m in multiples
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or m <= 0
+    ]
     dim = Choice(tuple(multiples)) if len(multiples) > 1 else Fixed(multiples[0] if multiples else 1)
     return ALPHA_PER_RANK, dim, problems
 
@@ -183,6 +190,9 @@ def _check_value(section, key: str, value) -> list[str]:
     try:
         section.model_validate({key: value})
     except ValidationError as error:
-        return [f"{problem['msg'].removeprefix('Value error, ')} (got {value!r})" for problem in error.errors()
-                if problem["loc"] and problem["loc"][0] == key]  # fmt: skip
+        return [
+            f"{problem['msg'].removeprefix('Value error, ')} (got {value!r})"
+            for problem in error.errors()
+            if problem["loc"] and problem["loc"][0] == key
+        ]
     return []

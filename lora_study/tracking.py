@@ -1,9 +1,15 @@
-"""MLflow names and the run of one stage.
+"""MLflow names, and the runs of stages and trials.
 
 Every metric, param, tag and artifact path lora-study writes is named here, once, so that
-`train`, `evaluate`, `sweep` and `registry` read exactly what the others wrote.
+`train`, `evaluate`, `sweep` and `registry` read exactly what the others wrote. Components log
+through the functions at the bottom; only stages, `registry` and `adapters` call MLflow directly.
+Params that are config fields are logged under the field's name (`rank`, `seq_len`); the ones
+other modules read back by name have a constant here, and `tests/test_tracking.py` checks that
+each is still a field.
 """
 
+import json
+import shlex
 from contextlib import contextmanager
 
 import mlflow
@@ -11,8 +17,11 @@ import mlflow
 SPLITS = ("train", "validation", "test")
 
 # --- tags ----------------------------------------------------------------------------------
-TAG_STAGE = "lora_study.stage"  # prepare | train | evaluate | sweep | merge
+TAG_STAGE = "lora_study.stage"  # one of the STAGE_ values below
 TAG_ERROR = "lora_study.error"  # why a run FAILED or was KILLED, in one line
+STAGE_PREPARE, STAGE_TRAIN, STAGE_EVALUATE, STAGE_MERGE = "prepare", "train", "evaluate", "merge"
+STAGE_SWEEP = "sweep"  # a sweep's parent run
+STAGE_TRIAL = "trial"  # one trial's run, nested under its sweep
 
 # --- params (besides the config fields, which are logged under their own names) -------------
 PARAM_BASE_MODEL_SHA256 = "base_model_sha256"
@@ -21,6 +30,18 @@ PARAM_TOKENIZER_DIGEST = "tokenizer_digest"
 PARAM_DATASET_DIGEST = "dataset_digest"  # of the prepared token rows: same digest, same data
 PARAM_SOURCE_DIGEST = "source_digest"  # of the raw documents read
 PARAM_DETECTED_FORMAT = "detected_format"
+PARAM_PROMPT_COUNT = "prompt_count"  # prompts an evaluation generated for
+# config fields that other modules read back from a run by name
+PARAM_BASE_MODEL = "base_model"
+PARAM_DATA = "data"
+PARAM_RANK = "rank"
+PARAM_ALPHA = "alpha"
+PARAM_DROPOUT = "dropout"
+PARAM_TARGET_MODULES = "target_modules"
+PARAM_QUANTIZATION = "quantization"
+PARAM_USE_RSLORA = "use_rslora"
+PARAM_USE_DORA = "use_dora"
+PARAM_LEARNING_RATE = "learning_rate"
 
 # --- metrics of `prepare`, one per split ----------------------------------------------------
 METRIC_DOCUMENTS = "{split}_documents"
@@ -66,7 +87,7 @@ METRIC_FIRST_TOKEN_LATENCY_MS = "first_token_latency_ms"  # median
 METRIC_ROUGE_L = "rougeL"  # mean ROUGE-L F1 against the references, where there are any
 METRIC_BASE_ROUGE_L = "base_rougeL"
 BASE_PREFIX = "base_"  # the generation metrics again, of the base model: base_gen_tokens_per_s
-# with --merged: the adapter merged into the base weights, against the unmerged adapter
+# with --merged (and in `merge`): the adapter merged into the base weights, against the unmerged adapter
 MERGED_PREFIX = "merged_"  # the generation metrics again, merged: merged_gen_tokens_per_s
 METRIC_MERGED_MAX_LOGPROB_DIFF = "merged_max_logprob_diff"  # of the target tokens of a test batch
 METRIC_MERGED_LOSS_DIFF_PCT = "merged_loss_diff_pct"  # of the test loss
@@ -74,32 +95,58 @@ METRIC_MERGED_MATCHES = "merged_matches"  # 1 when the loss difference is within
 METRIC_MERGED_OUTPUTS_MATCH_PCT = "merged_outputs_match_pct"  # identical greedy answers
 METRIC_MERGED_SPEEDUP = "merged_speedup"  # merged gen_tokens_per_s over the unmerged one
 METRIC_EVAL_PEAK_MEMORY_MB = "eval_peak_memory_mb"  # same kinds as peak_memory_mb
-# an evaluate run names what it evaluated; a registered version names its evaluate run
+# an evaluate (or merge) run names what it evaluated; a registered version names its evaluate run
 TAG_EVALUATED_MODEL_URI = "lora_study.model_uri"
 TAG_EVALUATED_RUN_ID = "lora_study.source_run_id"
 TAG_EVALUATED_REGISTERED_MODEL = "lora_study.registered_model"
 TAG_EVALUATED_VERSION = "lora_study.model_version"
 TAG_EVALUATION_RUN_ID = "evaluation_run_id"
+# the columns of the generations table
+COLUMN_PROMPT, COLUMN_REFERENCE = "prompt", "reference"
+COLUMN_BASE_OUTPUT, COLUMN_ADAPTER_OUTPUT, COLUMN_MERGED_OUTPUT = "base_output", "adapter_output", "merged_output"
 
 # --- `sweep`: a parent run per invocation, a nested run per trial ---------------------------
 TAG_STUDY = "lora_study.study"  # on the parent, every trial run and every registered version
 TAG_TRIAL_NUMBER = "trial_number"  # on trial runs (and registered versions)
 TAG_TRIAL_STATE = "trial_state"  # COMPLETE | PRUNED | FAIL, on trial runs
+PARAM_STUDY_NAME = "study_name"
+PARAM_SAMPLER = "sampler"
 PARAM_STORAGE = "optuna_storage"  # the Optuna storage URL the sweep used, password masked
 METRIC_TRIALS = "{state}_trials"  # complete_trials, pruned_trials, failed_trials on the parent
 METRIC_BEST = "best_{objective}"  # best_perplexity ... on the parent
 PARAM_BEST = "best_{param}"  # the best trial's params, on the parent (single objective)
 ARTIFACT_TRIALS = "trials.json"  # an MLflow table: one row per trial
 ARTIFACT_SWEEP_CONFIG = "sweep_config"  # the folder holding the search-space file the study ran on
+ARTIFACT_PLOT = "plots/{name}.png"  # perplexity_by_rank, perplexity_vs_memory, ... on the parent
+# What each sweep objective minimizes: the metric of a trial run, also its registered version's tag.
+OBJECTIVE_METRICS = {
+    "perplexity": METRIC_EVAL_PERPLEXITY,
+    "peak_memory_mb": METRIC_PEAK_MEMORY_MB,
+    "trainable_params": METRIC_TRAINABLE_PARAMS,
+}
+
+# --- the registry --------------------------------------------------------------------------
 ALIAS_CHALLENGER = "challenger"
 ALIAS_CHAMPION = "champion"
+# version tags, besides the headline metrics (under their metric names) and TAG_STUDY/TAG_TRIAL_NUMBER
+TAG_BASE_MODEL = "base_model"
+TAG_BASE_MODEL_SHA256 = PARAM_BASE_MODEL_SHA256
+TAG_MERGED_FROM = "merged_from"  # the adapter URI a merged model was made from
+TAG_PROMOTED_ALIAS = "promoted_alias"
+TAG_PROMOTED_BY = "promoted_by"
+TAG_PROMOTED_AT = "promoted_at"  # UTC, ISO 8601
+TAG_PROMOTION_REASON = "promotion_reason"
+TAG_PROMOTION_COMPARED = "promotion_compared"  # the two values compared, in words
 
 # --- artifacts -----------------------------------------------------------------------------
 ARTIFACT_DATA = "data"  # the prepared splits, as `prepare` wrote them
 ARTIFACT_PREVIEW = "preview.json"  # an MLflow table: a few decoded rows per split
-ARTIFACT_ADAPTER = "adapter"  # the adapter as an MLflow model (lora_study.serving)
-ARTIFACT_MERGED = "merged"  # the base with the adapter merged in, as an MLflow model (lora_study.merging)
+ARTIFACT_ADAPTER = "adapter"  # the adapter as an MLflow model (lora_study.adapters)
+ARTIFACT_MERGED = "merged"  # the base with the adapter merged in, as an MLflow model (lora_study.adapters)
 ARTIFACT_GENERATIONS = "generations.json"  # an MLflow table: prompt, reference, base and adapter outputs
+
+
+# --- runs ------------------------------------------------------------------------------------
 
 
 @contextmanager
@@ -111,13 +158,72 @@ def stage_run(stage: str, log_system_metrics: bool = False, **tags: str):
     with mlflow.start_run(tags={TAG_STAGE: stage, **tags}, log_system_metrics=log_system_metrics) as run:
         try:
             yield run
-        except KeyboardInterrupt:
-            mlflow.set_tag(TAG_ERROR, "interrupted (Ctrl-C)")
-            mlflow.end_run("KILLED")
+        except (KeyboardInterrupt, Exception) as error:
+            _end_on(error)
             raise
-        except Exception as error:
-            mlflow.set_tag(TAG_ERROR, f"{type(error).__name__}: {error}"[:5000])
-            raise
+
+
+@contextmanager
+def trial_run(name: str, experiment_id: str, parent_run_id: str, tags: dict, pruned: type[Exception]):
+    """A trial's run, nested under its sweep; yields its id.
+
+    It ends with `TAG_TRIAL_STATE`: COMPLETE; PRUNED when `pruned` is raised (the run itself
+    finished); FAIL on any other exception (the run FAILED, or KILLED on Ctrl-C, with the reason).
+    """
+    run = mlflow.start_run(
+        run_name=name,
+        experiment_id=experiment_id,
+        parent_run_id=parent_run_id,
+        nested=mlflow.active_run() is not None,
+        tags={TAG_STAGE: STAGE_TRIAL, **tags},
+        log_system_metrics=False,
+    )
+    try:
+        yield run.info.run_id
+    except pruned:
+        mlflow.set_tag(TAG_TRIAL_STATE, "PRUNED")
+        mlflow.end_run("FINISHED")
+        raise
+    except (KeyboardInterrupt, Exception) as error:
+        mlflow.set_tag(TAG_TRIAL_STATE, "FAIL")
+        _end_on(error)
+        raise
+    mlflow.set_tag(TAG_TRIAL_STATE, "COMPLETE")
+    mlflow.end_run("FINISHED")
+
+
+def _end_on(error: BaseException) -> None:
+    """End the active run KILLED on Ctrl-C, else FAILED, with the reason as a tag."""
+    if isinstance(error, KeyboardInterrupt):
+        mlflow.set_tag(TAG_ERROR, "interrupted (Ctrl-C)")
+        mlflow.end_run("KILLED")
+    else:
+        mlflow.set_tag(TAG_ERROR, f"{type(error).__name__}: {error}"[:5000])
+        mlflow.end_run("FAILED")
+
+
+def evaluated_model_tags(source) -> dict[str, str]:
+    """The tags of a run that measures a model (an `adapters.ModelSource`): its URI, the run that
+    logged it and its registered version."""
+    tags = {TAG_EVALUATED_MODEL_URI: source.uri}
+    if source.run_id:
+        tags[TAG_EVALUATED_RUN_ID] = source.run_id
+    if source.registered_model:
+        tags[TAG_EVALUATED_REGISTERED_MODEL] = source.registered_model
+        tags[TAG_EVALUATED_VERSION] = source.version
+    return tags
+
+
+def fail_run(run_id: str, reason: str, **tags: str) -> None:
+    """End another process's run FAILED, with the reason: its process died."""
+    client = mlflow.MlflowClient()
+    client.set_tag(run_id, TAG_ERROR, reason)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    client.set_terminated(run_id, "FAILED")
+
+
+# --- logging into the active run ---------------------------------------------------------------
 
 
 def log_params(params: dict) -> None:
@@ -131,10 +237,30 @@ def log_params(params: dict) -> None:
     mlflow.log_params({key: _param_text(value) for key, value in params.items() if key not in held})
 
 
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """Metrics of the active run; with a step, logged asynchronously (the training loop's)."""
+    mlflow.log_metrics(metrics, step=step, synchronous=step is None)
+
+
+def set_tag(key: str, value: str) -> None:
+    mlflow.set_tag(key, value)
+
+
+def flush() -> None:
+    """Wait for asynchronously logged metrics to be written."""
+    mlflow.flush_async_logging()
+
+
+# --- reading back ----------------------------------------------------------------------------------
+
+
+def run_params(run_id: str) -> dict[str, str]:
+    """A run's params, as they were given (see `param_value`)."""
+    return {key: param_value(value) for key, value in mlflow.MlflowClient().get_run(run_id).data.params.items()}
+
+
 def param_value(text: str) -> str:
     """A param as it was given: `mlflow run` logs string parameters shell-quoted (`''` for empty)."""
-    import shlex
-
     try:
         words = shlex.split(text)
     except ValueError:
@@ -142,5 +268,42 @@ def param_value(text: str) -> str:
     return words[0] if len(words) == 1 else text
 
 
+def download(artifact_uri: str) -> str:
+    """A local copy of an artifact (`runs:/<id>/path`, `models:/...`): its path."""
+    return mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri)
+
+
+def tracking_uri() -> str:
+    return mlflow.get_tracking_uri()
+
+
+def set_tracking_uri(uri: str) -> None:
+    """Point this process at a store: a spawned sweep worker, at its parent's."""
+    mlflow.set_tracking_uri(uri)
+
+
 def _param_text(value) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+# --- datasets ----------------------------------------------------------------------------------
+
+
+def dataset_source(kind: str, **where):
+    """An MLflow dataset source: `local` (uri=path) or `hub` (path, split, revision), as
+    `data.Documents.source` describes it."""
+    if kind == "hub":
+        from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+
+        return HuggingFaceDatasetSource(**where)
+    # Built from JSON: resolving a plain path string makes MLflow warn that two of its own
+    # source classes match it.
+    from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+
+    return get_dataset_source_from_json(json.dumps({"uri": str(where["uri"])}), source_type="local")
+
+
+def log_dataset_input(frame, source, name: str, digest: str, split: str) -> None:
+    """One split's documents as an MLflow dataset input of the active run."""
+    dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)
+    mlflow.log_input(dataset, context=split)

@@ -1,27 +1,22 @@
-"""`train`: fine-tune one LoRA adapter and log everything a LoRA study compares.
+"""The training loop: one LoRA adapter, fine-tuned on packed rows, measured as it goes.
 
-The recipe, top to bottom: check the settings against the base model -> load the base and the
-prepared data -> attach a fresh adapter -> run the loop (packed rows, autocast, gradient
-accumulation, evaluation every `eval_every` steps) -> log metrics and the adapter.
-
-    lora-study train --max-steps 30 --rank 16 --target-modules qkvo
+`setup` checks the settings against the base model and loads the base and the prepared data;
+`fine_tune` attaches a fresh adapter and runs the loop (autocast, gradient accumulation,
+evaluation every `eval_every` steps), logging through `tracking` and returning what it measured.
+`train` runs it once; the sweep runs it once per trial on a base loaded once.
 """
 
 import math
-import os
-import sys
 import time
-from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-import mlflow
 import torch
 
-from lora_study import data as data_stage
-from lora_study import lora, models, serving
+from lora_study import adapters, console, data, lora, models, tracking
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, TrainConfig
 from lora_study.errors import UserInputError
-from lora_study.evaluation import autocast, loss_sum, mean_loss, perplexity
+from lora_study.losses import autocast, loss_sum, mean_loss, perplexity
 from lora_study.memory import PeakMemory
 from lora_study.packing import IGNORE_INDEX, collate
 from lora_study.tracking import (
@@ -44,8 +39,6 @@ from lora_study.tracking import (
     PARAM_DEVICE,
     PARAM_STEPS,
     TAG_MEMORY_KIND,
-    log_params,
-    stage_run,
 )
 
 EvalHook = Callable[[int, float], None]  # (step, eval_loss); the sweep prunes trials with it
@@ -58,7 +51,7 @@ class Setup:
     ref: models.BaseModelRef
     tokenizer: object
     model: torch.nn.Module
-    prepared: data_stage.PreparedData
+    prepared: data.PreparedData
     device: torch.device
     dtype: torch.dtype | None  # the autocast dtype; None trains in fp32
     weights_dtype: torch.dtype  # of the frozen base weights that are not quantized
@@ -79,28 +72,41 @@ def check_settings(adapter: AdapterConfig, train: TrainConfig, seq_len: int, con
         raise UserInputError(*problems)
 
 
-def setup(data: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, train: TrainConfig) -> Setup:
+@dataclass
+class TrainResult:
+    """What one `fine_tune` measured (and logged)."""
+
+    model: torch.nn.Module  # the PeftModel: the base with the trained adapter
+    eval_losses: dict[int, float] = field(default_factory=dict)  # step -> validation loss; 0 is the base
+    metrics: dict[str, float] = field(default_factory=dict)  # the run's final metrics, by their MLflow names
+
+    @property
+    def final_eval_loss(self) -> float:
+        return self.eval_losses[max(self.eval_losses)]
+
+
+def setup(data_cfg: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, train: TrainConfig) -> Setup:
     """Load the base model and the prepared data, and check they fit together."""
     from transformers import AutoConfig
 
     where = models.device()
     ref = models.resolve(base.base_model, base.trust_remote_code)
     config = AutoConfig.from_pretrained(ref.path, revision=ref.revision, trust_remote_code=ref.trust_remote_code)
-    check_settings(adapter, train, data.seq_len, config)
+    check_settings(adapter, train, data_cfg.seq_len, config)
     dtype = models.autocast_dtype(train.precision, where)
     tokenizer = models.load_tokenizer(ref)
     if train.data:
-        prepared = data_stage.load_prepared(train.data)
+        prepared = data.load_prepared(train.data)
     else:
-        prepared = data_stage.prepare(data, ref, tokenizer)[0]
-    check_prepared(prepared, data.seq_len, models.tokenizer_digest(tokenizer), base.base_model)
+        prepared = data.prepare(data_cfg, ref, tokenizer)[0]
+    check_prepared(prepared, data_cfg.seq_len, models.tokenizer_digest(tokenizer), base.base_model)
     model, weights_dtype = models.load_base(ref, adapter.quantization, dtype, where)
     lora.resolve_targets(model, adapter.target_modules)  # an unknown name fails before the run
     return Setup(ref, tokenizer, model, prepared, where, dtype, weights_dtype)
 
 
 def check_prepared(prepared, seq_len: int, tokenizer_digest: str, base_model: str) -> None:
-    data_stage.check_tokenizer(prepared, tokenizer_digest, base_model)
+    data.check_tokenizer(prepared, tokenizer_digest, base_model)
     if prepared.meta["seq_len"] != seq_len:
         raise UserInputError(
             f"--seq-len {seq_len} differs from the prepared data's {prepared.meta['seq_len']}: pass "
@@ -126,9 +132,15 @@ def batches(rows: list[dict], batch_size: int, seed: int, pad_id: int):
             yield collate([rows[i] for i in order[start : start + batch_size]], pad_id)
 
 
-def fine_tune(s: Setup, adapter: AdapterConfig, train: TrainConfig, seed: int, on_eval: EvalHook | None = None,
-              base_eval_loss: float | None = None):  # fmt: skip
-    """Attach a fresh adapter to `s.model`, train it, and log as it goes; returns the PEFT model.
+def fine_tune(
+    s: Setup,
+    adapter: AdapterConfig,
+    train: TrainConfig,
+    seed: int,
+    on_eval: EvalHook | None = None,
+    base_eval_loss: float | None = None,
+) -> TrainResult:
+    """Attach a fresh adapter to `s.model`, train it, and log as it goes into the active run.
 
     `on_eval(step, eval_loss)` sees every evaluation, step 0 included. Step 0 is the base model's
     loss (a fresh adapter changes nothing); a sweep that measured it already passes
@@ -142,30 +154,44 @@ def fine_tune(s: Setup, adapter: AdapterConfig, train: TrainConfig, seed: int, o
     if train.gradient_checkpointing:
         s.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = lora.attach(s.model, adapter, seed)
+    result = TrainResult(model)
     train_rows, validation_rows = s.prepared.rows("train"), s.prepared.rows("validation")
     steps = planned_steps(train, len(train_rows))
     trainable, total = lora.parameter_counts(model)
-    log_params({**adapter.model_dump(), **train.model_dump(), PARAM_STEPS: steps,
-                PARAM_DEVICE: s.device.type, PARAM_AUTOCAST_DTYPE: str(s.dtype or "none")})  # fmt: skip
-    mlflow.log_metrics({
+    tracking.log_params(
+        {
+            **adapter.model_dump(),
+            **train.model_dump(),
+            PARAM_STEPS: steps,
+            PARAM_DEVICE: s.device.type,
+            PARAM_AUTOCAST_DTYPE: str(s.dtype or "none"),
+        }
+    )
+    result.metrics = {
         METRIC_TRAINABLE_PARAMS: trainable,
         METRIC_TOTAL_PARAMS: total,
         METRIC_TRAINABLE_PERCENT: 100 * trainable / total,
         METRIC_MODEL_MEMORY_MB: model.get_memory_footprint() / 2**20,
-    })  # fmt: skip
+    }
+    tracking.log_metrics(result.metrics)
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train.learning_rate)
     scheduler = get_scheduler(train.lr_scheduler, optimizer, round(train.warmup_ratio * steps), steps)
     # fp16 (CUDA only) needs loss scaling against underflow; disabled, the scaler passes through
     scaler = torch.amp.GradScaler(s.device.type, enabled=s.dtype == torch.float16)
     stream = batches(train_rows, train.batch_size, seed, s.tokenizer.pad_token_id)
-    evaluate = lambda: mean_loss(model, validation_rows, train.batch_size, s.tokenizer.pad_token_id, s.dtype)  # noqa: E731
-    progress = _progress(steps)
+
+    def evaluate(step: int, eval_loss: float | None = None) -> None:
+        if eval_loss is None:
+            eval_loss = mean_loss(model, validation_rows, train.batch_size, s.tokenizer.pad_token_id, s.dtype)
+        result.eval_losses[step] = eval_loss
+        tracking.log_metrics({METRIC_EVAL_LOSS: eval_loss, METRIC_EVAL_PERPLEXITY: perplexity(eval_loss)}, step=step)
+        if on_eval is not None:
+            on_eval(step, eval_loss)
+
+    progress = console.progress(steps, "train", "step")
     tokens_seen, step_time, started = 0, 0.0, time.perf_counter()
-    base_eval_loss = evaluate() if base_eval_loss is None else base_eval_loss
-    _log_eval(0, base_eval_loss)
-    if on_eval is not None:
-        on_eval(0, base_eval_loss)
+    evaluate(0, base_eval_loss)
     model.train()
     with PeakMemory(s.device) as peak:
         for step in range(1, steps + 1):
@@ -186,26 +212,28 @@ def fine_tune(s: Setup, adapter: AdapterConfig, train: TrainConfig, seed: int, o
             elapsed = time.perf_counter() - tick
             tokens = sum(b["tokens"] for b in micro)
             tokens_seen, step_time = tokens_seen + tokens, step_time + elapsed
-            mlflow.log_metrics(
-                {METRIC_TRAIN_LOSS: step_loss, METRIC_LEARNING_RATE: scheduler.get_last_lr()[0],
-                 METRIC_TOKENS_PER_S: tokens / elapsed},
-                step=step, synchronous=False,
-            )  # fmt: skip
+            tracking.log_metrics(
+                {
+                    METRIC_TRAIN_LOSS: step_loss,
+                    METRIC_LEARNING_RATE: scheduler.get_last_lr()[0],
+                    METRIC_TOKENS_PER_S: tokens / elapsed,
+                },
+                step=step,
+            )
             progress.update(1)
             progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens / elapsed:.0f}")
             if step == steps or (train.eval_every and step % train.eval_every == 0):
-                eval_loss = evaluate()
-                _log_eval(step, eval_loss)
-                if on_eval is not None:
-                    on_eval(step, eval_loss)
+                evaluate(step)
     progress.close()
-    mlflow.log_metrics({
+    final = {
         METRIC_TRAIN_TOKENS_PER_S: tokens_seen / step_time,
         METRIC_TRAIN_RUNTIME_S: time.perf_counter() - started,
         METRIC_PEAK_MEMORY_MB: peak.megabytes,
-    })  # fmt: skip
-    mlflow.set_tag(TAG_MEMORY_KIND, peak.kind)
-    return model
+    }
+    tracking.log_metrics(final)
+    tracking.set_tag(TAG_MEMORY_KIND, peak.kind)
+    result.metrics.update(final)
+    return result
 
 
 def _accumulate_gradients(model, micro: list[dict], s: Setup, step: int, scaler) -> float:
@@ -226,40 +254,23 @@ def _accumulate_gradients(model, micro: list[dict], s: Setup, step: int, scaler)
     return step_loss
 
 
-def _log_eval(step: int, eval_loss: float) -> None:
-    metrics = {METRIC_EVAL_LOSS: eval_loss, METRIC_EVAL_PERPLEXITY: perplexity(eval_loss)}
-    mlflow.log_metrics(metrics, step=step, synchronous=False)
+# --- what a training run logs besides the loop's metrics ----------------------------------------
 
 
-def _progress(steps: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=steps, desc="train", unit="step", disable=not sys.stderr.isatty())
-
-
-# --- the entry point -------------------------------------------------------------------------
-
-
-def run_train(data: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, train: TrainConfig) -> str:
-    """The `train` entry point; returns the MLflow run id."""
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
-    s = setup(data, base, adapter, train)
-    with stage_run("train", log_system_metrics=True) as run:
-        log_inputs(s, data, base)
-        model = fine_tune(s, adapter, train, data.seed)
-        log_trained_adapter(s, model, adapter)
-        mlflow.flush_async_logging()
-    return run.info.run_id
-
-
-def log_inputs(s: Setup, data: DataConfig, base: BaseModelConfig) -> None:
+def log_inputs(s: Setup, data_cfg: DataConfig, base: BaseModelConfig) -> None:
     """The data and base-model params of a run that trains (`train`, and each sweep trial)."""
-    log_params({**data.model_dump(), **base.model_dump(),
-                PARAM_BASE_MODEL_SHA256: s.ref.sha256 or "", PARAM_BASE_MODEL_REVISION: s.ref.revision or "",
-                PARAM_DATASET_DIGEST: s.prepared.meta["digest"]})  # fmt: skip
+    tracking.log_params(
+        {
+            **data_cfg.model_dump(),
+            **base.model_dump(),
+            PARAM_BASE_MODEL_SHA256: s.ref.sha256 or "",
+            PARAM_BASE_MODEL_REVISION: s.ref.revision or "",
+            PARAM_DATASET_DIGEST: s.prepared.meta["digest"],
+        }
+    )
 
 
-def log_trained_adapter(s: Setup, model, adapter: AdapterConfig) -> None:
+def log_trained_adapter(s: Setup, model, adapter: AdapterConfig):
     """The adapter as the MLflow model `adapter`, with the reference to the base it was trained on."""
-    reference = serving.base_reference(s.ref, adapter.quantization, s.weights_dtype, s.prepared.meta["format"])
-    serving.log_adapter(model, reference)
+    reference = adapters.AdapterReference.of(s.ref, adapter.quantization, s.weights_dtype, s.prepared.meta["format"])
+    return adapters.log_adapter(model, reference)

@@ -1,17 +1,27 @@
-"""Shared fixtures: a private lora-study cache, a real MLflow store, and the tiny base model."""
+"""Shared fixtures and helpers: a private lora-study cache, a real MLflow store, the tiny base
+model, data files the tests write, trained adapters, and real servers on loopback.
 
+Test modules import helpers from here only, never from each other.
+"""
+
+import json
 import os
 import socket
 import subprocess
+import sys
 import time
+import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
+import torch
 
-from lora_study import models
+from lora_study import adapters, evaluation, models, registry, training
+from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,8 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 def cache_root(tmp_path_factory):
     """A cache of this session's own, as on a fresh machine (built models, prepared data)."""
     root = tmp_path_factory.mktemp("lora-study-cache")
-    os.environ["LORA_STUDY_CACHE"] = str(root)
-    return root
+    with pytest.MonkeyPatch.context() as session_patch:
+        session_patch.setenv("LORA_STUDY_CACHE", str(root))
+        yield root
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +75,16 @@ class Echo(mlflow.pyfunc.PythonModel):
         return model_input
 
 
+def register_echo(name: str, **tags) -> str:
+    """A version of `name` from a run with adapter params, tagged like `evaluate` tags it."""
+    with mlflow.start_run() as run:
+        mlflow.log_params(
+            {"rank": 8, "alpha": 16.0, "target_modules": "qv", "quantization": "none", "base_model": "tiny"}
+        )
+        mlflow.pyfunc.log_model(name="adapter", python_model=Echo(), pip_requirements=[])
+    return str(registry.register(f"runs:/{run.info.run_id}/adapter", name, tags).version)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -86,3 +107,149 @@ def server_process(argv: list, ready_url: str, timeout_s: float, env: dict | Non
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+# --- data files the tests write ------------------------------------------------------------------
+
+WORDS = "the quick brown fox jumps over a lazy dog while python sorts lists in place".split()
+
+
+def text_docs(count: int = 12) -> list[str]:
+    return [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(30 + i)) for i in range(count)]
+
+
+def alpaca_records(count: int = 12) -> list[dict]:
+    return [
+        {
+            "instruction": f"Name animal number {i}.",
+            "input": "zoo" if i % 2 else "",
+            "output": f"Animal {i} is a {WORDS[i % len(WORDS)]}.",
+        }
+        for i in range(count)
+    ]
+
+
+def chat_records(count: int = 12) -> list[dict]:
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is {i} plus {i}?"},
+                {"role": "assistant", "content": f"It is {2 * i}."},
+                {"role": "user", "content": "And times two?"},
+                {"role": "assistant", "content": f"That gives {4 * i}."},
+            ]
+        }
+        for i in range(count)
+    ]
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+# --- trained adapters ---------------------------------------------------------------------------
+
+TINY_DATA = DataConfig(max_samples=15, seq_len=32)  # the first 15 python-docs topics
+TINY_BASE = BaseModelConfig(base_model="tiny")
+PROMPTS = ["The list type", "A dict maps", "def f(x):"]
+
+
+def trained_adapter(adapter=AdapterConfig()):
+    """A tiny adapter trained 3 steps and logged as `train` logs it: (PeftModel, setup, run id, model info)."""
+    train = TrainConfig(max_steps=3, batch_size=4, learning_rate=1e-2)
+    s = training.setup(TINY_DATA, TINY_BASE, adapter, train)
+    with mlflow.start_run() as run:
+        model = training.fine_tune(s, adapter, train, seed=0).model
+        reference = adapters.AdapterReference.of(s.ref, adapter.quantization, s.weights_dtype, "text")
+        info = adapters.log_adapter(model, reference)
+    return model, s, run.info.run_id, info
+
+
+def two_registered_adapters(name: str) -> tuple[str, str]:
+    """Versions 1 (@champion) and 2 of `name`: two adapters, different enough to answer differently."""
+    _, _, first, _ = trained_adapter()
+    _, _, second, _ = trained_adapter(AdapterConfig(rank=16, alpha=64, target_modules="all-linear"))
+    for run_id in (first, second):
+        registry.register(f"runs:/{run_id}/adapter", name, {})
+    registry.set_alias(name, "champion", "1")
+    return first, second
+
+
+@pytest.fixture(scope="session")
+def adapter_run(tracking_uri, tmp_path_factory):
+    """A tiny adapter trained by the `train` stage on instruction records (response-only loss)."""
+    from lora_study.stages.train import run_train
+
+    folder = tmp_path_factory.mktemp("adapter-run")
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("adapter-run", str(folder / "artifacts")))
+    dataset = write_jsonl(folder / "alpaca.jsonl", alpaca_records(40))
+    train = TrainConfig(max_steps=10, batch_size=4, learning_rate=1e-2, eval_every=0)
+    return run_train(DataConfig(dataset=str(dataset), seq_len=128), TINY_BASE, AdapterConfig(), train)
+
+
+def loaded_adapter(run_id: str):
+    """A run's adapter loaded as `evaluate` loads it (no autocast), and its held-out test split."""
+    source = adapters.resolve(f"runs:/{run_id}/adapter")
+    loaded = adapters.load(source, torch.device("cpu"), None)
+    return loaded, evaluation.held_out(source, "", "", 0, 1, loaded.base, loaded.tokenizer)
+
+
+def answers(model_uri: str, prompts=PROMPTS, **params):
+    """What the MLflow model at `model_uri` answers, loaded in this process."""
+    model = mlflow.pyfunc.load_model(model_uri)
+    return model.predict(pd.DataFrame({"prompt": prompts}), params={"max_new_tokens": 8, **params})
+
+
+# --- processes and servers --------------------------------------------------------------------------
+
+
+def mlflow_run(entry_point: str, experiment_id: str, **params):
+    """`mlflow run . -e ENTRY_POINT --env-manager local -P ...`, as a user runs it; the finished process."""
+    argv = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry_point, "--env-manager", "local"]
+    argv += ["--experiment-id", experiment_id]
+    for key, value in params.items():
+        argv += ["-P", f"{key}={value}"]
+    # `mlflow run --env-manager local` runs the entry point with the `python` on PATH: this one.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+
+
+def post(url: str, payload: dict) -> tuple[int, dict]:
+    """POST a request to a server's /invocations: (HTTP status, JSON body)."""
+    request = urllib.request.Request(
+        f"{url}/invocations", data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@contextmanager
+def lora_study_serve(args: list[str], tracking_uri: str, log: Path):
+    """`lora-study serve ARGS` on a free port, its stdout in `log`; yields its URL once it answers."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "lora_study", "serve", *args, "--port", str(port)]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    with log.open("w") as stdout, server_process(argv, f"{url}/ping", 180, env, stdout):
+        yield url
+
+
+def run_printed_curl(text: str) -> dict:
+    """Run the curl command `lora-study serve` printed, as a user would paste it; its JSON answer."""
+    curl = next(line.strip() for line in text.splitlines() if line.strip().startswith("curl "))
+    return json.loads(subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=120, check=True).stdout)
+
+
+def printed(log, url) -> str:
+    """What `lora-study serve` printed once its server answered (it prints just after)."""
+    deadline = time.time() + 30
+    while "curl" not in log.read_text() and time.time() < deadline:
+        time.sleep(0.2)
+    text = log.read_text()
+    assert f"at {url}/invocations" in text
+    return text

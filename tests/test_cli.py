@@ -4,10 +4,9 @@ import json
 
 import mlflow
 import pytest
+from conftest import runs
 
 from lora_study import cli
-
-from conftest import runs
 
 
 def statuses(experiment_id):

@@ -2,12 +2,11 @@
 
 import pytest
 import yaml
+from conftest import REPO
 
 from lora_study import cli
 from lora_study.config import BaseModelConfig, DataConfig, flag, parse_sections
 from lora_study.errors import UserInputError
-
-from conftest import REPO
 
 MLPROJECT = yaml.safe_load((REPO / "MLproject").read_text())
 REQUIRED = {"model_uri": "base:tiny", "registered_model": "m", "version": "1"}  # no usable default

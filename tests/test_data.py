@@ -1,45 +1,15 @@
-"""`prepare` on files the tests write: every source kind, every format, the split, the cache."""
+"""Preparing data from files the tests write: every source kind, every format, the split, the cache."""
 
 import json
 
 import pandas as pd
 import pytest
+from conftest import WORDS, alpaca_records, chat_records, text_docs, write_jsonl
 
 from lora_study import data, packing
 from lora_study.config import DataConfig
 from lora_study.errors import UserInputError
 from lora_study.packing import IGNORE_INDEX
-
-WORDS = "the quick brown fox jumps over a lazy dog while python sorts lists in place".split()
-
-
-def text_docs(count: int = 12) -> list[str]:
-    return [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(30 + i)) for i in range(count)]
-
-
-def alpaca_records(count: int = 12) -> list[dict]:
-    return [
-        {"instruction": f"Name animal number {i}.", "input": "zoo" if i % 2 else "",
-         "output": f"Animal {i} is a {WORDS[i % len(WORDS)]}."}
-        for i in range(count)
-    ]  # fmt: skip
-
-
-def chat_records(count: int = 12) -> list[dict]:
-    return [
-        {"messages": [
-            {"role": "user", "content": f"What is {i} plus {i}?"},
-            {"role": "assistant", "content": f"It is {2 * i}."},
-            {"role": "user", "content": "And times two?"},
-            {"role": "assistant", "content": f"That gives {4 * i}."},
-        ]}
-        for i in range(count)
-    ]  # fmt: skip
-
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(record) + "\n" for record in records))
-    return path
 
 
 def prepare(tiny, tokenizer, **values):
@@ -112,7 +82,12 @@ def test_a_hub_dataset_is_read_pinned_to_its_revision(tmp_path, tiny, tokenizer,
     prepared, documents = data.prepare(config, tiny, tokenizer)
     assert calls == [("someone/alpaca-like", "train[:15]", "feedbeef")]
     assert prepared.meta["format"] == "instruction" and len(documents.frame) == 15
-    assert documents.source.to_dict()["revision"] == "feedbeef"
+    assert documents.source == {
+        "kind": "hub",
+        "path": "someone/alpaca-like",
+        "split": "train[:15]",
+        "revision": "feedbeef",
+    }
 
 
 # --- formats and the loss mask ---------------------------------------------------------------
@@ -198,8 +173,9 @@ def test_rows_of_a_split_come_from_its_own_documents(tmp_path, tiny, tokenizer):
         expected = sorted(records[i]["output"] + tokenizer.eos_token for i in indices)
         answers = [
             tokenizer.decode([t for t, label in zip(ids, labels) if label != IGNORE_INDEX])
-            for row in prepared.rows(split) for ids, labels in packing.records(row)
-        ]  # fmt: skip
+            for row in prepared.rows(split)
+            for ids, labels in packing.records(row)
+        ]
         assert sorted(answers) == expected
 
 
@@ -292,36 +268,3 @@ def test_an_unreadable_file_kind_lists_the_readable_ones(tmp_path, tiny, tokeniz
 def test_an_unreachable_hub_dataset_fails_fast_in_one_line(tiny, tokenizer):
     message = one_line_error(tiny, tokenizer, dataset="yahma/alpaca-cleaned")
     assert "cannot reach `yahma/alpaca-cleaned`" in message and "python-docs" in message
-
-
-# --- the MLflow run ----------------------------------------------------------------------------
-
-
-def test_run_prepare_logs_params_counts_inputs_and_the_splits(tmp_path, tiny, mlflow_experiment):
-    import mlflow
-
-    from lora_study.config import BaseModelConfig
-
-    path = write_jsonl(tmp_path / "alpaca.jsonl", alpaca_records(30))
-    config = DataConfig(dataset=str(path), seq_len=128)
-    run_id = data.run_prepare(config, BaseModelConfig(base_model="tiny"))
-    run = mlflow.get_run(run_id)
-    assert run.info.status == "FINISHED" and run.data.tags["lora_study.stage"] == "prepare"
-    params = run.data.params
-    assert params["seq_len"] == "128" and params["base_model"] == "tiny"
-    assert params["detected_format"] == "instruction" and params["trust_remote_code"] == "false"
-    assert params["base_model_sha256"] == tiny.sha256
-    for split in ("train", "validation", "test"):
-        assert run.data.metrics[f"{split}_tokens"] >= run.data.metrics[f"{split}_loss_tokens"] > 0
-    assert run.data.metrics["train_documents"] + run.data.metrics["validation_documents"] + (
-        run.data.metrics["test_documents"]) == 30  # fmt: skip
-    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
-    assert set(inputs) == {"train", "validation", "test"}
-    assert all(d.name == "alpaca.jsonl" and str(path) in d.source for d in inputs.values())
-    assert len({d.digest for d in inputs.values()}) == 3
-    fetched = data.load_prepared(f"runs:/{run_id}")
-    assert fetched.meta["digest"] == params["dataset_digest"]
-    assert fetched.rows("test") == data.load_prepared(str(fetched.path)).rows("test")
-    preview = mlflow.load_table("preview.json", run_ids=[run_id])
-    assert set(preview["split"]) == {"train", "validation", "test"}
-    assert preview["text"].str.contains("### Response:").all()

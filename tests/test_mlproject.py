@@ -1,24 +1,10 @@
 """The MLproject entry points, run the way users run them: `mlflow run . -e ... --env-manager local`."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import mlflow
 import pytest
+from conftest import mlflow_run, runs
 
-from conftest import REPO, runs
-
-
-def mlflow_run(entry_point: str, experiment_id: str, **params):
-    argv = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry_point, "--env-manager", "local",
-            "--experiment-id", experiment_id]  # fmt: skip
-    for key, value in params.items():
-        argv += ["-P", f"{key}={value}"]
-    # `mlflow run --env-manager local` runs the entry point with the `python` on PATH: this one.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+pytestmark = pytest.mark.slow  # `mlflow run` in a process of its own
 
 
 def test_prepare_entry_point_finishes(tmp_path, mlflow_experiment):
@@ -41,14 +27,20 @@ def test_prepare_entry_point_bad_input_fails_the_run_with_one_line(tmp_path, mlf
 
 
 def test_train_then_merge_entry_points_finish_and_log_their_models(mlflow_experiment, tmp_path):
-    done = mlflow_run("train", mlflow_experiment, base_model="tiny", max_samples=15, seq_len=32,
-                      max_steps=2, batch_size=4)  # fmt: skip
+    done = mlflow_run(
+        "train", mlflow_experiment, base_model="tiny", max_samples=15, seq_len=32, max_steps=2, batch_size=4
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     (run,) = runs(mlflow_experiment)
     assert run.info.status == "FINISHED" and run.data.params["steps"] == "2"
     assert mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/adapter").metadata.signature is not None
-    done = mlflow_run("merge", mlflow_experiment, model_uri=f"runs:/{run.info.run_id}/adapter",
-                      output_dir=tmp_path / "merged", max_prompts=1)  # fmt: skip
+    done = mlflow_run(
+        "merge",
+        mlflow_experiment,
+        model_uri=f"runs:/{run.info.run_id}/adapter",
+        output_dir=tmp_path / "merged",
+        max_prompts=1,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     (merge,) = [r for r in runs(mlflow_experiment) if r.info.run_id != run.info.run_id]
     assert merge.info.status == "FINISHED" and merge.data.metrics["merged_matches"] == 1
@@ -58,15 +50,25 @@ def test_train_then_merge_entry_points_finish_and_log_their_models(mlflow_experi
 @pytest.mark.smoke
 def test_train_and_evaluate_on_smollm2(mlflow_experiment):
     """A handful of real steps on SmolLM2 and Python's documentation, then `evaluate`."""
-    done = mlflow_run("train", mlflow_experiment, seq_len=128, max_samples=30, max_steps=6,
-                      batch_size=4, learning_rate=1e-3, eval_every=0, target_modules="qkvo")  # fmt: skip
+    done = mlflow_run(
+        "train",
+        mlflow_experiment,
+        seq_len=128,
+        max_samples=30,
+        max_steps=6,
+        batch_size=4,
+        learning_rate=1e-3,
+        eval_every=0,
+        target_modules="qkvo",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     (train,) = runs(mlflow_experiment)
     history = mlflow.MlflowClient().get_metric_history(train.info.run_id, "eval_loss")
     by_step = {m.step: m.value for m in history}
     assert set(by_step) == {0, 6} and by_step[6] < by_step[0]
-    done = mlflow_run("evaluate", mlflow_experiment, model_uri=f"runs:/{train.info.run_id}/adapter",
-                      max_prompts=2, max_new_tokens=8)  # fmt: skip
+    done = mlflow_run(
+        "evaluate", mlflow_experiment, model_uri=f"runs:/{train.info.run_id}/adapter", max_prompts=2, max_new_tokens=8
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     evaluate = next(run for run in runs(mlflow_experiment) if run.info.run_id != train.info.run_id)
     metrics = evaluate.data.metrics
@@ -88,5 +90,6 @@ def test_prepare_on_the_embedded_default(mlflow_experiment):
     contexts = sorted(i.tags[0].value for i in run.inputs.dataset_inputs)
     assert contexts == ["test", "train", "validation"]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "data")}
-    assert artifacts == {f"data/{name}" for name in
-                         ("meta.json", "train.parquet", "validation.parquet", "test.parquet")}  # fmt: skip
+    assert artifacts == {
+        f"data/{name}" for name in ("meta.json", "train.parquet", "validation.parquet", "test.parquet")
+    }

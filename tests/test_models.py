@@ -66,8 +66,7 @@ def test_a_hub_id_is_pinned_to_its_current_revision(monkeypatch):
 
     monkeypatch.setattr("huggingface_hub.HfApi.model_info", lambda self, repo_id: Info())
     ref = models.resolve("someone/some-model", trust_remote_code=True)
-    assert (ref.path, ref.revision, ref.sha256, ref.trust_remote_code) == (
-        "someone/some-model", "0123abc", None, True)  # fmt: skip
+    assert (ref.path, ref.revision, ref.sha256, ref.trust_remote_code) == ("someone/some-model", "0123abc", None, True)
 
 
 def test_the_tokenizer_digest_tells_tokenizers_apart(tokenizer):

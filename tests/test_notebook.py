@@ -1,26 +1,39 @@
 """`notebooks/compare_runs.ipynb` runs top to bottom against a tiny sweep's runs."""
 
-import os
-
 import nbformat
+import pytest
+from conftest import REPO
 from nbclient import NotebookClient
 
 from lora_study import cli
 
-from conftest import REPO
 
-
-def test_the_notebook_draws_the_study_from_mlflow(tmp_path, tracking_uri, mlflow_experiment):
-    argv = ["sweep", "--base-model", "tiny", "--max-samples", "15", "--seq-len", "32", "--n-trials", "3",
-            "--max-steps", "2", "--eval-every", "2", "--study-name", "notebook",
-            "--storage", f"sqlite:///{tmp_path}/optuna.db"]  # fmt: skip
+@pytest.mark.slow  # a Jupyter kernel in a process of its own
+def test_the_notebook_draws_the_study_from_mlflow(tmp_path, tracking_uri, mlflow_experiment, monkeypatch):
+    argv = [
+        "sweep",
+        "--base-model",
+        "tiny",
+        "--max-samples",
+        "15",
+        "--seq-len",
+        "32",
+        "--n-trials",
+        "3",
+        "--max-steps",
+        "2",
+        "--eval-every",
+        "2",
+        "--study-name",
+        "notebook",
+        "--storage",
+        f"sqlite:///{tmp_path}/optuna.db",
+    ]
     assert cli.main(argv) == 0
     notebook = nbformat.read(REPO / "notebooks/compare_runs.ipynb", as_version=4)
-    os.environ.update(LORA_STUDY_STUDY="notebook", MLFLOW_TRACKING_URI=tracking_uri)
-    try:
-        NotebookClient(notebook, timeout=300, resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        del os.environ["LORA_STUDY_STUDY"]
+    monkeypatch.setenv("LORA_STUDY_STUDY", "notebook")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    NotebookClient(notebook, timeout=300, resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")

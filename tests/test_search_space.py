@@ -2,12 +2,11 @@
 
 import optuna
 import pytest
+from conftest import REPO
 
 from lora_study import search_space
 from lora_study.errors import UserInputError
 from lora_study.search_space import Choice, Fixed, Range
-
-from conftest import REPO
 
 
 def write(tmp_path, text):
@@ -23,8 +22,10 @@ def test_the_shipped_configs_parse():
     assert default.dimensions["alpha_per_rank"] == Choice((1, 2))
     assert default.dimensions["learning_rate"] == Range(1e-4, 3e-3, log=True, integer=False)
     assert default.dimensions["quantization"] == Fixed("none")
-    grids = {name: search_space.load(str(REPO / f"configs/sweep/{name}.yaml")) for name in
-             ("rank", "modules", "quantization")}  # fmt: skip
+    grids = {
+        name: search_space.load(str(REPO / f"configs/sweep/{name}.yaml"))
+        for name in ("rank", "modules", "quantization")
+    }
     assert all(space.sampler == "grid" for space in grids.values())
     assert grids["rank"].grid() == {"rank": [4, 8, 16, 32, 64]}
     assert grids["modules"].grid() == {"target_modules": ["q", "v", "qv", "qkvo", "mlp", "all-linear"]}
@@ -33,8 +34,7 @@ def test_the_shipped_configs_parse():
 
 def test_a_trial_draws_typed_configs_and_alpha_per_rank():
     space = search_space.load(str(REPO / "configs/sweep/default.yaml"))
-    trial = optuna.trial.FixedTrial({"rank": 16, "alpha_per_rank": 2, "target_modules": "qkvo",
-                                     "learning_rate": 1e-3})  # fmt: skip
+    trial = optuna.trial.FixedTrial({"rank": 16, "alpha_per_rank": 2, "target_modules": "qkvo", "learning_rate": 1e-3})
     adapter, train = space.suggest(trial, {"max_steps": 7, "eval_every": 2})
     assert (adapter.rank, adapter.alpha, adapter.target_modules, adapter.dropout) == (16, 32.0, "qkvo", 0.05)
     assert (train.learning_rate, train.batch_size, train.max_steps, train.eval_every) == (1e-3, 4, 7, 2)
@@ -49,7 +49,9 @@ def test_an_integer_range_draws_integers(tmp_path):
 
 
 def test_every_problem_is_listed_at_once_naming_the_file_and_key(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 sampler: grid
 colour: blue
 space:
@@ -61,7 +63,8 @@ space:
   max_steps: 10
   rnak: 4
   quantization: [none, 2bit]
-""")
+""",
+    )
     with pytest.raises(UserInputError) as caught:
         search_space.load(path)
     problems = caught.value.problems

@@ -1,4 +1,4 @@
-"""`train` on the tiny model: every option family, determinism, the logged names, failures."""
+"""The training loop on the tiny model: every option family, determinism, what it returns."""
 
 import math
 
@@ -6,11 +6,9 @@ import mlflow
 import pytest
 import torch
 
-from lora_study import cli, tracking, training
+from lora_study import training
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, TrainConfig
 from lora_study.errors import UserInputError
-
-from conftest import runs
 
 TINY = BaseModelConfig(base_model="tiny")
 DATA = DataConfig(max_samples=15, seq_len=32)  # the first 15 python-docs topics
@@ -24,7 +22,7 @@ def setup(adapter=AdapterConfig(), **train_values):
 def fine_tune(adapter=AdapterConfig(), seed=0, **train_values):
     s, adapter, train = setup(adapter, **train_values)
     with mlflow.start_run() as run:
-        model = training.fine_tune(s, adapter, train, seed)
+        model = training.fine_tune(s, adapter, train, seed).model
     mlflow.flush_async_logging()
     return model, mlflow.get_run(run.info.run_id)
 
@@ -35,43 +33,6 @@ def final(run, metric):
 
 
 # --- what a run logs -----------------------------------------------------------------------
-
-
-def test_train_logs_every_name_the_study_reads(mlflow_experiment, monkeypatch):
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
-    values = {"max_steps": "4", "eval_every": "2", "batch_size": "4", "seq_len": "32", "max_samples": "15"}
-    argv = ["train", "--base-model", "tiny"] + [f"--{k.replace('_', '-')}={v}" for k, v in values.items()]
-    assert cli.main(argv) == 0
-    (run,) = runs(mlflow_experiment)
-    assert run.info.status == "FINISHED" and run.data.tags[tracking.TAG_MEMORY_KIND] == "cpu_peak_rss_increase"
-    params = run.data.params
-    for section in (DataConfig, BaseModelConfig, AdapterConfig, TrainConfig):
-        assert set(section.model_fields) <= set(params)
-    for name in ("base_model_sha256", "dataset_digest", "steps", "autocast_dtype", "device"):
-        assert params[name]
-    assert params["steps"] == "4" and params["rank"] == "8"
-    client = mlflow.MlflowClient()
-    for name in ("train_loss", "learning_rate", "tokens_per_s"):
-        assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1, 2, 3, 4]
-    evals = client.get_metric_history(run.info.run_id, "eval_loss")
-    assert sorted(m.step for m in evals) == [0, 2, 4]
-    assert run.data.metrics["eval_perplexity"] == pytest.approx(math.exp(run.data.metrics["eval_loss"]))
-    metrics = run.data.metrics
-    for name in ("train_tokens_per_s", "peak_memory_mb", "trainable_params", "total_params",
-                 "trainable_percent", "adapter_size_mb", "train_runtime_s", "model_memory_mb"):  # fmt: skip
-        assert metrics[name] > 0, name
-    # rank 8 on q_proj (64 -> 64) and v_proj (64 -> 32) of 2 layers: 8 * (64 + 64 + 64 + 32) * 2
-    assert metrics["trainable_params"] == 3584
-    assert metrics["trainable_percent"] == pytest.approx(100 * 3584 / metrics["total_params"])
-    assert any(name.startswith("system/cpu_utilization") for name in metrics)
-
-
-def test_data_from_a_prepare_run_is_taken_by_runs_uri(mlflow_experiment):
-    from lora_study import data
-
-    prepare_id = data.run_prepare(DATA, TINY)
-    s, _, _ = setup(data=f"runs:/{prepare_id}")
-    assert s.prepared.meta["digest"] == mlflow.get_run(prepare_id).data.params["dataset_digest"]
 
 
 # --- option families -----------------------------------------------------------------------
@@ -154,27 +115,6 @@ def test_epochs_set_the_steps_when_max_steps_is_zero():
 # --- failures ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "argv, expected",
-    [
-        (["--rank", "0"], "--rank: Input should be greater than 0"),
-        (["--alpha", "-1"], "--alpha: Input should be greater than 0"),
-        (["--dropout", "1"], "--dropout: Input should be less than 1"),
-        (["--max-steps", "0", "--epochs", "0"], "`max_steps` and `epochs` are both 0"),
-        (["--quantization", "4bit", "--precision", "fp32"], "--quantization 4bit computes in bf16"),
-        (["--seq-len", "4096"], "--seq-len 4096 is over the model's maximum of 2048 positions"),
-        (["--precision", "fp16"], "--precision fp16 needs a CUDA GPU"),
-        (["--target-modules", "nope"], "no linear module named nope"),
-    ],
-)
-def test_bad_values_are_refused_in_one_line(argv, expected, mlflow_experiment, capsys):
-    code = cli.main(["train", "--base-model", "tiny", "--max-samples", "15", "--seq-len", "32", *argv])
-    assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and expected in err[0], err
-    assert all(run.info.status != "RUNNING" for run in runs(mlflow_experiment))
-
-
 def test_data_prepared_with_another_tokenizer_is_refused(tmp_path):
     import json
     import shutil
@@ -187,35 +127,14 @@ def test_data_prepared_with_another_tokenizer_is_refused(tmp_path):
         setup(data=str(copy))
 
 
-def _run_with_broken_loss(monkeypatch, mlflow_experiment, loss_fn):
-    monkeypatch.setattr(training, "loss_sum", loss_fn)
-    argv = ["train", "--base-model", "tiny", "--max-samples", "15", "--seq-len", "32", "--max-steps", "3"]
-    code = cli.main(argv)
-    (run,) = runs(mlflow_experiment)
-    return code, run
-
-
-def test_a_nan_loss_fails_the_run_with_the_reason(monkeypatch, mlflow_experiment):
-    def nan_loss(model, batch, device):
-        return torch.tensor(float("nan"), requires_grad=True), 1
-
-    code, run = _run_with_broken_loss(monkeypatch, mlflow_experiment, nan_loss)
-    assert code == 2 and run.info.status == "FAILED"
-    assert "train_loss became nan at step 1" in run.data.tags["lora_study.error"]
-
-
-def test_out_of_memory_fails_the_run_with_the_reason(monkeypatch, mlflow_experiment):
-    def oom(model, batch, device):
-        raise torch.OutOfMemoryError("CUDA out of memory")
-
-    code, run = _run_with_broken_loss(monkeypatch, mlflow_experiment, oom)
-    assert code == 2 and run.info.status == "FAILED"
-    assert "out of memory at step 1" in run.data.tags["lora_study.error"]
-
-
-def test_ctrl_c_leaves_the_run_killed(monkeypatch, mlflow_experiment):
-    def interrupted(model, batch, device):
-        raise KeyboardInterrupt
-
-    code, run = _run_with_broken_loss(monkeypatch, mlflow_experiment, interrupted)
-    assert code == 130 and run.info.status == "KILLED"
+def test_fine_tune_returns_what_it_logged(mlflow_experiment):
+    s, adapter, train = setup(max_steps=4, eval_every=2)
+    with mlflow.start_run() as run:
+        result = training.fine_tune(s, adapter, train, seed=0)
+    mlflow.flush_async_logging()
+    logged = mlflow.get_run(run.info.run_id).data.metrics
+    assert result.metrics == {name: pytest.approx(logged[name]) for name in result.metrics}
+    assert {"trainable_params", "peak_memory_mb", "train_tokens_per_s", "train_runtime_s"} <= set(result.metrics)
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "eval_loss")
+    assert result.eval_losses == {m.step: pytest.approx(m.value) for m in history}
+    assert sorted(result.eval_losses) == [0, 2, 4] and result.final_eval_loss == result.eval_losses[4]

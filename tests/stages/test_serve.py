@@ -1,61 +1,72 @@
 """Real servers on loopback: `mlflow models serve` on a logged adapter (answers, 4xx for bad
 requests, still serving), and `lora-study serve` on one model or many adapters."""
 
-import json
 import os
 import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from contextlib import contextmanager
-from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import (
+    PROMPTS,
+    answers,
+    free_port,
+    lora_study_serve,
+    post,
+    printed,
+    run_printed_curl,
+    server_process,
+    trained_adapter,
+    two_registered_adapters,
+)
 
 from lora_study import cli
-
-from conftest import free_port, server_process
-from test_serving import PROMPTS, answers, trained_adapter, two_registered_adapters
 
 
 @pytest.fixture(scope="module")
 def server(tracking_uri, tmp_path_factory):
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment_id=mlflow.create_experiment(
-        "serving-http", str(tmp_path_factory.mktemp("serving") / "artifacts")))  # fmt: skip
+    mlflow.set_experiment(
+        experiment_id=mlflow.create_experiment("serving-http", str(tmp_path_factory.mktemp("serving") / "artifacts"))
+    )
     _, _, run_id, _ = trained_adapter()
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "LORA_STUDY_MAX_NEW_TOKENS": "100"}
-    argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{run_id}/adapter", "--env-manager",
-            "local", "--host", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        f"runs:/{run_id}/adapter",
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
     url = f"http://127.0.0.1:{port}"
     with server_process(argv, f"{url}/ping", 180, env):
         yield url
 
 
-def post(url: str, payload: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(f"{url}/invocations", data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-    try:
-        with urllib.request.urlopen(request, timeout=120) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
+@pytest.mark.slow
 def test_prompts_get_generated_answers_in_either_payload(server):
-    status, body = post(server, {"inputs": {"prompt": ["The list type", "A dict maps"]}, "params": {"max_new_tokens": 4}})
+    status, body = post(
+        server, {"inputs": {"prompt": ["The list type", "A dict maps"]}, "params": {"max_new_tokens": 4}}
+    )
     assert status == 200 and len(body["predictions"]) == 2 and all(isinstance(a, str) for a in body["predictions"])
     status, body = post(server, {"dataframe_records": [{"prompt": "The list type"}], "params": {"max_new_tokens": 4}})
     assert status == 200 and len(body["predictions"]) == 1
-    sampled = post(server, {"inputs": {"prompt": ["x"]}, "params": {"max_new_tokens": 4, "temperature": 0.7,
-                                                                     "top_p": 0.9}})  # fmt: skip
+    sampled = post(
+        server, {"inputs": {"prompt": ["x"]}, "params": {"max_new_tokens": 4, "temperature": 0.7, "top_p": 0.9}}
+    )
     assert sampled[0] == 200
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "payload, expected",
     [
@@ -64,7 +75,7 @@ def test_prompts_get_generated_answers_in_either_payload(server):
         ({"inputs": {"prompt": ["x"]}, "params": {"top_p": 1.5}}, "top_p must be in (0, 1] (got 1.5)"),
         ({"inputs": {"prompt": ["x"]}, "params": {"temperature": -1.0}}, "temperature must be 0 (greedy) to 10"),
         ({"inputs": {"prompt": [""]}}, "every `prompt` must be a non-empty string"),
-        ({"dataframe_records": [{"text": "x"}]}, "prompt"),
+        ({"dataframe_records": [{"text": "x"}]}, "the input needs a `prompt` column (got columns: text)"),
         ({"inputs": {"prompt": ["word " * 3000]}, "params": {"max_new_tokens": 8}}, "over the model's 2048 positions"),
     ],
 )
@@ -81,8 +92,11 @@ def test_bad_requests_get_a_4xx_with_the_reason_and_the_server_keeps_serving(ser
 def multi_server(tracking_uri, tmp_path_factory):
     """`lora-study serve --adapters` on versions 1 (@champion) and 2 of a registered model."""
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment_id=mlflow.create_experiment(
-        "serving-http-multi", str(tmp_path_factory.mktemp("multi") / "artifacts")))  # fmt: skip
+    mlflow.set_experiment(
+        experiment_id=mlflow.create_experiment(
+            "serving-http-multi", str(tmp_path_factory.mktemp("multi") / "artifacts")
+        )
+    )
     first, second = two_registered_adapters("http-docs")
     alone = {"http-docs@champion": answers(f"runs:/{first}/adapter"), "http-docs@2": answers(f"runs:/{second}/adapter")}
     log = tmp_path_factory.mktemp("log") / "stdout.txt"
@@ -90,52 +104,38 @@ def multi_server(tracking_uri, tmp_path_factory):
         yield url, alone, log
 
 
-@contextmanager
-def lora_study_serve(args: list[str], tracking_uri: str, log: Path):
-    """`lora-study serve ARGS` on a free port, its stdout in `log`; yields its URL once it answers."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "lora_study", "serve", *args, "--port", str(port)]
-    with log.open("w") as stdout, server_process(argv, f"{url}/ping", 180, {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}, stdout):
-        yield url
-
-
-def run_printed_curl(text: str) -> dict:
-    """Run the curl command `lora-study serve` printed, as a user would paste it; its JSON answer."""
-    curl = next(line.strip() for line in text.splitlines() if line.strip().startswith("curl "))
-    return json.loads(subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=120, check=True).stdout)
-
-
-def printed(log, url) -> str:
-    """What `lora-study serve` printed once its server answered (it prints just after)."""
-    deadline = time.time() + 30
-    while "curl" not in log.read_text() and time.time() < deadline:
-        time.sleep(0.2)
-    text = log.read_text()
-    assert f"at {url}/invocations" in text
-    return text
-
-
+@pytest.mark.slow
 def test_a_request_picks_its_adapter_by_the_adapter_field(multi_server):
     url, alone, _ = multi_server
     default = post(url, {"inputs": {"prompt": PROMPTS}, "params": {"max_new_tokens": 8}})
     assert default == (200, {"predictions": alone["http-docs@champion"]})
     second = post(url, {"inputs": {"prompt": PROMPTS}, "params": {"max_new_tokens": 8, "adapter": "http-docs@2"}})
     assert second == (200, {"predictions": alone["http-docs@2"]})
-    records = [{"prompt": PROMPTS[0], "adapter": "http-docs@2"}, {"prompt": PROMPTS[1], "adapter": "http-docs@champion"}]
+    records = [
+        {"prompt": PROMPTS[0], "adapter": "http-docs@2"},
+        {"prompt": PROMPTS[1], "adapter": "http-docs@champion"},
+    ]
     status, body = post(url, {"dataframe_records": records, "params": {"max_new_tokens": 8}})
     assert status == 200 and body["predictions"] == [alone["http-docs@2"][0], alone["http-docs@champion"][1]]
     status, body = post(url, {"inputs": {"prompt": ["x"]}, "params": {"adapter": "sql@champion"}})
-    assert status == 400 and "unknown adapter 'sql@champion' (this server has: http-docs@champion, http-docs@2)" in body["message"]
+    assert (
+        status == 400
+        and "unknown adapter 'sql@champion' (this server has: http-docs@champion, http-docs@2)" in body["message"]
+    )
 
 
+@pytest.mark.slow
 def test_serve_prints_the_url_the_adapters_and_a_curl_command_that_works(multi_server):
     url, alone, log = multi_server
     text = printed(log, url)
-    assert "Adapters: http-docs@champion, http-docs@2; a request picks one with `adapter` (default http-docs@champion)" in text
+    assert (
+        "Adapters: http-docs@champion, http-docs@2; a request picks one with `adapter` (default http-docs@champion)"
+        in text
+    )
     assert len(run_printed_curl(text)["predictions"]) == 1
 
 
+@pytest.mark.slow
 def test_serve_shortcut_serves_one_model_uri(tracking_uri, tmp_path):
     _, _, run_id, _ = trained_adapter()
     log = tmp_path / "stdout.txt"

@@ -10,11 +10,12 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-
 from conftest import free_port, server_process
 
 # Debian's server binaries (PostgreSQL 15 on these machines); the newest if several are installed
 PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), default=Path("/nonexistent"))
+
+pytestmark = pytest.mark.slow  # a PostgreSQL server and an MLflow tracking server
 
 
 @pytest.fixture(scope="module")
@@ -27,19 +28,41 @@ def postgres():
     if as_postgres:
         shutil.chown(folder, "postgres")
     port = free_port()
-    subprocess.run([*as_postgres, PG_BIN / "initdb", "-D", folder / "data", "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [*as_postgres, PG_BIN / "initdb", "-D", folder / "data", "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
     options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
     # -l: the server's output goes to a file; on our pipes it would keep subprocess.run waiting
-    subprocess.run([*as_postgres, PG_BIN / "pg_ctl", "-D", folder / "data", "-l", folder / "server.log", "-o",
-                    options, "-w", "start"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        [
+            *as_postgres,
+            PG_BIN / "pg_ctl",
+            "-D",
+            folder / "data",
+            "-l",
+            folder / "server.log",
+            "-o",
+            options,
+            "-w",
+            "start",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        subprocess.run([*as_postgres, PG_BIN / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
-                        "optuna"], check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [*as_postgres, PG_BIN / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna"],
+            check=True,
+            capture_output=True,
+        )
         yield f"postgresql://postgres@127.0.0.1:{port}/optuna"
     finally:
-        subprocess.run([*as_postgres, PG_BIN / "pg_ctl", "-D", folder / "data", "-m", "immediate", "stop"],
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            [*as_postgres, PG_BIN / "pg_ctl", "-D", folder / "data", "-m", "immediate", "stop"], capture_output=True
+        )
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -48,8 +71,20 @@ def tracking_server(tmp_path_factory):
     """`mlflow server` on loopback: the tracking server many sweep workers or machines share."""
     folder = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    argv = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-            "--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--default-artifact-root", str(folder / "artifacts")]
+    argv = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{folder}/mlflow.db",
+        "--default-artifact-root",
+        str(folder / "artifacts"),
+    ]
     url = f"http://127.0.0.1:{port}"
     with server_process(argv, f"{url}/health", 120):
         yield url
@@ -58,9 +93,32 @@ def tracking_server(tmp_path_factory):
 def test_two_workers_on_postgresql_complete_the_study_without_lost_or_duplicate_trials(
     postgres, tracking_server, tmp_path
 ):
-    argv = [sys.executable, "-m", "lora_study", "sweep", "--base-model", "tiny", "--max-samples", "15",
-            "--seq-len", "32", "--n-trials", "6", "--max-steps", "4", "--eval-every", "2", "--n-workers", "2",
-            "--study-name", "shared", "--storage", postgres, "--registered-model", "shared-adapters"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "lora_study",
+        "sweep",
+        "--base-model",
+        "tiny",
+        "--max-samples",
+        "15",
+        "--seq-len",
+        "32",
+        "--n-trials",
+        "6",
+        "--max-steps",
+        "4",
+        "--eval-every",
+        "2",
+        "--n-workers",
+        "2",
+        "--study-name",
+        "shared",
+        "--storage",
+        postgres,
+        "--registered-model",
+        "shared-adapters",
+    ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_server}
     env.pop("MLFLOW_EXPERIMENT_ID", None)
     done = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)

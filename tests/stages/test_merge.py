@@ -7,26 +7,30 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
+from conftest import runs, trained_adapter
 from transformers import AutoModelForCausalLM
 
 from lora_study import cli, evaluation, registry
 from lora_study.config import MergeConfig
-from lora_study.merging import run_merge
-
-from conftest import runs
-from test_serving import trained_adapter
+from lora_study.stages.merge import run_merge
 
 
 def test_merge_logs_and_writes_a_plain_model_that_answers_as_the_adapter(tmp_path, mlflow_experiment):
     adapter, s, run_id, _ = trained_adapter()
     out = tmp_path / "merged"
-    merge_run = run_merge(MergeConfig(model_uri=f"runs:/{run_id}/adapter", output_dir=str(out),
-                                      registered_model="merged-docs"))  # fmt: skip
+    merge_run = run_merge(
+        MergeConfig(model_uri=f"runs:/{run_id}/adapter", output_dir=str(out), registered_model="merged-docs")
+    )
     run = mlflow.get_run(merge_run)
     assert run.info.status == "FINISHED" and run.data.tags["lora_study.source_run_id"] == run_id
     metrics = run.data.metrics
-    assert metrics["merged_matches"] == 1 and metrics["merged_loss_diff_pct"] <= evaluation.MERGE_TOLERANCE_PCT["bfloat16"]
-    assert 0 <= metrics["merged_outputs_match_pct"] <= 100
+    weights = str(s.weights_dtype).removeprefix("torch.")
+    assert metrics["merged_matches"] == 1
+    assert metrics["merged_loss_diff_pct"] <= evaluation.MERGE_TOLERANCE_PCT[weights]
+    table = mlflow.load_table("generations.json", run_ids=[merge_run])
+    assert len(table) == 4  # --max-prompts
+    same = (table["merged_output"] == table["adapter_output"]).mean()
+    assert metrics["merged_outputs_match_pct"] == pytest.approx(100 * same)
     # a plain transformers folder: full weights as safetensors, no adapter, loads without PEFT
     files = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= files and "adapter_config.json" not in files
@@ -45,17 +49,23 @@ def test_merge_logs_and_writes_a_plain_model_that_answers_as_the_adapter(tmp_pat
     assert len(answers) == 1 and isinstance(answers[0], str)
     version = registry.get_version("merged-docs", 1)
     assert version.tags["merged_from"] == f"runs:/{run_id}/adapter"
-    reference = json.loads(next(Path(mlflow.artifacts.download_artifacts(f"runs:/{merge_run}/merged")).rglob("base_model.json")).read_text())
+    reference = json.loads(
+        next(
+            Path(mlflow.artifacts.download_artifacts(f"runs:/{merge_run}/merged")).rglob("base_model.json")
+        ).read_text()
+    )
     assert reference["merged_from"] == f"runs:/{run_id}/adapter" and reference["quantization"] == "none"
 
 
 def test_a_merge_outside_tolerance_is_refused_and_not_logged(monkeypatch, mlflow_experiment, capsys):
-    _, _, run_id, _ = trained_adapter()
-    monkeypatch.setitem(evaluation.MERGE_TOLERANCE_PCT, "bfloat16", -1.0)  # any difference is too much
+    _, s, run_id, _ = trained_adapter()
+    for weights in evaluation.MERGE_TOLERANCE_PCT:
+        monkeypatch.setitem(evaluation.MERGE_TOLERANCE_PCT, weights, -1.0)  # any difference is too much
     capsys.readouterr()
     assert cli.main(["merge", f"runs:/{run_id}/adapter", "--max-prompts", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "over the -1.0% allowed for bfloat16 weights; not logged" in err[0]
+    weights = str(s.weights_dtype).removeprefix("torch.")
+    assert len(err) == 1 and f"over the -1.0% allowed for {weights} weights; not logged" in err[0]
     (merge,) = [r for r in runs(mlflow_experiment) if r.data.tags.get("lora_study.stage") == "merge"]
     assert merge.info.status == "FAILED" and merge.data.metrics["merged_matches"] == 0
     assert not mlflow.search_logged_models(filter_string=f"source_run_id = '{merge.info.run_id}'", output_format="list")

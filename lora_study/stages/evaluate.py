@@ -1,0 +1,95 @@
+"""`evaluate`: an adapter against its base model, on the same held-out tokens and prompts.
+
+    lora-study evaluate --model-uri models:/lora-study-smollm2-135m@challenger --merged
+
+The procedure, top to bottom: resolve the model URI and load the base once with the adapter
+applied -> take the test split the adapter was trained on (or `--data`) and the prompts ->
+perplexity with the adapter and, on the same tokens, with it switched off -> greedy generation
+on the prompts, both ways, timed -> with `--merged`, merge the adapter into the base and compare
+-> log it all to a run linked to the model, and tag a registered version with the headline
+metrics. Bad input fails before the run starts.
+"""
+
+import os
+
+import mlflow
+import torch
+
+from lora_study import adapters, evaluation, models, registry, tracking
+from lora_study.config import EvaluateConfig
+from lora_study.memory import PeakMemory
+from lora_study.tracking import (
+    ARTIFACT_GENERATIONS,
+    METRIC_BASE_TEST_PERPLEXITY,
+    METRIC_EVAL_PEAK_MEMORY_MB,
+    METRIC_GEN_TOKENS_PER_S,
+    METRIC_MERGED_LOSS_DIFF_PCT,
+    METRIC_MERGED_MATCHES,
+    METRIC_PERPLEXITY_IMPROVEMENT_PCT,
+    METRIC_ROUGE_L,
+    METRIC_TEST_PERPLEXITY,
+    PARAM_BASE_MODEL,
+    PARAM_BASE_MODEL_SHA256,
+    PARAM_DATASET_DIGEST,
+    PARAM_PROMPT_COUNT,
+    STAGE_EVALUATE,
+    TAG_EVALUATION_RUN_ID,
+    TAG_MEMORY_KIND,
+)
+
+# What a registered version shows of its evaluation, as version tags.
+HEADLINE_METRICS = (
+    METRIC_TEST_PERPLEXITY,
+    METRIC_BASE_TEST_PERPLEXITY,
+    METRIC_PERPLEXITY_IMPROVEMENT_PCT,
+    METRIC_ROUGE_L,
+    METRIC_GEN_TOKENS_PER_S,
+)
+
+
+def run_evaluate(cfg: EvaluateConfig) -> str:
+    """The `evaluate` entry point; returns the MLflow run id."""
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    where = models.device()
+    dtype = models.autocast_dtype(cfg.precision, where)
+    source = adapters.resolve(cfg.model_uri)
+    loaded = adapters.load(source, where, dtype)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    held_out = evaluation.held_out(
+        source, cfg.data, cfg.prompts, cfg.max_prompts, cfg.max_new_tokens, loaded.base, tokenizer
+    )
+
+    with tracking.stage_run(STAGE_EVALUATE, **tracking.evaluated_model_tags(source)) as run:
+        tracking.log_params(
+            {
+                **cfg.model_dump(),
+                PARAM_BASE_MODEL: loaded.base.name,
+                PARAM_BASE_MODEL_SHA256: loaded.base.sha256 or "",
+                PARAM_DATASET_DIGEST: held_out.prepared.meta["digest"],
+                PARAM_PROMPT_COUNT: len(held_out.prompts),
+            }
+        )
+        measure = (tokenizer, held_out.rows, held_out.prompts, cfg.batch_size, cfg.max_new_tokens, dtype)
+        with PeakMemory(where) as peak:
+            result = evaluation.evaluate_adapter(model, *measure)
+            if cfg.merged and source.is_adapter:
+                model, merged = evaluation.check_merged(model, *measure, result, source.reference.weights)
+                result = evaluation.Evaluation({**result.metrics, **merged.metrics}, merged.table)
+        metrics = {**result.metrics, METRIC_EVAL_PEAK_MEMORY_MB: peak.megabytes}
+        mlflow.log_metrics(metrics, model_id=source.model_id)
+        mlflow.set_tag(TAG_MEMORY_KIND, peak.kind)
+        mlflow.log_table(result.table, ARTIFACT_GENERATIONS)
+        if source.registered_model:
+            headline = {key: f"{metrics[key]:.4g}" for key in HEADLINE_METRICS if key in metrics}
+            registry.tag_version(
+                source.registered_model, source.version, {**headline, TAG_EVALUATION_RUN_ID: run.info.run_id}
+            )
+
+    print(
+        f"test perplexity {metrics[METRIC_TEST_PERPLEXITY]:.3f} (base {metrics[METRIC_BASE_TEST_PERPLEXITY]:.3f}, "
+        f"{metrics[METRIC_PERPLEXITY_IMPROVEMENT_PCT]:+.2f}% better)"
+    )
+    if METRIC_MERGED_MATCHES in metrics:
+        verdict = "matches" if metrics[METRIC_MERGED_MATCHES] else "DOES NOT match"
+        print(f"merged model {verdict} the adapter: test loss differs by {metrics[METRIC_MERGED_LOSS_DIFF_PCT]:.4f}%")
+    return run.info.run_id

@@ -1,0 +1,131 @@
+"""The Optuna study of a sweep: where it is stored, how it samples and prunes, and its best trials.
+
+Every worker, in this process or another, opens the study the same way from a `Plan` (plain
+data, so spawned workers get it too). A trial whose worker died is failed by heartbeat, and its
+MLflow run with it.
+"""
+
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from lora_study import search_space, tracking
+from lora_study.config import BaseModelConfig, DataConfig, SweepConfig
+from lora_study.errors import UserInputError
+from lora_study.tracking import TAG_TRIAL_STATE
+
+# Heartbeats and multivariate TPE are marked experimental in Optuna; both are what a sweep needs.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+ATTR_RUN_ID = "mlflow_run_id"  # Optuna user attribute: the trial's MLflow run
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+# A trial whose worker sends no heartbeat for 2 intervals is failed by the next worker to look.
+HEARTBEAT_S = int(os.environ.get("LORA_STUDY_HEARTBEAT_S", "10"))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a worker needs to join the study; plain data, so spawned workers get it too."""
+
+    data: DataConfig
+    base: BaseModelConfig
+    sweep: SweepConfig
+    space: search_space.SearchSpace
+    study_name: str
+    storage: str
+    tracking_uri: str = ""
+    experiment_id: str = ""
+    parent_run_id: str = ""
+
+
+def default_study_name(cfg: SweepConfig, data: DataConfig, base: BaseModelConfig) -> str:
+    """The same command names the same study, so running it again resumes it."""
+    dataset = Path(data.dataset).stem if Path(data.dataset).suffix else data.dataset
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{Path(cfg.config).stem}-{base.base_model}-{dataset}")
+
+
+def default_storage() -> str:
+    """SQLite beside the MLflow store (or in this folder when the store is not a local file)."""
+    uri = tracking.tracking_uri()
+    folder = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else Path.cwd()
+    return f"sqlite:///{folder / 'optuna.db'}"
+
+
+def masked(storage: str) -> str:
+    """The storage URL with its password, if any, replaced by ***."""
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", storage)
+
+
+def open_study(plan: Plan, worker: int = 0) -> optuna.Study:
+    """Create the study, or load it to resume; every worker opens it the same way."""
+    storage = optuna.storages.RDBStorage(
+        plan.storage,
+        heartbeat_interval=HEARTBEAT_S,
+        heartbeat_stale_trial_callback=_fail_stale_trial_run,
+        engine_kwargs={"pool_pre_ping": True},
+    )
+    names = plan.sweep.objective_names
+    try:
+        return optuna.create_study(
+            study_name=plan.study_name,
+            storage=storage,
+            load_if_exists=True,
+            sampler=_sampler(plan, worker),
+            pruner=_pruner(plan.sweep),
+            directions=["minimize"] * len(names),
+        )
+    except ValueError as error:  # an existing study with other directions
+        raise UserInputError(f"--study-name {plan.study_name}: {error}; pass another --study-name") from None
+
+
+def _sampler(plan: Plan, worker: int):
+    seed = plan.data.seed + worker  # workers draw different trials from the same seed
+    if plan.space.sampler == "grid":
+        return optuna.samplers.GridSampler(plan.space.grid(), seed=seed)
+    if plan.space.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    startup = min(10, max(3, plan.sweep.n_trials // 2))  # random trials before TPE models the space
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
+
+
+def _pruner(cfg: SweepConfig):
+    if cfg.pruner == "none" or len(cfg.objective_names) > 1:  # Optuna prunes single objectives only
+        return optuna.pruners.NopPruner()
+    if cfg.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=cfg.eval_every, max_resource=cfg.max_steps)
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+
+
+def _fail_stale_trial_run(study: optuna.Study, trial) -> None:
+    """The MLflow run of a trial whose worker died is ended FAILED, not left RUNNING."""
+    run_id = trial.user_attrs.get(ATTR_RUN_ID)
+    if run_id:
+        reason = "its worker stopped sending heartbeats (killed or crashed)"
+        tracking.fail_run(run_id, reason, **{TAG_TRIAL_STATE: TrialState.FAIL.name})
+
+
+def finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def best_trials(study: optuna.Study) -> list:
+    """The best trial, or for several objectives the Pareto front, best first objective first."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return []
+    if len(study.directions) == 1:
+        return [study.best_trial]
+    return sorted(study.best_trials, key=lambda t: t.values[0])
+
+
+def importances(study: optuna.Study) -> dict[str, float]:
+    """fANOVA importances of the first objective; none until two complete trials differ."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2 or not any(t.params != complete[0].params for t in complete):
+        return {}
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    return optuna.importance.get_param_importances(study, evaluator=evaluator, target=lambda t: t.values[0])

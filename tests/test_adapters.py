@@ -1,0 +1,157 @@
+"""The adapter as an MLflow model: adapter-only artifacts, a base reference, exact round trip;
+many adapters in one model, each answering as it does alone."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+from conftest import PROMPTS, answers, trained_adapter, two_registered_adapters
+from mlflow.exceptions import MlflowException
+
+from lora_study import adapters, serving
+from lora_study.errors import UserInputError
+
+
+def test_the_logged_adapter_reproduces_the_in_process_logits():
+    model, s, run_id, _ = trained_adapter()
+    loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/adapter")
+    served = loaded.unwrap_python_model().model
+    ids = s.tokenizer("def sort(items):\n    return", return_tensors="pt").input_ids
+    model.eval()
+    with torch.no_grad():
+        expected, got = model(ids).logits, served(ids).logits
+    torch.testing.assert_close(got, expected)
+    with torch.no_grad(), model.disable_adapter():
+        base_logits = model(ids).logits
+    assert not torch.allclose(base_logits, expected)  # the adapter changed something
+
+
+def test_the_model_holds_the_adapter_and_a_base_reference_only(tiny):
+    _, s, run_id, info = trained_adapter()
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/adapter"))
+    files = {p.name: p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+    assert "adapter_model.safetensors" in files and "model.safetensors" not in files
+    assert sum(files.values()) < 200_000  # the tiny base alone is 12 MB
+    reference = json.loads(next(folder.rglob(adapters.BASE_REFERENCE)).read_text())
+    assert reference == {
+        "name": "tiny",
+        "sha256": tiny.sha256,
+        "revision": None,
+        "trust_remote_code": False,
+        "quantization": "none",
+        "dtype": str(s.weights_dtype).removeprefix("torch."),
+        "prompt_format": "text",
+    }
+    assert info.metadata["base_model"]["sha256"] == tiny.sha256
+    signature = info.signature
+    assert signature.inputs.input_names() == ["prompt"]
+    assert {p.name for p in signature.params.params} == {"max_new_tokens", "temperature", "top_p"}
+
+
+def test_predict_generates_text_for_each_prompt():
+    _, _, run_id, _ = trained_adapter()
+    loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/adapter")
+    frame = pd.DataFrame({"prompt": ["The list type", "A dict maps"]})
+    answers = loaded.predict(frame, params={"max_new_tokens": 4})
+    assert len(answers) == 2 and all(isinstance(a, str) and a for a in answers)
+    again = loaded.predict(frame, params={"max_new_tokens": 4})
+    assert answers == again  # temperature 0 is greedy
+
+
+def test_a_base_with_other_weights_is_refused(tmp_path):
+    _, _, run_id, _ = trained_adapter()
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/adapter", dst_path=str(tmp_path)))
+    reference_file = next(folder.rglob(adapters.BASE_REFERENCE))
+    reference = json.loads(reference_file.read_text())
+    reference_file.write_text(json.dumps({**reference, "sha256": "0" * 64}))
+    try:
+        mlflow.pyfunc.load_model(str(folder))
+    except Exception as error:  # MLflow may wrap it
+        assert "the adapter was trained on 0000" in str(error)
+    else:
+        raise AssertionError("loaded an adapter onto other base weights")
+
+
+# --- many adapters on one base -------------------------------------------------------------------
+
+
+def test_many_adapters_on_one_base_answer_as_each_adapter_alone():
+    first, second = two_registered_adapters("multi-docs")
+    alone = {
+        "multi-docs@champion": answers(f"runs:/{first}/adapter"),
+        "multi-docs@2": answers(f"runs:/{second}/adapter"),
+    }
+    assert alone["multi-docs@champion"] != alone["multi-docs@2"]  # else selection could not be seen
+    saved = adapters.save_multi_adapter_model(serving.adapter_entries("multi-docs@champion,multi-docs@2"))
+    assert adapters.save_multi_adapter_model(serving.adapter_entries("multi-docs@champion,multi-docs@2")) == saved
+    assert sum(f.stat().st_size for f in saved.rglob("*") if f.is_file()) < 500_000  # adapters, no base
+    model = mlflow.pyfunc.load_model(str(saved))
+    frame = pd.DataFrame({"prompt": PROMPTS})
+    assert model.predict(frame, params={"max_new_tokens": 8}) == alone["multi-docs@champion"]  # the first
+    assert model.predict(frame, params={"max_new_tokens": 8, "adapter": "multi-docs@2"}) == alone["multi-docs@2"]
+    per_row = pd.DataFrame({"prompt": PROMPTS, "adapter": ["multi-docs@2", None, "multi-docs@champion"]})
+    mixed = model.predict(per_row, params={"max_new_tokens": 8, "adapter": "multi-docs@champion"})
+    assert mixed == [alone["multi-docs@2"][0], alone["multi-docs@champion"][1], alone["multi-docs@champion"][2]]
+    peft_model = model.unwrap_python_model().model
+    assert set(peft_model.peft_config) == {"adapter-0", "adapter-1"}  # one base, both adapters beside it
+    with pytest.raises(
+        MlflowException, match=r"unknown adapter 'nope' \(this server has: multi-docs@champion, multi-docs@2\)"
+    ):
+        model.predict(frame, params={"adapter": "nope"})
+
+
+def test_adapters_on_different_bases_are_refused():
+    model, s, _, _ = trained_adapter()
+    with mlflow.start_run() as run:
+        reference = adapters.AdapterReference.of(s.ref, "8bit", s.weights_dtype, "text")
+        adapters.log_adapter(model, reference)
+    _, _, plain, _ = trained_adapter()
+    entries = [("plain", f"runs:/{plain}/adapter"), ("eight", f"runs:/{run.info.run_id}/adapter")]
+    with pytest.raises(
+        UserInputError, match=r"--adapters eight: its base differs from plain's in quantization \(8bit vs none\)"
+    ):
+        adapters.save_multi_adapter_model(entries)
+
+
+def test_the_one_loader_applies_an_adapter_onto_a_loaded_base_as_onto_a_fresh_one(tiny):
+    from lora_study import lora, models
+
+    _, s, run_id, _ = trained_adapter()
+    source = adapters.resolve(f"runs:/{run_id}/adapter")
+    fresh = adapters.load(source, torch.device("cpu"), None)
+    base = models.load_model(tiny, "none", source.reference.torch_dtype)
+    onto = adapters.load(source, torch.device("cpu"), None, onto=base)
+    ids = s.tokenizer("def sort(items):\n    return", return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(onto.model(ids).logits, fresh.model(ids).logits)
+    assert onto.base.sha256 == fresh.base.sha256 == tiny.sha256
+    untouched = models.load_model(tiny, "none", source.reference.torch_dtype).state_dict()
+    detached = lora.detach(base).state_dict()
+    assert detached.keys() == untouched.keys() and all(torch.equal(detached[k], untouched[k]) for k in untouched)
+
+
+def test_a_model_logged_before_the_adapters_module_still_loads(tmp_path):
+    """Older models' code file imports AdapterModel from lora_study.serving."""
+    _, _, run_id, _ = trained_adapter()
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/adapter", dst_path=str(tmp_path)))
+    code = folder / "adapter_model.py"  # MLflow keeps the model's code file beside its MLmodel
+    assert "from lora_study.adapters import AdapterModel" in code.read_text()
+    code.write_text(
+        "import mlflow\nfrom lora_study.serving import AdapterModel\n\nmlflow.models.set_model(AdapterModel())\n"
+    )
+    old = mlflow.pyfunc.load_model(str(folder)).predict(pd.DataFrame({"prompt": PROMPTS}), params={"max_new_tokens": 8})
+    assert old == answers(f"runs:/{run_id}/adapter")
+
+
+def test_a_reference_reads_back_as_written_and_names_what_keeps_bases_apart(tmp_path, tiny):
+    reference = adapters.AdapterReference.of(tiny, "none", torch.bfloat16, "chat")
+    reference.write(tmp_path / "base_model.json")
+    assert adapters.AdapterReference.read(tmp_path / "base_model.json") == reference
+    assert "merged_from" not in json.loads((tmp_path / "base_model.json").read_text())
+    assert reference.torch_dtype is torch.bfloat16 and reference.weights == "bfloat16"
+    quantized = adapters.AdapterReference.of(tiny, "4bit", torch.float32, "text")
+    assert quantized.weights == "quantized"
+    assert quantized.differences(reference) == ["quantization", "dtype"]  # the prompt format may differ

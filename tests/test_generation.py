@@ -1,0 +1,51 @@
+"""The prompt suite and ROUGE-L: prompts cut from test rows or read from a file, scored answers."""
+
+import re
+
+import pytest
+from conftest import alpaca_records, write_jsonl
+
+from lora_study import data, generation
+from lora_study.config import DataConfig
+from lora_study.errors import UserInputError
+
+
+def test_prompts_from_instruction_rows_are_the_prompt_and_its_answer(tmp_path, tiny, tokenizer):
+    dataset = write_jsonl(tmp_path / "alpaca.jsonl", alpaca_records(40))
+    prepared = data.prepare(DataConfig(dataset=str(dataset), seq_len=128), tiny, tokenizer)[0]
+    prompts = generation.prompts_from_rows(prepared.rows("test"), "instruction", tokenizer, 100, 16)
+    assert len(prompts) == prepared.meta["counts"]["test_documents"]
+    for prompt in prompts:
+        assert prompt.text.startswith("Below is an instruction") and prompt.text.endswith("### Response:\n")
+        assert re.fullmatch(r"Animal \d+ is a \w+\.", prompt.reference)
+        assert tokenizer.decode(prompt.ids) == prompt.text
+
+
+def test_prompts_from_text_rows_are_the_first_tokens_and_what_follows(tiny, tokenizer):
+    prepared = data.prepare(DataConfig(max_samples=15, seq_len=64), tiny, tokenizer)[0]
+    rows = prepared.rows("test")
+    prompts = generation.prompts_from_rows(rows, "text", tokenizer, 2, 8)
+    assert len(prompts) == 2
+    assert prompts[0].ids == rows[0]["input_ids"][: generation.TEXT_PROMPT_TOKENS]
+    assert prompts[0].reference == tokenizer.decode(rows[0]["input_ids"][32:40], skip_special_tokens=True).strip()
+
+
+def test_a_prompt_file_is_read_and_wrapped_like_the_training_data(tmp_path, tokenizer):
+    (tmp_path / "p.txt").write_text("Name a fruit.\n\nName a colour.\n")
+    prompts = generation.read_prompts(str(tmp_path / "p.txt"), tokenizer, "instruction", 10)
+    assert [p.reference for p in prompts] == [None, None]
+    assert prompts[1].text.endswith("### Instruction:\nName a colour.\n\n### Response:\n")
+    (tmp_path / "p.jsonl").write_text('{"prompt": "2+2?", "reference": "4"}\n{"prompt": 3}\n')
+    with pytest.raises(UserInputError, match=r"p.jsonl, line 2: needs a string field `prompt`"):
+        generation.read_prompts(str(tmp_path / "p.jsonl"), tokenizer, "text", 10)
+    (tmp_path / "p.jsonl").write_text('{"prompt": "2+2?", "reference": "4"}\n')
+    (prompt,) = generation.read_prompts(str(tmp_path / "p.jsonl"), tokenizer, "text", 10)
+    assert (prompt.text, prompt.reference) == ("2+2?", "4")
+
+
+def test_rouge_l_is_the_lcs_f1_over_words():
+    assert generation.rouge_l("The cat sat.", "the cat sat") == 1.0
+    assert generation.rouge_l("the cat ate", "the cat sat") == pytest.approx(2 / 3)
+    # LCS "a c" of "a b c d" and "a c e": precision 2/4, recall 2/3
+    assert generation.rouge_l("a b c d", "a c e") == pytest.approx(2 * (1 / 2) * (2 / 3) / (1 / 2 + 2 / 3))
+    assert generation.rouge_l("", "x") == 0.0 and generation.rouge_l("y", "x") == 0.0

@@ -1,0 +1,105 @@
+"""The trials frame, the Pareto front and the study's figures, checked on the data they draw."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from lora_study import plots
+
+# (trial number, state, rank, target modules, eval perplexity, peak memory MB), as tags/params/metrics hold them
+TRIALS = [
+    ("3", "COMPLETE", "16", "qv", 9.0, 150.0),
+    ("0", "COMPLETE", "4", "qv", 12.0, 100.0),
+    ("10", None, "8", "qv", None, None),  # still running: no state tag, no final metrics
+    ("1", "COMPLETE", "8", "all-linear", 8.0, 200.0),
+    ("2", "PRUNED", "32", "qkvo", 30.0, 120.0),
+    ("4", "COMPLETE", "32", "all-linear", 11.0, 260.0),  # beaten by trial 1 on both
+    ("5", "COMPLETE", "4", "qkvo", 7.5, 400.0),
+]
+
+
+def search_runs(trials=TRIALS) -> pd.DataFrame:
+    """What mlflow.search_runs answers for these trial runs (with columns the frame ignores)."""
+    return pd.DataFrame(
+        {
+            "run_id": [f"run-{number}" for number, *_ in trials],
+            "status": ["FINISHED"] * len(trials),
+            "tags.trial_number": [number for number, *_ in trials],
+            "tags.trial_state": [state for _, state, *_ in trials],
+            "tags.mlflow.runName": [f"trial-{number}" for number, *_ in trials],
+            "params.rank": [rank for _, _, rank, *_ in trials],
+            "params.alpha": ["16.0"] * len(trials),
+            "params.target_modules": [modules for _, _, _, modules, *_ in trials],
+            "params.seq_len": ["256"] * len(trials),
+            "metrics.eval_perplexity": [ppl for *_, ppl, _ in trials],
+            "metrics.peak_memory_mb": [memory for *_, memory in trials],
+        }
+    )
+
+
+@pytest.fixture
+def frame():
+    return plots.trials_frame(search_runs())
+
+
+def test_pareto_front_keeps_the_rows_nothing_beats():
+    points = pd.DataFrame(
+        {
+            "mem": [100, 100, 200, 200, 300, 300, 150, 400, 50, 250, np.nan],
+            "ppl": [10, 12, 8, 8, 9, 9, 9, 7, 20, 8, 1],
+        },
+        index=list("ABCDEFGHJKN"),
+    )
+    front = plots.pareto_front(points, "mem", "ppl")
+    # B: same memory as A, worse; E, F (a duplicate): beaten by C; K: as good as C, more memory; N: no memory
+    assert set(front.index) == set("JAGCDH")  # C and D tie: neither beats the other
+    assert front["mem"].tolist() == [50, 100, 150, 200, 200, 400]
+    assert front["ppl"].tolist() == [20, 10, 9, 8, 8, 7]
+
+
+def test_trials_frame_has_one_typed_row_per_trial_by_number(frame):
+    assert frame["trial_number"].tolist() == [0, 1, 2, 3, 4, 5, 10]
+    assert frame["trial_number"].dtype.kind == "i"
+    assert frame["rank"].tolist() == [4, 8, 32, 16, 32, 4, 8] and frame["rank"].dtype.kind in "if"
+    assert frame["run_id"].tolist() == [f"run-{n}" for n in (0, 1, 2, 3, 4, 5, 10)]
+    assert frame["trial_state"].tolist()[-1] == "RUNNING"
+    assert frame["target_modules"].tolist()[:2] == ["qv", "all-linear"]
+    assert frame["peak_memory_mb"].tolist()[:2] == [100.0, 200.0]
+    assert frame["train_tokens_per_s"].isna().all()  # a metric no run logged
+    assert "seq_len" not in frame.columns and "learning_rate" not in frame.columns
+
+
+def test_has_complete(frame):
+    assert plots.has_complete(frame)
+    assert not plots.has_complete(frame[frame.trial_state != "COMPLETE"])
+
+
+def test_study_figures_are_the_three_named_figures(frame):
+    figures = plots.study_figures(frame)
+    assert list(figures) == ["perplexity_by_rank", "perplexity_vs_memory", "optimization_history"]
+    assert all(isinstance(figure, Figure) for figure in figures.values())
+
+
+def test_perplexity_vs_memory_draws_the_pareto_front_of_complete_trials(frame):
+    [ax] = plots.perplexity_vs_memory(frame).axes
+    [line] = [line for line in ax.get_lines() if line.get_label() == "Pareto front"]
+    # trial 2 (pruned) would beat trial 0 on memory: only complete trials count
+    assert np.asarray(line.get_xdata(), float).tolist() == [100.0, 150.0, 200.0, 400.0]
+    assert np.asarray(line.get_ydata(), float).tolist() == [12.0, 9.0, 8.0, 7.5]
+
+
+def test_optimization_history_draws_the_best_so_far(frame):
+    [ax] = plots.optimization_history(frame).axes
+    [line] = [line for line in ax.get_lines() if line.get_label() == "best so far"]
+    assert np.asarray(line.get_xdata(), float).tolist() == [0, 1, 3, 4, 5]
+    assert np.asarray(line.get_ydata(), float).tolist() == [12.0, 8.0, 8.0, 8.0, 7.5]
+
+
+def test_parameter_importances_draws_one_bar_per_parameter():
+    importances = {"rank": 0.6, "learning_rate": 0.3, "target_modules": 0.1}
+    [ax] = plots.parameter_importances(importances).axes
+    names = [label.get_text() for label in ax.get_yticklabels()]
+    widths = {names[round(bar.get_y() + bar.get_height() / 2)]: bar.get_width() for bar in ax.patches}
+    assert widths == pytest.approx(importances)
+    assert len(ax.patches) == 3

@@ -1,0 +1,74 @@
+"""A sweep worker: the base loaded once, every trial on the pristine base, and the test metrics
+of a trial's adapter measured on that base."""
+
+import mlflow
+import pytest
+import torch
+from conftest import runs
+
+from lora_study import search_space, study, trials
+from lora_study.config import BaseModelConfig, DataConfig, SweepConfig
+from lora_study.losses import mean_loss
+
+SPACE = """
+space:
+  rank: [4, 8]
+  alpha: {per_rank: 2}
+  target_modules: [qv, all-linear]
+  learning_rate: 0.05
+  batch_size: 4
+"""
+
+
+def worker_plan(tmp_path, experiment_id) -> study.Plan:
+    (tmp_path / "space.yaml").write_text(SPACE)
+    return study.Plan(
+        DataConfig(max_samples=15, seq_len=32),
+        BaseModelConfig(base_model="tiny"),
+        SweepConfig(max_steps=3, eval_every=3, pruner="none"),
+        search_space.load(str(tmp_path / "space.yaml")),
+        "pristine",
+        f"sqlite:///{tmp_path}/optuna.db",
+        experiment_id=experiment_id,
+    )
+
+
+def test_each_trial_starts_from_the_pristine_base(tmp_path, mlflow_experiment):
+    plan = worker_plan(tmp_path, mlflow_experiment)
+    worker = trials.Worker(plan)
+    base = worker.bases["none"]
+    pristine = {name: tensor.clone() for name, tensor in base.state_dict().items()}
+    created = study.open_study(plan)
+    created.enqueue_trial({"rank": 8, "target_modules": "all-linear"})
+    created.enqueue_trial({"rank": 4, "target_modules": "qv"})
+    created.optimize(worker.objective, n_trials=2)
+    assert worker.bases["none"] is base and type(base).__name__ == "LlamaForCausalLM"
+    assert not any("lora" in name for name, _ in base.named_modules()) and "peft_config" not in vars(base)
+    after = base.state_dict()
+    assert after.keys() == pristine.keys() and all(torch.equal(after[k], pristine[k]) for k in pristine)
+    # and it still computes what trial 0 measured on it at step 0, before any adapter
+    (trial_run,) = [r for r in runs(mlflow_experiment) if r.data.tags["trial_number"] == "0"]
+    step0 = next(
+        m.value for m in mlflow.MlflowClient().get_metric_history(trial_run.info.run_id, "eval_loss") if m.step == 0
+    )
+    s = worker.setup
+    again = mean_loss(base, s.prepared.rows("validation"), 4, s.tokenizer.pad_token_id, s.dtype)
+    assert again == pytest.approx(step0, rel=1e-6)
+
+
+def test_test_metrics_of_a_trial_match_the_evaluation_of_its_logged_adapter(tmp_path, mlflow_experiment):
+    from lora_study import adapters, evaluation
+
+    worker = trials.Worker(worker_plan(tmp_path, mlflow_experiment))
+    created = study.open_study(worker.plan)
+    created.enqueue_trial({"rank": 8, "target_modules": "qv"})
+    created.optimize(worker.objective, n_trials=1)
+    run_id = created.trials[0].user_attrs[study.ATTR_RUN_ID]
+    measured = worker.test_metrics(run_id)
+    source = adapters.resolve(f"runs:/{run_id}/adapter")
+    s = worker.setup
+    loaded = adapters.load(source, s.device, s.dtype)
+    alone = evaluation.evaluate_adapter(loaded.model, s.tokenizer, s.prepared.rows("test"), [], 8, 0, s.dtype)
+    assert float(measured["test_perplexity"]) == pytest.approx(alone.metrics["test_perplexity"], rel=1e-4)
+    assert float(measured["base_test_perplexity"]) == pytest.approx(alone.metrics["base_test_perplexity"], rel=1e-4)
+    assert not any("lora" in name for name, _ in worker.bases["none"].named_modules())  # detached again
