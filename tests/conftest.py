@@ -32,6 +32,8 @@ def cache_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora-study-cache")
     with pytest.MonkeyPatch.context() as session_patch:
         session_patch.setenv("LORA_STUDY_CACHE", str(root))
+        # a run that logs system metrics waits up to one sampling interval (10 s) as it ends
+        session_patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
         yield root
 
 
@@ -164,6 +166,15 @@ def trained_adapter(adapter=AdapterConfig()):
         reference = adapters.AdapterReference.of(s.ref, adapter.quantization, s.weights_dtype, "text")
         info = adapters.log_adapter(model, reference)
     return model, s, run.info.run_id, info
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tracking_uri, tmp_path_factory):
+    """One `trained_adapter()` for the tests that only read it: (PeftModel, setup, run id, model info)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    artifacts = tmp_path_factory.mktemp("tiny-adapter") / "artifacts"
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("tiny-adapter", str(artifacts)))
+    return trained_adapter()
 
 
 def two_registered_adapters(name: str) -> tuple[str, str]:

@@ -8,15 +8,15 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from conftest import PROMPTS, answers, trained_adapter, two_registered_adapters
+from conftest import PROMPTS, answers, two_registered_adapters
 from mlflow.exceptions import MlflowException
 
 from lora_study import adapters, serving
 from lora_study.errors import UserInputError
 
 
-def test_the_logged_adapter_reproduces_the_in_process_logits():
-    model, s, run_id, _ = trained_adapter()
+def test_the_logged_adapter_reproduces_the_in_process_logits(tiny_adapter):
+    model, s, run_id, _ = tiny_adapter
     loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/adapter")
     served = loaded.unwrap_python_model().model
     ids = s.tokenizer("def sort(items):\n    return", return_tensors="pt").input_ids
@@ -29,8 +29,8 @@ def test_the_logged_adapter_reproduces_the_in_process_logits():
     assert not torch.allclose(base_logits, expected)  # the adapter changed something
 
 
-def test_the_model_holds_the_adapter_and_a_base_reference_only(tiny):
-    _, s, run_id, info = trained_adapter()
+def test_the_model_holds_the_adapter_and_a_base_reference_only(tiny, tiny_adapter):
+    _, s, run_id, info = tiny_adapter
     folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/adapter"))
     files = {p.name: p.stat().st_size for p in folder.rglob("*") if p.is_file()}
     assert "adapter_model.safetensors" in files and "model.safetensors" not in files
@@ -51,8 +51,8 @@ def test_the_model_holds_the_adapter_and_a_base_reference_only(tiny):
     assert {p.name for p in signature.params.params} == {"max_new_tokens", "temperature", "top_p"}
 
 
-def test_predict_generates_text_for_each_prompt():
-    _, _, run_id, _ = trained_adapter()
+def test_predict_generates_text_for_each_prompt(tiny_adapter):
+    _, _, run_id, _ = tiny_adapter
     loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/adapter")
     frame = pd.DataFrame({"prompt": ["The list type", "A dict maps"]})
     answers = loaded.predict(frame, params={"max_new_tokens": 4})
@@ -61,8 +61,8 @@ def test_predict_generates_text_for_each_prompt():
     assert answers == again  # temperature 0 is greedy
 
 
-def test_a_base_with_other_weights_is_refused(tmp_path):
-    _, _, run_id, _ = trained_adapter()
+def test_a_base_with_other_weights_is_refused(tmp_path, tiny_adapter):
+    _, _, run_id, _ = tiny_adapter
     folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/adapter", dst_path=str(tmp_path)))
     reference_file = next(folder.rglob(adapters.BASE_REFERENCE))
     reference = json.loads(reference_file.read_text())
@@ -103,12 +103,12 @@ def test_many_adapters_on_one_base_answer_as_each_adapter_alone():
         model.predict(frame, params={"adapter": "nope"})
 
 
-def test_adapters_on_different_bases_are_refused():
-    model, s, _, _ = trained_adapter()
+def test_adapters_on_different_bases_are_refused(tiny_adapter):
+    model, s, _, _ = tiny_adapter
     with mlflow.start_run() as run:
         reference = adapters.AdapterReference.of(s.ref, "8bit", s.weights_dtype, "text")
         adapters.log_adapter(model, reference)
-    _, _, plain, _ = trained_adapter()
+    _, _, plain, _ = tiny_adapter
     entries = [("plain", f"runs:/{plain}/adapter"), ("eight", f"runs:/{run.info.run_id}/adapter")]
     with pytest.raises(
         UserInputError, match=r"--adapters eight: its base differs from plain's in quantization \(8bit vs none\)"
@@ -116,10 +116,10 @@ def test_adapters_on_different_bases_are_refused():
         adapters.save_multi_adapter_model(entries)
 
 
-def test_the_one_loader_applies_an_adapter_onto_a_loaded_base_as_onto_a_fresh_one(tiny):
+def test_the_one_loader_applies_an_adapter_onto_a_loaded_base_as_onto_a_fresh_one(tiny, tiny_adapter):
     from lora_study import lora, models
 
-    _, s, run_id, _ = trained_adapter()
+    _, s, run_id, _ = tiny_adapter
     source = adapters.resolve(f"runs:/{run_id}/adapter")
     fresh = adapters.load(source, torch.device("cpu"), None)
     base = models.load_model(tiny, "none", source.reference.torch_dtype)
@@ -133,9 +133,9 @@ def test_the_one_loader_applies_an_adapter_onto_a_loaded_base_as_onto_a_fresh_on
     assert detached.keys() == untouched.keys() and all(torch.equal(detached[k], untouched[k]) for k in untouched)
 
 
-def test_a_model_logged_before_the_adapters_module_still_loads(tmp_path):
+def test_a_model_logged_before_the_adapters_module_still_loads(tmp_path, tiny_adapter):
     """Older models' code file imports AdapterModel from lora_study.serving."""
-    _, _, run_id, _ = trained_adapter()
+    _, _, run_id, _ = tiny_adapter
     folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/adapter", dst_path=str(tmp_path)))
     code = folder / "adapter_model.py"  # MLflow keeps the model's code file beside its MLmodel
     assert "from lora_study.adapters import AdapterModel" in code.read_text()

@@ -37,6 +37,21 @@ def test_presets_name_the_modules_of_the_tiny_llama(base, preset, expected):
     assert lora.resolve_targets(base, preset) == expected
 
 
+@pytest.mark.parametrize(
+    "preset, wrapped",
+    [
+        ("qkvo", set(ATTENTION)),
+        ("mlp", set(MLP)),
+        ("all-linear", set(ATTENTION + MLP)),
+        ("k_proj,down_proj", {"k_proj", "down_proj"}),
+    ],
+)
+def test_attach_wraps_exactly_the_modules_a_preset_names(tiny, preset, wrapped):
+    model = lora.attach(models.load_model(tiny), AdapterConfig(target_modules=preset), seed=0)
+    adapted = {name.rsplit(".", 1)[1] for name, module in model.named_modules() if hasattr(module, "lora_A")}
+    assert adapted == wrapped
+
+
 def test_all_linear_is_left_to_peft(base):
     assert lora.resolve_targets(base, "all-linear") == "all-linear"
 

@@ -38,25 +38,6 @@ def final(run, metric):
 # --- option families -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "preset, wrapped",
-    [
-        ("q", {"q_proj"}),
-        ("v", {"v_proj"}),
-        ("qv", {"q_proj", "v_proj"}),
-        ("qkvo", {"q_proj", "k_proj", "v_proj", "o_proj"}),
-        ("attention", {"q_proj", "k_proj", "v_proj", "o_proj"}),
-        ("mlp", {"gate_proj", "up_proj", "down_proj"}),
-        ("all-linear", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
-        ("k_proj,down_proj", {"k_proj", "down_proj"}),
-    ],
-)
-def test_target_module_presets(preset, wrapped):
-    model, _ = fine_tune(AdapterConfig(target_modules=preset), max_steps=1)
-    adapted = {name.rsplit(".", 1)[1] for name, module in model.named_modules() if hasattr(module, "lora_A")}
-    assert adapted == wrapped
-
-
 def test_an_unknown_target_module_lists_the_models_modules():
     with pytest.raises(UserInputError) as caught:
         fine_tune(AdapterConfig(target_modules="q_proj,query"), max_steps=1)

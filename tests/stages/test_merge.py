@@ -7,7 +7,7 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from conftest import runs, trained_adapter
+from conftest import runs
 from transformers import AutoModelForCausalLM
 
 from lora_study import cli, evaluation, registry
@@ -15,8 +15,8 @@ from lora_study.config import MergeConfig
 from lora_study.stages.merge import run_merge
 
 
-def test_merge_logs_and_writes_a_plain_model_that_answers_as_the_adapter(tmp_path, mlflow_experiment):
-    adapter, s, run_id, _ = trained_adapter()
+def test_merge_logs_and_writes_a_plain_model_that_answers_as_the_adapter(tmp_path, mlflow_experiment, tiny_adapter):
+    adapter, s, run_id, _ = tiny_adapter
     out = tmp_path / "merged"
     merge_run = run_merge(
         MergeConfig(model_uri=f"runs:/{run_id}/adapter", output_dir=str(out), registered_model="merged-docs")
@@ -57,8 +57,8 @@ def test_merge_logs_and_writes_a_plain_model_that_answers_as_the_adapter(tmp_pat
     assert reference["merged_from"] == f"runs:/{run_id}/adapter" and reference["quantization"] == "none"
 
 
-def test_a_merge_outside_tolerance_is_refused_and_not_logged(monkeypatch, mlflow_experiment, capsys):
-    _, s, run_id, _ = trained_adapter()
+def test_a_merge_outside_tolerance_is_refused_and_not_logged(monkeypatch, mlflow_experiment, capsys, tiny_adapter):
+    _, s, run_id, _ = tiny_adapter
     for weights in evaluation.MERGE_TOLERANCE_PCT:
         monkeypatch.setitem(evaluation.MERGE_TOLERANCE_PCT, weights, -1.0)  # any difference is too much
     capsys.readouterr()
@@ -79,12 +79,14 @@ def test_a_merge_outside_tolerance_is_refused_and_not_logged(monkeypatch, mlflow
         (["runs:/0123456789abcdef/adapter"], "--model-uri runs:/0123456789abcdef/adapter: "),
     ],
 )
-def test_bad_merge_input_is_one_line_and_nothing_is_touched(argv, expected, tmp_path, mlflow_experiment, capsys):
+def test_bad_merge_input_is_one_line_and_nothing_is_touched(
+    argv, expected, tmp_path, mlflow_experiment, capsys, tiny_adapter
+):
     user_folder = tmp_path / "mine"
     user_folder.mkdir()
     (user_folder / "notes.txt").write_text("keep me")
     if "ADAPTER" in argv:
-        argv = [f"runs:/{trained_adapter()[2]}/adapter" if a == "ADAPTER" else a for a in argv]
+        argv = [f"runs:/{tiny_adapter[2]}/adapter" if a == "ADAPTER" else a for a in argv]
     argv = [str(user_folder) if a == "USER_FOLDER" else a for a in argv]
     capsys.readouterr()
     assert cli.main(["merge", *argv]) == 2

@@ -16,7 +16,6 @@ from conftest import (
     printed,
     run_printed_curl,
     server_process,
-    trained_adapter,
     two_registered_adapters,
 )
 
@@ -24,12 +23,12 @@ from lora_study import cli
 
 
 @pytest.fixture(scope="module")
-def server(tracking_uri, tmp_path_factory):
+def server(tracking_uri, tmp_path_factory, tiny_adapter):
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(
         experiment_id=mlflow.create_experiment("serving-http", str(tmp_path_factory.mktemp("serving") / "artifacts"))
     )
-    _, _, run_id, _ = trained_adapter()
+    _, _, run_id, _ = tiny_adapter
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "LORA_STUDY_MAX_NEW_TOKENS": "100"}
     argv = [
@@ -136,8 +135,8 @@ def test_serve_prints_the_url_the_adapters_and_a_curl_command_that_works(multi_s
 
 
 @pytest.mark.slow
-def test_serve_shortcut_serves_one_model_uri(tracking_uri, tmp_path):
-    _, _, run_id, _ = trained_adapter()
+def test_serve_shortcut_serves_one_model_uri(tracking_uri, tmp_path, tiny_adapter):
+    _, _, run_id, _ = tiny_adapter
     log = tmp_path / "stdout.txt"
     with lora_study_serve([f"runs:/{run_id}/adapter"], tracking_uri, log) as url:
         text = printed(log, url)

@@ -73,6 +73,7 @@ def load_study(tmp_path, name="s"):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/optuna.db")
 
 
+@pytest.mark.slow  # a whole multi-trial sweep
 def test_a_sweep_is_a_parent_run_with_a_nested_run_per_trial(tmp_path, mlflow_experiment, capsys):
     assert cli.main(sweep_argv(tmp_path, "--pruner", "none")) == 0
     (parent,), trials = parent_and_trials(mlflow_experiment)
@@ -111,6 +112,7 @@ def test_a_sweep_is_a_parent_run_with_a_nested_run_per_trial(tmp_path, mlflow_ex
     assert "mlflow ui --backend-store-uri" in out and f"models:/{registered(tmp_path)}@challenger" in out
 
 
+@pytest.mark.slow  # a whole multi-trial sweep
 def test_a_trial_behind_the_median_is_pruned_and_recorded(tmp_path, mlflow_experiment):
     good = {"rank": 8, "target_modules": "qv", "learning_rate": 0.02}
     created = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/optuna.db")
@@ -125,6 +127,7 @@ def test_a_trial_behind_the_median_is_pruned_and_recorded(tmp_path, mlflow_exper
     assert load_study(tmp_path).trials[3].state == optuna.trial.TrialState.PRUNED
 
 
+@pytest.mark.slow  # a whole multi-trial sweep
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, mlflow_experiment, monkeypatch):
     fine_tune = training.fine_tune
 
@@ -144,6 +147,7 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, mlflow_expe
     assert parent.info.status == "FINISHED"
 
 
+@pytest.mark.slow  # a whole multi-trial sweep
 def test_several_objectives_keep_and_register_the_pareto_front(tmp_path, mlflow_experiment):
     argv = sweep_argv(tmp_path, "--objectives", "perplexity,trainable_params", n_trials=5)
     assert cli.main(argv) == 0
