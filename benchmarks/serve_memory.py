@@ -145,6 +145,8 @@ def main():
     os.environ.update(env)
     os.chdir(folder)
     make_adapters(max(counts), args)
+    from lora_study import serving
+
     rows = []
     for count in counts:
         names = [f"{NAME}@{i}" for i in range(1, count + 1)]
@@ -156,24 +158,7 @@ def main():
             env,
         )
         ports = list(range(args.first_port + 1, args.first_port + 1 + count))
-        argvs = [
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "models",
-                "serve",
-                "-m",
-                f"models:/{NAME}/{i}",
-                "--env-manager",
-                "local",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(p),
-            ]
-            for i, p in zip(range(1, count + 1), ports)
-        ]
+        argvs = [serving.server_argv(f"models:/{NAME}/{i}", "127.0.0.1", p) for i, p in zip(range(1, count + 1), ports)]
         separate = measure(argvs, ports, [[None]] * count, env)
         rows.append((count, one, separate))
         print(count, one, separate, flush=True)

@@ -7,6 +7,7 @@ which the MLflow model (`lora_study.adapters.AdapterModel`) turns into HTTP 400.
 """
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,16 @@ def __getattr__(name: str):
 
         return AdapterModel
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def server_argv(model_uri: str, host: str, port: int) -> list[str]:
+    """The command of an MLflow scoring server on `model_uri`, in this Python environment."""
+    return [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"] + [
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
 
 
 class BadRequest(ValueError):

@@ -43,21 +43,7 @@ def run_serve(cfg: ServeConfig) -> None:
         usage(url, cfg.model_uri or cfg.adapters, names),
     ]
     subprocess.run(ready, check=True)
-    argv = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        model_uri,
-        "--env-manager",
-        "local",
-        "--host",
-        cfg.host,
-        "--port",
-        str(cfg.port),
-    ]
+    argv = serving.server_argv(model_uri, cfg.host, cfg.port)
     # mlflow starts `uvicorn` by name: find it beside this Python even when its venv is not activated.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = {**os.environ, "PATH": path, serving.MAX_NEW_TOKENS_ENV: str(cfg.max_new_tokens_limit)}

@@ -45,11 +45,7 @@ def test_evaluate_logs_its_metrics_and_table_in_a_run_linked_to_the_model(adapte
         "evaluate",
         "--model-uri",
         f"runs:/{adapter_run}/adapter",
-        "--max-prompts",
-        "3",
-        "--max-new-tokens",
-        "6",
-        "--merged",
+        *"--max-prompts 3 --max-new-tokens 6 --merged".split(),
     ]
     assert cli.main(argv) == 0
     (run,) = runs(mlflow_experiment)
@@ -86,17 +82,8 @@ def test_a_registered_version_is_tagged_with_the_headline_metrics(adapter_run, m
 
 def test_a_base_model_alone_is_its_own_baseline(adapter_run, mlflow_experiment):
     prepared = loaded_adapter(adapter_run)[1].prepared
-    argv = [
-        "evaluate",
-        "--model-uri",
-        "base:tiny",
-        "--data",
-        str(prepared.path),
-        "--max-prompts",
-        "2",
-        "--max-new-tokens",
-        "4",
-    ]
+    argv = ["evaluate", "--model-uri", "base:tiny", "--data", str(prepared.path), "--max-prompts", "2"]
+    argv += ["--max-new-tokens", "4"]
     assert cli.main(argv) == 0
     (run,) = runs(mlflow_experiment)
     metrics = run.data.metrics

@@ -3,7 +3,6 @@ requests, still serving), and `lora-study serve` on one model or many adapters."
 
 import os
 import socket
-import sys
 
 import mlflow
 import pytest
@@ -19,7 +18,7 @@ from conftest import (
     two_registered_adapters,
 )
 
-from lora_study import cli
+from lora_study import cli, serving
 
 
 @pytest.fixture(scope="module")
@@ -31,21 +30,7 @@ def server(tracking_uri, tmp_path_factory, tiny_adapter):
     _, _, run_id, _ = tiny_adapter
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "LORA_STUDY_MAX_NEW_TOKENS": "100"}
-    argv = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        f"runs:/{run_id}/adapter",
-        "--env-manager",
-        "local",
-        "--host",
-        "127.0.0.1",
-        "-p",
-        str(port),
-    ]
+    argv = serving.server_argv(f"runs:/{run_id}/adapter", "127.0.0.1", port)
     url = f"http://127.0.0.1:{port}"
     with server_process(argv, f"{url}/ping", 180, env):
         yield url
@@ -74,7 +59,7 @@ def test_prompts_get_generated_answers_in_either_payload(server):
         ({"inputs": {"prompt": ["x"]}, "params": {"top_p": 1.5}}, "top_p must be in (0, 1] (got 1.5)"),
         ({"inputs": {"prompt": ["x"]}, "params": {"temperature": -1.0}}, "temperature must be 0 (greedy) to 10"),
         ({"inputs": {"prompt": [""]}}, "every `prompt` must be a non-empty string"),
-        ({"dataframe_records": [{"text": "x"}]}, "the input needs a `prompt` column (got columns: text)"),
+        ({"dataframe_records": [{"text": "x"}]}, "Model is missing inputs ['prompt']"),
         ({"inputs": {"prompt": ["word " * 3000]}, "params": {"max_new_tokens": 8}}, "over the model's 2048 positions"),
     ],
 )

@@ -36,25 +36,9 @@ def space_file(tmp_path, sampler="random", learning_rate="[0.02, 0.000001]"):
 
 
 def sweep_argv(tmp_path, *extra, n_trials=4, config=None):
-    return [
-        "sweep",
-        *TINY,
-        "--config",
-        config or space_file(tmp_path),
-        "--n-trials",
-        str(n_trials),
-        "--max-steps",
-        "4",
-        "--eval-every",
-        "2",
-        "--storage",
-        f"sqlite:///{tmp_path}/optuna.db",
-        "--study-name",
-        "s",
-        "--registered-model",
-        registered(tmp_path),
-        *extra,
-    ]
+    argv = ["sweep", *TINY, "--config", config or space_file(tmp_path), "--n-trials", str(n_trials)]
+    argv += ["--max-steps", "4", "--eval-every", "2", "--storage", f"sqlite:///{tmp_path}/optuna.db"]
+    return argv + ["--study-name", "s", "--registered-model", registered(tmp_path), *extra]
 
 
 def registered(tmp_path) -> str:

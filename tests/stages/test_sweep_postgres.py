@@ -73,16 +73,11 @@ def tracking_server(tmp_path_factory):
     port = free_port()
     argv = [
         sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
+        *"-m mlflow server --host 127.0.0.1 --port".split(),
         str(port),
-        "--backend-store-uri",
+        *"--backend-store-uri".split(),
         f"sqlite:///{folder}/mlflow.db",
-        "--default-artifact-root",
+        *"--default-artifact-root".split(),
         str(folder / "artifacts"),
     ]
     url = f"http://127.0.0.1:{port}"
@@ -93,32 +88,9 @@ def tracking_server(tmp_path_factory):
 def test_two_workers_on_postgresql_complete_the_study_without_lost_or_duplicate_trials(
     postgres, tracking_server, tmp_path
 ):
-    argv = [
-        sys.executable,
-        "-m",
-        "lora_study",
-        "sweep",
-        "--base-model",
-        "tiny",
-        "--max-samples",
-        "15",
-        "--seq-len",
-        "32",
-        "--n-trials",
-        "6",
-        "--max-steps",
-        "4",
-        "--eval-every",
-        "2",
-        "--n-workers",
-        "2",
-        "--study-name",
-        "shared",
-        "--storage",
-        postgres,
-        "--registered-model",
-        "shared-adapters",
-    ]
+    argv = [sys.executable, "-m", "lora_study", "sweep", *"--base-model tiny --max-samples 15 --seq-len 32".split()]
+    argv += [*"--n-trials 6 --max-steps 4 --eval-every 2 --n-workers 2".split(), "--study-name", "shared"]
+    argv += ["--storage", postgres, "--registered-model", "shared-adapters"]
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_server}
     env.pop("MLFLOW_EXPERIMENT_ID", None)
     done = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
