@@ -181,25 +181,25 @@ def load(source: ModelSource, device: torch.device, dtype: torch.dtype | None, o
         ref = models.resolve(source.base_model)
         model, _ = models.load_base(ref, "none", dtype, device)
         return LoadedModel(model.eval(), models.load_tokenizer(ref), ref, source)
-    reference = source.reference
-    ref = reference.base()
-    base = onto if onto is not None else models.load_model(ref, reference.quantization, reference.torch_dtype)
-    model = with_adapters(base, {KEY_ADAPTER: source.adapter_dir})
-    if reference.quantization == "none":
+    model, tokenizer, ref = load_with_adapters(source.reference, {KEY_ADAPTER: source.adapter_dir}, onto)
+    if source.reference.quantization == "none":
         model.to(device)
-    return LoadedModel(model, models.load_tokenizer(ref), ref, source)
+    return LoadedModel(model, tokenizer, ref, source)
 
 
-def with_adapters(base, folders: dict[str, str]):
-    """`base` with every adapter (PEFT name -> folder) beside it, the first active."""
+def load_with_adapters(reference: AdapterReference, folders: dict[str, str], onto=None):
+    """The base `reference` names, resolved once and loaded (or `onto`, already loaded), with every
+    adapter (PEFT name -> folder) beside it, the first active; its tokenizer; the resolved base."""
     from peft import PeftModel
 
+    ref = reference.base()
+    base = onto if onto is not None else models.load_model(ref, reference.quantization, reference.torch_dtype)
     (first, folder), *others = folders.items()
     model = PeftModel.from_pretrained(base, folder, adapter_name=first)
     for name, other in others:
         model.load_adapter(other, adapter_name=name)
     model.set_adapter(first)
-    return model.eval()
+    return model.eval(), models.load_tokenizer(ref), ref
 
 
 def load_merged(folder: str, reference: AdapterReference):
@@ -330,9 +330,7 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         else:
             self.adapters = _served_adapters(artifacts, self.reference)
             folders = {adapter.key: artifacts[adapter.key] for adapter in self.adapters.values()}
-            ref = self.reference.base()
-            base = models.load_model(ref, self.reference.quantization, self.reference.torch_dtype)
-            self.model, self.tokenizer = with_adapters(base, folders), models.load_tokenizer(ref)
+            self.model, self.tokenizer, _ = load_with_adapters(self.reference, folders)
         # The server runs requests in threads; the active adapter is model state, so one at a time.
         self.lock = threading.Lock()
 
