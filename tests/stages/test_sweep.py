@@ -16,6 +16,7 @@ from lora_study import cli, training
 from lora_study import study as sweep_study
 from lora_study.errors import UserInputError
 from lora_study.stages.sweep import promote_champion
+from lora_study.study import ATTR_RUN_ID
 
 TINY = ["--base-model", "tiny", "--max-samples", "15", "--seq-len", "32"]
 SPACE = """
@@ -163,7 +164,10 @@ def test_running_again_resumes_after_a_killed_worker(tmp_path, mlflow_experiment
             trials = load_study(tmp_path).trials
         except KeyError:  # the study is not created yet
             trials = []
-        if any(t.state.name == "COMPLETE" for t in trials) and any(t.state.name == "RUNNING" for t in trials):
+        # kill once a trial has finished and the next one has its MLflow run (a kill before that
+        # run exists leaves nothing in MLflow to mark FAILED)
+        running = [t for t in trials if t.state.name == "RUNNING" and ATTR_RUN_ID in t.user_attrs]
+        if any(t.state.name == "COMPLETE" for t in trials) and running:
             break
         time.sleep(0.2)
     worker.send_signal(signal.SIGKILL)
