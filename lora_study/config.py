@@ -53,6 +53,12 @@ class DataConfig(BaseModel):
     val_fraction: float = Field(0.1, gt=0, lt=1, description="Share of documents held out for validation.")
     test_fraction: float = Field(0.1, gt=0, lt=1, description="Share of documents held out for test.")
     seed: int = Field(0, description="Seed of the document-level train/validation/test split.")
+    decontaminate_ngram: int = Field(
+        50,
+        ge=0,
+        description="Take out of training every span of N tokens that also occurs in validation or "
+        "test (text is cut around it, an instruction or chat record is dropped); 0: off.",
+    )
 
     @model_validator(mode="after")
     def _train_split_is_left(self):
@@ -122,6 +128,13 @@ PreparedData = Annotated[
         "--dataset and the other data options."
     ),
 ]
+ForgettingData = Annotated[
+    str,
+    Field(
+        description="Text outside the training data on which forgetting (loss delta and KL against the "
+        "base) is measured: `self` (sampled from the base model), any --dataset source, or `none`."
+    ),
+]
 Precision = Annotated[
     Literal["auto", "fp32", "bf16", "fp16"],
     Field(description="Autocast dtype; `auto` takes bf16 where the hardware has it, else fp32."),
@@ -150,6 +163,7 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(
         20, ge=0, description="Evaluate on the validation split every N steps (0: only at the end)."
     )
+    forgetting_data: ForgettingData = "self"
 
     @model_validator(mode="after")
     def _some_training_is_asked_for(self):
@@ -187,6 +201,7 @@ class EvaluateConfig(BaseModel):
     )
     batch_size: int = Field(8, gt=0, description="Rows per forward pass for perplexity.")
     precision: Precision = "auto"
+    forgetting_data: ForgettingData = "self"
 
     @model_validator(mode="after")
     def _a_model_is_named(self):
@@ -213,14 +228,31 @@ class SweepConfig(BaseModel):
     timeout_min: float = Field(0, ge=0, description="Stop starting trials after this many minutes; 0: no limit.")
     max_steps: int = Field(8, gt=0, description="Optimizer steps per trial.")
     eval_every: int = Field(4, gt=0, description="Validation loss every N steps: what the pruner sees.")
+    forgetting_data: ForgettingData = "self"
     objectives: str = Field(
         "perplexity",
         description="What to minimize, comma-separated: perplexity (validation), peak_memory_mb, "
-        "trainable_params; two or more keep a Pareto front.",
+        "trainable_params, forgetting (KL against the base); two or more keep a Pareto front.",
     )
-    pruner: Literal["median", "hyperband", "none"] = Field(
-        "median", description="Stop trials whose validation loss falls behind (single objective only)."
+    pruner: Literal["hyperband", "median", "none"] = Field(
+        "hyperband",
+        description="Stop trials whose validation loss falls behind (single objective only): hyperband "
+        "(successive halving over the step budget) or median.",
     )
+    confirm_top: int = Field(
+        -1,
+        ge=-1,
+        description="Distinct best configurations of the explore phase to confirm with seeds on the test "
+        "split; 0 skips the phase; -1: 2 for the embedded default data, else 3.",
+    )
+    confirm_steps: int = Field(0, ge=0, description="Optimizer steps of a confirmation run; 0: 3x --max-steps.")
+    confirm_seeds: int = Field(2, gt=0, description="Seeds each confirmed configuration is trained with.")
+    recommend: Literal["cheapest-within-se", "best"] = Field(
+        "cheapest-within-se",
+        description="How the answer is chosen among confirmed configurations: the cheapest within "
+        "--within-se standard errors of the best mean test perplexity, or the best mean.",
+    )
+    within_se: float = Field(1.0, ge=0, description="Standard errors of the best mean that count as a tie.")
     study_name: str = Field(
         "", description="Optuna study; the same name resumes it. Empty: from the config, base model and data."
     )
@@ -244,6 +276,25 @@ class SweepConfig(BaseModel):
                 f"`objectives`: {self.objectives!r} must be distinct names among {', '.join(OBJECTIVE_METRICS)}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _forgetting_is_measured_to_be_minimized(self):
+        if "forgetting" in self.objective_names and self.forgetting_data == "none":
+            raise ValueError("`objectives` forgetting needs it measured: drop --forgetting-data none")
+        return self
+
+    @model_validator(mode="after")
+    def _confirmation_trains_longer(self):
+        if self.confirm_steps and self.confirm_steps < 3 * self.max_steps:
+            raise ValueError(
+                f"`confirm_steps` {self.confirm_steps} must be at least 3x --max-steps ({3 * self.max_steps}), "
+                "or 0 for exactly that"
+            )
+        return self
+
+    @property
+    def steps_to_confirm(self) -> int:
+        return self.confirm_steps or 3 * self.max_steps
 
     @property
     def objective_names(self) -> list[str]:

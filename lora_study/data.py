@@ -2,7 +2,9 @@
 
 The steps, in order: read the documents (python-docs, a local file or a hub dataset) -> detect
 their format -> split them by document with a seed -> render and tokenize each, with labels only
-where the loss belongs -> pack them into `seq_len` rows -> cache. `prepare` is the whole of it;
+where the loss belongs -> take out of the training side every span of `decontaminate_ngram`
+tokens that also occurs in validation or test (`contamination`) -> pack them into `seq_len`
+rows -> cache. `prepare` is the whole of it;
 `load_prepared` reads a result back, from a folder or a `prepare` run.
 """
 
@@ -18,14 +20,17 @@ import pandas as pd
 from lora_study import models, packing, tracking
 from lora_study.cache import build_once, cache_root, file_sha256
 from lora_study.config import DataConfig
+from lora_study.contamination import decontaminate
 from lora_study.errors import UserInputError
 from lora_study.packing import IGNORE_INDEX
 from lora_study.templates import present, render
 from lora_study.tracking import (
     ARTIFACT_DATA,
+    METRIC_CONTAMINATED_DOCUMENTS,
     METRIC_DOCUMENTS,
     METRIC_DROPPED_DOCUMENTS,
     METRIC_LOSS_TOKENS,
+    METRIC_REMOVED_TRAIN_TOKENS,
     METRIC_ROWS,
     METRIC_TOKENS,
     METRIC_TRUNCATED_DOCUMENTS,
@@ -34,7 +39,7 @@ from lora_study.tracking import (
 
 PYTHON_DOCS = "python-docs"
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
-PREPARE_VERSION = 1  # part of the cache key: bump it when the same inputs give other rows
+PREPARE_VERSION = 2  # part of the cache key: bump it when the same inputs give other rows
 META_FILE = "meta.json"
 
 
@@ -315,17 +320,39 @@ def _write_prepared(folder: Path, meta: dict, data: DataConfig, documents: Docum
     records = documents.frame.to_dict("records")
     chosen = split_documents(len(usable), data)
     splits = {split: [usable[i] for i in indices] for split, indices in chosen.items()}
-    counts = {METRIC_TRUNCATED_DOCUMENTS: 0, METRIC_DROPPED_DOCUMENTS: len(records) - len(usable)}
+    tokenized = {
+        split: [tokenize(render(records[i], fmt, data.text_column, tokenizer), fmt, tokenizer) for i in indices]
+        for split, indices in splits.items()
+    }
+    clean = decontaminate(
+        tokenized["train"],
+        tokenized["validation"] + tokenized["test"],
+        data.decontaminate_ngram,
+        whole_records=fmt != "text",
+    )
+    tokenized["train"] = clean.records
+    counts = {
+        METRIC_TRUNCATED_DOCUMENTS: 0,
+        METRIC_DROPPED_DOCUMENTS: len(records) - len(usable),
+        METRIC_CONTAMINATED_DOCUMENTS: clean.contaminated_documents,
+        METRIC_REMOVED_TRAIN_TOKENS: clean.removed_train_tokens,
+    }
     for split, indices in splits.items():
-        tokenized = [tokenize(render(records[i], fmt, data.text_column, tokenizer), fmt, tokenizer) for i in indices]
-        rows, truncated, dropped = pack_split(tokenized, fmt, data.seq_len)
+        rows, truncated, dropped = pack_split(tokenized[split], fmt, data.seq_len)
         if not rows:
-            raise UserInputError(_empty_split_problem(data, fmt, split, tokenized))
+            if split == "train" and clean.removed_train_tokens:
+                raise UserInputError(
+                    f"--dataset {data.dataset}: every training record shares a span of "
+                    f"{data.decontaminate_ngram} tokens with validation or test data; deduplicate the "
+                    "data, or raise --decontaminate-ngram (0 turns the check off)"
+                )
+            raise UserInputError(_empty_split_problem(data, fmt, split, tokenized[split]))
         pq.write_table(pa.Table.from_pylist(rows), folder / f"{split}.parquet")
         counts.update(_split_counts(split, len(indices), rows))
         counts[METRIC_TRUNCATED_DOCUMENTS] += truncated
         counts[METRIC_DROPPED_DOCUMENTS] += dropped
-    (folder / META_FILE).write_text(json.dumps({**meta, "counts": counts, "documents": splits}, indent=1))
+    meta = {**meta, "decontamination": clean.method, "counts": counts, "documents": splits}
+    (folder / META_FILE).write_text(json.dumps(meta, indent=1))
 
 
 def _empty_split_problem(data: DataConfig, fmt: str, split: str, tokenized) -> str:

@@ -7,9 +7,10 @@ frame, so the sweep's PNG artifacts and `notebooks/compare_runs.ipynb` draw the 
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure  # figures as objects: no pyplot state, no GUI backend
-from matplotlib.ticker import NullLocator
 
 from lora_study.tracking import (
+    COLUMN_TEST_PERPLEXITY_MEAN,
+    COLUMN_TEST_PERPLEXITY_STD,
     METRIC_ADAPTER_SIZE_MB,
     METRIC_EVAL_PERPLEXITY,
     METRIC_PEAK_MEMORY_MB,
@@ -37,6 +38,8 @@ METRICS = (
     METRIC_ADAPTER_SIZE_MB,
 )
 COMPLETE, PRUNED = "COMPLETE", "PRUNED"  # trial states, as `trial_state` tags hold them
+FACTORS = (PARAM_RANK, PARAM_TARGET_MODULES, PARAM_QUANTIZATION)  # what ablations vary
+COLUMN_TRIALS_AT_LEVEL = "trials_at_level"
 
 
 def trials_frame(runs: pd.DataFrame) -> pd.DataFrame:
@@ -61,13 +64,83 @@ def has_complete(frame: pd.DataFrame) -> bool:
     return bool((frame.trial_state == COMPLETE).any())
 
 
-def study_figures(frame: pd.DataFrame) -> dict:
-    """Every figure drawn from the trials alone, by name."""
-    return {
-        "perplexity_by_rank": perplexity_by_rank(frame),
-        "perplexity_vs_memory": perplexity_vs_memory(frame),
-        "optimization_history": optimization_history(frame),
+def study_figures(frame: pd.DataFrame, confirmed: pd.DataFrame | None = None) -> dict:
+    """Every figure of a study, by name: one per factor that varied (its best learning rate per
+    level, with the confirmed seeds' spread), then perplexity against memory and the history."""
+    figures = {
+        f"perplexity_by_{factor}": perplexity_by_factor(frame, factor, confirmed)
+        for factor in FACTORS
+        if factor in frame and frame.loc[frame.trial_state == COMPLETE, factor].nunique() > 1
     }
+    figures["perplexity_vs_memory"] = perplexity_vs_memory(frame)
+    figures["optimization_history"] = optimization_history(frame)
+    return figures
+
+
+def best_per_level(frame: pd.DataFrame, factor: str) -> pd.DataFrame:
+    """For each level of `factor` (and of the target modules, for rank): the complete trial with
+    the best validation perplexity, and how many trials (learning rates) it was the best of.
+
+    Never a mean over learning rates: at a fixed budget a trial's perplexity is mostly its
+    learning rate, so a mean would compare learning rates, not levels.
+    """
+    complete = frame[frame.trial_state == COMPLETE].dropna(subset=[factor, METRIC_EVAL_PERPLEXITY])
+    keys = _level_keys(complete, factor)
+    best = complete.loc[complete.groupby(keys)[METRIC_EVAL_PERPLEXITY].idxmin()].copy()
+    best[COLUMN_TRIALS_AT_LEVEL] = complete.groupby(keys)[METRIC_EVAL_PERPLEXITY].transform("size").loc[best.index]
+    return best.sort_values(keys).reset_index(drop=True)
+
+
+def _level_keys(frame: pd.DataFrame, factor: str) -> list[str]:
+    """Rank is read per target-module preset when those vary too: their trade-off differs."""
+    varied = PARAM_TARGET_MODULES in frame and frame[PARAM_TARGET_MODULES].nunique() > 1
+    return [factor, PARAM_TARGET_MODULES] if factor == PARAM_RANK and varied else [factor]
+
+
+def perplexity_by_factor(frame: pd.DataFrame, factor: str, confirmed: pd.DataFrame | None = None):
+    """The best validation perplexity per level of `factor`, each point labelled with its learning
+    rate; confirmed configurations drawn over it as their seeds' test perplexity, mean +- std."""
+    best = best_per_level(frame, factor)
+    keys = _level_keys(best, factor)
+    levels = sorted(best[factor].unique(), key=_level_order)
+    position = {level: i for i, level in enumerate(levels)}
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    series = best.groupby(keys[1]) if len(keys) > 1 else [("validation, best trial per level", best)]
+    for label, rows in series:
+        x = [position[level] for level in rows[factor]]
+        ax.plot(x, rows[METRIC_EVAL_PERPLEXITY], "o-", label=str(label))
+        for xi, (_, row) in zip(x, rows.iterrows()):
+            text = f"lr {row[PARAM_LEARNING_RATE]:.0e}" if PARAM_LEARNING_RATE in row else ""
+            ax.annotate(text, (xi, row[METRIC_EVAL_PERPLEXITY]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if confirmed is not None and factor in confirmed:
+        shown = confirmed[confirmed[factor].isin(levels)]
+        ax.errorbar(
+            [position[level] for level in shown[factor]],
+            shown[COLUMN_TEST_PERPLEXITY_MEAN],
+            yerr=shown[COLUMN_TEST_PERPLEXITY_STD],
+            fmt="s",
+            color="black",
+            capsize=4,
+            label="confirmed: test perplexity, mean +- std over seeds",
+        )
+    ax.set_xticks(range(len(levels)), labels=[_level_text(level) for level in levels])
+    ax.set(
+        xlabel=f"{factor.replace('_', ' ')} (best learning rate per level)",
+        ylabel="perplexity (explore: validation)",
+        title=f"Best perplexity by {factor.replace('_', ' ')}",
+    )
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def _level_order(level):
+    return (0, float(level), "") if isinstance(level, (int, float)) else (1, 0.0, str(level))
+
+
+def _level_text(level) -> str:
+    return str(int(level)) if isinstance(level, float) and level.is_integer() else str(level)
 
 
 def pareto_front(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
@@ -78,32 +151,6 @@ def pareto_front(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
         for _, row in points.iterrows()
     ]
     return points[keep].sort_values(x)
-
-
-def perplexity_by_rank(frame: pd.DataFrame):
-    complete = frame[frame.trial_state == COMPLETE]
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.subplots()
-    sns.lineplot(
-        data=complete,
-        x=PARAM_RANK,
-        y=METRIC_EVAL_PERPLEXITY,
-        hue=PARAM_TARGET_MODULES,
-        marker="o",
-        ax=ax,
-        errorbar=None,
-    )
-    ax.set_xscale("log", base=2)
-    ranks = sorted(complete[PARAM_RANK].unique())
-    ax.set_xticks(ranks, labels=[str(int(r)) for r in ranks], minor=False)
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set(
-        xlabel="LoRA rank (mean of trials)",
-        ylabel="validation perplexity",
-        title="Perplexity by rank and target modules",
-    )
-    fig.tight_layout()
-    return fig
 
 
 def perplexity_vs_memory(frame: pd.DataFrame):

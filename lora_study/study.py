@@ -23,7 +23,12 @@ from lora_study.tracking import TAG_TRIAL_STATE
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 ATTR_RUN_ID = "mlflow_run_id"  # Optuna user attribute: the trial's MLflow run
+ATTR_PHASE = "phase"  # EXPLORE (sampled, pruned) or CONFIRM (enqueued: a configuration again, seeded)
+ATTR_CONFIG = "config_trial"  # of a CONFIRM trial: the explore trial whose configuration it repeats
+ATTR_SEED = "seed"  # of a CONFIRM trial
+EXPLORE, CONFIRM = "explore", "confirm"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+UNFINISHED_OR_DONE = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
 # A trial whose worker sends no heartbeat for 2 intervals is failed by the next worker to look.
 HEARTBEAT_S = int(os.environ.get("LORA_STUDY_HEARTBEAT_S", "10"))
 
@@ -97,7 +102,9 @@ def _pruner(cfg: SweepConfig):
     if cfg.pruner == "none" or len(cfg.objective_names) > 1:  # Optuna prunes single objectives only
         return optuna.pruners.NopPruner()
     if cfg.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=cfg.eval_every, max_resource=cfg.max_steps)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=cfg.eval_every, max_resource=cfg.max_steps, reduction_factor=3
+        )
     return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
 
 
@@ -109,23 +116,65 @@ def _fail_stale_trial_run(study: optuna.Study, trial) -> None:
         tracking.fail_run(run_id, reason, **{TAG_TRIAL_STATE: TrialState.FAIL.name})
 
 
+def phase(trial) -> str:
+    return trial.user_attrs.get(ATTR_PHASE, EXPLORE)
+
+
+def trials_of(study: optuna.Study, of_phase: str, states=None) -> list:
+    return [t for t in study.get_trials(deepcopy=False, states=states) if phase(t) == of_phase]
+
+
 def finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    """Finished explore trials: what `--n-trials` counts."""
+    return len(trials_of(study, EXPLORE, FINISHED))
 
 
 def best_trials(study: optuna.Study) -> list:
-    """The best trial, or for several objectives the Pareto front, best first objective first."""
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        return []
+    """The best explore trial, or for several objectives their Pareto front, best first objective first."""
+    complete = sorted(trials_of(study, EXPLORE, (TrialState.COMPLETE,)), key=lambda t: t.values)
     if len(study.directions) == 1:
-        return [study.best_trial]
-    return sorted(study.best_trials, key=lambda t: t.values[0])
+        return complete[:1]
+    return [t for t in complete if not any(_dominates(other, t) for other in complete)]
+
+
+def _dominates(a, b) -> bool:
+    return all(x <= y for x, y in zip(a.values, b.values)) and a.values != b.values
+
+
+def to_confirm(study: optuna.Study, top: int) -> list:
+    """The `top` distinct configurations of complete explore trials, best first objective first."""
+    chosen = []
+    for trial in sorted(trials_of(study, EXPLORE, (TrialState.COMPLETE,)), key=lambda t: t.values[0]):
+        if len(chosen) < top and all(trial.params != other.params for other in chosen):
+            chosen.append(trial)
+    return chosen
+
+
+def enqueue_confirmations(study: optuna.Study, configs: list, seeds: list[int]) -> int:
+    """Queue each (configuration, seed) not yet confirmed, queued or running; how many were queued.
+
+    Stale trials are failed first, so a confirmation whose worker was killed is queued again.
+    """
+    optuna.storages.fail_stale_trials(study)
+    held = {(t.user_attrs[ATTR_CONFIG], t.user_attrs[ATTR_SEED]) for t in trials_of(study, CONFIRM, UNFINISHED_OR_DONE)}
+    missing = [(config, seed) for config in configs for seed in seeds if (config.number, seed) not in held]
+    for config, seed in missing:
+        attrs = {ATTR_PHASE: CONFIRM, ATTR_CONFIG: config.number, ATTR_SEED: seed}
+        study.enqueue_trial(config.params, user_attrs=attrs)
+    return len(missing)
+
+
+def confirmations(study: optuna.Study, config: int) -> list:
+    """The complete confirmation trials of the configuration of explore trial `config`."""
+    return [t for t in trials_of(study, CONFIRM, (TrialState.COMPLETE,)) if t.user_attrs[ATTR_CONFIG] == config]
 
 
 def importances(study: optuna.Study) -> dict[str, float]:
     """fANOVA importances of the first objective; none until two complete trials differ."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    complete = trials_of(study, EXPLORE, (TrialState.COMPLETE,))
     if len(complete) < 2 or not any(t.params != complete[0].params for t in complete):
         return {}
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-    return optuna.importance.get_param_importances(study, evaluator=evaluator, target=lambda t: t.values[0])
+    explored = optuna.create_study(directions=study.directions)  # in memory: confirmations left out
+    explored.add_trials(complete)
+    return optuna.importance.get_param_importances(explored, evaluator=evaluator, target=lambda t: t.values[0])

@@ -21,7 +21,8 @@ TAG_STAGE = "lora_study.stage"  # one of the STAGE_ values below
 TAG_ERROR = "lora_study.error"  # why a run FAILED or was KILLED, in one line
 STAGE_PREPARE, STAGE_TRAIN, STAGE_EVALUATE, STAGE_MERGE = "prepare", "train", "evaluate", "merge"
 STAGE_SWEEP = "sweep"  # a sweep's parent run
-STAGE_TRIAL = "trial"  # one trial's run, nested under its sweep
+STAGE_TRIAL = "trial"  # one explore trial's run, nested under its sweep
+STAGE_CONFIRM = "confirm"  # one confirmation run (a configuration again, with a seed), nested too
 
 # --- params (besides the config fields, which are logged under their own names) -------------
 PARAM_BASE_MODEL_SHA256 = "base_model_sha256"
@@ -30,6 +31,7 @@ PARAM_TOKENIZER_DIGEST = "tokenizer_digest"
 PARAM_DATASET_DIGEST = "dataset_digest"  # of the prepared token rows: same digest, same data
 PARAM_SOURCE_DIGEST = "source_digest"  # of the raw documents read
 PARAM_DETECTED_FORMAT = "detected_format"
+PARAM_DECONTAMINATION = "decontamination"  # how shared spans left the training side
 PARAM_PROMPT_COUNT = "prompt_count"  # prompts an evaluation generated for
 # config fields that other modules read back from a run by name
 PARAM_BASE_MODEL = "base_model"
@@ -50,6 +52,8 @@ METRIC_LOSS_TOKENS = "{split}_loss_tokens"  # of those, the tokens that carry lo
 METRIC_ROWS = "{split}_rows"
 METRIC_TRUNCATED_DOCUMENTS = "truncated_documents"
 METRIC_DROPPED_DOCUMENTS = "dropped_documents"
+METRIC_CONTAMINATED_DOCUMENTS = "contaminated_documents"  # training documents that shared a held-out span
+METRIC_REMOVED_TRAIN_TOKENS = "removed_train_tokens"  # tokens taken out of training for it
 
 # --- metrics of `train` ----------------------------------------------------------------------
 # over steps
@@ -65,6 +69,10 @@ METRIC_PEAK_MEMORY_MB = "peak_memory_mb"  # see TAG_MEMORY_KIND and lora_study.m
 METRIC_MODEL_MEMORY_MB = "model_memory_mb"  # the loaded base with its adapter
 METRIC_TRAINABLE_PARAMS = "trainable_params"
 METRIC_TOTAL_PARAMS = "total_params"
+# how far the adapter moved the base on text outside the training data (lora_study.forgetting)
+METRIC_FORGETTING_LOSS_DELTA = "forgetting_loss_delta"  # mean token loss, adapter minus base
+METRIC_FORGETTING_KL = "forgetting_kl"  # mean per-token KL(base || adapter), nats
+PARAM_FORGETTING_SET = "forgetting_set"  # what those were measured on
 METRIC_TRAINABLE_PERCENT = "trainable_percent"
 METRIC_ADAPTER_SIZE_MB = "adapter_size_mb"
 METRIC_TRAIN_RUNTIME_S = "train_runtime_s"  # the training loop, evaluations included
@@ -109,6 +117,23 @@ COLUMN_BASE_OUTPUT, COLUMN_ADAPTER_OUTPUT, COLUMN_MERGED_OUTPUT = "base_output",
 TAG_STUDY = "lora_study.study"  # on the parent, every trial run and every registered version
 TAG_TRIAL_NUMBER = "trial_number"  # on trial runs (and registered versions)
 TAG_TRIAL_STATE = "trial_state"  # COMPLETE | PRUNED | FAIL, on trial runs
+TAG_CONFIG_TRIAL = "config_trial"  # on confirmation runs and versions: the explore trial they repeat
+TAG_SEED = "seed"  # on confirmation runs and versions
+TAG_RECOMMENDATION = "lora_study.recommendation"  # on the parent: the answer, in one sentence
+# on versions of confirmed configurations: their seeds' test perplexity
+TAG_TEST_PERPLEXITY_MEAN = "test_perplexity_mean"
+TAG_TEST_PERPLEXITY_STD = "test_perplexity_std"
+TAG_TEST_PERPLEXITY_N = "test_perplexity_n"
+METRIC_SEED_STD = "seed_std_test_perplexity"  # on the parent: the seed noise, pooled over configurations
+METRIC_SEED_STD_OF = "seed_std_test_perplexity_trial_{config}"  # ... and per confirmed configuration
+METRIC_RECOMMENDED_MEAN = "recommended_test_perplexity_mean"
+METRIC_RECOMMENDED_STD = "recommended_test_perplexity_std"
+ARTIFACT_BEST_PER_LEVEL = "best_per_level.json"  # per factor and level: its best trial (learning rate)
+COLUMN_FACTOR = "factor"
+ARTIFACT_CONFIRMED = "confirmed.json"  # the confirmed configurations, one row each, with:
+COLUMN_CONFIG_TRIAL, COLUMN_SEEDS, COLUMN_STDERR = "config_trial", "seeds", "test_perplexity_stderr"
+COLUMN_RECOMMENDED, COLUMN_VERSION = "recommended", "version"
+COLUMN_TEST_PERPLEXITY_MEAN, COLUMN_TEST_PERPLEXITY_STD = TAG_TEST_PERPLEXITY_MEAN, TAG_TEST_PERPLEXITY_STD
 PARAM_STUDY_NAME = "study_name"
 PARAM_SAMPLER = "sampler"
 PARAM_STORAGE = "optuna_storage"  # the Optuna storage URL the sweep used, password masked
@@ -123,6 +148,7 @@ OBJECTIVE_METRICS = {
     "perplexity": METRIC_EVAL_PERPLEXITY,
     "peak_memory_mb": METRIC_PEAK_MEMORY_MB,
     "trainable_params": METRIC_TRAINABLE_PARAMS,
+    "forgetting": METRIC_FORGETTING_KL,
 }
 
 # --- the registry --------------------------------------------------------------------------
@@ -235,6 +261,12 @@ def log_params(params: dict) -> None:
     run = mlflow.active_run()
     held = mlflow.get_run(run.info.run_id).data.params
     mlflow.log_params({key: _param_text(value) for key, value in params.items() if key not in held})
+
+
+def log_forgetting(metrics: dict[str, float], measured_on: str) -> None:
+    """A trained adapter's forgetting metrics, and what text they were measured on."""
+    log_params({PARAM_FORGETTING_SET: measured_on})
+    mlflow.log_metrics(metrics)
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:

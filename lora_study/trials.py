@@ -14,11 +14,11 @@ import sys
 import optuna
 import torch
 
-from lora_study import adapters, console, evaluation, lora, models, tracking, training
+from lora_study import adapters, console, evaluation, forgetting, lora, models, tracking, training
 from lora_study.config import AdapterConfig, TrainConfig
 from lora_study.errors import UserInputError
-from lora_study.losses import perplexity
-from lora_study.study import ATTR_RUN_ID, FINISHED, Plan, finished, open_study
+from lora_study.losses import mean_loss, perplexity
+from lora_study.study import ATTR_CONFIG, ATTR_RUN_ID, ATTR_SEED, CONFIRM, EXPLORE, Plan, finished, open_study, phase
 from lora_study.tracking import (
     METRIC_BASE_TEST_PERPLEXITY,
     METRIC_EVAL_PERPLEXITY,
@@ -28,6 +28,10 @@ from lora_study.tracking import (
     METRIC_TRAIN_TOKENS_PER_S,
     METRIC_TRAINABLE_PARAMS,
     OBJECTIVE_METRICS,
+    STAGE_CONFIRM,
+    TAG_CONFIG_TRIAL,
+    TAG_SEED,
+    TAG_STAGE,
     TAG_STUDY,
     TAG_TRIAL_NUMBER,
 )
@@ -45,6 +49,7 @@ class Worker:
             "max_steps": plan.sweep.max_steps,
             "eval_every": plan.sweep.eval_every,
             "data": plan.sweep.data,
+            "forgetting_data": plan.sweep.forgetting_data,
         }
         first = {name: plan.space.choices(name)[0] for name in ("quantization", "precision")}
         adapter = AdapterConfig(quantization=first["quantization"])
@@ -52,6 +57,10 @@ class Worker:
         self.setup = training.setup(plan.data, plan.base, adapter, train)
         self.bases = {adapter.quantization: self.setup.model}  # a base per quantization the space holds
         self.base_eval_losses: dict[tuple, float] = {}  # step 0 of every trial on the same base
+        s = self.setup
+        self.general_text = forgetting.load(plan.sweep.forgetting_data, s.ref, s.tokenizer, s.model, plan.data.seq_len)
+        self.base_distributions: dict[tuple, forgetting.BaseDistribution] = {}  # the same for every trial
+        self.base_test_losses: dict[tuple, float] = {}  # of the confirmations' base
 
     def check_space(self) -> None:
         """Target-module choices the base lacks, and settings it refuses: all at once."""
@@ -80,29 +89,49 @@ class Worker:
         return dataclasses.replace(self.setup, model=self.bases[quantization], weights_dtype=weights)
 
     def optimize(self, study: optuna.Study) -> None:
+        """The explore phase: sampled trials until the study holds `--n-trials` finished ones."""
         cfg = self.plan.sweep
         remaining = cfg.n_trials - finished(study)
         if remaining <= 0:
             return
-        done = optuna.study.MaxTrialsCallback(cfg.n_trials, states=FINISHED)
+
+        def stop_when_explored(study: optuna.Study, _) -> None:
+            if finished(study) >= cfg.n_trials:
+                study.stop()
+
         study.optimize(
             self.objective,
             n_trials=remaining,
             timeout=cfg.timeout_min * 60 or None,
             catch=(Exception,),
-            callbacks=[done],
+            callbacks=[stop_when_explored],
             gc_after_trial=True,
         )
 
+    def confirm(self, study: optuna.Study) -> None:
+        """The confirm phase: the queued (configuration, seed) trials, one at a time, until none is left."""
+        while study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            study.optimize(self.objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+
     def objective(self, trial: optuna.Trial):
-        """Train one adapter on the pristine base; its validation perplexity (and costs) are the value."""
-        adapter, train = self.plan.space.suggest(trial, self.train_defaults)
+        """Train one adapter on the pristine base; its validation perplexity (and costs) are the value.
+
+        A confirmation trial trains `--confirm-steps` with its own seed, unpruned, and is also
+        measured on the test split.
+        """
+        plan, confirming = self.plan, phase(trial) == CONFIRM
+        adapter, train = plan.space.suggest(trial, self.train_defaults)
         s = self.setup_for(adapter.quantization)
         base_key = (adapter.quantization, train.precision)  # what the base's loss depends on
-        tags = {TAG_STUDY: self.plan.study_name, TAG_TRIAL_NUMBER: str(trial.number)}
-        plan = self.plan
+        seed, name, tags = plan.data.seed, f"trial-{trial.number}", {}
+        if confirming:
+            train = train.model_copy(update={"max_steps": plan.sweep.steps_to_confirm, "eval_every": 0})
+            seed, config = trial.user_attrs[ATTR_SEED], trial.user_attrs[ATTR_CONFIG]
+            name = f"confirm-trial-{config}-seed-{seed}"
+            tags = {TAG_STAGE: STAGE_CONFIRM, TAG_CONFIG_TRIAL: str(config), TAG_SEED: str(seed)}
+        tags.update({TAG_STUDY: plan.study_name, TAG_TRIAL_NUMBER: str(trial.number)})
         with tracking.trial_run(
-            f"trial-{trial.number}", plan.experiment_id, plan.parent_run_id, tags, pruned=optuna.TrialPruned
+            name, plan.experiment_id, plan.parent_run_id, tags, pruned=optuna.TrialPruned
         ) as run_id:
             trial.set_user_attr(ATTR_RUN_ID, run_id)
             training.log_inputs(s, plan.data, plan.base)
@@ -111,22 +140,51 @@ class Worker:
                     s,
                     adapter,
                     train,
-                    plan.data.seed,
-                    on_eval=self._pruning(trial),
+                    seed,
+                    on_eval=None if confirming else self._pruning(trial),
                     base_eval_loss=self.base_eval_losses.get(base_key),
                 )
                 self.base_eval_losses[base_key] = result.eval_losses[0]
+                measured = self._forgetting(s, result.model, base_key)
+                if confirming:
+                    measured.update(self._test_metrics(s, result.model, base_key))
+                    tracking.log_metrics(measured)
                 training.log_trained_adapter(s, result.model, adapter)
             finally:
                 self.bases[adapter.quantization] = lora.detach(s.model)  # the next trial starts from the base
                 if train.gradient_checkpointing:
                     s.model.gradient_checkpointing_disable()
             tracking.flush()
-        values = {**result.metrics, METRIC_EVAL_PERPLEXITY: perplexity(result.final_eval_loss)}
-        for name in (*TRIAL_ATTRS, METRIC_EVAL_PERPLEXITY):
+        values = {**result.metrics, **measured, METRIC_EVAL_PERPLEXITY: perplexity(result.final_eval_loss)}
+        for name in (*TRIAL_ATTRS, *measured, METRIC_EVAL_PERPLEXITY):
             trial.set_user_attr(name, values[name])
         objective = [values[OBJECTIVE_METRICS[name]] for name in plan.sweep.objective_names]
         return objective[0] if len(objective) == 1 else tuple(objective)
+
+    def _forgetting(self, s: training.Setup, model, base_key: tuple) -> dict[str, float]:
+        """Forgetting of a trial's adapter, against the base's distribution measured once per base."""
+        if self.general_text is None:
+            return {}
+        rows, pad_id = self.general_text.rows, s.tokenizer.pad_token_id
+        if base_key not in self.base_distributions:
+            self.base_distributions[base_key] = forgetting.base_distribution(model, rows, pad_id, s.dtype)
+        forgot = forgetting.evaluate(model, self.general_text, pad_id, s.dtype, self.base_distributions[base_key])
+        tracking.log_forgetting(forgot, self.general_text.description)
+        return forgot
+
+    def _test_metrics(self, s: training.Setup, model, base_key: tuple) -> dict[str, float]:
+        """Test perplexity of the adapter in `model`, and of its base (measured once per base)."""
+        rows, pad_id = s.prepared.rows("test"), s.tokenizer.pad_token_id
+        if base_key not in self.base_test_losses:
+            with model.disable_adapter():
+                self.base_test_losses[base_key] = mean_loss(model, rows, TEST_BATCH_SIZE, pad_id, s.dtype)
+        adapted = perplexity(mean_loss(model, rows, TEST_BATCH_SIZE, pad_id, s.dtype))
+        base = perplexity(self.base_test_losses[base_key])
+        return {
+            METRIC_TEST_PERPLEXITY: adapted,
+            METRIC_BASE_TEST_PERPLEXITY: base,
+            METRIC_PERPLEXITY_IMPROVEMENT_PCT: 100 * (1 - adapted / base),
+        }
 
     def _pruning(self, trial: optuna.Trial):
         if len(self.plan.sweep.objective_names) > 1:  # Optuna prunes single objectives only
@@ -156,28 +214,36 @@ class Worker:
         return {key: f"{result.metrics[key]:.6g}" for key in keys}
 
 
-def _worker_main(plan: Plan, worker: int, threads: int) -> None:
+def _worker_main(plan: Plan, worker: int, threads: int, of_phase: str) -> None:
     """A spawned worker process: its own base and data, the shared study and MLflow store."""
     torch.set_num_threads(threads)
     tracking.set_tracking_uri(plan.tracking_uri)
     console.quiet_progress_bars()
-    Worker(plan).optimize(open_study(plan, worker))
+    _run_phase(Worker(plan), open_study(plan, worker), of_phase)
 
 
-def run_workers(plan: Plan, worker0: Worker, study: optuna.Study) -> None:
-    """This process is worker 0; `n_workers - 1` more are spawned, the cores shared among them."""
+def _run_phase(worker: Worker, study: optuna.Study, of_phase: str) -> None:
+    if of_phase == CONFIRM:
+        worker.confirm(study)
+    else:
+        worker.optimize(study)
+
+
+def run_workers(plan: Plan, worker0: Worker, study: optuna.Study, of_phase: str = EXPLORE) -> None:
+    """One phase of the study: this process is worker 0; `n_workers - 1` more are spawned, the
+    cores shared among them."""
     cores = len(os.sched_getaffinity(0))
     threads = max(1, cores // plan.sweep.n_workers)
     torch.set_num_threads(threads)
     context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
     others = [
-        context.Process(target=_worker_main, args=(plan, n, threads), name=f"sweep-worker-{n}")
+        context.Process(target=_worker_main, args=(plan, n, threads, of_phase), name=f"sweep-worker-{n}")
         for n in range(1, plan.sweep.n_workers)
     ]
     for process in others:
         process.start()
     try:
-        worker0.optimize(study)
+        _run_phase(worker0, study, of_phase)
     finally:
         for process in others:
             process.join()

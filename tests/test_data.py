@@ -1,12 +1,13 @@
 """Preparing data from files the tests write: every source kind, every format, the split, the cache."""
 
 import json
+import random
 
 import pandas as pd
 import pytest
 from conftest import WORDS, alpaca_records, chat_records, text_docs, write_jsonl
 
-from lora_study import data, packing
+from lora_study import contamination, data, packing
 from lora_study.config import DataConfig
 from lora_study.errors import UserInputError
 from lora_study.packing import IGNORE_INDEX
@@ -177,6 +178,61 @@ def test_rows_of_a_split_come_from_its_own_documents(tmp_path, tiny, tokenizer):
             for ids, labels in packing.records(row)
         ]
         assert sorted(answers) == expected
+
+
+# --- decontamination -----------------------------------------------------------------------
+
+
+def random_words(count: int, rng: random.Random) -> str:
+    return " ".join(f"{rng.choice('bcdfgklmnprst')}{rng.choice('aeiou')}{rng.choice('nrstx')}" for _ in range(count))
+
+
+def nested_docs(count: int) -> list[str]:
+    """Documents that contain each other: each one quotes the one before it whole."""
+    rng = random.Random(0)
+    docs = [random_words(40, rng)]
+    for _ in range(count - 1):
+        docs.append(f"{random_words(15, rng)} {docs[-1]} {random_words(15, rng)}")
+    return docs
+
+
+def split_overlap(prepared, n: int) -> int:
+    train = [row["input_ids"] for row in prepared.rows("train")]
+    held_out = [(row["input_ids"], row["labels"]) for split in ("validation", "test") for row in prepared.rows(split)]
+    return contamination.overlap(train, held_out, n)
+
+
+def test_no_held_out_span_of_n_tokens_is_left_in_training(tmp_path, tiny, tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": d} for d in nested_docs(12)])
+    dirty = prepare(tiny, tokenizer, dataset=str(path), seq_len=64, decontaminate_ngram=0)
+    clean = prepare(tiny, tokenizer, dataset=str(path), seq_len=64)
+    assert split_overlap(dirty, 50) > 50 and split_overlap(clean, 50) == 0
+    counts = clean.meta["counts"]
+    assert counts["contaminated_documents"] > 0 and clean.meta["decontamination"] == contamination.CUT_SPANS
+    assert counts["removed_train_tokens"] > 0
+    assert counts["train_tokens"] < dirty.meta["counts"]["train_tokens"]
+    assert clean.meta["documents"] == dirty.meta["documents"]  # the split itself does not move
+
+
+def test_the_default_data_is_decontaminated(tiny, tokenizer):
+    dirty, clean = prepare(tiny, tokenizer, decontaminate_ngram=0), prepare(tiny, tokenizer)
+    assert split_overlap(dirty, 50) > 1000 and split_overlap(clean, 50) == 0
+    assert clean.meta["counts"]["contaminated_documents"] >= 1
+
+
+def test_an_instruction_record_sharing_a_span_is_dropped(tmp_path, tiny, tokenizer):
+    rng = random.Random(1)
+    shared = random_words(30, rng)
+    outputs = [shared] * 3 + [random_words(30, rng) for _ in range(9)]
+    records = [{"instruction": f"Quote passage {i}.", "output": output} for i, output in enumerate(outputs)]
+    path = write_jsonl(tmp_path / "a.jsonl", records)
+    prepared = prepare(tiny, tokenizer, dataset=str(path), seq_len=128, decontaminate_ngram=20, seed=3)
+    quoting = [i for i in prepared.meta["documents"]["train"] if i < 3]
+    held_out = [i for split in ("validation", "test") for i in prepared.meta["documents"][split] if i < 3]
+    assert quoting and held_out, "the seed puts the quoted passage on both sides"
+    assert prepared.meta["decontamination"] == contamination.DROP_RECORDS
+    assert prepared.meta["counts"]["contaminated_documents"] >= len(quoting)
+    assert split_overlap(prepared, 20) == 0
 
 
 # --- the cache -----------------------------------------------------------------------------

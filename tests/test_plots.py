@@ -75,10 +75,73 @@ def test_has_complete(frame):
     assert not plots.has_complete(frame[frame.trial_state != "COMPLETE"])
 
 
-def test_study_figures_are_the_three_named_figures(frame):
+def test_study_figures_draw_each_factor_that_varied(frame):
     figures = plots.study_figures(frame)
-    assert list(figures) == ["perplexity_by_rank", "perplexity_vs_memory", "optimization_history"]
+    assert list(figures) == [
+        "perplexity_by_rank",
+        "perplexity_by_target_modules",
+        "perplexity_vs_memory",
+        "optimization_history",
+    ]
     assert all(isinstance(figure, Figure) for figure in figures.values())
+
+
+# (trial, state, rank, learning rate, eval perplexity): rank 8 is worse on average, better at its best
+LR_TRIALS = [
+    ("0", "COMPLETE", "4", "0.0001", 12.0),
+    ("1", "COMPLETE", "4", "0.001", 10.0),
+    ("2", "COMPLETE", "4", "0.003", 10.5),
+    ("3", "COMPLETE", "8", "0.0001", 30.0),
+    ("4", "COMPLETE", "8", "0.001", 20.0),
+    ("5", "COMPLETE", "8", "0.003", 9.0),
+    ("6", "PRUNED", "8", "0.01", 8.0),  # pruned: not a result
+]
+
+
+def lr_frame():
+    runs = pd.DataFrame(
+        {
+            "run_id": [f"run-{t[0]}" for t in LR_TRIALS],
+            "tags.trial_number": [t[0] for t in LR_TRIALS],
+            "tags.trial_state": [t[1] for t in LR_TRIALS],
+            "params.rank": [t[2] for t in LR_TRIALS],
+            "params.target_modules": ["qv"] * len(LR_TRIALS),
+            "params.learning_rate": [t[3] for t in LR_TRIALS],
+            "metrics.eval_perplexity": [t[4] for t in LR_TRIALS],
+        }
+    )
+    return plots.trials_frame(runs)
+
+
+def test_best_per_level_takes_each_levels_best_learning_rate_never_a_mean():
+    best = plots.best_per_level(lr_frame(), "rank")
+    assert best["rank"].tolist() == [4, 8]
+    assert best["eval_perplexity"].tolist() == [10.0, 9.0]  # means would say 10.83 against 19.67
+    assert best["learning_rate"].tolist() == [0.001, 0.003]
+    assert best["trials_at_level"].tolist() == [3, 3]
+
+
+def test_rank_is_read_per_target_module_preset(frame):
+    best = plots.best_per_level(frame, "rank")
+    assert list(zip(best["rank"], best["target_modules"], best["eval_perplexity"])) == [
+        (4, "qkvo", 7.5),
+        (4, "qv", 12.0),
+        (8, "all-linear", 8.0),
+        (16, "qv", 9.0),
+        (32, "all-linear", 11.0),
+    ]
+
+
+def test_the_factor_plot_draws_the_best_per_level_and_the_confirmed_spread():
+    confirmed = pd.DataFrame({"rank": [8], "test_perplexity_mean": [9.5], "test_perplexity_std": [0.4]})
+    [ax] = plots.perplexity_by_factor(lr_frame(), "rank", confirmed).axes
+    [line] = [line for line in ax.get_lines() if line.get_label() == "validation, best trial per level"]
+    assert np.asarray(line.get_ydata(), float).tolist() == [10.0, 9.0]
+    assert [t.get_text() for t in ax.texts] == ["lr 1e-03", "lr 3e-03"]
+    [bars] = ax.containers
+    low, high = bars.lines[1][0].get_ydata(), bars.lines[1][1].get_ydata()
+    assert (float(low[0]), float(high[0])) == pytest.approx((9.1, 9.9))
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["4", "8"]
 
 
 def test_perplexity_vs_memory_draws_the_pareto_front_of_complete_trials(frame):

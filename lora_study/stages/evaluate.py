@@ -15,7 +15,7 @@ import os
 import mlflow
 import torch
 
-from lora_study import adapters, evaluation, models, registry, tracking
+from lora_study import adapters, evaluation, forgetting, models, registry, tracking
 from lora_study.config import EvaluateConfig
 from lora_study.memory import PeakMemory
 from lora_study.tracking import (
@@ -58,6 +58,9 @@ def run_evaluate(cfg: EvaluateConfig) -> str:
     held_out = evaluation.held_out(
         source, cfg.data, cfg.prompts, cfg.max_prompts, cfg.max_new_tokens, loaded.base, tokenizer
     )
+    seq_len = held_out.prepared.meta["seq_len"]
+    forgetting_data = cfg.forgetting_data if source.is_adapter else forgetting.NONE  # a base forgets nothing
+    general_text = forgetting.load(forgetting_data, loaded.base, tokenizer, model, seq_len)
 
     with tracking.stage_run(STAGE_EVALUATE, **tracking.evaluated_model_tags(source)) as run:
         tracking.log_params(
@@ -72,6 +75,9 @@ def run_evaluate(cfg: EvaluateConfig) -> str:
         measure = (tokenizer, held_out.rows, held_out.prompts, cfg.batch_size, cfg.max_new_tokens, dtype)
         with PeakMemory(where) as peak:
             result = evaluation.evaluate_adapter(model, *measure)
+            if general_text:
+                forgot = forgetting.evaluate(model, general_text, tokenizer.pad_token_id, dtype)
+                tracking.log_forgetting(forgot, general_text.description)
             if cfg.merged and source.is_adapter:
                 model, merged = evaluation.check_merged(model, *measure, result, source.reference.weights)
                 result = evaluation.Evaluation({**result.metrics, **merged.metrics}, merged.table)

@@ -18,6 +18,7 @@ from lora_study.tracking import (
     PARAM_BASE_MODEL_REVISION,
     PARAM_BASE_MODEL_SHA256,
     PARAM_DATASET_DIGEST,
+    PARAM_DECONTAMINATION,
     PARAM_DETECTED_FORMAT,
     PARAM_SOURCE_DIGEST,
     PARAM_TOKENIZER_DIGEST,
@@ -37,6 +38,7 @@ def run_prepare(data_cfg: DataConfig, base: BaseModelConfig) -> str:
         tracking.log_params(
             {
                 PARAM_DETECTED_FORMAT: prepared.meta["format"],
+                PARAM_DECONTAMINATION: prepared.meta["decontamination"],
                 PARAM_DATASET_DIGEST: prepared.meta["digest"],
                 PARAM_SOURCE_DIGEST: documents.digest,
                 PARAM_TOKENIZER_DIGEST: prepared.meta["tokenizer_digest"],

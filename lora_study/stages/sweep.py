@@ -11,34 +11,62 @@ parent -> say where to look. Bad input fails before any run starts.
 """
 
 import dataclasses
+import statistics
 from pathlib import Path
 
 import mlflow
 import optuna
+import pandas as pd
 
 from lora_study import plots, registry, search_space, tracking
 from lora_study.config import BaseModelConfig, DataConfig, SweepConfig
 from lora_study.errors import UserInputError
+from lora_study.recommendation import Confirmed, pooled_std, recommend
 from lora_study.study import (
     ATTR_RUN_ID,
+    ATTR_SEED,
+    CONFIRM,
+    EXPLORE,
     Plan,
     best_trials,
+    confirmations,
     default_storage,
     default_study_name,
+    enqueue_confirmations,
     importances,
     masked,
     open_study,
+    to_confirm,
+    trials_of,
 )
 from lora_study.tracking import (
     ALIAS_CHALLENGER,
     ALIAS_CHAMPION,
     ARTIFACT_ADAPTER,
+    ARTIFACT_BEST_PER_LEVEL,
+    ARTIFACT_CONFIRMED,
     ARTIFACT_PLOT,
     ARTIFACT_SWEEP_CONFIG,
     ARTIFACT_TRIALS,
+    COLUMN_CONFIG_TRIAL,
+    COLUMN_FACTOR,
+    COLUMN_RECOMMENDED,
+    COLUMN_SEEDS,
+    COLUMN_STDERR,
+    COLUMN_VERSION,
     METRIC_BASE_TEST_PERPLEXITY,
     METRIC_BEST,
+    METRIC_EVAL_PERPLEXITY,
+    METRIC_FORGETTING_KL,
+    METRIC_FORGETTING_LOSS_DELTA,
+    METRIC_PEAK_MEMORY_MB,
+    METRIC_PERPLEXITY_IMPROVEMENT_PCT,
+    METRIC_RECOMMENDED_MEAN,
+    METRIC_RECOMMENDED_STD,
+    METRIC_SEED_STD,
+    METRIC_SEED_STD_OF,
     METRIC_TEST_PERPLEXITY,
+    METRIC_TRAINABLE_PARAMS,
     METRIC_TRIALS,
     OBJECTIVE_METRICS,
     PARAM_BEST,
@@ -49,12 +77,28 @@ from lora_study.tracking import (
     STAGE_TRIAL,
     TAG_BASE_MODEL,
     TAG_BASE_MODEL_SHA256,
+    TAG_CONFIG_TRIAL,
+    TAG_RECOMMENDATION,
+    TAG_SEED,
     TAG_STAGE,
     TAG_STUDY,
+    TAG_TEST_PERPLEXITY_MEAN,
+    TAG_TEST_PERPLEXITY_N,
+    TAG_TEST_PERPLEXITY_STD,
     TAG_TRIAL_NUMBER,
 )
 from lora_study.trials import Worker, run_workers
 
+# What a confirmed configuration's version shows of its registered seed, as tags.
+CONFIRM_VERSION_METRICS = (
+    METRIC_TEST_PERPLEXITY,
+    METRIC_BASE_TEST_PERPLEXITY,
+    METRIC_PERPLEXITY_IMPROVEMENT_PCT,
+    METRIC_FORGETTING_KL,
+    METRIC_FORGETTING_LOSS_DELTA,
+    METRIC_TRAINABLE_PARAMS,
+    METRIC_PEAK_MEMORY_MB,
+)
 TRIAL_STATES = {
     "complete": optuna.trial.TrialState.COMPLETE,
     "pruned": optuna.trial.TrialState.PRUNED,
@@ -90,12 +134,109 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
             }
         )
         mlflow.log_artifact(space.path, ARTIFACT_SWEEP_CONFIG)
-        run_workers(plan, worker, study)
-        versions = register_best(plan, worker, study)
-        summarize(plan, study)
+        run_workers(plan, worker, study, EXPLORE)
+        configs = to_confirm(study, _confirm_top(cfg, data, base))
+        recommended, confirmed_table = None, None
+        if configs:
+            seeds = [data.seed + k for k in range(cfg.confirm_seeds)]
+            enqueue_confirmations(study, configs, seeds)
+            run_workers(plan, worker, study, CONFIRM)
+            confirmed = _confirmed(study, configs)
+            recommended = recommend(confirmed, cfg.recommend, cfg.within_se) if confirmed else None
+        if recommended:
+            versions = register_confirmed(plan, worker, study, confirmed, recommended)
+            confirmed_table = log_confirmation(confirmed, recommended, versions)
+        else:
+            versions = register_best(plan, worker, study)
+        summarize(plan, study, confirmed_table)
 
-    _print_where_to_look(plan, parent, versions)
+    _print_where_to_look(plan, parent, versions, recommended)
     return parent.info.run_id
+
+
+def _confirm_top(cfg: SweepConfig, data: DataConfig, base: BaseModelConfig) -> int:
+    """`--confirm-top`; its default is 2 on the embedded default (a 10-minute budget), else 3."""
+    if cfg.confirm_top >= 0:
+        return cfg.confirm_top
+    embedded = data.dataset == DataConfig().dataset and base.base_model == BaseModelConfig().base_model
+    return 2 if embedded else 3
+
+
+def _confirmed(study: optuna.Study, configs: list) -> list[Confirmed]:
+    """The configurations with at least one complete confirmation, as the rule reads them."""
+    confirmed = []
+    for config in configs:
+        runs = confirmations(study, config.number)
+        if runs:
+            confirmed.append(
+                Confirmed(
+                    config=config.number,
+                    params=config.params,
+                    test_perplexities=tuple(t.user_attrs[METRIC_TEST_PERPLEXITY] for t in runs),
+                    trainable_params=runs[0].user_attrs[METRIC_TRAINABLE_PARAMS],
+                    peak_memory_mb=statistics.fmean(t.user_attrs[METRIC_PEAK_MEMORY_MB] for t in runs),
+                )
+            )
+    return confirmed
+
+
+def register_confirmed(plan: Plan, worker: Worker, study: optuna.Study, confirmed: list, recommended) -> dict:
+    """Register one adapter per confirmed configuration (its seed with the best validation
+    perplexity), tagged with the seeds' test perplexity; `challenger` goes to the recommended one."""
+    name = plan.sweep.registered_model or f"lora-study-{plan.base.base_model}"
+    versions = {}
+    for c in confirmed:
+        runs = confirmations(study, c.config)
+        chosen = min(runs, key=lambda t: t.user_attrs[METRIC_EVAL_PERPLEXITY])
+        version = registry.find_trial_version(name, plan.study_name, chosen.number)
+        if version is None:
+            tags = {
+                **_version_tags(plan, worker, chosen),
+                TAG_CONFIG_TRIAL: c.config,
+                TAG_SEED: chosen.user_attrs[ATTR_SEED],
+                TAG_TEST_PERPLEXITY_MEAN: f"{c.mean:.6g}",
+                TAG_TEST_PERPLEXITY_STD: f"{c.std:.6g}",
+                TAG_TEST_PERPLEXITY_N: c.n,
+                **{key: f"{chosen.user_attrs[key]:.6g}" for key in CONFIRM_VERSION_METRICS if key in chosen.user_attrs},
+            }
+            version = registry.register(f"runs:/{chosen.user_attrs[ATTR_RUN_ID]}/{ARTIFACT_ADAPTER}", name, tags)
+        versions[c.config] = version
+    chosen_version = versions[recommended.chosen.config]
+    registry.set_alias(name, ALIAS_CHALLENGER, chosen_version.version)
+    if plan.sweep.promote:
+        promote_champion(name, chosen_version, plan.sweep.objective_names[0])
+    return versions
+
+
+def log_confirmation(confirmed: list[Confirmed], recommended, versions: dict) -> pd.DataFrame:
+    """The answer on the parent run: the rule's statement, the seed noise, and a row per configuration."""
+    mlflow.set_tag(TAG_RECOMMENDATION, recommended.statement())
+    mlflow.log_metrics(
+        {
+            METRIC_SEED_STD: pooled_std(confirmed),
+            METRIC_RECOMMENDED_MEAN: recommended.chosen.mean,
+            METRIC_RECOMMENDED_STD: recommended.chosen.std,
+            **{METRIC_SEED_STD_OF.format(config=c.config): c.std for c in confirmed},
+        }
+    )
+    rows = [
+        {
+            COLUMN_CONFIG_TRIAL: c.config,
+            **c.params,
+            COLUMN_SEEDS: c.n,
+            TAG_TEST_PERPLEXITY_MEAN: c.mean,
+            TAG_TEST_PERPLEXITY_STD: c.std,
+            COLUMN_STDERR: c.stderr,
+            METRIC_TRAINABLE_PARAMS: c.trainable_params,
+            METRIC_PEAK_MEMORY_MB: c.peak_memory_mb,
+            COLUMN_RECOMMENDED: c is recommended.chosen,
+            COLUMN_VERSION: int(versions[c.config].version),
+        }
+        for c in confirmed
+    ]
+    table = pd.DataFrame(rows)
+    mlflow.log_table(table, ARTIFACT_CONFIRMED)
+    return table
 
 
 def register_best(plan: Plan, worker: Worker, study: optuna.Study) -> list:
@@ -106,18 +247,7 @@ def register_best(plan: Plan, worker: Worker, study: optuna.Study) -> list:
         version = registry.find_trial_version(name, plan.study_name, trial.number)
         if version is None:
             run_id = trial.user_attrs[ATTR_RUN_ID]
-            objective_tags = {
-                OBJECTIVE_METRICS[objective]: f"{value:.6g}"
-                for objective, value in zip(plan.sweep.objective_names, trial.values)
-            }
-            tags = {
-                TAG_STUDY: plan.study_name,
-                TAG_TRIAL_NUMBER: trial.number,
-                TAG_BASE_MODEL: plan.base.base_model,
-                TAG_BASE_MODEL_SHA256: worker.setup.ref.sha256 or "",
-                **objective_tags,
-                **worker.test_metrics(run_id),
-            }
+            tags = {**_version_tags(plan, worker, trial), **worker.test_metrics(run_id)}
             version = registry.register(f"runs:/{run_id}/{ARTIFACT_ADAPTER}", name, tags)
         versions.append(version)
     if versions:
@@ -125,6 +255,21 @@ def register_best(plan: Plan, worker: Worker, study: optuna.Study) -> list:
         if plan.sweep.promote:
             promote_champion(name, versions[0], plan.sweep.objective_names[0])
     return versions
+
+
+def _version_tags(plan: Plan, worker: Worker, trial) -> dict:
+    """What every version registered from a study says: where it came from and its objective values."""
+    objective_tags = {
+        OBJECTIVE_METRICS[objective]: f"{value:.6g}"
+        for objective, value in zip(plan.sweep.objective_names, trial.values)
+    }
+    return {
+        TAG_STUDY: plan.study_name,
+        TAG_TRIAL_NUMBER: trial.number,
+        TAG_BASE_MODEL: plan.base.base_model,
+        TAG_BASE_MODEL_SHA256: worker.setup.ref.sha256 or "",
+        **objective_tags,
+    }
 
 
 def promote_champion(name: str, challenger, objective: str) -> None:
@@ -144,11 +289,12 @@ def promote_champion(name: str, challenger, objective: str) -> None:
         print(f"champion stays: {refused}")
 
 
-def summarize(plan: Plan, study: optuna.Study) -> None:
-    """Counts, best values and params, plots and the trials table, on the parent run."""
+def summarize(plan: Plan, study: optuna.Study, confirmed: pd.DataFrame | None = None) -> None:
+    """Counts, best values and params, plots and tables of the explore phase (the plots with the
+    confirmed configurations over them), on the parent run."""
     mlflow.log_metrics(
         {
-            METRIC_TRIALS.format(state=key): len(study.get_trials(deepcopy=False, states=(state,)))
+            METRIC_TRIALS.format(state=key): len(trials_of(study, EXPLORE, (state,)))
             for key, state in TRIAL_STATES.items()
         }
     )
@@ -170,11 +316,30 @@ def summarize(plan: Plan, study: optuna.Study) -> None:
     frame = plots.trials_frame(trial_runs)
     mlflow.log_table(frame, ARTIFACT_TRIALS)
     if plots.has_complete(frame):
-        for name, figure in plots.study_figures(frame).items():
+        figures = plots.study_figures(frame, confirmed)
+        for name, figure in figures.items():
             mlflow.log_figure(figure, ARTIFACT_PLOT.format(name=name))
+        factors = [f for f in plots.FACTORS if f"perplexity_by_{f}" in figures]
+        if factors:
+            per_level = [plots.best_per_level(frame, f).assign(**{COLUMN_FACTOR: f}) for f in factors]
+            mlflow.log_table(pd.concat(per_level, ignore_index=True), ARTIFACT_BEST_PER_LEVEL)
     found = importances(study)
     if found:
         mlflow.log_figure(plots.parameter_importances(found), ARTIFACT_PLOT.format(name="parameter_importances"))
+
+
+def _print_recommendation(recommended, versions: dict) -> None:
+    """The answer first: the rule's statement, against the base, with what it forgets."""
+    version = versions[recommended.chosen.config]
+    print(recommended.statement())
+    print(f"  params: {recommended.chosen.params}")
+    base = version.tags.get(METRIC_BASE_TEST_PERPLEXITY)
+    print(
+        f"  base test perplexity {base}; registered as models:/{version.name}/{version.version} (@{ALIAS_CHALLENGER})"
+    )
+    kl, delta = version.tags.get(METRIC_FORGETTING_KL), version.tags.get(METRIC_FORGETTING_LOSS_DELTA)
+    if kl is not None:
+        print(f"  forgetting: KL(base || adapter) {kl} nats/token, loss on general text {float(delta):+.4f}")
 
 
 def _config_path(config: str) -> str:
@@ -185,8 +350,13 @@ def _config_path(config: str) -> str:
     return str(shipped) if shipped.is_file() else config
 
 
-def _print_where_to_look(plan: Plan, parent, versions: list) -> None:
+def _print_where_to_look(plan: Plan, parent, versions, recommended) -> None:
     experiment = mlflow.get_experiment(plan.experiment_id)
+    if recommended:
+        _print_recommendation(recommended, versions)
+        challenger, versions = versions[recommended.chosen.config], list(versions.values())
+    else:
+        challenger = versions[0] if versions else None
     print(f"study {plan.study_name}: {len(versions)} adapter(s) registered")
     for version in versions:
         print(
@@ -194,7 +364,7 @@ def _print_where_to_look(plan: Plan, parent, versions: list) -> None:
             f"test perplexity {version.tags.get(METRIC_TEST_PERPLEXITY)} vs base "
             f"{version.tags.get(METRIC_BASE_TEST_PERPLEXITY)})"
         )
-    if versions:
-        print(f"  alias: models:/{versions[0].name}@{ALIAS_CHALLENGER}")
+    if challenger:
+        print(f"  alias: models:/{challenger.name}@{ALIAS_CHALLENGER} (version {challenger.version})")
     print(f"experiment `{experiment.name}` (id {plan.experiment_id}), parent run {parent.info.run_id}")
     print(f"see it: mlflow ui --backend-store-uri {plan.tracking_uri}")

@@ -4,14 +4,15 @@
 
 The recipe, top to bottom: check the settings against the base model and load the base and the
 prepared data (bad input fails here, before any run) -> start the run -> log the inputs -> train
-(the loop logs per-step and final metrics) -> log the adapter as the MLflow model `adapter`.
+(the loop logs per-step and final metrics) -> measure forgetting on text outside the training
+data -> log the adapter as the MLflow model `adapter`.
 """
 
 import os
 
 import torch
 
-from lora_study import tracking, training
+from lora_study import forgetting, tracking, training
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, TrainConfig
 from lora_study.tracking import STAGE_TRAIN
 
@@ -20,10 +21,14 @@ def run_train(data: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, t
     """The `train` entry point; returns the MLflow run id."""
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     s = training.setup(data, base, adapter, train)
+    general_text = forgetting.load(train.forgetting_data, s.ref, s.tokenizer, s.model, data.seq_len)
 
     with tracking.stage_run(STAGE_TRAIN, log_system_metrics=True) as run:
         training.log_inputs(s, data, base)
         result = training.fine_tune(s, adapter, train, data.seed)
+        if general_text:
+            forgot = forgetting.evaluate(result.model, general_text, s.tokenizer.pad_token_id, s.dtype)
+            tracking.log_forgetting(forgot, general_text.description)
         training.log_trained_adapter(s, result.model, adapter)
         tracking.flush()
     return run.info.run_id

@@ -50,8 +50,9 @@ def test_evaluate_logs_its_metrics_and_table_in_a_run_linked_to_the_model(adapte
     assert cli.main(argv) == 0
     (run,) = runs(mlflow_experiment)
     assert run.info.status == "FINISHED"
-    assert set(run.data.metrics) == EVALUATE_METRICS | MERGED_METRICS
+    assert set(run.data.metrics) == EVALUATE_METRICS | MERGED_METRICS | {"forgetting_loss_delta", "forgetting_kl"}
     metrics = run.data.metrics
+    assert metrics["forgetting_kl"] > 0 and "sampled from tiny" in run.data.params["forgetting_set"]
     assert metrics["test_perplexity"] < metrics["base_test_perplexity"] and metrics["merged_matches"] == 1.0
     assert metrics["perplexity_improvement_pct"] == pytest.approx(
         100 * (1 - metrics["test_perplexity"] / metrics["base_test_perplexity"])

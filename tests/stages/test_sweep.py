@@ -3,6 +3,7 @@ after a killed worker, and the registry."""
 
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -36,9 +37,10 @@ def space_file(tmp_path, sampler="random", learning_rate="[0.02, 0.000001]"):
     return str(path)
 
 
-def sweep_argv(tmp_path, *extra, n_trials=4, config=None):
+def sweep_argv(tmp_path, *extra, n_trials=4, config=None, confirm_top=0):
     argv = ["sweep", *TINY, "--config", config or space_file(tmp_path), "--n-trials", str(n_trials)]
     argv += ["--max-steps", "4", "--eval-every", "2", "--storage", f"sqlite:///{tmp_path}/optuna.db"]
+    argv += ["--confirm-top", str(confirm_top)]
     return argv + ["--study-name", "s", "--registered-model", registered(tmp_path), *extra]
 
 
@@ -79,10 +81,9 @@ def test_a_sweep_is_a_parent_run_with_a_nested_run_per_trial(tmp_path, mlflow_ex
     assert metrics["best_perplexity"] == pytest.approx(best.data.metrics["eval_perplexity"])
     assert params["best_rank"] == best.data.params["rank"] and params["n_trials"] == "4"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "plots")}
-    assert artifacts == {
-        f"plots/{name}.png"
-        for name in ("perplexity_by_rank", "perplexity_vs_memory", "optimization_history", "parameter_importances")
-    }
+    always = {f"plots/{name}.png" for name in ("perplexity_vs_memory", "optimization_history", "parameter_importances")}
+    by_factor = {f"plots/perplexity_by_{factor}.png" for factor in ("rank", "target_modules")}
+    assert always <= artifacts <= always | by_factor and artifacts & by_factor  # the factors that varied
     table = mlflow.load_table("trials.json", run_ids=[parent.info.run_id])
     assert sorted(table.trial_number) == [0, 1, 2, 3]
     # the best adapter is registered once, with its tags, as the challenger
@@ -103,7 +104,7 @@ def test_a_trial_behind_the_median_is_pruned_and_recorded(tmp_path, mlflow_exper
     created = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/optuna.db")
     for params in (good, good, good, {**good, "learning_rate": 0.000001}):  # the median pruner waits for 3
         created.enqueue_trial(params)
-    assert cli.main(sweep_argv(tmp_path)) == 0
+    assert cli.main(sweep_argv(tmp_path, "--pruner", "median")) == 0
     (parent,), trials = parent_and_trials(mlflow_experiment)
     assert [t.data.tags["trial_state"] for t in trials] == ["COMPLETE"] * 3 + ["PRUNED"]
     assert trials[3].info.status == "FINISHED"
@@ -143,6 +144,98 @@ def test_several_objectives_keep_and_register_the_pareto_front(tmp_path, mlflow_
     challenger = mlflow.MlflowClient().get_model_version_by_alias(registered(tmp_path), "challenger")
     assert int(challenger.tags["trial_number"]) == min(front, key=lambda t: t.values[0]).number
     assert {"eval_perplexity", "trainable_params"} <= set(challenger.tags)
+
+
+CONFIRM = ["--max-steps", "2", "--eval-every", "1", "--confirm-seeds", "2", "--pruner", "none"]
+
+
+def confirmation_runs(experiment_id) -> list:
+    return [r for r in runs(experiment_id) if r.data.tags["lora_study.stage"] == "confirm"]
+
+
+@pytest.mark.slow  # a whole multi-trial sweep, both phases
+def test_the_best_configurations_are_confirmed_with_seeds_and_the_rule_picks_one(tmp_path, mlflow_experiment, capsys):
+    assert cli.main(sweep_argv(tmp_path, *CONFIRM, n_trials=3, confirm_top=2)) == 0
+    study = load_study(tmp_path)
+    explore = [t for t in study.trials if t.user_attrs.get("phase") != "confirm"]
+    confirm = [t for t in study.trials if t.user_attrs.get("phase") == "confirm"]
+    assert len(explore) == 3 and max(t.number for t in explore) < min(t.number for t in confirm)
+    configs = {t.user_attrs["config_trial"] for t in confirm}
+    assert len(configs) == 2 and all(t.state.name == "COMPLETE" for t in confirm)
+    assert sorted((t.user_attrs["config_trial"], t.user_attrs["seed"]) for t in confirm) == [
+        (c, seed) for c in sorted(configs) for seed in (0, 1)
+    ]
+    for t in confirm:  # the configuration of its explore trial, again
+        assert t.params == study.trials[t.user_attrs["config_trial"]].params
+    confirmation = confirmation_runs(mlflow_experiment)
+    assert len(confirmation) == 4
+    for run in confirmation:
+        assert run.data.params["max_steps"] == "6" and run.data.params["eval_every"] == "0"  # 3x --max-steps
+        assert {"test_perplexity", "base_test_perplexity", "forgetting_kl"} <= set(run.data.metrics)
+    by_config = {c: [r for r in confirmation if r.data.tags["config_trial"] == str(c)] for c in configs}
+    # seeds change the adapter: two seeds of one configuration differ
+    assert all(len({r.data.metrics["test_perplexity"] for r in seeded}) == 2 for seeded in by_config.values())
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions(f"name = '{registered(tmp_path)}'")
+    assert sorted(int(v.tags["config_trial"]) for v in versions) == sorted(configs)
+    for version in versions:
+        seeded = [r.data.metrics["test_perplexity"] for r in by_config[int(version.tags["config_trial"])]]
+        assert float(version.tags["test_perplexity_mean"]) == pytest.approx(statistics.fmean(seeded), rel=1e-5)
+        assert float(version.tags["test_perplexity_std"]) == pytest.approx(statistics.stdev(seeded), rel=1e-5)
+        assert version.tags["test_perplexity_n"] == "2"
+    (parent,) = [r for r in runs(mlflow_experiment) if r.data.tags["lora_study.stage"] == "sweep"]
+    table = mlflow.load_table("confirmed.json", run_ids=[parent.info.run_id])
+    (recommended,) = table[table.recommended].to_dict("records")
+    challenger = client.get_model_version_by_alias(registered(tmp_path), "challenger")
+    assert int(challenger.version) == recommended["version"]
+    assert parent.data.tags["lora_study.recommendation"].startswith("recommended: the configuration of trial")
+    stds = [statistics.stdev(r.data.metrics["test_perplexity"] for r in seeded) for seeded in by_config.values()]
+    assert parent.data.metrics["seed_std_test_perplexity"] == pytest.approx(
+        (sum(s**2 for s in stds) / 2) ** 0.5, rel=1e-5
+    )
+    assert parent.data.metrics["complete_trials"] == 3  # the counts and plots are of the explore phase
+    out = capsys.readouterr().out
+    assert out.startswith("recommended: ") or "\nrecommended: " in out
+    assert "forgetting: KL(base || adapter)" in out
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_while_confirming_resumes_without_training_anything_twice(
+    tmp_path, mlflow_experiment, monkeypatch
+):
+    argv = sweep_argv(tmp_path, *CONFIRM, n_trials=2, confirm_top=1)
+    env = {**os.environ, "LORA_STUDY_HEARTBEAT_S": "1", "MLFLOW_EXPERIMENT_ID": mlflow_experiment}
+    worker = subprocess.Popen([sys.executable, "-m", "lora_study", *argv], env=env, cwd=tmp_path)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            trials = load_study(tmp_path).trials
+        except KeyError:
+            trials = []
+        confirm = [t for t in trials if t.user_attrs.get("phase") == "confirm"]
+        done = [t for t in confirm if t.state.name == "COMPLETE"]
+        running = [t for t in confirm if t.state.name == "RUNNING" and ATTR_RUN_ID in t.user_attrs]
+        if done and running:
+            break
+        time.sleep(0.2)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    (finished,), (killed,) = done, running
+    time.sleep(3)  # past the grace period of two heartbeats
+    monkeypatch.setattr(sweep_study, "HEARTBEAT_S", 1)
+    assert cli.main(argv) == 0
+    assert cli.main(argv) == 0  # once more: nothing left to do
+    confirm = [t for t in load_study(tmp_path).trials if t.user_attrs.get("phase") == "confirm"]
+    states = {t.number: t.state.name for t in confirm}
+    assert states[finished.number] == "COMPLETE" and states[killed.number] == "FAIL"
+    complete = [(t.user_attrs["config_trial"], t.user_attrs["seed"]) for t in confirm if t.state.name == "COMPLETE"]
+    assert sorted(complete) == sorted(set(complete)) and len(complete) == 2  # each seed once
+    assert len(confirm) == 3  # the finished one kept, the killed one failed and run again
+    statuses = {r.info.run_id: r.info.status for r in confirmation_runs(mlflow_experiment)}
+    assert statuses[killed.user_attrs[ATTR_RUN_ID]] == "FAILED"
+    assert sorted(statuses.values()) == ["FAILED", "FINISHED", "FINISHED"]
+    versions = mlflow.MlflowClient().search_model_versions(f"name = '{registered(tmp_path)}'")
+    assert len(versions) == 1 and versions[0].tags["test_perplexity_n"] == "2"
 
 
 @pytest.mark.slow

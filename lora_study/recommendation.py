@@ -1,0 +1,88 @@
+"""The answer of a study: which confirmed configuration to use, by a rule stated in advance.
+
+A confirmed configuration was trained again with several seeds at a larger budget and measured
+on the test split. The default rule, `cheapest-within-se`, is the one-standard-error rule
+(Breiman et al. 1984; Hastie et al., "The Elements of Statistical Learning", 7.10): among the
+configurations whose mean test perplexity is within `within_se` standard errors of the best
+mean, take the cheapest, fewest trainable parameters first, then lowest peak memory. A
+difference smaller than the seeds' own spread is not a reason to pay for a larger adapter.
+`best` takes the best mean.
+"""
+
+import math
+import statistics
+from dataclasses import dataclass
+
+CHEAPEST_WITHIN_SE = "cheapest-within-se"
+BEST = "best"
+RULES = (CHEAPEST_WITHIN_SE, BEST)
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    """One configuration, trained with each seed: its test perplexities and its costs."""
+
+    config: int  # the explore trial it was taken from
+    params: dict
+    test_perplexities: tuple[float, ...]  # one per seed
+    trainable_params: float
+    peak_memory_mb: float
+
+    @property
+    def n(self) -> int:
+        return len(self.test_perplexities)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.test_perplexities)
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation across seeds (0 for one seed)."""
+        return statistics.stdev(self.test_perplexities) if self.n > 1 else 0.0
+
+    @property
+    def stderr(self) -> float:
+        return self.std / math.sqrt(self.n)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    chosen: Confirmed
+    best: Confirmed  # the best mean; the same as `chosen` unless the rule picked a cheaper one
+    rule: str
+    within_se: float
+    threshold: float  # the highest mean test perplexity the rule accepted
+
+    def statement(self) -> str:
+        """The recommendation in one sentence, saying why when it is not the best mean."""
+        chosen, best = self.chosen, self.best
+        said = f"the configuration of trial {chosen.config} (test perplexity {chosen.mean:.3f} +- {chosen.std:.3f}"
+        said += f", n={chosen.n})"
+        if chosen is best:
+            return f"recommended: {said}, the best mean"
+        return (
+            f"recommended: {said}, the cheapest within {self.within_se:g} standard error(s) of the best "
+            f"mean ({best.mean:.3f} +- {best.std:.3f}, trial {best.config}; accepted up to {self.threshold:.3f})"
+        )
+
+
+def recommend(confirmed: list[Confirmed], rule: str = CHEAPEST_WITHIN_SE, within_se: float = 1.0) -> Recommendation:
+    """Apply `rule` to the confirmed configurations (at least one)."""
+    best = min(confirmed, key=lambda c: (c.mean, _cost(c)))
+    if rule == BEST:
+        return Recommendation(best, best, BEST, 0.0, best.mean)
+    threshold = best.mean + within_se * best.stderr
+    candidates = [c for c in confirmed if c.mean <= threshold]
+    chosen = min(candidates, key=lambda c: (_cost(c), c.mean))
+    return Recommendation(chosen, best, CHEAPEST_WITHIN_SE, within_se, threshold)
+
+
+def pooled_std(confirmed: list[Confirmed]) -> float:
+    """The seed noise of the study: the root mean of the configurations' variances."""
+    spread = [c.std**2 for c in confirmed if c.n > 1]
+    return math.sqrt(statistics.fmean(spread)) if spread else 0.0
+
+
+def _cost(c: Confirmed) -> tuple[float, float]:
+    return (c.trainable_params, c.peak_memory_mb)
