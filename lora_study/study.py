@@ -175,6 +175,9 @@ def importances(study: optuna.Study) -> dict[str, float]:
     if len(complete) < 2 or not any(t.params != complete[0].params for t in complete):
         return {}
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a study the user needs told of
     explored = optuna.create_study(directions=study.directions)  # in memory: confirmations left out
+    optuna.logging.set_verbosity(verbosity)
     explored.add_trials(complete)
     return optuna.importance.get_param_importances(explored, evaluator=evaluator, target=lambda t: t.values[0])

@@ -109,9 +109,15 @@ class Worker:
         )
 
     def confirm(self, study: optuna.Study) -> None:
-        """The confirm phase: the queued (configuration, seed) trials, one at a time, until none is left."""
+        """The confirm phase: the queued (configuration, seed) trials, one at a time, until none is left.
+
+        Optuna's own line per trial would call a confirmation "best" against explore trials of a
+        smaller budget; each says what it measured instead.
+        """
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         while study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
             study.optimize(self.objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+        optuna.logging.set_verbosity(optuna.logging.INFO)
 
     def objective(self, trial: optuna.Trial):
         """Train one adapter on the pristine base; its validation perplexity (and costs) are the value.
@@ -141,7 +147,7 @@ class Worker:
                     adapter,
                     train,
                     seed,
-                    on_eval=None if confirming else self._pruning(trial),
+                    on_eval=None if confirming else self._pruning(trial, train.max_steps),
                     base_eval_loss=self.base_eval_losses.get(base_key),
                 )
                 self.base_eval_losses[base_key] = result.eval_losses[0]
@@ -158,6 +164,12 @@ class Worker:
         values = {**result.metrics, **measured, METRIC_EVAL_PERPLEXITY: perplexity(result.final_eval_loss)}
         for name in (*TRIAL_ATTRS, *measured, METRIC_EVAL_PERPLEXITY):
             trial.set_user_attr(name, values[name])
+        if confirming:
+            print(
+                f"confirmation of trial {config} with seed {seed} (trial {trial.number}): test perplexity "
+                f"{measured[METRIC_TEST_PERPLEXITY]:.3f}, base {measured[METRIC_BASE_TEST_PERPLEXITY]:.3f}",
+                file=sys.stderr,
+            )
         objective = [values[OBJECTIVE_METRICS[name]] for name in plan.sweep.objective_names]
         return objective[0] if len(objective) == 1 else tuple(objective)
 
@@ -186,14 +198,15 @@ class Worker:
             METRIC_PERPLEXITY_IMPROVEMENT_PCT: 100 * (1 - adapted / base),
         }
 
-    def _pruning(self, trial: optuna.Trial):
+    def _pruning(self, trial: optuna.Trial, steps: int):
         if len(self.plan.sweep.objective_names) > 1:  # Optuna prunes single objectives only
             return None
 
         def on_eval(step: int, eval_loss: float) -> None:
             if step > 0:  # step 0 is the base model, the same for every trial
                 trial.report(perplexity(eval_loss), step)
-                if trial.should_prune():
+                # a trial that reached its budget is complete: pruning it then would only discard it
+                if step < steps and trial.should_prune():
                     raise optuna.TrialPruned(f"validation loss {eval_loss:.4f} at step {step}")
 
         return on_eval
