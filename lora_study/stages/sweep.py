@@ -11,7 +11,9 @@ parent -> say where to look. Bad input fails before any run starts.
 """
 
 import dataclasses
+import math
 import statistics
+import sys
 from pathlib import Path
 
 import mlflow
@@ -113,6 +115,7 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
     plan = Plan(data, base, cfg, space, study_name, cfg.storage or default_storage())
     worker = Worker(plan)
     worker.check_space()
+    _warn_of_an_uncovered_grid(space, cfg.n_trials)
     study = open_study(plan)
 
     with tracking.stage_run(STAGE_SWEEP, **{TAG_STUDY: study_name}) as parent:
@@ -152,6 +155,17 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
 
     _print_where_to_look(plan, parent, versions, recommended)
     return parent.info.run_id
+
+
+def _warn_of_an_uncovered_grid(space, n_trials: int) -> None:
+    """A grid larger than --n-trials leaves levels untried: say so before hours are spent."""
+    points = math.prod(len(values) for values in space.grid().values()) if space.sampler == "grid" else 0
+    if points > n_trials:
+        print(
+            f"lora-study: warning: {space.path} is a grid of {points} points and --n-trials {n_trials} "
+            f"tries {n_trials} of them; pass --n-trials {points} to cover it",
+            file=sys.stderr,
+        )
 
 
 def _confirm_top(cfg: SweepConfig, data: DataConfig, base: BaseModelConfig) -> int:
