@@ -4,11 +4,12 @@ Two numbers, on the same rows: `forgetting_loss_delta`, the mean token loss with
 minus without it, and `forgetting_kl`, the mean per-token KL(base || adapter) over the whole
 vocabulary. The default text is sampled from the base model itself (seeded, cached per base
 model), so it needs no download and measures how far the adapter moved the base's own
-distribution; `--forgetting-data` takes any `prepare` source instead. Biderman et al. 2024
+distribution; `--forgetting-data` takes any `prepare` source instead (its test split). Biderman et al. 2024
 ("LoRA Learns Less and Forgets Less") treat this as half of the trade-off.
 """
 
 import json
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import torch
 
 from lora_study import cache, data, models
 from lora_study.config import DataConfig
+from lora_study.errors import UserInputError
 from lora_study.losses import autocast, logits
 from lora_study.packing import IGNORE_INDEX, collate
 from lora_study.tracking import METRIC_FORGETTING_KL, METRIC_FORGETTING_LOSS_DELTA
@@ -40,22 +42,27 @@ class ForgettingSet:
 class BaseDistribution:
     """The base model's next-token distributions on a forgetting set: computed once, compared per adapter."""
 
-    logprobs: list[torch.Tensor]  # per batch: (scored positions, vocabulary)
-    probs: list[torch.Tensor]  # their exp, kept: every adapter's KL weighs by them
+    logprobs: list[torch.Tensor]  # per batch: (scored positions, vocabulary), on the CPU
     loss: float  # mean token loss
 
 
-def load(spec: str, ref: models.BaseModelRef, tokenizer, model, seq_len: int) -> ForgettingSet | None:
-    """The forgetting set named by `--forgetting-data`: `self`, `none` (None) or a `prepare` source."""
+def load(spec: str, ref: models.BaseModelRef, tokenizer, model, seq_len: int, trained_on: str) -> ForgettingSet | None:
+    """The forgetting set named by `--forgetting-data`: `self`, `none` (None) or a `prepare`
+    source other than `trained_on`, the adapter's own `--dataset`."""
     if spec == NONE:
         return None
+    if spec == trained_on:
+        raise UserInputError(
+            f"--forgetting-data {spec} is the training data: forgetting is measured on other text; "
+            f"pass another source, or `{SELF}`"
+        )
     length = min(seq_len, ROW_TOKENS)
     if spec == SELF:
         samples = _sampled_from_base(ref, tokenizer, model, TOKENS // length, length)
         rows = [_row(ids) for ids in samples]
         return ForgettingSet(rows, f"{len(rows) * length} tokens sampled from {ref.name} (seed {SAMPLING_SEED})")
     prepared, _ = data.prepare(DataConfig(dataset=spec, seq_len=length, decontaminate_ngram=0), ref, tokenizer)
-    rows = prepared.rows("train")[: max(1, TOKENS // length)]
+    rows = prepared.rows("test")[: max(1, TOKENS // length)]
     return ForgettingSet(rows, f"{sum(len(r['input_ids']) for r in rows)} tokens of {spec}")
 
 
@@ -87,7 +94,9 @@ def _sampled_from_base(ref: models.BaseModelRef, tokenizer, model, count: int, l
         )
     samples = out.tolist()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(samples))
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    partial.write_text(json.dumps(samples))
+    partial.replace(path)  # atomic: another process reads all of it or nothing
     return samples
 
 
@@ -105,21 +114,21 @@ def base_distribution(model, rows: list[dict], pad_id: int, dtype) -> BaseDistri
     with _adapter_disabled(model):
         for logprobs, targets in _scored_logprobs(model, rows, pad_id, dtype):
             loss += float(-logprobs.gather(-1, targets.unsqueeze(-1)).sum())
-            batches.append(logprobs)
+            batches.append(logprobs.cpu())  # kept for the whole sweep: not in a GPU's peak memory
             count += len(targets)
-    return BaseDistribution(batches, [logprobs.exp() for logprobs in batches], loss / count)
+    return BaseDistribution(batches, loss / count)
 
 
 @torch.no_grad()
 def measure(model, rows: list[dict], base: BaseDistribution, pad_id: int, dtype) -> dict[str, float]:
     """`forgetting_loss_delta` and `forgetting_kl` of `model` (the base with its adapter)."""
     loss, kl, count = 0.0, 0.0, 0
-    batches = zip(_scored_logprobs(model, rows, pad_id, dtype), base.logprobs, base.probs)
-    for (adapted, targets), logprobs, probs in batches:
+    for (adapted, targets), logprobs in zip(_scored_logprobs(model, rows, pad_id, dtype), base.logprobs):
+        adapted, targets = adapted.cpu(), targets.cpu()
         loss += float(-adapted.gather(-1, targets.unsqueeze(-1)).sum())
         # KL(base || adapter) = sum_v p_base (log p_base - log p_adapter): the difference first,
         # so that a tiny KL is not lost between two large sums
-        kl += float(torch.linalg.vecdot(probs, logprobs - adapted).sum())
+        kl += float(torch.linalg.vecdot(logprobs.exp(), logprobs - adapted).sum())
         count += len(targets)
     return {METRIC_FORGETTING_LOSS_DELTA: loss / count - base.loss, METRIC_FORGETTING_KL: kl / count}
 

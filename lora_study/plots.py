@@ -4,6 +4,8 @@
 frame, so the sweep's PNG artifacts and `notebooks/compare_runs.ipynb` draw the same pictures.
 """
 
+import numbers
+
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure  # figures as objects: no pyplot state, no GUI backend
@@ -68,13 +70,17 @@ def study_figures(frame: pd.DataFrame, confirmed: pd.DataFrame | None = None) ->
     """Every figure of a study, by name: one per factor that varied (its best learning rate per
     level, with the confirmed seeds' spread), then perplexity against memory and the history."""
     figures = {
-        f"perplexity_by_{factor}": perplexity_by_factor(frame, factor, confirmed)
+        factor_figure(factor): perplexity_by_factor(frame, factor, confirmed)
         for factor in FACTORS
         if factor in frame and frame.loc[frame.trial_state == COMPLETE, factor].nunique() > 1
     }
     figures["perplexity_vs_memory"] = perplexity_vs_memory(frame)
     figures["optimization_history"] = optimization_history(frame)
     return figures
+
+
+def factor_figure(factor: str) -> str:
+    return f"perplexity_by_{factor}"
 
 
 def best_per_level(frame: pd.DataFrame, factor: str) -> pd.DataFrame:
@@ -136,11 +142,12 @@ def perplexity_by_factor(frame: pd.DataFrame, factor: str, confirmed: pd.DataFra
 
 
 def _level_order(level):
-    return (0, float(level), "") if isinstance(level, (int, float)) else (1, 0.0, str(level))
+    """Numbers by value (rank 8 before 32), then names as written."""
+    return (0, float(level), "") if isinstance(level, numbers.Real) else (1, 0.0, str(level))
 
 
 def _level_text(level) -> str:
-    return str(int(level)) if isinstance(level, float) and level.is_integer() else str(level)
+    return f"{level:g}" if isinstance(level, numbers.Real) else str(level)
 
 
 def pareto_front(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:

@@ -59,6 +59,8 @@ class Recommendation:
         chosen, best = self.chosen, self.best
         said = f"the configuration of trial {chosen.config} (test perplexity {chosen.mean:.3f} +- {chosen.std:.3f}"
         said += f", n={chosen.n})"
+        if chosen is best and self.rule != BEST and best.n < 2:
+            return f"recommended: {said}, the best mean (one seed: no standard error to allow)"
         if chosen is best:
             return f"recommended: {said}, the best mean"
         return (

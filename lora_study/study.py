@@ -7,6 +7,7 @@ MLflow run with it.
 
 import os
 import re
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,9 @@ ATTR_RUN_ID = "mlflow_run_id"  # Optuna user attribute: the trial's MLflow run
 ATTR_PHASE = "phase"  # EXPLORE (sampled, pruned) or CONFIRM (enqueued: a configuration again, seeded)
 ATTR_CONFIG = "config_trial"  # of a CONFIRM trial: the explore trial whose configuration it repeats
 ATTR_SEED = "seed"  # of a CONFIRM trial
+ATTR_STEPS = "steps"  # of a CONFIRM trial: its budget; a confirmation at another one is not reused
 EXPLORE, CONFIRM = "explore", "confirm"
+UNUSED = "unused"  # a trial Optuna made in the confirm phase when the queue was empty: counts nowhere
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 UNFINISHED_OR_DONE = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
 # A trial whose worker sends no heartbeat for 2 intervals is failed by the next worker to look.
@@ -150,23 +153,42 @@ def to_confirm(study: optuna.Study, top: int) -> list:
     return chosen
 
 
-def enqueue_confirmations(study: optuna.Study, configs: list, seeds: list[int]) -> int:
-    """Queue each (configuration, seed) not yet confirmed, queued or running; how many were queued.
+def wait_for_explore(study: optuna.Study) -> None:
+    """Return once no explore trial runs, here or on another machine (a dead worker's is failed
+    by heartbeat): the configurations to confirm are chosen from a finished explore phase."""
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        if not trials_of(study, EXPLORE, (TrialState.RUNNING,)):
+            return
+        time.sleep(HEARTBEAT_S)
 
-    Stale trials are failed first, so a confirmation whose worker was killed is queued again.
-    """
+
+def enqueue_confirmations(study: optuna.Study, configs: list, seeds: list[int], steps: int) -> int:
+    """Queue each (configuration, seed) not yet confirmed, queued or running at `steps`; how many
+    were queued. Stale trials are failed first, so a confirmation whose worker was killed is
+    queued again."""
     optuna.storages.fail_stale_trials(study)
-    held = {(t.user_attrs[ATTR_CONFIG], t.user_attrs[ATTR_SEED]) for t in trials_of(study, CONFIRM, UNFINISHED_OR_DONE)}
-    missing = [(config, seed) for config in configs for seed in seeds if (config.number, seed) not in held]
+    held = {_job(t) for t in trials_of(study, CONFIRM, UNFINISHED_OR_DONE)}
+    missing = [(config, seed) for config in configs for seed in seeds if (config.number, seed, steps) not in held]
     for config, seed in missing:
-        attrs = {ATTR_PHASE: CONFIRM, ATTR_CONFIG: config.number, ATTR_SEED: seed}
+        attrs = {ATTR_PHASE: CONFIRM, ATTR_CONFIG: config.number, ATTR_SEED: seed, ATTR_STEPS: steps}
         study.enqueue_trial(config.params, user_attrs=attrs)
     return len(missing)
 
 
-def confirmations(study: optuna.Study, config: int) -> list:
-    """The complete confirmation trials of the configuration of explore trial `config`."""
-    return [t for t in trials_of(study, CONFIRM, (TrialState.COMPLETE,)) if t.user_attrs[ATTR_CONFIG] == config]
+def _job(trial) -> tuple[int, int, int]:
+    return trial.user_attrs[ATTR_CONFIG], trial.user_attrs[ATTR_SEED], trial.user_attrs.get(ATTR_STEPS)
+
+
+def confirmations(study: optuna.Study, config: int, steps: int) -> list:
+    """The complete confirmations of the configuration of explore trial `config` at `steps`, one
+    per seed (should two workers on two machines have queued the same one)."""
+    done = {}
+    for trial in trials_of(study, CONFIRM, (TrialState.COMPLETE,)):
+        number, seed, at = _job(trial)
+        if number == config and at == steps:
+            done.setdefault(seed, trial)
+    return list(done.values())
 
 
 def importances(study: optuna.Study) -> dict[str, float]:

@@ -23,6 +23,7 @@ STAGE_PREPARE, STAGE_TRAIN, STAGE_EVALUATE, STAGE_MERGE = "prepare", "train", "e
 STAGE_SWEEP = "sweep"  # a sweep's parent run
 STAGE_TRIAL = "trial"  # one explore trial's run, nested under its sweep
 STAGE_CONFIRM = "confirm"  # one confirmation run (a configuration again, with a seed), nested too
+RUN_NAME_CONFIRM = "confirm-trial-{config}-seed-{seed}"
 
 # --- params (besides the config fields, which are logged under their own names) -------------
 PARAM_BASE_MODEL_SHA256 = "base_model_sha256"

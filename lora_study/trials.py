@@ -18,7 +18,19 @@ from lora_study import adapters, console, evaluation, forgetting, lora, models, 
 from lora_study.config import AdapterConfig, TrainConfig
 from lora_study.errors import UserInputError
 from lora_study.losses import mean_loss, perplexity
-from lora_study.study import ATTR_CONFIG, ATTR_RUN_ID, ATTR_SEED, CONFIRM, EXPLORE, Plan, finished, open_study, phase
+from lora_study.study import (
+    ATTR_CONFIG,
+    ATTR_PHASE,
+    ATTR_RUN_ID,
+    ATTR_SEED,
+    CONFIRM,
+    EXPLORE,
+    UNUSED,
+    Plan,
+    finished,
+    open_study,
+    phase,
+)
 from lora_study.tracking import (
     METRIC_BASE_TEST_PERPLEXITY,
     METRIC_EVAL_PERPLEXITY,
@@ -28,6 +40,7 @@ from lora_study.tracking import (
     METRIC_TRAIN_TOKENS_PER_S,
     METRIC_TRAINABLE_PARAMS,
     OBJECTIVE_METRICS,
+    RUN_NAME_CONFIRM,
     STAGE_CONFIRM,
     TAG_CONFIG_TRIAL,
     TAG_SEED,
@@ -58,9 +71,12 @@ class Worker:
         self.bases = {adapter.quantization: self.setup.model}  # a base per quantization the space holds
         self.base_eval_losses: dict[tuple, float] = {}  # step 0 of every trial on the same base
         s = self.setup
-        self.general_text = forgetting.load(plan.sweep.forgetting_data, s.ref, s.tokenizer, s.model, plan.data.seq_len)
+        self.general_text = forgetting.load(
+            plan.sweep.forgetting_data, s.ref, s.tokenizer, s.model, plan.data.seq_len, plan.data.dataset
+        )
         self.base_distributions: dict[tuple, forgetting.BaseDistribution] = {}  # the same for every trial
         self.base_test_losses: dict[tuple, float] = {}  # of the confirmations' base
+        self.confirming = False  # in the confirm phase, only queued confirmations run
 
     def check_space(self) -> None:
         """Target-module choices the base lacks, and settings it refuses: all at once."""
@@ -114,10 +130,14 @@ class Worker:
         Optuna's own line per trial would call a confirmation "best" against explore trials of a
         smaller budget; each says what it measured instead.
         """
+        verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # queued trials carry their parameters; a grid sampler would look for its grid point in them
+        study.sampler = optuna.samplers.RandomSampler(seed=self.plan.data.seed)
+        self.confirming = True
         while study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
             study.optimize(self.objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
-        optuna.logging.set_verbosity(optuna.logging.INFO)
+        optuna.logging.set_verbosity(verbosity)
 
     def objective(self, trial: optuna.Trial):
         """Train one adapter on the pristine base; its validation perplexity (and costs) are the value.
@@ -126,6 +146,10 @@ class Worker:
         measured on the test split.
         """
         plan, confirming = self.plan, phase(trial) == CONFIRM
+        if self.confirming and not confirming:
+            # another worker took the last queued confirmation first: Optuna made a new trial
+            trial.set_user_attr(ATTR_PHASE, UNUSED)
+            raise optuna.TrialPruned("no confirmation left to run")
         adapter, train = plan.space.suggest(trial, self.train_defaults)
         s = self.setup_for(adapter.quantization)
         base_key = (adapter.quantization, train.precision)  # what the base's loss depends on
@@ -133,7 +157,7 @@ class Worker:
         if confirming:
             train = train.model_copy(update={"max_steps": plan.sweep.steps_to_confirm, "eval_every": 0})
             seed, config = trial.user_attrs[ATTR_SEED], trial.user_attrs[ATTR_CONFIG]
-            name = f"confirm-trial-{config}-seed-{seed}"
+            name = RUN_NAME_CONFIRM.format(config=config, seed=seed)
             tags = {TAG_STAGE: STAGE_CONFIRM, TAG_CONFIG_TRIAL: str(config), TAG_SEED: str(seed)}
         tags.update({TAG_STUDY: plan.study_name, TAG_TRIAL_NUMBER: str(trial.number)})
         with tracking.trial_run(
@@ -199,7 +223,9 @@ class Worker:
         }
 
     def _pruning(self, trial: optuna.Trial, steps: int):
-        if len(self.plan.sweep.objective_names) > 1:  # Optuna prunes single objectives only
+        # the pruner reads validation perplexity: only a study of it alone may be pruned by it
+        # (Optuna prunes single objectives only)
+        if self.plan.sweep.objective_names != ["perplexity"]:
             return None
 
         def on_eval(step: int, eval_loss: float) -> None:

@@ -78,6 +78,7 @@ def test_a_base_with_other_weights_is_refused(tmp_path, tiny_adapter):
 # --- many adapters on one base -------------------------------------------------------------------
 
 
+@pytest.mark.slow  # trains several adapters to compare them
 def test_many_adapters_on_one_base_answer_as_each_adapter_alone():
     first, second = two_registered_adapters("multi-docs")
     alone = {

@@ -1,11 +1,13 @@
 """Forgetting: zero for a fresh adapter, larger for a larger step, KL as a direct sum says."""
 
 import mlflow
+import pytest
 import torch
 from conftest import TINY_BASE, TINY_DATA, text_docs, write_jsonl
 
 from lora_study import forgetting, lora, training
 from lora_study.config import AdapterConfig, TrainConfig
+from lora_study.errors import UserInputError
 from lora_study.packing import collate
 from lora_study.tracking import METRIC_FORGETTING_KL, METRIC_FORGETTING_LOSS_DELTA
 
@@ -17,7 +19,7 @@ def setup():
 
 
 def general_text(s):
-    return forgetting.load(forgetting.SELF, s.ref, s.tokenizer, s.model, TINY_DATA.seq_len)
+    return forgetting.load(forgetting.SELF, s.ref, s.tokenizer, s.model, TINY_DATA.seq_len, TINY_DATA.dataset)
 
 
 def forgetting_after(s, learning_rate: float) -> dict[str, float]:
@@ -39,6 +41,7 @@ def test_a_fresh_adapter_forgets_nothing(mlflow_experiment):
     }
 
 
+@pytest.mark.slow  # trains several adapters to compare them
 def test_forgetting_grows_with_the_learning_rate(mlflow_experiment):
     s = setup()
     small, large = forgetting_after(s, 1e-4), forgetting_after(s, 3e-2)
@@ -82,6 +85,8 @@ def test_the_self_sampled_text_is_seeded_and_cached(mlflow_experiment, cache_roo
 def test_any_dataset_can_be_the_general_text(tmp_path, mlflow_experiment):
     s = setup()
     path = write_jsonl(tmp_path / "general.jsonl", [{"text": d} for d in text_docs(30)])
-    text = forgetting.load(str(path), s.ref, s.tokenizer, s.model, TINY_DATA.seq_len)
+    text = forgetting.load(str(path), s.ref, s.tokenizer, s.model, TINY_DATA.seq_len, TINY_DATA.dataset)
     assert text.rows and "general.jsonl" in text.description
-    assert forgetting.load(forgetting.NONE, s.ref, s.tokenizer, s.model, TINY_DATA.seq_len) is None
+    assert forgetting.load(forgetting.NONE, s.ref, s.tokenizer, s.model, TINY_DATA.seq_len, "") is None
+    with pytest.raises(UserInputError, match="is the training data"):
+        forgetting.load(str(path), s.ref, s.tokenizer, s.model, TINY_DATA.seq_len, str(path))

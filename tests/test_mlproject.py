@@ -9,7 +9,8 @@ pytestmark = pytest.mark.slow  # `mlflow run` in a process of its own
 
 def test_prepare_entry_point_finishes(tmp_path, mlflow_experiment):
     path = tmp_path / "notes.txt"
-    path.write_text("\n\n".join(f"note {i}: " + "lists sort in place " * 12 for i in range(12)))
+    words = [f"w{i}x{j}" for i in range(12) for j in range(24)]  # no note repeats another's text
+    path.write_text("\n\n".join(f"note {i}: " + " ".join(words[24 * i : 24 * i + 24]) for i in range(12)))
     done = mlflow_run("prepare", mlflow_experiment, dataset=path, base_model="tiny", seq_len=32)
     assert done.returncode == 0, done.stderr[-2000:]
     (run,) = runs(mlflow_experiment)

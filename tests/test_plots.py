@@ -132,6 +132,11 @@ def test_rank_is_read_per_target_module_preset(frame):
     ]
 
 
+def test_numeric_levels_are_drawn_in_order_of_value(frame):
+    [ax] = plots.perplexity_by_factor(frame, "rank").axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["4", "8", "16", "32"]
+
+
 def test_the_factor_plot_draws_the_best_per_level_and_the_confirmed_spread():
     confirmed = pd.DataFrame({"rank": [8], "test_perplexity_mean": [9.5], "test_perplexity_std": [0.4]})
     [ax] = plots.perplexity_by_factor(lr_frame(), "rank", confirmed).axes

@@ -46,3 +46,8 @@ def test_the_best_rule_and_a_zero_threshold_take_the_best_mean():
 def test_the_pooled_seed_noise():
     configs = [config(0, [10.0, 12.0], 1), config(1, [10.0, 10.0], 1), config(2, [9.0], 1)]
     assert math.isclose(pooled_std(configs), math.sqrt((2.0 + 0.0) / 2))
+
+
+def test_a_single_seed_says_the_rule_had_no_standard_error_to_allow():
+    result = recommend([config(0, [10.0], trainable=800), config(1, [10.1], trainable=100)])
+    assert result.chosen.config == 0 and "one seed: no standard error" in result.statement()

@@ -27,9 +27,10 @@ def test_the_shipped_configs_parse():
         for name in ("rank", "modules", "quantization")
     }
     assert all(space.sampler == "grid" for space in grids.values())
-    assert grids["rank"].grid() == {"rank": [4, 8, 16, 32, 64]}
-    assert grids["modules"].grid() == {"target_modules": ["q", "v", "qv", "qkvo", "mlp", "all-linear"]}
-    assert grids["quantization"].grid() == {"quantization": ["none", "8bit", "4bit"]}
+    rates = {"learning_rate": [3e-4, 1e-3, 3e-3]}  # searched per level: ablations compare each level's best
+    assert grids["rank"].grid() == {"rank": [4, 8, 16, 32, 64], **rates}
+    assert grids["modules"].grid() == {"target_modules": ["q", "v", "qv", "qkvo", "mlp", "all-linear"], **rates}
+    assert grids["quantization"].grid() == {"quantization": ["none", "8bit", "4bit"], **rates}
 
 
 def test_a_trial_draws_typed_configs_and_alpha_per_rank():
@@ -37,7 +38,7 @@ def test_a_trial_draws_typed_configs_and_alpha_per_rank():
     trial = optuna.trial.FixedTrial({"rank": 16, "alpha_per_rank": 2, "target_modules": "qkvo", "learning_rate": 1e-3})
     adapter, train = space.suggest(trial, {"max_steps": 7, "eval_every": 2})
     assert (adapter.rank, adapter.alpha, adapter.target_modules, adapter.dropout) == (16, 32.0, "qkvo", 0.05)
-    assert (train.learning_rate, train.batch_size, train.max_steps, train.eval_every) == (1e-3, 4, 7, 2)
+    assert (train.learning_rate, train.batch_size, train.max_steps, train.eval_every) == (1e-3, 1, 7, 2)
 
 
 def test_an_integer_range_draws_integers(tmp_path):

@@ -67,6 +67,7 @@ def test_quantized_bases_train_on_cpu(quantization, layer_type):
     assert math.isfinite(final(run, "train_loss")) and run.data.params["quantization"] == quantization
 
 
+@pytest.mark.slow  # trains several adapters to compare them
 def test_gradient_accumulation_matches_one_big_batch():
     adapter = AdapterConfig(dropout=0.0)
     big, _ = fine_tune(adapter, max_steps=1, batch_size=8, grad_accum=1, precision="fp32")
@@ -76,12 +77,14 @@ def test_gradient_accumulation_matches_one_big_batch():
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow  # trains several adapters to compare them
 def test_gradient_checkpointing_gives_the_same_loss():
     _, plain = fine_tune(max_steps=2, precision="fp32")
     _, checkpointed = fine_tune(max_steps=2, precision="fp32", gradient_checkpointing=True)
     assert final(checkpointed, "train_loss") == pytest.approx(final(plain, "train_loss"), rel=1e-5)
 
 
+@pytest.mark.slow  # trains several adapters to compare them
 def test_same_seed_same_final_loss_other_seed_other_loss():
     losses = [final(fine_tune(seed=seed, max_steps=3)[1], "train_loss") for seed in (0, 0, 1)]
     assert losses[0] == losses[1] and losses[0] != losses[2]

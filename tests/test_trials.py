@@ -33,6 +33,7 @@ def worker_plan(tmp_path, experiment_id) -> study.Plan:
     )
 
 
+@pytest.mark.slow  # trains several adapters to compare them
 def test_each_trial_starts_from_the_pristine_base(tmp_path, mlflow_experiment):
     plan = worker_plan(tmp_path, mlflow_experiment)
     worker = trials.Worker(plan)

@@ -4,10 +4,10 @@
 
 The procedure, top to bottom: resolve the model URI and load the base once with the adapter
 applied -> take the test split the adapter was trained on (or `--data`) and the prompts ->
-perplexity with the adapter and, on the same tokens, with it switched off -> greedy generation
-on the prompts, both ways, timed -> with `--merged`, merge the adapter into the base and compare
--> log it all to a run linked to the model, and tag a registered version with the headline
-metrics. Bad input fails before the run starts.
+forgetting on text outside the training data -> perplexity with the adapter and, on the same
+tokens, with it switched off -> greedy generation on the prompts, both ways, timed -> with
+`--merged`, merge the adapter into the base and compare -> log it all to a run linked to the
+model, and tag a registered version with the headline metrics. Bad input fails before the run starts.
 """
 
 import os
@@ -60,7 +60,8 @@ def run_evaluate(cfg: EvaluateConfig) -> str:
     )
     seq_len = held_out.prepared.meta["seq_len"]
     forgetting_data = cfg.forgetting_data if source.is_adapter else forgetting.NONE  # a base forgets nothing
-    general_text = forgetting.load(forgetting_data, loaded.base, tokenizer, model, seq_len)
+    trained_on = held_out.prepared.meta["dataset"]
+    general_text = forgetting.load(forgetting_data, loaded.base, tokenizer, model, seq_len, trained_on)
 
     with tracking.stage_run(STAGE_EVALUATE, **tracking.evaluated_model_tags(source)) as run:
         tracking.log_params(
@@ -72,12 +73,12 @@ def run_evaluate(cfg: EvaluateConfig) -> str:
                 PARAM_PROMPT_COUNT: len(held_out.prompts),
             }
         )
+        if general_text:  # before the merge below, outside the measured peak memory
+            forgot = forgetting.evaluate(model, general_text, tokenizer.pad_token_id, dtype)
+            tracking.log_forgetting(forgot, general_text.description)
         measure = (tokenizer, held_out.rows, held_out.prompts, cfg.batch_size, cfg.max_new_tokens, dtype)
         with PeakMemory(where) as peak:
             result = evaluation.evaluate_adapter(model, *measure)
-            if general_text:
-                forgot = forgetting.evaluate(model, general_text, tokenizer.pad_token_id, dtype)
-                tracking.log_forgetting(forgot, general_text.description)
             if cfg.merged and source.is_adapter:
                 model, merged = evaluation.check_merged(model, *measure, result, source.reference.weights)
                 result = evaluation.Evaluation({**result.metrics, **merged.metrics}, merged.table)

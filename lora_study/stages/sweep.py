@@ -40,6 +40,7 @@ from lora_study.study import (
     open_study,
     to_confirm,
     trials_of,
+    wait_for_explore,
 )
 from lora_study.tracking import (
     ALIAS_CHALLENGER,
@@ -55,6 +56,8 @@ from lora_study.tracking import (
     COLUMN_RECOMMENDED,
     COLUMN_SEEDS,
     COLUMN_STDERR,
+    COLUMN_TEST_PERPLEXITY_MEAN,
+    COLUMN_TEST_PERPLEXITY_STD,
     COLUMN_VERSION,
     METRIC_BASE_TEST_PERPLEXITY,
     METRIC_BEST,
@@ -138,13 +141,16 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
         )
         mlflow.log_artifact(space.path, ARTIFACT_SWEEP_CONFIG)
         run_workers(plan, worker, study, EXPLORE)
-        configs = to_confirm(study, _confirm_top(cfg, data, base))
+        top = _confirm_top(cfg, data, base)
+        if top:
+            wait_for_explore(study)
+        configs = to_confirm(study, top)
         recommended, confirmed_table = None, None
         if configs:
             seeds = [data.seed + k for k in range(cfg.confirm_seeds)]
-            enqueue_confirmations(study, configs, seeds)
+            enqueue_confirmations(study, configs, seeds, cfg.steps_to_confirm)
             run_workers(plan, worker, study, CONFIRM)
-            confirmed = _confirmed(study, configs)
+            confirmed = _confirmed(study, configs, cfg.steps_to_confirm)
             recommended = recommend(confirmed, cfg.recommend, cfg.within_se) if confirmed else None
         if recommended:
             versions = register_confirmed(plan, worker, study, confirmed, recommended)
@@ -176,11 +182,11 @@ def _confirm_top(cfg: SweepConfig, data: DataConfig, base: BaseModelConfig) -> i
     return 2 if embedded else 3
 
 
-def _confirmed(study: optuna.Study, configs: list) -> list[Confirmed]:
+def _confirmed(study: optuna.Study, configs: list, steps: int) -> list[Confirmed]:
     """The configurations with at least one complete confirmation, as the rule reads them."""
     confirmed = []
     for config in configs:
-        runs = confirmations(study, config.number)
+        runs = confirmations(study, config.number, steps)
         if runs:
             confirmed.append(
                 Confirmed(
@@ -200,7 +206,7 @@ def register_confirmed(plan: Plan, worker: Worker, study: optuna.Study, confirme
     name = plan.sweep.registered_model or f"lora-study-{plan.base.base_model}"
     versions = {}
     for c in confirmed:
-        runs = confirmations(study, c.config)
+        runs = confirmations(study, c.config, plan.sweep.steps_to_confirm)
         chosen = min(runs, key=lambda t: t.user_attrs[METRIC_EVAL_PERPLEXITY])
         version = registry.find_trial_version(name, plan.study_name, chosen.number)
         if version is None:
@@ -217,8 +223,8 @@ def register_confirmed(plan: Plan, worker: Worker, study: optuna.Study, confirme
         versions[c.config] = version
     chosen_version = versions[recommended.chosen.config]
     registry.set_alias(name, ALIAS_CHALLENGER, chosen_version.version)
-    if plan.sweep.promote:
-        promote_champion(name, chosen_version, plan.sweep.objective_names[0])
+    if plan.sweep.promote:  # on the test split: the champion may come from another budget
+        promote_champion(name, chosen_version, METRIC_TEST_PERPLEXITY)
     return versions
 
 
@@ -238,8 +244,8 @@ def log_confirmation(confirmed: list[Confirmed], recommended, versions: dict) ->
             COLUMN_CONFIG_TRIAL: c.config,
             **c.params,
             COLUMN_SEEDS: c.n,
-            TAG_TEST_PERPLEXITY_MEAN: c.mean,
-            TAG_TEST_PERPLEXITY_STD: c.std,
+            COLUMN_TEST_PERPLEXITY_MEAN: c.mean,
+            COLUMN_TEST_PERPLEXITY_STD: c.std,
             COLUMN_STDERR: c.stderr,
             METRIC_TRAINABLE_PARAMS: c.trainable_params,
             METRIC_PEAK_MEMORY_MB: c.peak_memory_mb,
@@ -267,7 +273,7 @@ def register_best(plan: Plan, worker: Worker, study: optuna.Study) -> list:
     if versions:
         registry.set_alias(name, ALIAS_CHALLENGER, versions[0].version)
         if plan.sweep.promote:
-            promote_champion(name, versions[0], plan.sweep.objective_names[0])
+            promote_champion(name, versions[0], OBJECTIVE_METRICS[plan.sweep.objective_names[0]])
     return versions
 
 
@@ -286,8 +292,8 @@ def _version_tags(plan: Plan, worker: Worker, trial) -> dict:
     }
 
 
-def promote_champion(name: str, challenger, objective: str) -> None:
-    """`champion` moves only to a challenger that beats it on the study's first objective."""
+def promote_champion(name: str, challenger, metric: str) -> None:
+    """`champion` moves only to a challenger that beats it on `metric` (a version tag)."""
     try:
         print(
             registry.promote(
@@ -296,7 +302,7 @@ def promote_champion(name: str, challenger, objective: str) -> None:
                 ALIAS_CHAMPION,
                 force=False,
                 reason="sweep --promote",
-                metric=OBJECTIVE_METRICS[objective],
+                metric=metric,
             )
         )
     except UserInputError as refused:
@@ -333,7 +339,7 @@ def summarize(plan: Plan, study: optuna.Study, confirmed: pd.DataFrame | None = 
         figures = plots.study_figures(frame, confirmed)
         for name, figure in figures.items():
             mlflow.log_figure(figure, ARTIFACT_PLOT.format(name=name))
-        factors = [f for f in plots.FACTORS if f"perplexity_by_{f}" in figures]
+        factors = [f for f in plots.FACTORS if plots.factor_figure(f) in figures]
         if factors:
             per_level = [plots.best_per_level(frame, f).assign(**{COLUMN_FACTOR: f}) for f in factors]
             mlflow.log_table(pd.concat(per_level, ignore_index=True), ARTIFACT_BEST_PER_LEVEL)

@@ -21,7 +21,7 @@ def run_train(data: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, t
     """The `train` entry point; returns the MLflow run id."""
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     s = training.setup(data, base, adapter, train)
-    general_text = forgetting.load(train.forgetting_data, s.ref, s.tokenizer, s.model, data.seq_len)
+    general_text = forgetting.load(train.forgetting_data, s.ref, s.tokenizer, s.model, data.seq_len, data.dataset)
 
     with tracking.stage_run(STAGE_TRAIN, log_system_metrics=True) as run:
         training.log_inputs(s, data, base)

@@ -287,13 +287,13 @@ def test_promote_moves_champion_only_to_a_better_challenger(mlflow_experiment):
         mlflow.pyfunc.log_model(name="adapter", python_model=Echo(), pip_requirements=[])
     uri = f"runs:/{run.info.run_id}/adapter"
     first = registry.register(uri, "promote-test", {"eval_perplexity": "10"})
-    promote_champion("promote-test", first, "perplexity")
+    promote_champion("promote-test", first, "eval_perplexity")
     assert registry.alias_version("promote-test", "champion").version == first.version
     worse = registry.register(uri, "promote-test", {"eval_perplexity": "12"})
-    promote_champion("promote-test", worse, "perplexity")
+    promote_champion("promote-test", worse, "eval_perplexity")
     assert registry.alias_version("promote-test", "champion").version == first.version
     better = registry.register(uri, "promote-test", {"eval_perplexity": "9.5"})
-    promote_champion("promote-test", better, "perplexity")
+    promote_champion("promote-test", better, "eval_perplexity")
     assert registry.alias_version("promote-test", "champion").version == better.version
 
 

@@ -90,17 +90,22 @@ def test_two_workers_on_postgresql_complete_the_study_without_lost_or_duplicate_
 ):
     argv = [sys.executable, "-m", "lora_study", "sweep", *"--base-model tiny --max-samples 15 --seq-len 32".split()]
     argv += [*"--n-trials 6 --max-steps 4 --eval-every 2 --n-workers 2".split(), "--study-name", "shared"]
-    argv += ["--storage", postgres, "--registered-model", "shared-adapters"]
+    argv += ["--storage", postgres, "--registered-model", "shared-adapters", "--confirm-top", "1"]
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_server}
     env.pop("MLFLOW_EXPERIMENT_ID", None)
     done = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    trials = optuna.load_study(study_name="shared", storage=postgres).trials
-    finished = [t for t in trials if t.state.is_finished()]
+    every = optuna.load_study(study_name="shared", storage=postgres).trials
+    assert all(t.state.is_finished() for t in every)
+    assert sorted(t.number for t in every) == list(range(len(every)))
+    trials = [t for t in every if t.user_attrs.get("phase", "explore") == "explore"]
     # each worker stops once 6 trials are finished; one may be mid-trial then and finish it too
-    assert 6 <= len(finished) <= 7 and len(finished) == len(trials)
-    assert sorted(t.number for t in trials) == list(range(len(trials)))
+    assert 6 <= len(trials) <= 7
+    # then both workers share the confirmations: each (configuration, seed) once
+    confirm = [t for t in every if t.user_attrs.get("phase") == "confirm"]
+    assert sorted(t.user_attrs["seed"] for t in confirm) == [0, 1] and all(t.state.name == "COMPLETE" for t in confirm)
+    assert {t.user_attrs.get("phase") for t in every} <= {None, "explore", "confirm", "unused"}
 
     mlflow.set_tracking_uri(tracking_server)
     client = mlflow.MlflowClient()
@@ -112,4 +117,5 @@ def test_two_workers_on_postgresql_complete_the_study_without_lost_or_duplicate_
     (parent_id,) = {r.data.tags["mlflow.parentRunId"] for r in runs}
     assert client.get_run(parent_id).info.status == "FINISHED"
     assert all(r.info.status == "FINISHED" for r in runs)
-    assert len(client.search_model_versions("name = 'shared-adapters'")) == 1
+    (version,) = client.search_model_versions("name = 'shared-adapters'")
+    assert version.tags["test_perplexity_n"] == "2"
