@@ -15,6 +15,7 @@ from lora_study.tracking import (
     COLUMN_TEST_PERPLEXITY_STD,
     METRIC_ADAPTER_SIZE_MB,
     METRIC_EVAL_PERPLEXITY,
+    METRIC_FORGETTING_KL,
     METRIC_PEAK_MEMORY_MB,
     METRIC_TRAIN_TOKENS_PER_S,
     METRIC_TRAINABLE_PARAMS,
@@ -34,6 +35,7 @@ NUMERIC_PARAMS = (PARAM_RANK, PARAM_ALPHA, PARAM_LEARNING_RATE, PARAM_DROPOUT)
 CATEGORICAL_PARAMS = (PARAM_TARGET_MODULES, PARAM_QUANTIZATION, PARAM_USE_RSLORA, PARAM_USE_DORA)
 METRICS = (
     METRIC_EVAL_PERPLEXITY,
+    METRIC_FORGETTING_KL,
     METRIC_PEAK_MEMORY_MB,
     METRIC_TRAINABLE_PARAMS,
     METRIC_TRAIN_TOKENS_PER_S,
@@ -75,6 +77,8 @@ def study_figures(frame: pd.DataFrame, confirmed: pd.DataFrame | None = None) ->
         if factor in frame and frame.loc[frame.trial_state == COMPLETE, factor].nunique() > 1
     }
     figures["perplexity_vs_memory"] = perplexity_vs_memory(frame)
+    if frame.loc[frame.trial_state == COMPLETE, METRIC_FORGETTING_KL].notna().any():
+        figures["perplexity_vs_forgetting"] = perplexity_vs_forgetting(frame)
     figures["optimization_history"] = optimization_history(frame)
     return figures
 
@@ -161,25 +165,23 @@ def pareto_front(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
 
 
 def perplexity_vs_memory(frame: pd.DataFrame):
+    return perplexity_against(frame, METRIC_PEAK_MEMORY_MB, "peak memory (MB)", "peak memory")
+
+
+def perplexity_vs_forgetting(frame: pd.DataFrame):
+    return perplexity_against(frame, METRIC_FORGETTING_KL, "KL(base || adapter), nats per token", "forgetting")
+
+
+def perplexity_against(frame: pd.DataFrame, cost: str, label: str, name: str):
+    """Validation perplexity of complete trials against a cost, with the Pareto front circled."""
     complete = frame[frame.trial_state == COMPLETE]
-    front = pareto_front(complete, METRIC_PEAK_MEMORY_MB, METRIC_EVAL_PERPLEXITY)
+    front = pareto_front(complete, cost, METRIC_EVAL_PERPLEXITY)
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    sns.scatterplot(
-        data=complete,
-        x=METRIC_PEAK_MEMORY_MB,
-        y=METRIC_EVAL_PERPLEXITY,
-        hue=PARAM_TARGET_MODULES,
-        size=PARAM_RANK,
-        ax=ax,
-    )
-    ax.plot(
-        front[METRIC_PEAK_MEMORY_MB], front[METRIC_EVAL_PERPLEXITY], "k--", drawstyle="steps-post", label="Pareto front"
-    )
-    ax.scatter(
-        front[METRIC_PEAK_MEMORY_MB], front[METRIC_EVAL_PERPLEXITY], s=160, facecolors="none", edgecolors="black"
-    )
-    ax.set(xlabel="peak memory (MB)", ylabel="validation perplexity", title="Perplexity against peak memory")
+    sns.scatterplot(data=complete, x=cost, y=METRIC_EVAL_PERPLEXITY, hue=PARAM_TARGET_MODULES, size=PARAM_RANK, ax=ax)
+    ax.plot(front[cost], front[METRIC_EVAL_PERPLEXITY], "k--", drawstyle="steps-post", label="Pareto front")
+    ax.scatter(front[cost], front[METRIC_EVAL_PERPLEXITY], s=160, facecolors="none", edgecolors="black")
+    ax.set(xlabel=label, ylabel="validation perplexity", title=f"Perplexity against {name}")
     ax.legend(fontsize="small")
     fig.tight_layout()
     return fig

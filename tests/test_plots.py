@@ -171,3 +171,15 @@ def test_parameter_importances_draws_one_bar_per_parameter():
     widths = {names[round(bar.get_y() + bar.get_height() / 2)]: bar.get_width() for bar in ax.patches}
     assert widths == pytest.approx(importances)
     assert len(ax.patches) == 3
+
+
+def test_forgetting_gets_its_pareto_plot_when_trials_measured_it():
+    runs = search_runs().assign(**{"metrics.forgetting_kl": [0.3, 0.1, None, 0.05, 0.2, 0.4, 0.2]})
+    frame = plots.trials_frame(runs)
+    assert "perplexity_vs_forgetting" in plots.study_figures(frame)
+    [ax] = plots.perplexity_vs_forgetting(frame).axes
+    [line] = [line for line in ax.get_lines() if line.get_label() == "Pareto front"]
+    # complete trials (kl, ppl): 0:(0.1, 12), 1:(0.05, 8), 3:(0.3, 9), 4:(0.4, 11), 5:(0.2, 7.5)
+    assert np.asarray(line.get_xdata(), float).tolist() == [0.05, 0.2]
+    assert np.asarray(line.get_ydata(), float).tolist() == [8.0, 7.5]
+    assert "perplexity_vs_forgetting" not in plots.study_figures(plots.trials_frame(search_runs()))

@@ -81,7 +81,15 @@ def test_a_sweep_is_a_parent_run_with_a_nested_run_per_trial(tmp_path, mlflow_ex
     assert metrics["best_perplexity"] == pytest.approx(best.data.metrics["eval_perplexity"])
     assert params["best_rank"] == best.data.params["rank"] and params["n_trials"] == "4"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "plots")}
-    always = {f"plots/{name}.png" for name in ("perplexity_vs_memory", "optimization_history", "parameter_importances")}
+    always = {
+        f"plots/{name}.png"
+        for name in (
+            "perplexity_vs_memory",
+            "perplexity_vs_forgetting",
+            "optimization_history",
+            "parameter_importances",
+        )
+    }
     by_factor = {f"plots/perplexity_by_{factor}.png" for factor in ("rank", "target_modules")}
     assert always <= artifacts <= always | by_factor and artifacts & by_factor  # the factors that varied
     table = mlflow.load_table("trials.json", run_ids=[parent.info.run_id])
