@@ -224,7 +224,7 @@ class SweepConfig(BaseModel):
         "quantization.yaml in configs/sweep/.",
     )
     data: PreparedData = ""
-    n_trials: int = Field(6, gt=0, description="Finished trials (any state) the study holds when done.")
+    n_trials: int = Field(5, gt=0, description="Finished trials (any state) the study holds when done.")
     timeout_min: float = Field(0, ge=0, description="Stop starting trials after this many minutes; 0: no limit.")
     max_steps: int = Field(4, gt=0, description="Optimizer steps per explore trial: the explore budget.")
     eval_every: int = Field(2, gt=0, description="Validation loss every N steps: what the pruner sees.")

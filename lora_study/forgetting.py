@@ -24,8 +24,8 @@ from lora_study.tracking import METRIC_FORGETTING_KL, METRIC_FORGETTING_LOSS_DEL
 
 SELF = "self"  # text sampled from the base model
 NONE = "none"  # no forgetting measurement
-TOKENS = 1024  # 8 rows of 128: under 10% of a default sweep trial's time on a 2-core CPU
-ROW_TOKENS = 128  # short rows, many at once: sampling them is a batch of 8 generations
+TOKENS = 1024  # 16 rows of 64: under 10% of a default sweep trial's time on a 2-core CPU
+ROW_TOKENS = 64  # short rows, many at once: sampling is 63 steps of a batch of 16, not 1023 of one
 SAMPLING_SEED = 0
 BATCH_SIZE = 8
 
