@@ -78,12 +78,7 @@ def evaluate_adapter(
     if with_adapter:
         with model.disable_adapter():
             base_loss = mean_loss(model, rows, batch_size, tokenizer.pad_token_id, dtype)
-    metrics = {
-        METRIC_TEST_LOSS: test_loss,
-        METRIC_TEST_PERPLEXITY: perplexity(test_loss),
-        METRIC_BASE_TEST_PERPLEXITY: perplexity(base_loss),
-        METRIC_PERPLEXITY_IMPROVEMENT_PCT: 100 * (1 - perplexity(test_loss) / perplexity(base_loss)),
-    }
+    metrics = {METRIC_TEST_LOSS: test_loss, **perplexity_metrics(test_loss, base_loss)}
     table = _prompt_table(prompts)
     if not prompts:
         return Evaluation(metrics, table)
@@ -98,6 +93,16 @@ def evaluate_adapter(
         metrics.update({METRIC_ROUGE_L: rouge, METRIC_BASE_ROUGE_L: base_rouge})
     table[COLUMN_BASE_OUTPUT], table[COLUMN_ADAPTER_OUTPUT] = base_out.texts, adapter_out.texts
     return Evaluation(metrics, table)
+
+
+def perplexity_metrics(test_loss: float, base_loss: float) -> dict[str, float]:
+    """Test perplexity of an adapter and of its base on the same tokens, and the improvement."""
+    adapted, base = perplexity(test_loss), perplexity(base_loss)
+    return {
+        METRIC_TEST_PERPLEXITY: adapted,
+        METRIC_BASE_TEST_PERPLEXITY: base,
+        METRIC_PERPLEXITY_IMPROVEMENT_PCT: 100 * (1 - adapted / base),
+    }
 
 
 def _prompt_table(prompts: list[Prompt]) -> pd.DataFrame:

@@ -214,13 +214,8 @@ class Worker:
         if base_key not in self.base_test_losses:
             with model.disable_adapter():
                 self.base_test_losses[base_key] = mean_loss(model, rows, TEST_BATCH_SIZE, pad_id, s.dtype)
-        adapted = perplexity(mean_loss(model, rows, TEST_BATCH_SIZE, pad_id, s.dtype))
-        base = perplexity(self.base_test_losses[base_key])
-        return {
-            METRIC_TEST_PERPLEXITY: adapted,
-            METRIC_BASE_TEST_PERPLEXITY: base,
-            METRIC_PERPLEXITY_IMPROVEMENT_PCT: 100 * (1 - adapted / base),
-        }
+        test_loss = mean_loss(model, rows, TEST_BATCH_SIZE, pad_id, s.dtype)
+        return evaluation.perplexity_metrics(test_loss, self.base_test_losses[base_key])
 
     def _pruning(self, trial: optuna.Trial, steps: int):
         # the pruner reads validation perplexity: only a study of it alone may be pruned by it
