@@ -18,6 +18,7 @@ from lora_study.config import (
     EvaluateConfig,
     MergeConfig,
     PromoteConfig,
+    ReportConfig,
     ServeConfig,
     SweepConfig,
     TrainConfig,
@@ -31,6 +32,7 @@ from lora_study.stages.evaluate import run_evaluate
 from lora_study.stages.merge import run_merge
 from lora_study.stages.prepare import run_prepare
 from lora_study.stages.promote import run_promote
+from lora_study.stages.report import run_report
 from lora_study.stages.serve import run_serve
 from lora_study.stages.sweep import run_sweep
 from lora_study.stages.train import run_train
@@ -64,6 +66,11 @@ COMMANDS = {
         "Run an Optuna study over LoRA settings, one nested MLflow run per trial; register the best.",
         (DataConfig, BaseModelConfig, SweepConfig),
         run_sweep,
+    ),
+    "report": Command(
+        "Write a study's answer as one page (HTML and Markdown), from its runs; log it on the sweep's run.",
+        (ReportConfig,),
+        run_report,
     ),
     "promote": Command(
         "Move an alias (champion) to a registered version that beats its holder; record why.",

@@ -372,3 +372,19 @@ class MergeConfig(BaseModel):
     precision: Precision = "auto"
     output_dir: str = Field("", description="Also write the merged model here (a new or empty folder).")
     registered_model: str = Field("", description="Also register the merged model under this name.")
+
+
+class ReportConfig(BaseModel):
+    """Which study to report on, and where the page goes besides its sweep's run."""
+
+    model_config = STRICT
+
+    study: str = Field(
+        description="The study: its name (as `lora-study sweep` printed it), runs:/<sweep run id>, or a version "
+        "it registered (models:/<name>@<alias>, models:/<name>/<version>).",
+        json_schema_extra=POSITIONAL,
+    )
+    output: str = Field("", description="Also write report.html, report.md and its figures into this folder.")
+    ui_url: str = Field(
+        "http://127.0.0.1:5000", description="The MLflow UI the report's links open (`mlflow ui` listens here)."
+    )

@@ -4,6 +4,7 @@
 frame, so the sweep's PNG artifacts and `notebooks/compare_runs.ipynb` draw the same pictures.
 """
 
+import io
 import numbers
 
 import pandas as pd
@@ -41,6 +42,14 @@ METRICS = (
     METRIC_TRAIN_TOKENS_PER_S,
     METRIC_ADAPTER_SIZE_MB,
 )
+TRIAL_COLUMNS = (
+    TAG_TRIAL_NUMBER,
+    TAG_TRIAL_STATE,
+    "run_id",
+    *NUMERIC_PARAMS,
+    *CATEGORICAL_PARAMS,
+    *METRICS,
+)  # of trials_frame
 COMPLETE, PRUNED = "COMPLETE", "PRUNED"  # trial states, as `trial_state` tags hold them
 FACTORS = (PARAM_RANK, PARAM_TARGET_MODULES, PARAM_QUANTIZATION)  # what ablations vary
 COLUMN_TRIALS_AT_LEVEL = "trials_at_level"
@@ -154,14 +163,69 @@ def _level_text(level) -> str:
     return f"{level:g}" if isinstance(level, numbers.Real) else str(level)
 
 
-def pareto_front(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """Rows no other row beats on both `x` and `y` (lower is better), sorted by `x`."""
+def pareto_front(frame: pd.DataFrame, x: str, y: str, x_higher_is_better: bool = False) -> pd.DataFrame:
+    """Rows no other row beats on both `x` and `y` (lower is better, or higher for `x` when
+    `x_higher_is_better`: tokens/s), sorted by `x`."""
     points = frame.dropna(subset=[x, y])
+    cost = -points[x] if x_higher_is_better else points[x]
     keep = [
-        not ((points[x] <= row[x]) & (points[y] <= row[y]) & ((points[x] < row[x]) | (points[y] < row[y]))).any()
-        for _, row in points.iterrows()
+        not (
+            (cost <= cost[i]) & (points[y] <= points.at[i, y]) & ((cost < cost[i]) | (points[y] < points.at[i, y]))
+        ).any()
+        for i in points.index
     ]
     return points[keep].sort_values(x)
+
+
+# The costs a study's perplexity is traded against: metric, axis label, whether higher is better.
+TRADEOFFS = (
+    (METRIC_PEAK_MEMORY_MB, "peak memory (MB)", False),
+    (METRIC_TRAIN_TOKENS_PER_S, "train tokens/s", True),
+    (METRIC_ADAPTER_SIZE_MB, "adapter size (MB)", False),
+    (METRIC_FORGETTING_KL, "forgetting, KL(base || adapter)", False),
+)
+
+
+def tradeoffs(frame: pd.DataFrame):
+    """Validation perplexity of complete trials against each cost, one panel each, fronts circled."""
+    complete = frame[frame.trial_state == COMPLETE]
+    shown = [t for t in TRADEOFFS if t[0] in complete and complete[t[0]].notna().any()]
+    fig = Figure(figsize=(10, 3.2 * ((len(shown) + 1) // 2)))
+    axes = fig.subplots((len(shown) + 1) // 2, 2, squeeze=False).ravel()
+    for ax, (cost, label, higher) in zip(axes, shown):
+        front = pareto_front(complete, cost, METRIC_EVAL_PERPLEXITY, higher)
+        ax.scatter(complete[cost], complete[METRIC_EVAL_PERPLEXITY], s=18, color="tab:blue", label="complete trial")
+        ax.scatter(
+            front[cost],
+            front[METRIC_EVAL_PERPLEXITY],
+            s=110,
+            facecolors="none",
+            edgecolors="black",
+            label="Pareto front",
+        )
+        for _, row in front.iterrows():
+            ax.annotate(
+                f"{int(row[TAG_TRIAL_NUMBER])}",
+                (row[cost], row[METRIC_EVAL_PERPLEXITY]),
+                xytext=(5, 3),
+                textcoords="offset points",
+                fontsize=8,
+            )
+        ax.set(xlabel=label + (" (higher is better)" if higher else ""), ylabel="validation perplexity")
+        ax.locator_params(axis="x", nbins=5)
+        ax.legend(fontsize="x-small")
+    for ax in axes[len(shown) :]:
+        ax.set_visible(False)
+    fig.suptitle("Perplexity against each cost (trial numbers on the front)")
+    fig.tight_layout()
+    return fig
+
+
+def to_svg(figure: Figure) -> str:
+    """A figure as SVG text, to inline in a page."""
+    buffer = io.StringIO()
+    figure.savefig(buffer, format="svg", metadata={"Date": None})  # the same figure, the same text
+    return buffer.getvalue()
 
 
 def perplexity_vs_memory(frame: pd.DataFrame):

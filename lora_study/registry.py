@@ -68,6 +68,24 @@ def find_trial_version(name: str, study: str, trial_number: int):
     return found[0] if found else None
 
 
+def study_versions(study: str) -> list:
+    """Every version registered from this study, in any registered model, oldest first, each with
+    its aliases."""
+    client = mlflow.MlflowClient()
+    found = client.search_model_versions(f"tags.`{TAG_STUDY}` = '{study}'")
+    full = [client.get_model_version(v.name, v.version) for v in found]  # search leaves aliases out
+    return sorted(full, key=lambda v: (v.name, int(v.version)))
+
+
+def version_of_uri(uri) -> object:
+    """The registered version a parsed `models:/` URI names; UserInputError if there is none."""
+    try:
+        number = version_number(uri.registered_model, uri.version, uri.alias)
+        return mlflow.MlflowClient().get_model_version(uri.registered_model, number)
+    except MlflowException as error:
+        raise UserInputError(f"{uri.uri}: {error.message}") from None
+
+
 def alias_version(name: str, alias: str):
     """The version an alias points at, or None."""
     try:

@@ -144,6 +144,13 @@ PARAM_BEST = "best_{param}"  # the best trial's params, on the parent (single ob
 ARTIFACT_TRIALS = "trials.json"  # an MLflow table: one row per trial
 ARTIFACT_SWEEP_CONFIG = "sweep_config"  # the folder holding the search-space file the study ran on
 ARTIFACT_PLOT = "plots/{name}.png"  # perplexity_by_rank, perplexity_vs_memory, ... on the parent
+ARTIFACT_IMPORTANCES = "importances.json"  # fANOVA importance of each searched param, on the parent
+ARTIFACT_ENVIRONMENT = "environment.json"  # {machine, packages}: what the sweep ran on
+TAG_COMMAND = "lora_study.command"  # on the parent: the command line that ran the sweep
+# `report`: the study's answer as one page, on the sweep's parent run
+ARTIFACT_REPORT = "report"  # the folder: report.html (self-contained), report.md and figures/*.svg
+REPORT_HTML, REPORT_MARKDOWN, REPORT_FIGURES = "report.html", "report.md", "figures"
+STAGE_REPORT = "report"  # the run `mlflow run -e report` makes, which holds a copy
 # What each sweep objective minimizes: the metric of a trial run, also its registered version's tag.
 OBJECTIVE_METRICS = {
     "perplexity": METRIC_EVAL_PERPLEXITY,

@@ -9,7 +9,7 @@ from lora_study.config import BaseModelConfig, DataConfig, flag, parse_sections
 from lora_study.errors import UserInputError
 
 MLPROJECT = yaml.safe_load((REPO / "MLproject").read_text())
-REQUIRED = {"model_uri": "base:tiny", "registered_model": "m", "version": "1"}  # no usable default
+REQUIRED = {"model_uri": "base:tiny", "registered_model": "m", "version": "1", "study": "s"}  # no usable default
 
 
 def test_every_command_but_the_listing_and_the_server_is_an_entry_point():

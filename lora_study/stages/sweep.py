@@ -7,7 +7,7 @@ prepared data once, and check the space against the base -> open (or resume) the
 the parent run and log the study's settings -> run trials here and in `--n-workers - 1` more
 processes -> register the best adapters with their test perplexity (alias `challenger`;
 `champion` with `--promote`) -> log counts, best values, plots and the trials table on the
-parent -> say where to look. Bad input fails before any run starts.
+parent -> write the report (`stages/report.py`) on it -> say where to look. Bad input fails before any run starts.
 """
 
 import dataclasses
@@ -20,10 +20,11 @@ import mlflow
 import optuna
 import pandas as pd
 
-from lora_study import plots, registry, search_space, tracking
+from lora_study import environment, plots, registry, search_space, tracking, training
 from lora_study.config import BaseModelConfig, DataConfig, SweepConfig
 from lora_study.errors import UserInputError
 from lora_study.recommendation import Confirmed, pooled_std, recommend
+from lora_study.stages.report import write_report
 from lora_study.study import (
     ATTR_RUN_ID,
     ATTR_SEED,
@@ -48,7 +49,10 @@ from lora_study.tracking import (
     ARTIFACT_ADAPTER,
     ARTIFACT_BEST_PER_LEVEL,
     ARTIFACT_CONFIRMED,
+    ARTIFACT_ENVIRONMENT,
+    ARTIFACT_IMPORTANCES,
     ARTIFACT_PLOT,
+    ARTIFACT_REPORT,
     ARTIFACT_SWEEP_CONFIG,
     ARTIFACT_TRIALS,
     COLUMN_CONFIG_TRIAL,
@@ -75,13 +79,16 @@ from lora_study.tracking import (
     METRIC_TRIALS,
     OBJECTIVE_METRICS,
     PARAM_BEST,
+    PARAM_DECONTAMINATION,
     PARAM_SAMPLER,
     PARAM_STORAGE,
     PARAM_STUDY_NAME,
+    REPORT_HTML,
     STAGE_SWEEP,
     STAGE_TRIAL,
     TAG_BASE_MODEL,
     TAG_BASE_MODEL_SHA256,
+    TAG_COMMAND,
     TAG_CONFIG_TRIAL,
     TAG_RECOMMENDATION,
     TAG_SEED,
@@ -140,6 +147,7 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
             }
         )
         mlflow.log_artifact(space.path, ARTIFACT_SWEEP_CONFIG)
+        log_provenance(worker)
         run_workers(plan, worker, study, EXPLORE)
         top = _confirm_top(cfg, data, base)
         if top:
@@ -158,9 +166,36 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
         else:
             versions = register_best(plan, worker, study)
         summarize(plan, study, confirmed_table)
+        page = _report(parent.info.run_id)
 
     _print_where_to_look(plan, parent, versions, recommended)
+    if page:
+        print(f"report: runs:/{parent.info.run_id}/{ARTIFACT_REPORT}/{REPORT_HTML} (a copy: {page / REPORT_HTML})")
     return parent.info.run_id
+
+
+def _report(parent_run_id: str):
+    """The report on the parent run; a failure to write it leaves the study's results standing."""
+    try:
+        return write_report(parent_run_id)
+    except Exception as error:  # the trials and versions are logged: only the page is missing
+        print(
+            f"lora-study: warning: the report failed ({type(error).__name__}: {error}); "
+            f"make it with `lora-study report runs:/{parent_run_id}`",
+            file=sys.stderr,
+        )
+        return None
+
+
+def log_provenance(worker: Worker) -> None:
+    """What the study's numbers rest on, on the parent: the base and data digests, the split
+    sizes, the command, the packages and the machine (the report's provenance)."""
+    s = worker.setup
+    training.log_inputs(s, worker.plan.data, worker.plan.base)
+    tracking.log_params({PARAM_DECONTAMINATION: s.prepared.meta["decontamination"]})
+    mlflow.log_metrics(s.prepared.meta["counts"])
+    mlflow.set_tag(TAG_COMMAND, environment.command())
+    mlflow.log_dict({"machine": environment.machine(), "packages": environment.packages()}, ARTIFACT_ENVIRONMENT)
 
 
 def _warn_of_an_uncovered_grid(space, n_trials: int) -> None:
@@ -345,6 +380,7 @@ def summarize(plan: Plan, study: optuna.Study, confirmed: pd.DataFrame | None = 
             mlflow.log_table(pd.concat(per_level, ignore_index=True), ARTIFACT_BEST_PER_LEVEL)
     found = importances(study)
     if found:
+        mlflow.log_dict(found, ARTIFACT_IMPORTANCES)
         mlflow.log_figure(plots.parameter_importances(found), ARTIFACT_PLOT.format(name="parameter_importances"))
 
 

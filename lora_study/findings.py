@@ -1,0 +1,171 @@
+"""What a study found about each factor, in sentences produced by rules stated here.
+
+Two rules, each of which says so when the study lacks the data to decide:
+
+`compare_levels` reads a factor with few levels (rank, target modules, quantization, DoRA, ...)
+from the best trial at each level. Noise is the seeds' spread: the pooled standard deviation of
+the confirmed configurations' test perplexity. A level within one seed std of the best one is a
+tie, and among ties the cheapest level is the answer ("rank 16 suffices"). Without a seed spread
+(one seed, or no confirm phase) no difference can be called real, and the rule says only what
+was measured. Cost is trainable parameters, and peak memory for quantization (it shrinks the
+frozen base, not the adapter).
+
+`trend` reads a factor searched over a range (learning rate): the Spearman correlation of its
+logarithm with perplexity over complete trials (at least `MIN_TREND_TRIALS`), and whether the
+best trial sits at an edge of the searched range, where the optimum may lie beyond it.
+"""
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import pandas as pd
+
+MIN_TREND_TRIALS = 4
+STRONG_RHO = 0.6  # |Spearman rho| from which a trend is called one
+EDGE_SHARE = 0.1  # the outer tenth of a (log) range counts as its edge
+SAME_COST = 0.01  # costs within 1% of each other are the same cost
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level of a factor, as measured by its best trial."""
+
+    level: object  # 16, "qv", True
+    perplexity: float
+    cost: float  # what choosing it costs: trainable parameters (peak memory for quantization)
+    memory_mb: float
+
+
+@dataclass(frozen=True)
+class Finding:
+    factor: str
+    text: str
+    decided: bool  # False: the rule lacked the data to call it
+
+
+def level_name(factor: str, level) -> str:
+    """A level as a sentence names it: `rank 16`, `qv`, `DoRA on`, `alpha 2x rank`."""
+    if factor in ("use_dora", "use_rslora"):
+        return f"{'DoRA' if factor == 'use_dora' else 'rsLoRA'} {'on' if _truthy(level) else 'off'}"
+    if factor == "target_modules":
+        return str(level)
+    if factor == "alpha_per_rank":
+        return f"alpha {_number(level)}x rank"
+    return f"{factor.replace('_', ' ')} {_number(level) if isinstance(level, numbers.Real) else level}"
+
+
+def compare_levels(factor: str, levels: list[Level], seed_std: float | None) -> Finding:
+    """The finding of a factor with a few levels, each measured by its best trial."""
+    if len(levels) < 2:
+        only = level_name(factor, levels[0].level) if levels else "no level"
+        return Finding(factor, f"{label(factor)}: only {only} has a complete trial; nothing to compare", False)
+    ordered = sorted(levels, key=lambda x: x.perplexity)
+    best, runner_up = ordered[0], ordered[1]
+
+    def name(x: Level) -> str:
+        return level_name(factor, x.level)
+
+    if not seed_std:
+        gap = runner_up.perplexity - best.perplexity
+        return Finding(
+            factor,
+            f"{name(best)} has the best perplexity ({best.perplexity:.3f}), {gap:.3f} ahead of {name(runner_up)}; "
+            "without a seed spread (--confirm-seeds 2 or more) the study cannot tell whether that is more than noise",
+            False,
+        )
+    ties = [x for x in ordered if x.perplexity - best.perplexity <= seed_std]
+    cheapest = min(ties, key=lambda x: (x.cost, x.perplexity))
+    if not _same_cost(cheapest.cost, best.cost) and cheapest.cost < best.cost:
+        return Finding(
+            factor,
+            f"{name(best)} is within noise of {name(cheapest)} ({cheapest.perplexity - best.perplexity:.3f} ppl "
+            f"apart; seed std {seed_std:.3f}): {name(cheapest)} suffices",
+            True,
+        )
+    if len(ties) > 1 and all(_same_cost(x.cost, best.cost) for x in ties):
+        spread = ties[-1].perplexity - best.perplexity
+        return Finding(
+            factor,
+            f"{', '.join(name(x) for x in ties)} are within noise of each other ({spread:.3f} ppl apart; "
+            f"seed std {seed_std:.3f}) at the same cost: the choice makes no measurable difference here",
+            True,
+        )
+    if len(ties) > 1:
+        others = ", ".join(name(x) for x in ties[1:])
+        return Finding(
+            factor,
+            f"{name(best)} is best and {others}, within noise of it (seed std {seed_std:.3f}), cost more: "
+            f"{name(best)} suffices",
+            True,
+        )
+    gain = 100 * (1 - best.perplexity / runner_up.perplexity)
+    return Finding(
+        factor,
+        f"{name(best)} beats {name(runner_up)} by {gain:.1f}% perplexity ({runner_up.perplexity - best.perplexity:.3f} "
+        f"ppl; seed std {seed_std:.3f}) at {best.memory_mb / runner_up.memory_mb:.2f}x peak memory",
+        True,
+    )
+
+
+def trend(factor: str, values: pd.Series, perplexities: pd.Series, searched: tuple[float, float] | None) -> Finding:
+    """The finding of a factor searched over a range: its direction, and the best value's place in the range."""
+    frame = pd.DataFrame({"value": values, "ppl": perplexities}).dropna()
+    name = label(factor)
+    if len(frame) < MIN_TREND_TRIALS or frame.value.nunique() < 3:
+        return Finding(
+            factor,
+            f"{name}: {len(frame)} complete trials at {frame.value.nunique()} values; the trend rule needs "
+            f"{MIN_TREND_TRIALS} trials at 3 or more values",
+            False,
+        )
+    rho = frame.value.rank().corr(frame.ppl.rank())  # Spearman: Pearson of the ranks
+    if abs(rho) >= STRONG_RHO:
+        direction = "higher" if rho < 0 else "lower"
+        text = f"{name}: lower perplexity at {direction} values (Spearman rho {rho:+.2f} over {len(frame)} trials)"
+    else:
+        text = f"{name}: no monotone effect on perplexity (Spearman rho {rho:+.2f} over {len(frame)} trials)"
+    best = frame.loc[frame.ppl.idxmin(), "value"]
+    edge = _edge(best, searched) if searched else None
+    if edge:
+        low, high = searched
+        text += (
+            f"; the best value, {best:.3g}, lies at the {edge} edge of the searched range {low:.3g} to {high:.3g}: "
+            f"the optimum may lie beyond it, widen the range {'up' if edge == 'upper' else 'down'}ward"
+        )
+    else:
+        text += f"; best at {best:.3g}"
+    return Finding(factor, text, True)
+
+
+def _edge(value: float, searched: tuple[float, float]) -> str | None:
+    """`upper` or `lower` when `value` lies in the outer tenth of the (log) range, else None."""
+    low, high = searched
+    scale = math.log if low > 0 else (lambda x: x)
+    if high <= low:
+        return None
+    position = (scale(value) - scale(low)) / (scale(high) - scale(low))
+    if position >= 1 - EDGE_SHARE:
+        return "upper"
+    if position <= EDGE_SHARE:
+        return "lower"
+    return None
+
+
+def label(factor: str) -> str:
+    """A factor as a heading names it: `rank`, `alpha / rank`, `DoRA`."""
+    return {"alpha_per_rank": "alpha / rank", "use_dora": "DoRA", "use_rslora": "rsLoRA"}.get(
+        factor, factor.replace("_", " ")
+    )
+
+
+def _same_cost(a: float, b: float) -> bool:
+    return abs(a - b) <= SAME_COST * max(abs(a), abs(b), 1e-12)
+
+
+def _number(value) -> str:
+    return f"{value:g}" if isinstance(value, numbers.Real) else str(value)
+
+
+def _truthy(value) -> bool:
+    return str(value).lower() in ("true", "1")
