@@ -264,3 +264,12 @@ def printed(log, url) -> str:
     text = log.read_text()
     assert f"at {url}/invocations" in text
     return text
+
+
+def chromium(page: Path, screenshot: Path, width: int = 1100, height: int = 2400) -> str:
+    """Open `page` in headless Chromium (Debian's `chromium`), as a user's browser would: save a
+    screenshot and return the DOM it rendered."""
+    flags = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width},{height}"]
+    url = page.resolve().as_uri()
+    subprocess.run([*flags, f"--screenshot={screenshot}", url], check=True, capture_output=True, timeout=120)
+    return subprocess.run([*flags, "--dump-dom", url], check=True, capture_output=True, text=True, timeout=120).stdout

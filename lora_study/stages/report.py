@@ -133,7 +133,7 @@ def read_study(parent_run_id: str) -> report.StudyRuns:
         tags=dict(parent.data.tags),
         trials=_trial_runs(experiment_id, name, STAGE_TRIAL),
         confirmations=_trial_runs(experiment_id, name, STAGE_CONFIRM),
-        confirmed=_confirmed(parent_run_id),
+        confirmed=_confirmed(experiment_id, parent_run_id),
         versions=[
             report.Version(f"models:/{v.name}/{v.version}", tuple(sorted(v.aliases)), dict(v.tags))
             for v in registry.study_versions(name)
@@ -177,10 +177,10 @@ def _trial_runs(experiment_id: str, study: str, stage: str) -> pd.DataFrame:
     return frame
 
 
-def _confirmed(run_id: str) -> pd.DataFrame | None:
+def _confirmed(experiment_id: str, run_id: str) -> pd.DataFrame | None:
     if not _has_artifact(run_id, ARTIFACT_CONFIRMED):
         return None
-    return mlflow.load_table(ARTIFACT_CONFIRMED, run_ids=[run_id]).drop(columns=["run_id"], errors="ignore")
+    return mlflow.MlflowClient().load_table(experiment_id, ARTIFACT_CONFIRMED, run_ids=[run_id])
 
 
 def _search_space(run_id: str) -> tuple[str, str, dict]:

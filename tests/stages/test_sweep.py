@@ -152,6 +152,10 @@ def test_several_objectives_keep_and_register_the_pareto_front(tmp_path, mlflow_
     challenger = mlflow.MlflowClient().get_model_version_by_alias(registered(tmp_path), "challenger")
     assert int(challenger.tags["trial_number"]) == min(front, key=lambda t: t.values[0]).number
     assert {"eval_perplexity", "trainable_params"} <= set(challenger.tags)
+    (parent,), _ = parent_and_trials(mlflow_experiment)
+    report = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/report/report.md")
+    assert "The study confirmed no configuration with seeds (--confirm-top 0, or several objectives)" in report
+    assert "objectives perplexity,trainable_params" in report
 
 
 CONFIRM = ["--max-steps", "2", "--eval-every", "1", "--confirm-seeds", "2", "--pruner", "none"]

@@ -119,3 +119,5 @@ def test_two_workers_on_postgresql_complete_the_study_without_lost_or_duplicate_
     assert all(r.info.status == "FINISHED" for r in runs)
     (version,) = client.search_model_versions("name = 'shared-adapters'")
     assert version.tags["test_perplexity_n"] == "2"
+    report = mlflow.artifacts.load_text(f"runs:/{parent_id}/report/report.md")  # read from MLflow alone
+    assert f"| study | {client.get_run(parent_id).data.tags['lora_study.study']}, Optuna storage postgresql" in report
