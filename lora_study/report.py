@@ -41,6 +41,9 @@ from lora_study.tracking import (
     PARAM_USE_DORA,
     PARAM_USE_RSLORA,
     TAG_CONFIG_TRIAL,
+    TAG_MLFLOW_COMMIT,
+    TAG_MLFLOW_ENTRY_POINT,
+    TAG_MLFLOW_SOURCE,
     TAG_RECOMMENDATION,
     TAG_SEED,
     TAG_TRIAL_NUMBER,
@@ -258,7 +261,8 @@ def _version_text(s: StudyRuns, config: int) -> str:
     version = next((v for v in s.versions if v.tags.get(TAG_CONFIG_TRIAL) == str(config)), None)
     if version is None:
         return "not registered"
-    return version.uri + "".join(f", @{alias}" for alias in version.aliases)
+    aliases = ", ".join(f"@{alias}" for alias in version.aliases)
+    return f"{version.uri} ({aliases})" if aliases else version.uri
 
 
 def _config_text(row) -> str:
@@ -291,6 +295,8 @@ def tradeoffs(s: StudyRuns) -> Section:
         if cost in complete and complete[cost].notna().any():
             for number in plots.pareto_front(complete, cost, METRIC_EVAL_PERPLEXITY, higher)[TAG_TRIAL_NUMBER]:
                 on_front.setdefault(int(number), []).append(label.split(" (")[0].split(",")[0])
+    if not on_front:
+        return Section("tradeoffs", "Trade-offs", ["The complete trials recorded none of the costs."])
     front = complete[complete[TAG_TRIAL_NUMBER].isin(on_front)].copy()
     front["on the front of"] = [", ".join(on_front[int(n)]) for n in front[TAG_TRIAL_NUMBER]]
     columns = [TAG_TRIAL_NUMBER, *_varied(complete, CONFIG_PARAMS), METRIC_EVAL_PERPLEXITY]
@@ -513,8 +519,16 @@ def provenance(s: StudyRuns, ui_url: str) -> Section:
         "study": f"{s.name}, Optuna storage {p.get('optuna_storage', '?')}",
         "MLflow": f"experiment {s.experiment_id}, parent run {s.parent_run_id}",
     }
-    commands = [
-        f"# the sweep\n{s.command or 'not recorded'}",
+    commands = [f"# the sweep\n{s.command or 'not recorded'}"]
+    if TAG_MLFLOW_ENTRY_POINT in s.tags:
+        source = s.tags.get(TAG_MLFLOW_SOURCE, "?") + (
+            f" (commit {s.tags[TAG_MLFLOW_COMMIT]})" if TAG_MLFLOW_COMMIT in s.tags else ""
+        )
+        commands[0] = (
+            f"# the sweep: `mlflow run` of entry point {s.tags[TAG_MLFLOW_ENTRY_POINT]} of {source}, "
+            f"which ran\n{s.command}"
+        )
+    commands += [
         f"# this report\nlora-study report runs:/{s.parent_run_id} --ui-url {ui_url}",
     ]
     return Section(

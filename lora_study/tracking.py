@@ -147,6 +147,10 @@ ARTIFACT_PLOT = "plots/{name}.png"  # perplexity_by_rank, perplexity_vs_memory, 
 ARTIFACT_IMPORTANCES = "importances.json"  # fANOVA importance of each searched param, on the parent
 ARTIFACT_ENVIRONMENT = "environment.json"  # {machine, packages}: what the sweep ran on
 TAG_COMMAND = "lora_study.command"  # on the parent: the command line that ran the sweep
+# MLflow's own tags: a nested run's parent, and what `mlflow run` ran from where
+TAG_MLFLOW_PARENT_RUN = "mlflow.parentRunId"
+TAG_MLFLOW_ENTRY_POINT, TAG_MLFLOW_SOURCE = "mlflow.project.entryPoint", "mlflow.source.name"
+TAG_MLFLOW_COMMIT = "mlflow.source.git.commit"
 # `report`: the study's answer as one page, on the sweep's parent run
 ARTIFACT_REPORT = "report"  # the folder: report.html (self-contained), report.md and figures/*.svg
 REPORT_HTML, REPORT_MARKDOWN, REPORT_FIGURES = "report.html", "report.md", "figures"

@@ -140,7 +140,7 @@ def test_the_answer_states_the_recommendation_its_numbers_and_its_rule():
     assert facts["forgetting"] == "KL(base || adapter) 0.130 nats/token; loss on general text +0.110 against the base"
     assert facts["peak memory"] == "651 MB" and facts["train tokens/s"] == "111"
     assert facts["adapter size"] == "1.60 MB (400,000 trainable parameters)"
-    assert facts["registered as"] == "models:/lora-study-smollm2-135m/2, @challenger"
+    assert facts["registered as"] == "models:/lora-study-smollm2-135m/2 (@challenger)"
     assert facts["configuration"] == "rank 32, alpha 64, target modules qv, learning rate 0.0005"
     why = answer.blocks[2]
     assert "within 1 standard error(s) of the best mean (10.100, standard error 0.100: up to 10.200)" in why

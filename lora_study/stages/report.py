@@ -40,12 +40,11 @@ from lora_study.tracking import (
     STAGE_SWEEP,
     STAGE_TRIAL,
     TAG_COMMAND,
+    TAG_MLFLOW_PARENT_RUN,
     TAG_SEED,
     TAG_STAGE,
     TAG_STUDY,
 )
-
-PARENT_RUN_TAG = "mlflow.parentRunId"
 
 
 def run_report(cfg: ReportConfig) -> None:
@@ -73,7 +72,7 @@ def find_parent(study: str):
         except MlflowException:
             raise UserInputError(f"{study}: no such run in {tracking.tracking_uri()}; pass a sweep's run id") from None
         if run.data.tags.get(TAG_STAGE) in (STAGE_TRIAL, STAGE_CONFIRM):
-            run = client.get_run(run.data.tags[PARENT_RUN_TAG])
+            run = client.get_run(run.data.tags[TAG_MLFLOW_PARENT_RUN])
         if run.data.tags.get(TAG_STAGE) != STAGE_SWEEP:
             raise UserInputError(
                 f"{study}: a `{run.data.tags.get(TAG_STAGE)}` run, not a sweep's; pass a sweep's run id"
