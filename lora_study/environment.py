@@ -3,6 +3,7 @@
 import importlib.metadata
 import os
 import platform
+import shlex
 import sys
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def packages() -> dict[str, str]:
 def command() -> str:
     """This process's command line, as typed (the entry point's name for `lora-study`)."""
     program = Path(sys.argv[0]).name
-    return " ".join(["lora-study" if program == "lora-study" else f"python {sys.argv[0]}", *sys.argv[1:]])
+    return shlex.join(["lora-study" if program == "lora-study" else f"python {sys.argv[0]}", *sys.argv[1:]])
 
 
 def _cpu_model() -> str:

@@ -4,25 +4,31 @@ Two rules, each of which says so when the study lacks the data to decide:
 
 `compare_levels` reads a factor with few levels (rank, target modules, quantization, DoRA, ...)
 from the best trial at each level. Noise is the seeds' spread: the pooled standard deviation of
-the confirmed configurations' test perplexity. A level within one seed std of the best one is a
-tie, and among ties the cheapest level is the answer ("rank 16 suffices"). Without a seed spread
-(one seed, or no confirm phase) no difference can be called real, and the rule says only what
-was measured. Cost is trainable parameters, and peak memory for quantization (it shrinks the
-frozen base, not the adapter).
+the confirmed configurations' test perplexity (`seed_std`). Two single runs then differ by about
+sqrt(2) x seed_std from noise alone, so a level less than that behind the best is a tie, and
+among ties the cheapest level is the answer ("rank 16 suffices"); a level more than twice that
+behind is beaten; in between the rule does not decide. Without a seed spread (one seed, or no
+confirm phase) no difference can be called real, and the rule says only what was measured.
+Cost is trainable parameters, and peak memory for quantization (it shrinks the frozen base, not
+the adapter); a factor that changes neither (alpha / rank, rsLoRA) is compared at equal cost.
 
 `trend` reads a factor searched over a range (learning rate): the Spearman correlation of its
-logarithm with perplexity over complete trials (at least `MIN_TREND_TRIALS`), and whether the
-best trial sits at an edge of the searched range, where the optimum may lie beyond it.
+value with perplexity over complete trials (at least `MIN_TREND_TRIALS`), called a trend only
+when a permutation test puts it below `TREND_P` (values shuffled `PERMUTATIONS` times, seeded);
+and whether the best trial sits at an edge of the searched range, where the optimum may lie
+beyond it.
 """
 
 import math
 import numbers
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
-MIN_TREND_TRIALS = 4
-STRONG_RHO = 0.6  # |Spearman rho| from which a trend is called one
+MIN_TREND_TRIALS = 5
+TREND_P = 0.05  # two-sided permutation p-value under which a correlation is called a trend
+PERMUTATIONS = 20_000
 EDGE_SHARE = 0.1  # the outer tenth of a (log) range counts as its edge
 SAME_COST = 0.01  # costs within 1% of each other are the same cost
 
@@ -62,19 +68,20 @@ def compare_levels(factor: str, levels: list[Level], seed_std: float | None) -> 
         return Finding(factor, f"{label(factor)}: only {only} has a complete trial; nothing to compare", False)
     ordered = sorted(levels, key=lambda x: x.perplexity)
     best, runner_up = ordered[0], ordered[1]
+    gap = runner_up.perplexity - best.perplexity
 
     def name(x: Level) -> str:
         return level_name(factor, x.level)
 
     if not seed_std:
-        gap = runner_up.perplexity - best.perplexity
         return Finding(
             factor,
             f"{name(best)} has the best perplexity ({best.perplexity:.3f}), {gap:.3f} ahead of {name(runner_up)}; "
             "without a seed spread (--confirm-seeds 2 or more) the study cannot tell whether that is more than noise",
             False,
         )
-    ties = [x for x in ordered if x.perplexity - best.perplexity <= seed_std]
+    noise = math.sqrt(2) * seed_std  # the spread of a difference of two single runs
+    ties = [x for x in ordered if x.perplexity - best.perplexity <= noise]
     cheapest = min(ties, key=lambda x: (x.cost, x.perplexity))
     if not _same_cost(cheapest.cost, best.cost) and cheapest.cost < best.cost:
         return Finding(
@@ -84,33 +91,35 @@ def compare_levels(factor: str, levels: list[Level], seed_std: float | None) -> 
             True,
         )
     if len(ties) > 1 and all(_same_cost(x.cost, best.cost) for x in ties):
-        spread = ties[-1].perplexity - best.perplexity
         return Finding(
             factor,
-            f"{', '.join(name(x) for x in ties)} are within noise of each other ({spread:.3f} ppl apart; "
-            f"seed std {seed_std:.3f}) at the same cost: the choice makes no measurable difference here",
+            f"{', '.join(name(x) for x in ties)} are within noise of each other "
+            f"({ties[-1].perplexity - best.perplexity:.3f} ppl apart; seed std {seed_std:.3f}) at the same cost: "
+            "the choice makes no measurable difference here",
             True,
         )
     if len(ties) > 1:
-        others = ", ".join(name(x) for x in ties[1:])
         return Finding(
             factor,
-            f"{name(best)} is best and {others}, within noise of it (seed std {seed_std:.3f}), cost more: "
-            f"{name(best)} suffices",
+            f"{name(best)} is best, and {', '.join(name(x) for x in ties[1:])}, within noise of it (seed std "
+            f"{seed_std:.3f}), cost as much or more: {name(best)} suffices",
             True,
         )
-    gain = 100 * (1 - best.perplexity / runner_up.perplexity)
-    return Finding(
-        factor,
-        f"{name(best)} beats {name(runner_up)} by {gain:.1f}% perplexity ({runner_up.perplexity - best.perplexity:.3f} "
-        f"ppl; seed std {seed_std:.3f}) at {best.memory_mb / runner_up.memory_mb:.2f}x peak memory",
-        True,
-    )
+    said = f"{name(best)} beats {name(runner_up)} by {100 * gap / runner_up.perplexity:.1f}% perplexity ({gap:.3f} ppl"
+    if gap < 2 * noise:
+        return Finding(
+            factor,
+            f"{said}; seed std {seed_std:.3f}), between one and two standard deviations of a difference of two runs "
+            f"({noise:.3f}): likely, not decided; more seeds or trials would decide it",
+            False,
+        )
+    memory = f" at {best.memory_mb / runner_up.memory_mb:.2f}x peak memory" if runner_up.memory_mb > 0 else ""
+    return Finding(factor, f"{said}; seed std {seed_std:.3f}){memory}", True)
 
 
 def trend(factor: str, values: pd.Series, perplexities: pd.Series, searched: tuple[float, float] | None) -> Finding:
     """The finding of a factor searched over a range: its direction, and the best value's place in the range."""
-    frame = pd.DataFrame({"value": values, "ppl": perplexities}).dropna()
+    frame = pd.DataFrame({"value": pd.to_numeric(values), "ppl": perplexities}).dropna()
     name = label(factor)
     if len(frame) < MIN_TREND_TRIALS or frame.value.nunique() < 3:
         return Finding(
@@ -119,12 +128,13 @@ def trend(factor: str, values: pd.Series, perplexities: pd.Series, searched: tup
             f"{MIN_TREND_TRIALS} trials at 3 or more values",
             False,
         )
-    rho = frame.value.rank().corr(frame.ppl.rank())  # Spearman: Pearson of the ranks
-    if abs(rho) >= STRONG_RHO:
-        direction = "higher" if rho < 0 else "lower"
-        text = f"{name}: lower perplexity at {direction} values (Spearman rho {rho:+.2f} over {len(frame)} trials)"
+    rho, p = spearman(frame.value.to_numpy(), frame.ppl.to_numpy())
+    measured = f"Spearman rho {rho:+.2f}, permutation p {p:.3f}, over {len(frame)} trials"
+    decided = p < TREND_P
+    if decided:
+        text = f"{name}: lower perplexity at {'higher' if rho < 0 else 'lower'} values ({measured})"
     else:
-        text = f"{name}: no monotone effect on perplexity (Spearman rho {rho:+.2f} over {len(frame)} trials)"
+        text = f"{name}: no trend shown ({measured}; a trend needs p < {TREND_P})"
     best = frame.loc[frame.ppl.idxmin(), "value"]
     edge = _edge(best, searched) if searched else None
     if edge:
@@ -135,7 +145,18 @@ def trend(factor: str, values: pd.Series, perplexities: pd.Series, searched: tup
         )
     else:
         text += f"; best at {best:.3g}"
-    return Finding(factor, text, True)
+    return Finding(factor, text, decided)
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Spearman's rho, and its two-sided p-value by permuting `y` (seeded: the same data, the same p)."""
+    rx, ry = pd.Series(x).rank().to_numpy(), pd.Series(y).rank().to_numpy()
+    rho = float(np.corrcoef(rx, ry)[0, 1])
+    shuffled = np.random.default_rng(0).permuted(np.tile(ry, (PERMUTATIONS, 1)), axis=1)
+    centred = shuffled - shuffled.mean(axis=1, keepdims=True)
+    rx_centred = rx - rx.mean()
+    null = centred @ rx_centred / (np.linalg.norm(centred, axis=1) * np.linalg.norm(rx_centred))
+    return rho, float((np.abs(null) >= abs(rho) - 1e-12).mean())
 
 
 def _edge(value: float, searched: tuple[float, float]) -> str | None:

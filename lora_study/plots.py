@@ -7,6 +7,7 @@ frame, so the sweep's PNG artifacts and `notebooks/compare_runs.ipynb` draw the 
 import io
 import numbers
 
+import matplotlib
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure  # figures as objects: no pyplot state, no GUI backend
@@ -50,7 +51,7 @@ TRIAL_COLUMNS = (
     *CATEGORICAL_PARAMS,
     *METRICS,
 )  # of trials_frame
-COMPLETE, PRUNED = "COMPLETE", "PRUNED"  # trial states, as `trial_state` tags hold them
+COMPLETE, PRUNED, FAIL = "COMPLETE", "PRUNED", "FAIL"  # trial states, as `trial_state` tags hold them
 FACTORS = (PARAM_RANK, PARAM_TARGET_MODULES, PARAM_QUANTIZATION)  # what ablations vary
 COLUMN_TRIALS_AT_LEVEL = "trials_at_level"
 
@@ -224,7 +225,8 @@ def tradeoffs(frame: pd.DataFrame):
 def to_svg(figure: Figure) -> str:
     """A figure as SVG text, to inline in a page."""
     buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", metadata={"Date": None})  # the same figure, the same text
+    with matplotlib.rc_context({"svg.hashsalt": "lora-study"}):  # ids from the content: the same figure, the same text
+        figure.savefig(buffer, format="svg", metadata={"Date": None})
     return buffer.getvalue()
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from lora_study import findings, plots
+from lora_study.recommendation import BEST, CHEAPEST_WITHIN_SE
+from lora_study.search_space import ALPHA_PER_RANK
 from lora_study.tracking import (
     COLUMN_CONFIG_TRIAL,
     COLUMN_RECOMMENDED,
@@ -24,22 +26,43 @@ from lora_study.tracking import (
     COLUMN_VERSION,
     METRIC_ADAPTER_SIZE_MB,
     METRIC_BASE_TEST_PERPLEXITY,
+    METRIC_DOCUMENTS,
     METRIC_EVAL_PERPLEXITY,
     METRIC_FORGETTING_KL,
     METRIC_FORGETTING_LOSS_DELTA,
     METRIC_PEAK_MEMORY_MB,
     METRIC_SEED_STD,
     METRIC_TEST_PERPLEXITY,
+    METRIC_TOKENS,
     METRIC_TRAIN_TOKENS_PER_S,
     METRIC_TRAINABLE_PARAMS,
     PARAM_ALPHA,
+    PARAM_BASE_MODEL,
+    PARAM_BASE_MODEL_SHA256,
+    PARAM_DATA,
+    PARAM_DATASET,
+    PARAM_DATASET_DIGEST,
+    PARAM_DECONTAMINATE_NGRAM,
+    PARAM_DECONTAMINATION,
+    PARAM_DETECTED_FORMAT,
     PARAM_DROPOUT,
+    PARAM_FORMAT,
     PARAM_LEARNING_RATE,
+    PARAM_MAX_STEPS,
+    PARAM_OBJECTIVES,
+    PARAM_PRUNER,
     PARAM_QUANTIZATION,
     PARAM_RANK,
+    PARAM_RECOMMEND,
+    PARAM_SAMPLER,
+    PARAM_SEED,
+    PARAM_SEQ_LEN,
+    PARAM_STORAGE,
     PARAM_TARGET_MODULES,
     PARAM_USE_DORA,
     PARAM_USE_RSLORA,
+    PARAM_WITHIN_SE,
+    SPLITS,
     TAG_CONFIG_TRIAL,
     TAG_MLFLOW_COMMIT,
     TAG_MLFLOW_ENTRY_POINT,
@@ -53,7 +76,6 @@ from lora_study.tracking import (
 COLUMN_DURATION_S = "duration_s"  # of a trial's run, start to end
 COLUMN_PHASE = "phase"
 COLUMN_STEPS = "steps"  # of a confirmation run: its budget
-ALPHA_PER_RANK = "alpha_per_rank"  # alpha / rank: the factor behind `alpha: {per_rank: ...}`
 CONFIG_PARAMS = (
     PARAM_RANK,
     PARAM_ALPHA,
@@ -64,9 +86,31 @@ CONFIG_PARAMS = (
     PARAM_USE_RSLORA,
     PARAM_DROPOUT,
 )
-# Factors read level by level (at most MAX_LEVELS of them), and factors read as a trend.
-LEVEL_FACTORS = (PARAM_RANK, PARAM_TARGET_MODULES, PARAM_QUANTIZATION, PARAM_USE_DORA, PARAM_USE_RSLORA, ALPHA_PER_RANK)
+# the columns of `confirmed.json` the report reads; a configuration's settings come from its trial's run
+CONFIRMED_COLUMNS = (
+    COLUMN_CONFIG_TRIAL,
+    COLUMN_SEEDS,
+    COLUMN_TEST_PERPLEXITY_MEAN,
+    COLUMN_TEST_PERPLEXITY_STD,
+    COLUMN_STDERR,
+    METRIC_TRAINABLE_PARAMS,
+    METRIC_PEAK_MEMORY_MB,
+    COLUMN_VERSION,
+    COLUMN_RECOMMENDED,
+)
+# Factors read level by level, and factors read as a trend (as is a numeric one with more than
+# MAX_LEVELS levels); alpha / rank and rsLoRA change no cost, so their levels cost the same.
+LEVEL_FACTORS = (
+    PARAM_RANK,
+    PARAM_TARGET_MODULES,
+    PARAM_QUANTIZATION,
+    PARAM_USE_DORA,
+    PARAM_USE_RSLORA,
+    ALPHA_PER_RANK,
+    PARAM_ALPHA,
+)
 TREND_FACTORS = (PARAM_LEARNING_RATE, PARAM_DROPOUT)
+COST_NEUTRAL = (ALPHA_PER_RANK, PARAM_USE_RSLORA)
 MAX_LEVELS = 6
 DEFAULT_UI_URL = "http://127.0.0.1:5000"  # where `mlflow ui` listens
 
@@ -95,6 +139,7 @@ class StudyRuns:
     confirmed: pd.DataFrame | None  # the parent's `confirmed.json`: one row per confirmed configuration
     versions: list[Version]
     importances: dict[str, float]
+    searched: tuple[str, ...]  # the parameters the search space varied (empty: unknown)
     ranges: dict[str, tuple[float, float]]  # the searched range of each numeric parameter
     space_file: str  # the search-space file the study ran on: its name and its text
     space_text: str
@@ -168,10 +213,11 @@ def answer(s: StudyRuns) -> Section:
         recommended[COLUMN_SEEDS],
     )
     base = runs[METRIC_BASE_TEST_PERPLEXITY].mean()
+    change = 100 * (1 - mean / base)
     rows = {
         "configuration": _config_text(recommended),
         "test perplexity": f"{mean:.3f} +- {std:.3f} over {n} seeds; base model {base:.3f} "
-        f"({100 * (1 - mean / base):.1f}% lower)",
+        f"({abs(change):.1f}% {'lower' if change >= 0 else 'higher'})",
         "forgetting": _forgetting_text(runs),
         "peak memory": f"{runs[METRIC_PEAK_MEMORY_MB].mean():.0f} MB",
         "train tokens/s": f"{runs[METRIC_TRAIN_TOKENS_PER_S].mean():.0f}",
@@ -188,10 +234,22 @@ def answer(s: StudyRuns) -> Section:
 
 
 def _recommended(s: StudyRuns) -> dict | None:
+    confirmed = confirmed_configs(s)
+    if confirmed is None:
+        return None
+    chosen = confirmed[confirmed[COLUMN_RECOMMENDED].astype(bool)]
+    return chosen.iloc[0].to_dict() if len(chosen) else None
+
+
+def confirmed_configs(s: StudyRuns) -> pd.DataFrame | None:
+    """The confirmed configurations, each with the settings its explore trial's run logged."""
     if s.confirmed is None or s.confirmed.empty:
         return None
-    chosen = s.confirmed[s.confirmed[COLUMN_RECOMMENDED].astype(bool)]
-    return chosen.iloc[0].to_dict() if len(chosen) else None
+    confirmed = s.confirmed[[c for c in CONFIRMED_COLUMNS if c in s.confirmed]]
+    settings = _with_alpha_per_rank(s.trials)
+    settings = settings[[c for c in (TAG_TRIAL_NUMBER, *CONFIG_PARAMS, ALPHA_PER_RANK) if c in settings]]
+    merged = confirmed.merge(settings, how="left", left_on=COLUMN_CONFIG_TRIAL, right_on=TAG_TRIAL_NUMBER)
+    return merged.drop(columns=[TAG_TRIAL_NUMBER])
 
 
 def _unconfirmed(s: StudyRuns) -> list:
@@ -200,10 +258,10 @@ def _unconfirmed(s: StudyRuns) -> list:
         return ["No trial completed, so the study has no answer. See how it ran, below."]
     best = complete.loc[complete[METRIC_EVAL_PERPLEXITY].idxmin()]
     text = (
-        f"The study confirmed no configuration with seeds (--confirm-top 0, or several objectives), so it makes "
+        f"The study confirmed no configuration with seeds (--confirm-top 0, or no confirmation completed), so it makes "
         f"no recommendation. Its best explore trial was trial {int(best[TAG_TRIAL_NUMBER])}: "
         f"{_config_text(best)}, validation perplexity {best[METRIC_EVAL_PERPLEXITY]:.3f} after "
-        f"{s.params.get('max_steps', '?')} steps. Without a seed spread, whether it beats the next trials by more "
+        f"{s.params.get(PARAM_MAX_STEPS, '?')} steps. Without a seed spread, whether it beats the next trials by more "
         "than noise is unknown."
     )
     versions = pd.DataFrame(
@@ -221,14 +279,14 @@ def _unconfirmed(s: StudyRuns) -> list:
 
 
 def _why(s: StudyRuns) -> str:
-    table, rule = s.confirmed, s.params.get("recommend", "cheapest-within-se")
+    table, rule = s.confirmed, s.params.get(PARAM_RECOMMEND, CHEAPEST_WITHIN_SE)
     best = table.loc[table[COLUMN_TEST_PERPLEXITY_MEAN].idxmin()]
-    if rule == "best":
+    if rule == BEST:
         return (
             f"Why: the rule `best` takes the lowest mean test perplexity over seeds; trial "
             f"{int(best[COLUMN_CONFIG_TRIAL])}'s configuration has it ({best[COLUMN_TEST_PERPLEXITY_MEAN]:.3f})."
         )
-    k = float(s.params.get("within_se", 1.0))
+    k = float(s.params.get(PARAM_WITHIN_SE, 1.0))
     threshold = best[COLUMN_TEST_PERPLEXITY_MEAN] + k * best[COLUMN_STDERR]
     within = int((table[COLUMN_TEST_PERPLEXITY_MEAN] <= threshold).sum())
     return (
@@ -241,7 +299,7 @@ def _why(s: StudyRuns) -> str:
 
 
 def _confirmed_table(s: StudyRuns) -> pd.DataFrame:
-    table = s.confirmed
+    table = confirmed_configs(s)
     varied = [p for p in CONFIG_PARAMS if p in table and table[p].nunique() > 1]
     columns = [COLUMN_CONFIG_TRIAL, *varied, COLUMN_SEEDS, COLUMN_TEST_PERPLEXITY_MEAN, COLUMN_TEST_PERPLEXITY_STD]
     columns += [COLUMN_STDERR, METRIC_TRAINABLE_PARAMS, METRIC_PEAK_MEMORY_MB, COLUMN_VERSION, COLUMN_RECOMMENDED]
@@ -250,7 +308,7 @@ def _confirmed_table(s: StudyRuns) -> pd.DataFrame:
 
 def _forgetting_text(runs: pd.DataFrame) -> str:
     if METRIC_FORGETTING_KL not in runs or runs[METRIC_FORGETTING_KL].isna().all():
-        return "not measured (--forgetting-data none)"
+        return "not measured"
     return (
         f"KL(base || adapter) {runs[METRIC_FORGETTING_KL].mean():.3f} nats/token; loss on general text "
         f"{runs[METRIC_FORGETTING_LOSS_DELTA].mean():+.3f} against the base"
@@ -275,7 +333,7 @@ def _config_text(row) -> str:
         if name == PARAM_TARGET_MODULES:
             parts.append(f"target modules {value}")
         elif name == PARAM_LEARNING_RATE:
-            parts.append(f"learning rate {value:.2g}")
+            parts.append(f"learning rate {value:.3g}")
         elif name in (PARAM_USE_DORA, PARAM_USE_RSLORA, PARAM_QUANTIZATION, PARAM_DROPOUT):
             parts.append(findings.level_name(name, value))
         else:
@@ -319,30 +377,49 @@ def tradeoffs(s: StudyRuns) -> Section:
 def factors(s: StudyRuns) -> Section:
     complete = _with_alpha_per_rank(s.trials[s.trials[TAG_TRIAL_STATE] == plots.COMPLETE])
     seed_std = _seed_std(s)
-    noise = f"seed std {seed_std:.3f} (pooled over the confirmed configurations)" if seed_std else "no seed spread"
+    noise = (
+        f"seed std {seed_std:.3f}, pooled over the confirmed configurations (test split, confirm budget)"
+        if seed_std
+        else "no seed spread (no configuration was confirmed with two seeds or more)"
+    )
     blocks = [
-        "Each factor that varied, read from the best complete explore trial at each level (validation perplexity "
-        f"at the explore budget); noise: {noise}. A level within one seed std of the best is a tie, and the "
-        "cheapest tie suffices. A factor searched over a range is read by the Spearman correlation of its value "
-        "with perplexity and by where its best value lies in the range."
+        "Each factor the search space varied, read from the best complete explore trial at each level: its "
+        f"validation perplexity at the explore budget. Noise: {noise}. Two single runs differ by about 1.41 "
+        "seed std from noise alone: a level behind the best by less is a tie, and the cheapest tie suffices; "
+        "by more than twice that, it is beaten; in between, undecided. Rank is read per target-module preset "
+        "when those vary. A factor searched over a range is read by the Spearman correlation of its value with "
+        "perplexity (a trend when a permutation test gives p < 0.05) and by where its best value lies in the range."
     ]
-    found = []
+    found = 0
     for factor in LEVEL_FACTORS + TREND_FACTORS:
-        if factor not in complete or complete[factor].nunique() < 2:
+        if factor not in complete or not _searched(s, factor) or complete[factor].nunique() < 2:
             continue
-        if factor in LEVEL_FACTORS and complete[factor].nunique() <= MAX_LEVELS:
-            finding, table = _levels(s, complete, factor, seed_std)
-        else:
-            trended = PARAM_ALPHA if factor == ALPHA_PER_RANK else factor
-            ppl = complete[METRIC_EVAL_PERPLEXITY]
-            finding, table = findings.trend(trended, complete[trended], ppl, s.ranges.get(trended)), None
-        found.append(finding)
-        blocks += [Heading(findings.label(factor)), finding.text + "."]
-        if table is not None:
-            blocks.append(Table(table))
+        numeric = pd.api.types.is_numeric_dtype(complete[factor])
+        for heading, rows in _groups(complete, factor):
+            if factor in TREND_FACTORS or (numeric and complete[factor].nunique() > MAX_LEVELS):
+                ppl = rows[METRIC_EVAL_PERPLEXITY]
+                finding, table = findings.trend(factor, rows[factor], ppl, s.ranges.get(factor)), None
+            else:
+                finding, table = _levels(s, rows, factor, seed_std)
+            blocks += [Heading(heading), finding.text + "."]
+            blocks += [Table(table)] if table is not None else []
+            found += 1
     if not found:
-        blocks.append("No factor varied among the complete trials: there is no effect to read.")
+        blocks.append("No searched factor varied among the complete trials: there is no effect to read.")
     return Section("factors", "Effects of each factor", blocks)
+
+
+def _searched(s: StudyRuns, factor: str) -> bool:
+    """Whether the search space varied `factor` (every factor that varies, if the space is unknown):
+    alpha / rank varies with rank when alpha is fixed, and is not a factor then."""
+    return factor in s.searched if s.searched else factor != ALPHA_PER_RANK
+
+
+def _groups(complete: pd.DataFrame, factor: str) -> list[tuple[str, pd.DataFrame]]:
+    """Rank per target-module preset when those vary (their trade-off differs); else one group."""
+    if factor == PARAM_RANK and PARAM_TARGET_MODULES in complete and complete[PARAM_TARGET_MODULES].nunique() > 1:
+        return [(f"rank, with {preset}", rows) for preset, rows in complete.groupby(PARAM_TARGET_MODULES)]
+    return [(findings.label(factor), complete)]
 
 
 def _levels(s: StudyRuns, complete: pd.DataFrame, factor: str, seed_std: float | None):
@@ -351,7 +428,12 @@ def _levels(s: StudyRuns, complete: pd.DataFrame, factor: str, seed_std: float |
     best = complete.loc[complete.groupby(factor)[METRIC_EVAL_PERPLEXITY].idxmin()]
     cost = METRIC_PEAK_MEMORY_MB if factor == PARAM_QUANTIZATION else METRIC_TRAINABLE_PARAMS
     levels = [
-        findings.Level(row[factor], row[METRIC_EVAL_PERPLEXITY], row[cost], row[METRIC_PEAK_MEMORY_MB])
+        findings.Level(
+            row[factor],
+            row[METRIC_EVAL_PERPLEXITY],
+            0.0 if factor in COST_NEUTRAL else row[cost],
+            row[METRIC_PEAK_MEMORY_MB],
+        )
         for _, row in best.iterrows()
     ]
     table = pd.DataFrame(
@@ -361,7 +443,7 @@ def _levels(s: StudyRuns, complete: pd.DataFrame, factor: str, seed_std: float |
             "its trial": best[TAG_TRIAL_NUMBER].to_numpy(),
             "its learning rate": best[PARAM_LEARNING_RATE].to_numpy() if PARAM_LEARNING_RATE in best else None,
             "trials at level": complete.groupby(factor).size().loc[best[factor]].to_numpy(),
-            "confirmed: test perplexity": [_confirmed_at(s, factor, level) for level in best[factor]],
+            "confirmed: test perplexity": [_confirmed_at(s, complete, factor, level) for level in best[factor]],
             METRIC_TRAINABLE_PARAMS: best[METRIC_TRAINABLE_PARAMS].to_numpy(),
             METRIC_PEAK_MEMORY_MB: best[METRIC_PEAK_MEMORY_MB].to_numpy(),
         }
@@ -369,14 +451,12 @@ def _levels(s: StudyRuns, complete: pd.DataFrame, factor: str, seed_std: float |
     return findings.compare_levels(factor, levels, seed_std), table
 
 
-def _confirmed_at(s: StudyRuns, factor: str, level) -> str:
-    """The best confirmed configuration at this level: mean +- std (n seeds), or empty."""
-    if s.confirmed is None or s.confirmed.empty:
+def _confirmed_at(s: StudyRuns, trials: pd.DataFrame, factor: str, level) -> str:
+    """The best confirmed configuration of `trials` at this level: mean +- std (n seeds), or empty."""
+    table = confirmed_configs(s)
+    if table is None or factor not in table:
         return ""
-    table = _with_alpha_per_rank(s.confirmed)
-    if factor not in table:
-        return ""
-    at = table[table[factor].astype(str) == str(level)]
+    at = table[(table[factor] == level) & table[COLUMN_CONFIG_TRIAL].isin(trials[TAG_TRIAL_NUMBER])]
     if at.empty:
         return ""
     row = at.loc[at[COLUMN_TEST_PERPLEXITY_MEAN].idxmin()]
@@ -402,14 +482,15 @@ def _seed_std(s: StudyRuns) -> float | None:
 
 
 def how_it_ran(s: StudyRuns) -> Section:
-    states = s.trials[TAG_TRIAL_STATE].value_counts()
-    p = s.params
+    states, p = s.trials[TAG_TRIAL_STATE].value_counts(), s.params
+    counts = f"{states.get(plots.COMPLETE, 0)} complete, {states.get(plots.PRUNED, 0)} pruned, "
+    counts += f"{states.get(plots.FAIL, 0)} failed"
     blocks = [
         Items(
             (
-                f"Explore: {len(s.trials)} trials of {p.get('max_steps', '?')} steps each ({states.get('COMPLETE', 0)} "
-                f"complete, {states.get('PRUNED', 0)} pruned, {states.get('FAIL', 0)} failed); sampler "
-                f"{p.get('sampler', '?')}, pruner {p.get('pruner', '?')}, objectives {p.get('objectives', '?')}.",
+                f"Explore: {len(s.trials)} trials of {p.get(PARAM_MAX_STEPS, '?')} steps each ({counts}); sampler "
+                f"{p.get(PARAM_SAMPLER, '?')}, pruner {p.get(PARAM_PRUNER, '?')}, "
+                f"objectives {p.get(PARAM_OBJECTIVES, '?')}.",
                 _confirm_text(s),
                 f"Time: {_duration(s.wall_s)} wall-clock; {_duration(s.trials[COLUMN_DURATION_S].sum())} in explore "
                 f"trials, {_duration(s.confirmations[COLUMN_DURATION_S].sum())} in confirmations.",
@@ -442,7 +523,7 @@ def _confirm_text(s: StudyRuns) -> str:
     return (
         f"Confirm: {c[COLUMN_CONFIG_TRIAL].nunique()} configurations x {c[TAG_SEED].nunique()} seeds at "
         f"{_steps(c)} steps each, on the test split "
-        f"({states.get('COMPLETE', 0)} complete, {states.get('FAIL', 0)} failed)."
+        f"({states.get(plots.COMPLETE, 0)} complete, {states.get(plots.FAIL, 0)} failed)."
     )
 
 
@@ -501,22 +582,24 @@ def _varied(frame: pd.DataFrame, columns) -> list[str]:
 def provenance(s: StudyRuns, ui_url: str) -> Section:
     p, m = s.params, s.metrics
     splits = ", ".join(
-        f"{split} {int(m[f'{split}_documents'])} documents / {int(m[f'{split}_tokens']):,} tokens"
-        for split in ("train", "validation", "test")
-        if f"{split}_tokens" in m and f"{split}_documents" in m
+        f"{split} {int(m[METRIC_DOCUMENTS.format(split=split)])} documents / "
+        f"{int(m[METRIC_TOKENS.format(split=split)]):,} tokens"
+        for split in SPLITS
+        if METRIC_TOKENS.format(split=split) in m and METRIC_DOCUMENTS.format(split=split) in m
     )
     rows = {
-        "base model": p.get("base_model", "?"),
-        "base model sha256": p.get("base_model_sha256") or "not recorded",
-        "dataset": f"{p.get('dataset', '?')} (format {p.get('format', '?')}, seq_len {p.get('seq_len', '?')}, "
-        f"split seed {p.get('seed', '?')})",
-        "dataset digest": p.get("dataset_digest") or "not recorded",
+        "base model": p.get(PARAM_BASE_MODEL, "?"),
+        "base model sha256": p.get(PARAM_BASE_MODEL_SHA256) or "not recorded",
+        "dataset": f"{p.get(PARAM_DATASET, '?')} (format {p.get(PARAM_DETECTED_FORMAT, p.get(PARAM_FORMAT, '?'))}, "
+        f"seq_len {p.get(PARAM_SEQ_LEN, '?')}, split seed {p.get(PARAM_SEED, '?')})",
+        "prepared data": p.get(PARAM_DATA) or "prepared by the sweep",
+        "dataset digest": p.get(PARAM_DATASET_DIGEST) or "not recorded",
         "split sizes": splits or "not recorded",
-        "decontamination": f"{p.get('decontamination', 'not recorded')} "
-        f"({p.get('decontaminate_ngram', '?')}-token spans)",
+        "decontamination": f"{p.get(PARAM_DECONTAMINATION, 'not recorded')} "
+        f"({p.get(PARAM_DECONTAMINATE_NGRAM, '?')}-token spans)",
         "hardware": s.environment.get("machine", "not recorded"),
         "packages": ", ".join(f"{k} {v}" for k, v in s.environment.get("packages", {}).items()) or "not recorded",
-        "study": f"{s.name}, Optuna storage {p.get('optuna_storage', '?')}",
+        "study": f"{s.name}, Optuna storage {p.get(PARAM_STORAGE, '?')}",
         "MLflow": f"experiment {s.experiment_id}, parent run {s.parent_run_id}",
     }
     commands = [f"# the sweep\n{s.command or 'not recorded'}"]

@@ -45,6 +45,16 @@ PARAM_QUANTIZATION = "quantization"
 PARAM_USE_RSLORA = "use_rslora"
 PARAM_USE_DORA = "use_dora"
 PARAM_LEARNING_RATE = "learning_rate"
+PARAM_DATASET = "dataset"
+PARAM_FORMAT = "format"
+PARAM_SEQ_LEN = "seq_len"
+PARAM_SEED = "seed"
+PARAM_DECONTAMINATE_NGRAM = "decontaminate_ngram"
+PARAM_MAX_STEPS = "max_steps"
+PARAM_OBJECTIVES = "objectives"  # of a sweep, as are the next three
+PARAM_PRUNER = "pruner"
+PARAM_RECOMMEND = "recommend"
+PARAM_WITHIN_SE = "within_se"
 
 # --- metrics of `prepare`, one per split ----------------------------------------------------
 METRIC_DOCUMENTS = "{split}_documents"

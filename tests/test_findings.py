@@ -1,9 +1,13 @@
 """The finding rules, driven with constructed results: ties, wins, equal costs, trends, edges,
 and the cases where the study lacks the data to decide."""
 
-import pandas as pd
+import re
 
-from lora_study.findings import Level, compare_levels, level_name, trend
+import numpy as np
+import pandas as pd
+import pytest
+
+from lora_study.findings import Level, compare_levels, level_name, spearman, trend
 
 RANK_16 = Level(16, perplexity=10.00, cost=1_000, memory_mb=500)
 RANK_64 = Level(64, perplexity=9.96, cost=4_000, memory_mb=520)
@@ -26,7 +30,7 @@ def test_a_win_beyond_the_noise_is_called_with_its_cost():
 def test_the_best_level_suffices_when_the_ties_cost_more():
     cheap_best = Level(8, perplexity=10.0, cost=500, memory_mb=400)
     finding = compare_levels("rank", [cheap_best, Level(32, 10.05, 2_000, 450)], seed_std=0.1)
-    assert finding.decided and finding.text.endswith("cost more: rank 8 suffices")
+    assert finding.decided and finding.text.endswith("cost as much or more: rank 8 suffices")
 
 
 def test_ties_at_the_same_cost_make_no_difference():
@@ -57,34 +61,61 @@ def test_one_level_is_nothing_to_compare():
     assert not finding.decided and finding.text == "rank: only rank 16 has a complete trial; nothing to compare"
 
 
-def test_a_trend_is_named_with_its_correlation():
-    lr = pd.Series([1e-4, 3e-4, 1e-3, 2e-3])
-    finding = trend("learning_rate", lr, pd.Series([14.0, 13.0, 12.0, 11.5]), searched=(1e-5, 1e-1))
+def test_a_lead_between_one_and_two_noise_widths_is_not_decided():
+    # seed std 0.1: two runs differ by about 0.141 from noise; 0.2 is more than that, less than 0.283
+    finding = compare_levels("rank", [Level(8, 10.2, 100, 400), Level(32, 10.0, 400, 450)], seed_std=0.1)
+    assert not finding.decided
+    assert finding.text.startswith("rank 32 beats rank 8 by 2.0% perplexity (0.200 ppl; seed std 0.100)")
+    assert finding.text.endswith("likely, not decided; more seeds or trials would decide it")
+
+
+def test_a_win_is_said_without_a_memory_ratio_when_none_was_measured():
+    finding = compare_levels("rank", [Level(8, 11.0, 100, 0.0), Level(32, 10.0, 400, 0.0)], seed_std=0.1)
+    assert finding.decided and finding.text == "rank 32 beats rank 8 by 9.1% perplexity (1.000 ppl; seed std 0.100)"
+
+
+LR = pd.Series([1e-4, 2e-4, 3e-4, 6e-4, 1e-3, 2e-3])
+
+
+def test_a_trend_is_named_with_its_correlation_and_permutation_p():
+    finding = trend("learning_rate", LR, pd.Series([14.0, 13.5, 13.0, 12.5, 12.0, 11.5]), searched=(1e-5, 1e-1))
     assert finding.decided
-    assert finding.text == (
-        "learning rate: lower perplexity at higher values (Spearman rho -1.00 over 4 trials); best at 0.002"
+    assert re.fullmatch(
+        r"learning rate: lower perplexity at higher values \(Spearman rho -1.00, permutation p 0.00\d, over 6 "
+        r"trials\); best at 0.002",
+        finding.text,
     )
 
 
+def test_the_permutation_p_is_that_of_the_exact_distribution():
+    # 6 values in order: 2 of the 720 orderings reach |rho| = 1
+    rho, p = spearman(np.arange(6.0), np.arange(6.0))
+    assert rho == pytest.approx(1.0) and p == pytest.approx(2 / 720, abs=0.001)
+    rho, p = spearman(np.arange(6.0), np.array([3.0, 1.0, 5.0, 0.0, 4.0, 2.0]))
+    assert abs(rho) < 0.3 and p > 0.5
+
+
 def test_a_best_value_at_the_edge_of_the_range_says_to_widen_it():
-    lr = pd.Series([1e-4, 3e-4, 1e-3, 2.8e-3])
-    finding = trend("learning_rate", lr, pd.Series([14.0, 13.0, 12.0, 11.5]), searched=(1e-4, 3e-3))
+    high = LR.replace(2e-3, 2.8e-3)
+    finding = trend("learning_rate", high, pd.Series([14.0, 13.5, 13.0, 12.5, 12.0, 11.5]), searched=(1e-4, 3e-3))
     assert "the best value, 0.0028, lies at the upper edge of the searched range 0.0001 to 0.003" in finding.text
     assert finding.text.endswith("widen the range upward")
-    low = trend("learning_rate", lr, pd.Series([11.0, 13.0, 12.5, 14.0]), searched=(1e-4, 3e-3))
+    low = trend("learning_rate", LR, pd.Series([11.0, 13.0, 12.5, 14.0, 13.2, 12.8]), searched=(1e-4, 3e-3))
     assert "lower edge" in low.text and low.text.endswith("downward")
 
 
-def test_no_monotone_effect_is_said_as_such():
-    finding = trend("dropout", pd.Series([0.0, 0.05, 0.1, 0.2]), pd.Series([12.0, 11.0, 13.0, 11.5]), None)
-    assert finding.decided and finding.text.startswith("dropout: no monotone effect on perplexity (Spearman rho")
+def test_a_correlation_the_permutation_test_does_not_support_is_not_a_trend():
+    finding = trend("dropout", pd.Series([0.0, 0.05, 0.1, 0.2, 0.3]), pd.Series([12.0, 11.0, 13.0, 11.5, 12.2]), None)
+    assert not finding.decided
+    assert finding.text.startswith("dropout: no trend shown (Spearman rho")
+    assert "a trend needs p < 0.05" in finding.text
 
 
 def test_too_few_trials_for_a_trend_says_so():
     finding = trend("learning_rate", pd.Series([1e-4, 1e-3]), pd.Series([12.0, 11.0]), (1e-5, 1e-2))
     assert not finding.decided
     assert finding.text == (
-        "learning rate: 2 complete trials at 2 values; the trend rule needs 4 trials at 3 or more values"
+        "learning rate: 2 complete trials at 2 values; the trend rule needs 5 trials at 3 or more values"
     )
 
 

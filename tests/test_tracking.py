@@ -11,7 +11,9 @@ from lora_study import tracking
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, SweepConfig, TrainConfig
 
 CONFIG_FIELDS = {
-    name for config in (DataConfig, BaseModelConfig, AdapterConfig, TrainConfig) for name in config.model_fields
+    name
+    for config in (DataConfig, BaseModelConfig, AdapterConfig, TrainConfig, SweepConfig)
+    for name in config.model_fields
 }
 CONFIG_PARAMS = [
     "PARAM_BASE_MODEL",
@@ -24,6 +26,16 @@ CONFIG_PARAMS = [
     "PARAM_USE_RSLORA",
     "PARAM_USE_DORA",
     "PARAM_LEARNING_RATE",
+    "PARAM_DATASET",
+    "PARAM_FORMAT",
+    "PARAM_SEQ_LEN",
+    "PARAM_SEED",
+    "PARAM_DECONTAMINATE_NGRAM",
+    "PARAM_MAX_STEPS",
+    "PARAM_OBJECTIVES",
+    "PARAM_PRUNER",
+    "PARAM_RECOMMEND",
+    "PARAM_WITHIN_SE",
 ]
 # Names that are the same MLflow key on purpose: one constant defined as the other's alias.
 ALIASES = {
@@ -31,6 +43,7 @@ ALIASES = {
     frozenset({"METRIC_LEARNING_RATE", "PARAM_LEARNING_RATE"}),
     frozenset({"TAG_BASE_MODEL", "PARAM_BASE_MODEL"}),
     frozenset({"PARAM_DATA", "ARTIFACT_DATA"}),  # the `data` param names what the `data` artifact holds
+    frozenset({"PARAM_SEED", "TAG_SEED"}),  # a confirmation's seed (tag) replaces the config's (param)
 }
 
 

@@ -11,6 +11,7 @@ Optuna storage.
 """
 
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -50,13 +51,9 @@ from lora_study.tracking import (
 def run_report(cfg: ReportConfig) -> None:
     """The `report` entry point: the page on the sweep's run, and in `--output`."""
     parent = find_parent(cfg.study)
-    written = write_report(parent.info.run_id, cfg.ui_url, cfg.output)
-    mlflow_run = os.environ.get("MLFLOW_RUN_ID")  # `mlflow run -e report` made a run: it holds a copy
-    if mlflow_run and mlflow_run != parent.info.run_id:
-        client = mlflow.MlflowClient()
-        client.set_tag(mlflow_run, TAG_STAGE, STAGE_REPORT)
-        client.log_artifacts(mlflow_run, str(written), ARTIFACT_REPORT)
+    page = write_report(parent.info.run_id, cfg.ui_url, cfg.output)
     print(f"report of study {parent.data.tags[TAG_STUDY]}: runs:/{parent.info.run_id}/{ARTIFACT_REPORT}/{REPORT_HTML}")
+    print(f"  stored at {page}")
     if cfg.output:
         print(f"  written to {Path(cfg.output) / REPORT_HTML} and {REPORT_MARKDOWN}")
 
@@ -98,20 +95,28 @@ def find_parent(study: str):
     return next((run for run in found if run.info.status == "FINISHED"), found[0])
 
 
-def write_report(parent_run_id: str, ui_url: str = report.DEFAULT_UI_URL, output: str = "") -> Path:
-    """Build the page of the sweep `parent_run_id`, log it on that run and write it to `output`;
-    returns the folder it was written to."""
+def write_report(parent_run_id: str, ui_url: str = report.DEFAULT_UI_URL, output: str = "") -> str:
+    """Build the page of the sweep `parent_run_id`, log it on that run (replacing an earlier one)
+    and copy it into `output`; returns the page's artifact URI."""
     study = read_study(parent_run_id)
     sections = report.build(study, ui_url)
     markdown, figures = report.to_markdown(study, sections, REPORT_FIGURES)
-    folder = Path(output) if output else Path(tempfile.mkdtemp(prefix="lora-study-report-"))
-    (folder / REPORT_FIGURES).mkdir(parents=True, exist_ok=True)
-    (folder / REPORT_HTML).write_text(report.to_html(study, sections))
-    (folder / REPORT_MARKDOWN).write_text(markdown)
-    for name, svg in figures.items():
-        (folder / REPORT_FIGURES / name).write_text(svg)
-    mlflow.MlflowClient().log_artifacts(parent_run_id, str(folder), ARTIFACT_REPORT)
-    return folder
+    with tempfile.TemporaryDirectory() as folder:
+        written = Path(folder)
+        (written / REPORT_FIGURES).mkdir()
+        (written / REPORT_HTML).write_text(report.to_html(study, sections))
+        (written / REPORT_MARKDOWN).write_text(markdown)
+        for name, svg in figures.items():
+            (written / REPORT_FIGURES / name).write_text(svg)
+        client = mlflow.MlflowClient()
+        client.log_artifacts(parent_run_id, folder, ARTIFACT_REPORT)
+        mlflow_run = os.environ.get("MLFLOW_RUN_ID")  # `mlflow run -e report` made a run: it keeps a copy
+        if mlflow_run and mlflow_run != parent_run_id:
+            client.set_tag(mlflow_run, TAG_STAGE, STAGE_REPORT)
+            client.log_artifacts(mlflow_run, folder, ARTIFACT_REPORT)
+        if output:
+            shutil.copytree(folder, output, dirs_exist_ok=True)
+    return f"{client.get_run(parent_run_id).info.artifact_uri}/{ARTIFACT_REPORT}/{REPORT_HTML}"
 
 
 # --- reading a study back from MLflow ---------------------------------------------------------------
@@ -121,7 +126,10 @@ def read_study(parent_run_id: str) -> report.StudyRuns:
     client = mlflow.MlflowClient()
     parent = client.get_run(parent_run_id)
     name, experiment_id = parent.data.tags[TAG_STUDY], parent.info.experiment_id
-    space_file, space_text, ranges = _search_space(parent_run_id)
+    space_file, space_text, searched, ranges = _search_space(parent_run_id)
+    trials = _trial_runs(experiment_id, name, STAGE_TRIAL)
+    confirmations = _trial_runs(experiment_id, name, STAGE_CONFIRM)
+    run_ids = set(trials["run_id"]) | set(confirmations["run_id"])
     environment = _load_dict(parent_run_id, ARTIFACT_ENVIRONMENT)
     return report.StudyRuns(
         name=name,
@@ -130,20 +138,22 @@ def read_study(parent_run_id: str) -> report.StudyRuns:
         params={key: tracking.param_value(value) for key, value in parent.data.params.items()},
         metrics=dict(parent.data.metrics),
         tags=dict(parent.data.tags),
-        trials=_trial_runs(experiment_id, name, STAGE_TRIAL),
-        confirmations=_trial_runs(experiment_id, name, STAGE_CONFIRM),
+        trials=trials,
+        confirmations=confirmations,
         confirmed=_confirmed(experiment_id, parent_run_id),
         versions=[
             report.Version(f"models:/{v.name}/{v.version}", tuple(sorted(v.aliases)), dict(v.tags))
             for v in registry.study_versions(name)
+            if v.run_id in run_ids  # registered from this study's runs, not a namesake's
         ],
         importances=_load_dict(parent_run_id, ARTIFACT_IMPORTANCES),
+        searched=searched,
         ranges=ranges,
         space_file=space_file,
         space_text=space_text,
         environment=environment,
         command=parent.data.tags.get(TAG_COMMAND, ""),
-        wall_s=_wall_s(experiment_id, name),
+        wall_s=_wall_s(experiment_id, name, parent_run_id),
     )
 
 
@@ -166,8 +176,7 @@ def _trial_runs(experiment_id: str, study: str, stage: str) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame(columns=[*plots.TRIAL_COLUMNS, report.COLUMN_DURATION_S, *CONFIRM_COLUMNS])
     frame = plots.trials_frame(runs)
-    ended = runs["end_time"].fillna(pd.Timestamp.now(tz=runs["start_time"].dt.tz))
-    durations = dict(zip(runs["run_id"], (ended - runs["start_time"]).dt.total_seconds()))
+    durations = dict(zip(runs["run_id"], (runs["end_time"] - runs["start_time"]).dt.total_seconds()))
     frame[report.COLUMN_DURATION_S] = frame["run_id"].map(durations)
     for column, source in CONFIRM_COLUMNS.items():
         if source in runs:
@@ -182,17 +191,18 @@ def _confirmed(experiment_id: str, run_id: str) -> pd.DataFrame | None:
     return mlflow.MlflowClient().load_table(experiment_id, ARTIFACT_CONFIRMED, run_ids=[run_id])
 
 
-def _search_space(run_id: str) -> tuple[str, str, dict]:
-    """The search-space file the study ran on: its name, its text and its numeric ranges."""
+def _search_space(run_id: str) -> tuple[str, str, tuple[str, ...], dict]:
+    """The search-space file the study ran on: its name, its text, the parameters it searched and
+    their numeric ranges."""
     files = mlflow.MlflowClient().list_artifacts(run_id, ARTIFACT_SWEEP_CONFIG)
     if not files:
-        return "", "", {}
+        return "", "", (), {}
     path = tracking.download(f"runs:/{run_id}/{files[0].path}")
     try:
         space = search_space.load(path)
     except UserInputError:  # a file an older lora-study accepted: its text still shows
-        return Path(path).name, Path(path).read_text(), {}
-    return Path(path).name, Path(path).read_text(), _ranges(space)
+        return Path(path).name, Path(path).read_text(), (), {}
+    return Path(path).name, Path(path).read_text(), tuple(space.searched()), _ranges(space)
 
 
 def _ranges(space) -> dict[str, tuple[float, float]]:
@@ -213,7 +223,7 @@ def _has_artifact(run_id: str, path: str) -> bool:
     return any(f.path == path for f in mlflow.MlflowClient().list_artifacts(run_id))
 
 
-def _wall_s(experiment_id: str, study: str) -> float:
+def _wall_s(experiment_id: str, study: str, current: str) -> float:
     """Wall-clock time of the study's sweeps (a resumed study has several), the running one until now."""
     sweeps = mlflow.search_runs(
         [experiment_id],
@@ -221,4 +231,8 @@ def _wall_s(experiment_id: str, study: str) -> float:
         output_format="list",
     )
     now = time.time() * 1000
-    return sum(((run.info.end_time or now) - run.info.start_time) / 1000 for run in sweeps)
+    return sum(
+        ((run.info.end_time or now) - run.info.start_time) / 1000
+        for run in sweeps
+        if run.info.end_time or run.info.run_id == current  # a sweep that died has no end to count to
+    )

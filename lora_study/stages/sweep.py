@@ -80,6 +80,7 @@ from lora_study.tracking import (
     OBJECTIVE_METRICS,
     PARAM_BEST,
     PARAM_DECONTAMINATION,
+    PARAM_DETECTED_FORMAT,
     PARAM_SAMPLER,
     PARAM_STORAGE,
     PARAM_STUDY_NAME,
@@ -170,7 +171,7 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
 
     _print_where_to_look(plan, parent, versions, recommended)
     if page:
-        print(f"report: runs:/{parent.info.run_id}/{ARTIFACT_REPORT}/{REPORT_HTML} (a copy: {page / REPORT_HTML})")
+        print(f"report: runs:/{parent.info.run_id}/{ARTIFACT_REPORT}/{REPORT_HTML}, stored at {page}")
     return parent.info.run_id
 
 
@@ -192,8 +193,9 @@ def log_provenance(worker: Worker) -> None:
     sizes, the command, the packages and the machine (the report's provenance)."""
     s = worker.setup
     training.log_inputs(s, worker.plan.data, worker.plan.base)
-    tracking.log_params({PARAM_DECONTAMINATION: s.prepared.meta["decontamination"]})
-    mlflow.log_metrics(s.prepared.meta["counts"])
+    meta = s.prepared.meta
+    tracking.log_params({PARAM_DECONTAMINATION: meta["decontamination"], PARAM_DETECTED_FORMAT: meta["format"]})
+    mlflow.log_metrics(meta["counts"])
     mlflow.set_tag(TAG_COMMAND, environment.command())
     mlflow.log_dict({"machine": environment.machine(), "packages": environment.packages()}, ARTIFACT_ENVIRONMENT)
 

@@ -154,7 +154,7 @@ def test_several_objectives_keep_and_register_the_pareto_front(tmp_path, mlflow_
     assert {"eval_perplexity", "trainable_params"} <= set(challenger.tags)
     (parent,), _ = parent_and_trials(mlflow_experiment)
     report = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/report/report.md")
-    assert "The study confirmed no configuration with seeds (--confirm-top 0, or several objectives)" in report
+    assert "The study confirmed no configuration with seeds (--confirm-top 0, or no confirmation completed)" in report
     assert "objectives perplexity,trainable_params" in report
 
 
