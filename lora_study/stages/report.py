@@ -115,6 +115,7 @@ def write_report(parent_run_id: str, ui_url: str = report.DEFAULT_UI_URL, output
             client.set_tag(mlflow_run, TAG_STAGE, STAGE_REPORT)
             client.log_artifacts(mlflow_run, folder, ARTIFACT_REPORT)
         if output:
+            os.chmod(folder, 0o755)  # a temporary folder is private; the copy takes its mode
             shutil.copytree(folder, output, dirs_exist_ok=True)
     return f"{client.get_run(parent_run_id).info.artifact_uri}/{ARTIFACT_REPORT}/{REPORT_HTML}"
 
