@@ -9,6 +9,7 @@ rows -> cache. `prepare` is the whole of it;
 """
 
 import hashlib
+import io
 import json
 import random
 import re
@@ -51,6 +52,11 @@ class Documents:
     name: str
     digest: str  # of the content read
     source: dict  # where they were read: `tracking.dataset_source(**source)`
+    lines: tuple[int, ...] = ()  # of a .jsonl file: the line each record was read from
+
+    def where(self, index: int) -> str:
+        """Record `index` as a person finds it in the file: its line, or its position."""
+        return f"{self.name}, line {self.lines[index]}" if self.lines else f"{self.name}, record {index + 1}"
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,10 @@ def read_documents(cfg: DataConfig) -> Documents:
         documents = _read_python_docs()
     else:
         path = Path(cfg.dataset).expanduser()
+        if path.is_dir():
+            raise UserInputError(
+                f"--dataset: {cfg.dataset} is a directory; pass one file in it ({', '.join(FILE_SUFFIXES)})"
+            )
         if path.is_file():
             documents = _read_file(path)
         elif path.suffix in FILE_SUFFIXES or cfg.dataset.startswith((".", "/", "~")):
@@ -82,7 +92,7 @@ def read_documents(cfg: DataConfig) -> Documents:
             documents = _read_hub(cfg)
     if cfg.max_samples:
         frame = documents.frame.head(cfg.max_samples)
-        documents = Documents(frame, documents.name, documents.digest, documents.source)
+        documents = Documents(frame, documents.name, documents.digest, documents.source, documents.lines[: len(frame)])
     if documents.frame.empty:
         raise UserInputError(f"--dataset: {cfg.dataset} holds no documents")
     return documents
@@ -110,46 +120,69 @@ def _read_file(path: Path) -> Documents:
             f"--dataset: cannot read `{path.suffix}` files ({path}); use one of " + ", ".join(FILE_SUFFIXES)
         )
     frame = readers[path.suffix](path)
-    return Documents(frame, path.name, file_sha256(path), source={"kind": "local", "uri": str(path.resolve())})
+    lines = tuple(frame.attrs.pop(LINES, ()))
+    return Documents(frame, path.name, file_sha256(path), {"kind": "local", "uri": str(path.resolve())}, lines)
+
+
+LINES = "lines"  # the frame attribute a .jsonl reader leaves: each record's line number
+
+
+def read_text(path: Path) -> str:
+    """A text file's content: UTF-8, with or without a byte-order mark; undecodable bytes are one
+    line naming the file and the offset."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UserInputError(
+            f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}); save it as UTF-8"
+        ) from None
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
-    records = []
-    with open(path, encoding="utf-8") as stream:
-        for number, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserInputError(
-                    f"{path}, line {number}: not valid JSON ({error.msg} at column {error.colno}); "
-                    "each line of a .jsonl file must be one JSON object"
-                ) from None
-            if not isinstance(record, dict):
-                raise UserInputError(f"{path}, line {number}: expected a JSON object, got {line[:40]!r}")
-            records.append(record)
-    return pd.DataFrame.from_records(records)
+    records, lines = [], []
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserInputError(
+                f"{path}, line {number}: not valid JSON ({error.msg} at column {error.colno}); "
+                "each line of a .jsonl file must be one JSON object"
+            ) from None
+        except RecursionError:
+            raise UserInputError(f"{path}, line {number}: JSON nested too deeply to read") from None
+        if not isinstance(record, dict):
+            raise UserInputError(f"{path}, line {number}: expected a JSON object, got {line[:40]!r}")
+        records.append(record)
+        lines.append(number)
+    frame = pd.DataFrame.from_records(records)
+    frame.attrs[LINES] = lines
+    return frame
 
 
 def _read_json(path: Path) -> pd.DataFrame:
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
+        content = json.loads(read_text(path))
     except json.JSONDecodeError as error:
         raise UserInputError(
             f"{path}, line {error.lineno}: not valid JSON ({error.msg} at column {error.colno})"
         ) from None
+    except RecursionError:
+        raise UserInputError(f"{path}: JSON nested too deeply to read") from None
     if isinstance(content, list) and all(isinstance(record, dict) for record in content):
         return pd.DataFrame.from_records(content)
     raise UserInputError(f"{path}: expected a JSON array of objects (or use a .jsonl file)")
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
+    text = read_text(path)
     try:
-        return pd.read_csv(path)
+        return pd.read_csv(io.StringIO(text), dtype=str)  # text stays text: "007" is not the number 7
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+    except pd.errors.ParserError as error:
         raise UserInputError(f"{path}: not a readable CSV file ({error})".replace("\n", " ")) from None
 
 
@@ -162,7 +195,7 @@ def _read_parquet(path: Path) -> pd.DataFrame:
 
 def _read_txt(path: Path) -> pd.DataFrame:
     """A plain text file: each paragraph (blank-line separated) is one document."""
-    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", path.read_text(encoding="utf-8"))]
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", read_text(path))]
     return pd.DataFrame({"text": [p for p in paragraphs if p]})
 
 
@@ -214,24 +247,41 @@ def detect_format(cfg: DataConfig, columns: list[str]) -> str:
 
 
 def check_records(documents: Documents, fmt: str, cfg: DataConfig) -> list[int]:
-    """Indices of usable records; raise on a malformed chat record, naming it."""
+    """Indices of usable records; raise on a malformed record (a chat without an assistant turn,
+    a number or a list where text belongs), naming it."""
+    fields = {"chat": ["messages"], "instruction": ["instruction", "input", "output"], "text": [cfg.text_column]}[fmt]
     usable = []
     for index, record in enumerate(documents.frame.to_dict("records")):
         if fmt == "chat":
-            _check_messages(record["messages"], f"{documents.name}, record {index + 1}")
+            _check_messages(record["messages"], documents.where(index))
             usable.append(index)
-        elif fmt == "text" and present(record[cfg.text_column]) and str(record[cfg.text_column]).strip():
+            continue
+        for field in fields:
+            value = record.get(field)
+            if present(value) and not isinstance(value, str):
+                raise UserInputError(
+                    f"{documents.where(index)}: `{field}` is {type(value).__name__} {_shown(value)}, not text; "
+                    "make it a string or leave the record out"
+                )
+        if fmt == "text" and present(record[cfg.text_column]) and record[cfg.text_column].strip():
             usable.append(index)
         elif fmt == "instruction" and present(record["instruction"]) and present(record["output"]):
             usable.append(index)
     return usable
 
 
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _check_messages(messages, where: str) -> None:
-    problem = "`messages` must be a list of {role, content} objects with at least one assistant turn"
+    problem = "`messages` must be a list of {role, content} objects with text content and an assistant turn"
     if not hasattr(messages, "__len__") or isinstance(messages, (str, dict)):
         raise UserInputError(f"{where}: {problem}")
     if not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages):
+        raise UserInputError(f"{where}: {problem}")
+    if not all(isinstance(m["content"], str) and isinstance(m["role"], str) for m in messages):
         raise UserInputError(f"{where}: {problem}")
     if not any(m["role"] == "assistant" for m in messages):
         raise UserInputError(f"{where}: {problem}")

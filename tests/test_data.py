@@ -312,7 +312,51 @@ def test_a_malformed_chat_record_is_named(tmp_path, tiny, tokenizer):
     records[4] = {"messages": [{"role": "user", "content": "no answer"}]}
     path = write_jsonl(tmp_path / "chat.jsonl", records)
     message = one_line_error(tiny, tokenizer, dataset=str(path))
-    assert "chat.jsonl, record 5" in message and "assistant" in message
+    assert "chat.jsonl, line 5" in message and "assistant" in message
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".txt"])
+def test_undecodable_bytes_are_one_line_naming_the_file_and_the_offset(tmp_path, tiny, tokenizer, suffix):
+    path = tmp_path / f"binary{suffix}"
+    path.write_bytes(b'{"text": "fine"}\n' + bytes([0xFF, 0xFE, 0x00, 0x81]) * 8)
+    message = one_line_error(tiny, tokenizer, dataset=str(path))
+    assert message == f"{path}: not UTF-8 text (byte 0xff at offset 17); save it as UTF-8"
+
+
+def test_a_byte_order_mark_is_read_as_windows_tools_write_it(tmp_path, tiny, tokenizer):
+    path = tmp_path / "bom.jsonl"
+    path.write_text("\n".join(json.dumps({"text": d}) for d in text_docs()), encoding="utf-8-sig")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    prepared = prepare(tiny, tokenizer, dataset=str(path), seq_len=16)
+    assert prepared.meta["format"] == "text"
+
+
+def test_a_directory_is_said_to_be_one(tmp_path, tiny, tokenizer):
+    (tmp_path / "adir").mkdir()
+    message = one_line_error(tiny, tokenizer, dataset=str(tmp_path / "adir"))
+    assert (
+        message
+        == f"--dataset: {tmp_path / 'adir'} is a directory; pass one file in it (.jsonl, .json, .csv, .parquet, .txt)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [(42, "int 42"), (["a", "b"], "list ['a', 'b']"), ({"k": 1}, "dict {'k': 1}")]
+)
+def test_a_non_string_text_is_refused_with_its_line(tmp_path, tiny, tokenizer, value, shown):
+    lines = [json.dumps({"text": d}) for d in text_docs()]
+    lines[6] = json.dumps({"text": value})
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(lines[:3] + [""] + lines[3:]))  # a blank line: record 7 is on line 8
+    message = one_line_error(tiny, tokenizer, dataset=str(path))
+    assert message == f"mixed.jsonl, line 8: `text` is {shown}, not text; make it a string or leave the record out"
+
+
+def test_csv_text_that_looks_like_a_number_stays_text(tmp_path, tiny, tokenizer):
+    path = tmp_path / "numbers.csv"
+    path.write_text("text\n" + "\n".join(["007"] * 3 + [f'"{d}"' for d in text_docs()]))
+    documents = data.read_documents(DataConfig(dataset=str(path)))
+    assert documents.frame.text.iloc[0] == "007"
 
 
 def test_an_unreadable_file_kind_lists_the_readable_ones(tmp_path, tiny, tokenizer):
