@@ -68,6 +68,7 @@ from lora_study.tracking import (
     TAG_MLFLOW_ENTRY_POINT,
     TAG_MLFLOW_SOURCE,
     TAG_RECOMMENDATION,
+    TAG_RETRY_OF,
     TAG_SEED,
     TAG_TRIAL_NUMBER,
     TAG_TRIAL_STATE,
@@ -482,13 +483,17 @@ def _seed_std(s: StudyRuns) -> float | None:
 
 
 def how_it_ran(s: StudyRuns) -> Section:
-    states, p = s.trials[TAG_TRIAL_STATE].value_counts(), s.params
+    gone = _lost(s.trials)
+    states, p = s.trials[~s.trials[TAG_TRIAL_NUMBER].isin(gone)][TAG_TRIAL_STATE].value_counts(), s.params
     counts = f"{states.get(plots.COMPLETE, 0)} complete, {states.get(plots.PRUNED, 0)} pruned, "
-    counts += f"{states.get(plots.FAIL, 0)} failed"
+    counts += f"{states.get(plots.FAIL, 0)} failed" + (
+        f", {len(gone)} lost with their worker and run again" if gone else ""
+    )
     blocks = [
         Items(
             (
-                f"Explore: {len(s.trials)} trials of {p.get(PARAM_MAX_STEPS, '?')} steps each ({counts}); sampler "
+                f"Explore: {len(s.trials) - len(gone)} trials of {p.get(PARAM_MAX_STEPS, '?')} steps each ({counts}); "
+                "sampler "
                 f"{p.get(PARAM_SAMPLER, '?')}, pruner {p.get(PARAM_PRUNER, '?')}, "
                 f"objectives {p.get(PARAM_OBJECTIVES, '?')}.",
                 _confirm_text(s),
@@ -513,6 +518,11 @@ def how_it_ran(s: StudyRuns) -> Section:
         blocks.append(Figure("optimization_history", history, "Validation perplexity by trial"))
     blocks += [Heading(f"Search space: {s.space_file or 'not recorded'}"), Code(s.space_text or "")]
     return Section("how-it-ran", "How the study ran", blocks)
+
+
+def _lost(runs: pd.DataFrame) -> set[int]:
+    """Trials whose worker died and that ran again (a later run names them `retry_of`)."""
+    return {int(n) for n in runs[TAG_RETRY_OF].dropna()} if TAG_RETRY_OF in runs else set()
 
 
 def _confirm_text(s: StudyRuns) -> str:

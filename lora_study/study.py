@@ -28,6 +28,9 @@ ATTR_PHASE = "phase"  # EXPLORE (sampled, pruned) or CONFIRM (enqueued: a config
 ATTR_CONFIG = "config_trial"  # of a CONFIRM trial: the explore trial whose configuration it repeats
 ATTR_SEED = "seed"  # of a CONFIRM trial
 ATTR_STEPS = "steps"  # of a CONFIRM trial: its budget; a confirmation at another one is not reused
+ATTR_RETRY_OF = "retry_of"  # of a trial queued again because its worker died: the trial it repeats
+ATTR_RETRIES = "retries"  # ... and how many times its configuration has been lost so far
+MAX_RETRIES = 3  # a configuration whose worker dies more often than this stays FAIL
 EXPLORE, CONFIRM = "explore", "confirm"
 UNUSED = "unused"  # a trial Optuna made in the confirm phase when the queue was empty: counts nowhere
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -112,11 +115,34 @@ def _pruner(cfg: SweepConfig):
 
 
 def _fail_stale_trial_run(study: optuna.Study, trial) -> None:
-    """The MLflow run of a trial whose worker died is ended FAILED, not left RUNNING."""
+    """A trial whose worker died: its MLflow run is ended FAILED, not left RUNNING, and the trial
+    is queued again (`retry`)."""
     run_id = trial.user_attrs.get(ATTR_RUN_ID)
     if run_id:
         reason = "its worker stopped sending heartbeats (killed or crashed)"
         tracking.fail_run(run_id, reason, **{TAG_TRIAL_STATE: TrialState.FAIL.name})
+    retry(study, trial)
+
+
+def retry(study: optuna.Study, trial) -> None:
+    """Queue a trial lost with its worker again, with its params and phase, naming the trial it
+    repeats; the lost one then counts nowhere. A trial that failed on its own (NaN, out of
+    memory) is a result and is not retried; nor is one lost `MAX_RETRIES` times already."""
+    retries = trial.user_attrs.get(ATTR_RETRIES, 0) + 1
+    if phase(trial) == UNUSED or retries > MAX_RETRIES:
+        return
+    attrs = {key: value for key, value in trial.user_attrs.items() if key != ATTR_RUN_ID}  # not its run
+    attrs.update({ATTR_RETRY_OF: trial.number, ATTR_RETRIES: retries})
+    study.add_trial(
+        optuna.create_trial(
+            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions, user_attrs=attrs
+        )
+    )
+
+
+def lost(study: optuna.Study) -> set[int]:
+    """Trials lost with their worker and queued again: neither a result nor a failure."""
+    return {t.user_attrs[ATTR_RETRY_OF] for t in study.get_trials(deepcopy=False) if ATTR_RETRY_OF in t.user_attrs}
 
 
 def phase(trial) -> str:
@@ -128,8 +154,9 @@ def trials_of(study: optuna.Study, of_phase: str, states=None) -> list:
 
 
 def finished(study: optuna.Study) -> int:
-    """Finished explore trials: what `--n-trials` counts."""
-    return len(trials_of(study, EXPLORE, FINISHED))
+    """Finished explore trials, those lost with their worker left out: what `--n-trials` counts."""
+    gone = lost(study)
+    return len([t for t in trials_of(study, EXPLORE, FINISHED) if t.number not in gone])
 
 
 def best_trials(study: optuna.Study) -> list:

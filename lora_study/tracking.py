@@ -130,6 +130,7 @@ TAG_TRIAL_NUMBER = "trial_number"  # on trial runs (and registered versions)
 TAG_TRIAL_STATE = "trial_state"  # COMPLETE | PRUNED | FAIL, on trial runs
 TAG_CONFIG_TRIAL = "config_trial"  # on confirmation runs and versions: the explore trial they repeat
 TAG_SEED = "seed"  # on confirmation runs and versions
+TAG_RETRY_OF = "retry_of"  # on the run of a trial queued again because its worker died: the trial it repeats
 TAG_RECOMMENDATION = "lora_study.recommendation"  # on the parent: the answer, in one sentence
 # on versions of confirmed configurations: their seeds' test perplexity
 TAG_TEST_PERPLEXITY_MEAN = "test_perplexity_mean"
@@ -148,7 +149,7 @@ COLUMN_TEST_PERPLEXITY_MEAN, COLUMN_TEST_PERPLEXITY_STD = TAG_TEST_PERPLEXITY_ME
 PARAM_STUDY_NAME = "study_name"
 PARAM_SAMPLER = "sampler"
 PARAM_STORAGE = "optuna_storage"  # the Optuna storage URL the sweep used, password masked
-METRIC_TRIALS = "{state}_trials"  # complete_trials, pruned_trials, failed_trials on the parent
+METRIC_TRIALS = "{state}_trials"  # complete_trials, pruned_trials, failed_trials, lost_trials on the parent
 METRIC_BEST = "best_{objective}"  # best_perplexity ... on the parent
 PARAM_BEST = "best_{param}"  # the best trial's params, on the parent (single objective)
 ARTIFACT_TRIALS = "trials.json"  # an MLflow table: one row per trial

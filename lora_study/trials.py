@@ -21,6 +21,7 @@ from lora_study.losses import mean_loss, perplexity
 from lora_study.study import (
     ATTR_CONFIG,
     ATTR_PHASE,
+    ATTR_RETRY_OF,
     ATTR_RUN_ID,
     ATTR_SEED,
     CONFIRM,
@@ -43,6 +44,7 @@ from lora_study.tracking import (
     RUN_NAME_CONFIRM,
     STAGE_CONFIRM,
     TAG_CONFIG_TRIAL,
+    TAG_RETRY_OF,
     TAG_SEED,
     TAG_STAGE,
     TAG_STUDY,
@@ -146,7 +148,7 @@ class Worker:
         measured on the test split.
         """
         plan, confirming = self.plan, phase(trial) == CONFIRM
-        if self.confirming and not confirming:
+        if self.confirming and not confirming and ATTR_RETRY_OF not in trial.user_attrs:
             # another worker took the last queued confirmation first: Optuna made a new trial
             trial.set_user_attr(ATTR_PHASE, UNUSED)
             raise optuna.TrialPruned("no confirmation left to run")
@@ -160,6 +162,8 @@ class Worker:
             name = RUN_NAME_CONFIRM.format(config=config, seed=seed)
             tags = {TAG_STAGE: STAGE_CONFIRM, TAG_CONFIG_TRIAL: str(config), TAG_SEED: str(seed)}
         tags.update({TAG_STUDY: plan.study_name, TAG_TRIAL_NUMBER: str(trial.number)})
+        if ATTR_RETRY_OF in trial.user_attrs:  # its worker died running trial `retry_of`
+            tags[TAG_RETRY_OF] = str(trial.user_attrs[ATTR_RETRY_OF])
         with tracking.trial_run(
             name, plan.experiment_id, plan.parent_run_id, tags, pruned=optuna.TrialPruned
         ) as run_id:

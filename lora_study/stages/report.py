@@ -42,6 +42,7 @@ from lora_study.tracking import (
     STAGE_TRIAL,
     TAG_COMMAND,
     TAG_MLFLOW_PARENT_RUN,
+    TAG_RETRY_OF,
     TAG_SEED,
     TAG_STAGE,
     TAG_STUDY,
@@ -158,7 +159,7 @@ def read_study(parent_run_id: str) -> report.StudyRuns:
     )
 
 
-# Besides `plots.trials_frame`'s columns: what the report reads of a confirmation run.
+# Besides `plots.trials_frame`'s columns: what the report reads of a trial or confirmation run.
 CONFIRM_COLUMNS = {
     COLUMN_CONFIG_TRIAL: f"tags.{COLUMN_CONFIG_TRIAL}",
     TAG_SEED: f"tags.{TAG_SEED}",
@@ -166,6 +167,7 @@ CONFIRM_COLUMNS = {
     METRIC_TEST_PERPLEXITY: f"metrics.{METRIC_TEST_PERPLEXITY}",
     METRIC_BASE_TEST_PERPLEXITY: f"metrics.{METRIC_BASE_TEST_PERPLEXITY}",
     METRIC_FORGETTING_LOSS_DELTA: f"metrics.{METRIC_FORGETTING_LOSS_DELTA}",
+    TAG_RETRY_OF: f"tags.{TAG_RETRY_OF}",
 }
 
 

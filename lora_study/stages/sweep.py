@@ -37,6 +37,7 @@ from lora_study.study import (
     default_study_name,
     enqueue_confirmations,
     importances,
+    lost,
     masked,
     open_study,
     to_confirm,
@@ -349,12 +350,12 @@ def promote_champion(name: str, challenger, metric: str) -> None:
 def summarize(plan: Plan, study: optuna.Study, confirmed: pd.DataFrame | None = None) -> None:
     """Counts, best values and params, plots and tables of the explore phase (the plots with the
     confirmed configurations over them), on the parent run."""
-    mlflow.log_metrics(
-        {
-            METRIC_TRIALS.format(state=key): len(trials_of(study, EXPLORE, (state,)))
-            for key, state in TRIAL_STATES.items()
-        }
-    )
+    gone = lost(study)  # lost with their worker and run again: neither results nor failures
+    counts = {
+        METRIC_TRIALS.format(state=key): len([t for t in trials_of(study, EXPLORE, (state,)) if t.number not in gone])
+        for key, state in TRIAL_STATES.items()
+    }
+    mlflow.log_metrics({**counts, METRIC_TRIALS.format(state="lost"): len(gone)})
     best = best_trials(study)
     if best:
         mlflow.log_metrics(

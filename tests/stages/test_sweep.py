@@ -252,8 +252,8 @@ def test_a_sweep_killed_while_confirming_resumes_without_training_anything_twice
 
 @pytest.mark.slow
 def test_running_again_resumes_after_a_killed_worker(tmp_path, mlflow_experiment, monkeypatch):
-    """Kill a sweep mid-trial; the same command then fails that trial by heartbeat, keeps the
-    finished ones, completes the study and registers nothing twice."""
+    """Kill a sweep mid-trial; the same command then fails that trial by heartbeat, runs it again
+    (it does not count toward --n-trials), keeps the finished ones and registers nothing twice."""
     argv = sweep_argv(tmp_path, "--pruner", "none", "--max-steps", "40", "--eval-every", "40", n_trials=4)
     env = {**os.environ, "LORA_STUDY_HEARTBEAT_S": "1", "MLFLOW_EXPERIMENT_ID": mlflow_experiment}
     worker = subprocess.Popen(
@@ -282,12 +282,19 @@ def test_running_again_resumes_after_a_killed_worker(tmp_path, mlflow_experiment
     monkeypatch.setattr(sweep_study, "HEARTBEAT_S", 1)
     assert cli.main(argv) == 0
     assert cli.main(argv) == 0  # once more: the study is done, nothing new runs or registers
-    states = {t.number: t.state.name for t in load_study(tmp_path).trials}
-    # the killed trial counts as finished (FAIL): the study holds exactly --n-trials, the rest complete
-    assert states[killed] == "FAIL" and sorted(states.values()) == ["COMPLETE"] * 3 + ["FAIL"]
-    _, trial_runs = parent_and_trials(mlflow_experiment)
+    trials = load_study(tmp_path).trials
+    states = {t.number: t.state.name for t in trials}
+    # the killed trial was lost, not a result: it ran again, and the study holds --n-trials complete ones
+    assert states[killed] == "FAIL" and sorted(states.values()) == ["COMPLETE"] * 4 + ["FAIL"]
+    (again,) = [t for t in trials if t.user_attrs.get("retry_of") == killed]
+    assert again.state.name == "COMPLETE" and again.params == trials[killed].params
+    parents, trial_runs = parent_and_trials(mlflow_experiment)
     killed_run = next(r for r in trial_runs if r.data.tags["trial_number"] == str(killed))
     assert killed_run.info.status == "FAILED" and "heartbeats" in killed_run.data.tags["lora_study.error"]
+    again_run = next(r for r in trial_runs if r.data.tags["trial_number"] == str(again.number))
+    assert again_run.data.tags["retry_of"] == str(killed) and again_run.info.status == "FINISHED"
+    last = max(parents, key=lambda r: r.info.start_time)
+    assert last.data.metrics["failed_trials"] == 0 and last.data.metrics["lost_trials"] == 1
     assert all(r.info.status != "RUNNING" for r in trial_runs)
     assert len(mlflow.MlflowClient().search_model_versions(f"name = '{registered(tmp_path)}'")) == 1
 
