@@ -25,6 +25,7 @@ from lora_study.contamination import decontaminate
 from lora_study.errors import UserInputError
 from lora_study.packing import IGNORE_INDEX
 from lora_study.templates import present, render
+from lora_study.text_files import read_utf8
 from lora_study.tracking import (
     ARTIFACT_DATA,
     METRIC_CONTAMINATED_DOCUMENTS,
@@ -127,21 +128,9 @@ def _read_file(path: Path) -> Documents:
 LINES = "lines"  # the frame attribute a .jsonl reader leaves: each record's line number
 
 
-def read_text(path: Path) -> str:
-    """A text file's content: UTF-8, with or without a byte-order mark; undecodable bytes are one
-    line naming the file and the offset."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise UserInputError(
-            f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}); save it as UTF-8"
-        ) from None
-
-
 def _read_jsonl(path: Path) -> pd.DataFrame:
     records, lines = [], []
-    for number, line in enumerate(read_text(path).splitlines(), start=1):
+    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -164,7 +153,7 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
 
 def _read_json(path: Path) -> pd.DataFrame:
     try:
-        content = json.loads(read_text(path))
+        content = json.loads(read_utf8(path))
     except json.JSONDecodeError as error:
         raise UserInputError(
             f"{path}, line {error.lineno}: not valid JSON ({error.msg} at column {error.colno})"
@@ -177,7 +166,7 @@ def _read_json(path: Path) -> pd.DataFrame:
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    text = read_text(path)
+    text = read_utf8(path)
     try:
         return pd.read_csv(io.StringIO(text), dtype=str)  # text stays text: "007" is not the number 7
     except pd.errors.EmptyDataError:
@@ -195,7 +184,7 @@ def _read_parquet(path: Path) -> pd.DataFrame:
 
 def _read_txt(path: Path) -> pd.DataFrame:
     """A plain text file: each paragraph (blank-line separated) is one document."""
-    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", read_text(path))]
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", read_utf8(path))]
     return pd.DataFrame({"text": [p for p in paragraphs if p]})
 
 

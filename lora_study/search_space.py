@@ -13,6 +13,7 @@ a key left out keeps `train`'s default. `max_steps`, `eval_every` and `data` bel
 sweep's own flags. Every problem is reported at once, naming the file and the key.
 """
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 
 from lora_study.config import AdapterConfig, TrainConfig
 from lora_study.errors import UserInputError
+from lora_study.text_files import read_utf8
 
 SAMPLERS = ("tpe", "grid", "random")
 SWEEP_OWNED = {"max_steps": "--max-steps", "eval_every": "--eval-every", "data": "--data", "epochs": "--max-steps"}
@@ -103,7 +105,9 @@ def load(path: str) -> SearchSpace:
     if not file.is_file():
         raise UserInputError(f"--config: file {path} does not exist (the shipped ones are in configs/sweep/)")
     try:
-        document = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        document = yaml.safe_load(read_utf8(file)) or {}
+    except RecursionError:
+        raise UserInputError(f"{path}: YAML nested too deeply to read") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark else ""
@@ -178,11 +182,22 @@ def _range(section, key: str, spec: dict) -> tuple[str, object, list[str]]:
         return key, None, problems + ["a range needs `low` and `high`"]
     low, high, log = spec["low"], spec["high"], bool(spec.get("log", False))
     problems += _check_value(section, key, low) + _check_value(section, key, high)
+    if not problems and not all(_finite(bound) for bound in (low, high)):
+        problems.append(f"low and high must be finite numbers a float can hold (got {low!r}, {high!r})")
     if not problems and low >= high:
         problems.append(f"low ({low}) must be below high ({high})")
     if not problems and log and low <= 0:
         problems.append(f"a log range needs low > 0 (got {low})")
+    if not all(_finite(bound) for bound in (low, high)):
+        return key, None, problems
     return key, Range(float(low), float(high), log, annotation is int), problems
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (OverflowError, TypeError, ValueError):
+        return False
 
 
 def _check_value(section, key: str, value) -> list[str]:

@@ -6,6 +6,8 @@ import random
 import pandas as pd
 import pytest
 from conftest import WORDS, alpaca_records, chat_records, text_docs, write_jsonl
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lora_study import contamination, data, packing
 from lora_study.config import DataConfig
@@ -368,3 +370,62 @@ def test_an_unreadable_file_kind_lists_the_readable_ones(tmp_path, tiny, tokeniz
 def test_an_unreachable_hub_dataset_fails_fast_in_one_line(tiny, tokenizer):
     message = one_line_error(tiny, tokenizer, dataset="yahma/alpaca-cleaned")
     assert "cannot reach `yahma/alpaca-cleaned`" in message and "python-docs" in message
+
+
+# --- fuzzing the readers: whatever a file holds, documents or one line per problem -----------------
+
+LEAVES = st.none() | st.booleans() | st.integers(-(10**400), 10**400) | st.floats() | st.text(max_size=30)
+JSON_VALUES = st.recursive(
+    LEAVES,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=10,
+)
+FIELDS = st.sampled_from(["text", "instruction", "input", "output", "messages", "role", "content"]) | st.text(
+    max_size=6
+)
+RECORDS = st.lists(st.dictionaries(FIELDS, JSON_VALUES, max_size=4) | JSON_VALUES, max_size=6)
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def reads_or_says_why(path) -> None:
+    """The property: documents whose records check, or UserInputError with one line per problem."""
+    cfg = DataConfig(dataset=str(path))
+    try:
+        documents = data.read_documents(cfg)
+        data.check_records(documents, data.detect_format(cfg, list(documents.frame.columns)), cfg)
+    except UserInputError as error:
+        assert error.problems and all("\n" not in p and "\r" not in p for p in error.problems)
+
+
+def json_text(value) -> str:
+    return json.dumps(value, allow_nan=True)
+
+
+@FUZZ
+@given(records=RECORDS, suffix=st.sampled_from([".jsonl", ".json"]))
+def test_any_json_records_read_or_are_refused_in_lines(tmp_path, records, suffix):
+    path = tmp_path / f"fuzz{suffix}"
+    path.write_text("\n".join(map(json_text, records)) if suffix == ".jsonl" else json_text(records))
+    reads_or_says_why(path)
+
+
+@FUZZ
+@given(content=st.binary(max_size=300), suffix=st.sampled_from([".jsonl", ".json", ".csv", ".txt", ".parquet"]))
+def test_any_bytes_read_or_are_refused_in_lines(tmp_path, content, suffix):
+    path = tmp_path / f"fuzz{suffix}"
+    path.write_bytes(content)
+    reads_or_says_why(path)
+
+
+@FUZZ
+@given(text=st.text(max_size=300))
+def test_any_csv_text_reads_or_is_refused_in_lines(tmp_path, text):
+    path = tmp_path / "fuzz.csv"
+    path.write_text(text)
+    reads_or_says_why(path)
+
+
+def test_deeply_nested_json_is_refused_in_a_line(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"text": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    reads_or_says_why(path)

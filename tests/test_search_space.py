@@ -2,7 +2,10 @@
 
 import optuna
 import pytest
+import yaml
 from conftest import REPO
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lora_study import search_space
 from lora_study.errors import UserInputError
@@ -100,3 +103,66 @@ def test_a_missing_file_points_at_the_shipped_ones():
 def test_a_range_needs_a_numeric_option(tmp_path):
     with pytest.raises(UserInputError, match="space.target_modules: a range needs a numeric option"):
         search_space.load(write(tmp_path, "space:\n  target_modules: {low: 1, high: 2}\n"))
+
+
+# --- fuzzing: whatever the file holds, the answer is a space or one line per problem ---------------
+
+JSON_LEAVES = st.none() | st.booleans() | st.integers(-(10**400), 10**400) | st.floats() | st.text(max_size=20)
+VALUES = st.recursive(
+    JSON_LEAVES,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+KEYS = st.sampled_from(
+    [
+        "rank",
+        "alpha",
+        "target_modules",
+        "learning_rate",
+        "dropout",
+        "quantization",
+        "use_dora",
+        "batch_size",
+        "max_steps",
+        "per_rank",
+        "low",
+        "high",
+        "log",
+    ]
+) | st.text(max_size=8)
+RANGES = st.fixed_dictionaries({"low": JSON_LEAVES, "high": JSON_LEAVES}, optional={"log": JSON_LEAVES})
+SPACES = st.fixed_dictionaries(
+    {"space": st.dictionaries(KEYS, VALUES | RANGES | st.dictionaries(KEYS, VALUES, max_size=3), max_size=5)},
+    optional={"sampler": st.sampled_from(["tpe", "grid", "random"]) | JSON_LEAVES, "extra": VALUES},
+)
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def loads_or_says_why(path) -> None:
+    """The property: a SearchSpace, or UserInputError with one line per problem; nothing else."""
+    try:
+        search_space.load(str(path))
+    except UserInputError as error:
+        assert error.problems and all("\n" not in p and "\r" not in p for p in error.problems)
+
+
+@FUZZ
+@given(document=SPACES)
+def test_any_structured_space_loads_or_is_refused_in_lines(tmp_path, document):
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(yaml.safe_dump(document, allow_unicode=True))
+    loads_or_says_why(path)
+
+
+@FUZZ
+@given(content=st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+def test_any_bytes_load_or_are_refused_in_lines(tmp_path, content):
+    path = tmp_path / "fuzz.yaml"
+    path.write_bytes(content)
+    loads_or_says_why(path)
+
+
+def test_deep_nesting_is_refused_in_a_line(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_text("space:\n  rank: " + "[" * 50_000 + "]" * 50_000)
+    loads_or_says_why(path)
