@@ -7,7 +7,7 @@ Every problem in a set of values is reported at once, each naming its flag.
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lora_study.errors import UserInputError
 from lora_study.tracking import OBJECTIVE_METRICS
@@ -295,6 +295,13 @@ class SweepConfig(BaseModel):
     @property
     def steps_to_confirm(self) -> int:
         return self.confirm_steps or 3 * self.max_steps
+
+    @field_validator("study_name")
+    @classmethod
+    def _no_quotes(cls, name: str) -> str:
+        if any(quote in name for quote in "'\"`"):  # MLflow's run filters quote the name
+            raise ValueError("must not contain quotes; use letters, digits, `-`, `_` and `.`")
+        return name
 
     @property
     def objective_names(self) -> list[str]:

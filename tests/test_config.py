@@ -5,7 +5,7 @@ import yaml
 from conftest import REPO
 
 from lora_study import cli
-from lora_study.config import BaseModelConfig, DataConfig, flag, parse_sections
+from lora_study.config import BaseModelConfig, DataConfig, SweepConfig, flag, parse_sections
 from lora_study.errors import UserInputError
 
 MLPROJECT = yaml.safe_load((REPO / "MLproject").read_text())
@@ -76,3 +76,11 @@ def test_strings_from_mlproject_parse_to_typed_values():
         (DataConfig, BaseModelConfig), {"seq_len": "512", "trust_remote_code": "true", "seed": "3"}
     )
     assert (data.seq_len, data.seed, base.trust_remote_code) == (512, 3, True)
+
+
+def test_a_study_name_with_quotes_is_refused_at_the_edge():
+    with pytest.raises(UserInputError) as caught:
+        parse_sections((SweepConfig,), {"study_name": "it's"})
+    assert caught.value.problems == [
+        '--study-name: must not contain quotes; use letters, digits, `-`, `_` and `.` (got "it\'s")'
+    ]

@@ -82,6 +82,8 @@ def find_parent(study: str):
         name = version.tags.get(TAG_STUDY)
         if not name:
             raise UserInputError(f"{study}: this version was not registered by a sweep; pass a study name")
+    if any(quote in name for quote in "'\"`"):  # no sweep is named so (`--study-name` refuses quotes)
+        raise UserInputError(f"{study}: no study has quotes in its name; pass the name `lora-study sweep` printed")
     found = mlflow.search_runs(
         search_all_experiments=True,
         filter_string=f"tags.`{TAG_STUDY}` = '{name}' and tags.`{TAG_STAGE}` = '{STAGE_SWEEP}'",
