@@ -21,6 +21,7 @@ from lora_study.tracking import (
     COLUMN_RECOMMENDED,
     COLUMN_SEEDS,
     COLUMN_STDERR,
+    COLUMN_STEPS,
     COLUMN_TEST_PERPLEXITY_MEAN,
     COLUMN_TEST_PERPLEXITY_STD,
     COLUMN_VERSION,
@@ -76,7 +77,6 @@ from lora_study.tracking import (
 
 COLUMN_DURATION_S = "duration_s"  # of a trial's run, start to end
 COLUMN_PHASE = "phase"
-COLUMN_STEPS = "steps"  # of a confirmation run: its budget
 CONFIG_PARAMS = (
     PARAM_RANK,
     PARAM_ALPHA,
@@ -91,6 +91,7 @@ CONFIG_PARAMS = (
 CONFIRMED_COLUMNS = (
     COLUMN_CONFIG_TRIAL,
     COLUMN_SEEDS,
+    COLUMN_STEPS,
     COLUMN_TEST_PERPLEXITY_MEAN,
     COLUMN_TEST_PERPLEXITY_STD,
     COLUMN_STDERR,
@@ -208,6 +209,8 @@ def answer(s: StudyRuns) -> Section:
         return Section("answer", "The answer", _unconfirmed(s))
     config = int(recommended[COLUMN_CONFIG_TRIAL])
     runs = s.confirmations[s.confirmations[COLUMN_CONFIG_TRIAL] == config]
+    if COLUMN_STEPS in recommended:  # a study resumed at another budget holds confirmations of both
+        runs = runs[runs[COLUMN_STEPS] == recommended[COLUMN_STEPS]]
     mean, std, n = (
         recommended[COLUMN_TEST_PERPLEXITY_MEAN],
         recommended[COLUMN_TEST_PERPLEXITY_STD],

@@ -145,6 +145,7 @@ COLUMN_FACTOR = "factor"
 ARTIFACT_CONFIRMED = "confirmed.json"  # the confirmed configurations, one row each, with:
 COLUMN_CONFIG_TRIAL, COLUMN_SEEDS, COLUMN_STDERR = "config_trial", "seeds", "test_perplexity_stderr"
 COLUMN_RECOMMENDED, COLUMN_VERSION = "recommended", "version"
+COLUMN_STEPS = PARAM_STEPS  # the confirmations' budget (also in the report's tables of runs)
 COLUMN_TEST_PERPLEXITY_MEAN, COLUMN_TEST_PERPLEXITY_STD = TAG_TEST_PERPLEXITY_MEAN, TAG_TEST_PERPLEXITY_STD
 PARAM_STUDY_NAME = "study_name"
 PARAM_SAMPLER = "sampler"

@@ -61,6 +61,7 @@ CONFIRMED = pd.DataFrame(  # as the sweep logs it: the Optuna params of each con
         "target_modules": ["qkvo", "qv"],
         "learning_rate": [2e-3, 5e-4],
         "seeds": [2, 2],
+        "steps": [12, 12],
         "test_perplexity_mean": [10.1, 10.2],
         "test_perplexity_std": [0.1414, 0.1414],
         "test_perplexity_stderr": [0.1, 0.1],

@@ -30,6 +30,7 @@ from lora_study.tracking import (
     ARTIFACT_REPORT,
     ARTIFACT_SWEEP_CONFIG,
     COLUMN_CONFIG_TRIAL,
+    COLUMN_STEPS,
     METRIC_BASE_TEST_PERPLEXITY,
     METRIC_FORGETTING_LOSS_DELTA,
     METRIC_TEST_PERPLEXITY,
@@ -165,7 +166,7 @@ def read_study(parent_run_id: str) -> report.StudyRuns:
 CONFIRM_COLUMNS = {
     COLUMN_CONFIG_TRIAL: f"tags.{COLUMN_CONFIG_TRIAL}",
     TAG_SEED: f"tags.{TAG_SEED}",
-    report.COLUMN_STEPS: "params.max_steps",
+    COLUMN_STEPS: "params.max_steps",
     METRIC_TEST_PERPLEXITY: f"metrics.{METRIC_TEST_PERPLEXITY}",
     METRIC_BASE_TEST_PERPLEXITY: f"metrics.{METRIC_BASE_TEST_PERPLEXITY}",
     METRIC_FORGETTING_LOSS_DELTA: f"metrics.{METRIC_FORGETTING_LOSS_DELTA}",

@@ -61,6 +61,7 @@ from lora_study.tracking import (
     COLUMN_RECOMMENDED,
     COLUMN_SEEDS,
     COLUMN_STDERR,
+    COLUMN_STEPS,
     COLUMN_TEST_PERPLEXITY_MEAN,
     COLUMN_TEST_PERPLEXITY_STD,
     COLUMN_VERSION,
@@ -164,7 +165,7 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
             recommended = recommend(confirmed, cfg.recommend, cfg.within_se) if confirmed else None
         if recommended:
             versions = register_confirmed(plan, worker, study, confirmed, recommended)
-            confirmed_table = log_confirmation(confirmed, recommended, versions)
+            confirmed_table = log_confirmation(confirmed, recommended, versions, cfg.steps_to_confirm)
         else:
             versions = register_best(plan, worker, study)
         summarize(plan, study, confirmed_table)
@@ -266,7 +267,7 @@ def register_confirmed(plan: Plan, worker: Worker, study: optuna.Study, confirme
     return versions
 
 
-def log_confirmation(confirmed: list[Confirmed], recommended, versions: dict) -> pd.DataFrame:
+def log_confirmation(confirmed: list[Confirmed], recommended, versions: dict, steps: int) -> pd.DataFrame:
     """The answer on the parent run: the rule's statement, the seed noise, and a row per configuration."""
     mlflow.set_tag(TAG_RECOMMENDATION, recommended.statement())
     mlflow.log_metrics(
@@ -282,6 +283,7 @@ def log_confirmation(confirmed: list[Confirmed], recommended, versions: dict) ->
             COLUMN_CONFIG_TRIAL: c.config,
             **c.params,
             COLUMN_SEEDS: c.n,
+            COLUMN_STEPS: steps,
             COLUMN_TEST_PERPLEXITY_MEAN: c.mean,
             COLUMN_TEST_PERPLEXITY_STD: c.std,
             COLUMN_STDERR: c.stderr,
