@@ -43,10 +43,7 @@ ALIASES = {
     frozenset({"METRIC_LEARNING_RATE", "PARAM_LEARNING_RATE"}),
     frozenset({"TAG_BASE_MODEL", "PARAM_BASE_MODEL"}),
     frozenset({"PARAM_DATA", "ARTIFACT_DATA"}),  # the `data` param names what the `data` artifact holds
-    frozenset({"PARAM_SEED", "TAG_SEED"}),
-    frozenset(
-        {"PARAM_STEPS", "COLUMN_STEPS"}
-    ),  # a table column holding the runs' planned steps  # a confirmation's seed (tag) replaces the config's (param)
+    frozenset({"PARAM_SEED", "TAG_SEED"}),  # a confirmation's seed (tag) replaces the config's (param)
 }
 
 
