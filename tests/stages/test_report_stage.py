@@ -34,6 +34,7 @@ def swept(tracking_uri, tmp_path_factory):
         patch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
         mlflow.set_tracking_uri(tracking_uri)
         experiment_id = mlflow.create_experiment("report-sweep", artifact_location=str(folder / "artifacts"))
+        mlflow.set_experiment(experiment_id=experiment_id)  # over the one an earlier test made active
         patch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
         argv = ["sweep", "--base-model", "tiny", "--max-samples", "15", "--seq-len", "32"]
         argv += ["--config", str(folder / "space.yaml"), "--n-trials", "4", "--max-steps", "2", "--eval-every", "1"]
