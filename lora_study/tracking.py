@@ -10,6 +10,8 @@ each is still a field.
 
 import json
 import shlex
+import threading
+import time
 from contextlib import contextmanager
 
 import mlflow
@@ -20,7 +22,10 @@ SPLITS = ("train", "validation", "test")
 TAG_STAGE = "lora_study.stage"  # one of the STAGE_ values below
 TAG_ERROR = "lora_study.error"  # why a run FAILED or was KILLED, in one line
 STAGE_PREPARE, STAGE_TRAIN, STAGE_EVALUATE, STAGE_MERGE = "prepare", "train", "evaluate", "merge"
-STAGE_SWEEP = "sweep"  # a sweep's parent run
+STAGE_SWEEP = "sweep"  # a sweep's parent run: one per study, continued by every sweep of it
+STAGE_SWEEP_INVOCATION = "sweep_invocation"  # a run `mlflow run` made for a sweep that continued its study's
+TAG_STUDY_RUN = "lora_study.study_run"  # ... on it: the parent run it continued
+TAG_HEARTBEAT = "lora_study.heartbeat"  # on a parent: when its sweep last said it was alive (epoch s)
 STAGE_TRIAL = "trial"  # one explore trial's run, nested under its sweep
 STAGE_CONFIRM = "confirm"  # one confirmation run (a configuration again, with a seed), nested too
 RUN_NAME_CONFIRM = "confirm-trial-{config}-seed-{seed}"
@@ -200,12 +205,12 @@ ARTIFACT_GENERATIONS = "generations.json"  # an MLflow table: prompt, reference,
 
 
 @contextmanager
-def stage_run(stage: str, log_system_metrics: bool = False, **tags: str):
-    """Start the stage's run (or continue the one `mlflow run` made); never leave it RUNNING.
+def stage_run(stage: str, log_system_metrics: bool = False, run_id: str | None = None, **tags: str):
+    """Start the stage's run (or continue the one `mlflow run` made, or `run_id`); never leave it RUNNING.
 
     An exception ends the run FAILED and Ctrl-C ends it KILLED, each with the reason as a tag.
     """
-    with mlflow.start_run(tags={TAG_STAGE: stage, **tags}, log_system_metrics=log_system_metrics) as run:
+    with mlflow.start_run(run_id, tags={TAG_STAGE: stage, **tags}, log_system_metrics=log_system_metrics) as run:
         try:
             yield run
         except (KeyboardInterrupt, Exception) as error:
@@ -264,13 +269,73 @@ def evaluated_model_tags(source) -> dict[str, str]:
     return tags
 
 
-def fail_run(run_id: str, reason: str, **tags: str) -> None:
-    """End another process's run FAILED, with the reason: its process died."""
+def study_run(study: str, storage: str):
+    """The parent run of the study `study` in `storage` (the masked URL) in the experiment this
+    process logs to: the first one made, or None. Every sweep of a study continues it."""
+    experiment_id = mlflow.tracking.fluent._get_experiment_id()  # where a new run would go (no public API)
+    found = mlflow.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_STAGE}` = '{STAGE_SWEEP}' "
+        f"and params.`{PARAM_STORAGE}` = '{storage}'",
+        order_by=["attributes.start_time ASC"],
+        output_format="list",
+    )
+    return found[0] if found else None
+
+
+def heartbeat_age_s(run) -> float | None:
+    """Seconds since the run's sweep last said it was alive; None if it never did."""
+    beat = run.data.tags.get(TAG_HEARTBEAT)
+    return time.time() - float(beat) if beat else None
+
+
+@contextmanager
+def heartbeat(run_id: str, interval_s: float):
+    """Tag the run with the time every `interval_s` while the block runs: a later sweep of the
+    study tells a live sweep from a dead one by it."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        client = mlflow.MlflowClient()
+        while True:
+            client.set_tag(run_id, TAG_HEARTBEAT, f"{time.time():.0f}")
+            if stop.wait(interval_s):
+                return
+
+    thread = threading.Thread(target=beat, name="sweep-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def mark_invocation(run_id: str, parent_run_id: str) -> None:
+    """The run `mlflow run` made for a sweep that continues its study's parent: say where its work went."""
+    client = mlflow.MlflowClient()
+    client.set_tag(run_id, TAG_STAGE, STAGE_SWEEP_INVOCATION)
+    client.set_tag(run_id, TAG_STUDY_RUN, parent_run_id)
+
+
+def fail_run(run_id: str, reason: str, status: str = "FAILED", **tags: str) -> None:
+    """End another process's run FAILED (or `status`), with the reason: its process died."""
     client = mlflow.MlflowClient()
     client.set_tag(run_id, TAG_ERROR, reason)
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
-    client.set_terminated(run_id, "FAILED")
+    client.set_terminated(run_id, status)
+
+
+def running_invocations(parent_run_id: str) -> list[str]:
+    """The RUNNING runs `mlflow run` made for sweeps that continued the parent `parent_run_id`."""
+    experiment_id = mlflow.MlflowClient().get_run(parent_run_id).info.experiment_id
+    found = mlflow.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_STUDY_RUN}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+        output_format="list",
+    )
+    return [run.info.run_id for run in found]
 
 
 # --- logging into the active run ---------------------------------------------------------------

@@ -53,7 +53,8 @@ from lora_study.tracking import (
 def run_report(cfg: ReportConfig) -> None:
     """The `report` entry point: the page on the sweep's run, and in `--output`."""
     parent = find_parent(cfg.study)
-    page = write_report(parent.info.run_id, cfg.ui_url, cfg.output)
+    mlflow_run = os.environ.get("MLFLOW_RUN_ID")  # `mlflow run -e report` made a run: it keeps a copy
+    page = write_report(parent.info.run_id, cfg.ui_url, cfg.output, copy_to=mlflow_run)
     print(f"report of study {parent.data.tags[TAG_STUDY]}: runs:/{parent.info.run_id}/{ARTIFACT_REPORT}/{REPORT_HTML}")
     print(f"  stored at {page}")
     if cfg.output:
@@ -99,9 +100,11 @@ def find_parent(study: str):
     return next((run for run in found if run.info.status == "FINISHED"), found[0])
 
 
-def write_report(parent_run_id: str, ui_url: str = report.DEFAULT_UI_URL, output: str = "") -> str:
-    """Build the page of the sweep `parent_run_id`, log it on that run (replacing an earlier one)
-    and copy it into `output`; returns the page's artifact URI."""
+def write_report(
+    parent_run_id: str, ui_url: str = report.DEFAULT_UI_URL, output: str = "", copy_to: str | None = None
+) -> str:
+    """Build the page of the sweep `parent_run_id`, log it on that run (replacing an earlier one's
+    files) and on the run `copy_to`, and copy it into `output`; returns the page's artifact URI."""
     study = read_study(parent_run_id)
     sections = report.build(study, ui_url)
     markdown, figures = report.to_markdown(study, sections, REPORT_FIGURES)
@@ -114,10 +117,9 @@ def write_report(parent_run_id: str, ui_url: str = report.DEFAULT_UI_URL, output
             (written / REPORT_FIGURES / name).write_text(svg)
         client = mlflow.MlflowClient()
         client.log_artifacts(parent_run_id, folder, ARTIFACT_REPORT)
-        mlflow_run = os.environ.get("MLFLOW_RUN_ID")  # `mlflow run -e report` made a run: it keeps a copy
-        if mlflow_run and mlflow_run != parent_run_id:
-            client.set_tag(mlflow_run, TAG_STAGE, STAGE_REPORT)
-            client.log_artifacts(mlflow_run, folder, ARTIFACT_REPORT)
+        if copy_to and copy_to != parent_run_id:
+            client.set_tag(copy_to, TAG_STAGE, STAGE_REPORT)
+            client.log_artifacts(copy_to, folder, ARTIFACT_REPORT)
         if output:
             os.chmod(folder, 0o755)  # a temporary folder is private; the copy takes its mode
             shutil.copytree(folder, output, dirs_exist_ok=True)

@@ -12,6 +12,7 @@ parent -> write the report (`stages/report.py`) on it -> say where to look. Bad 
 
 import dataclasses
 import math
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ from lora_study.study import (
     ATTR_SEED,
     CONFIRM,
     EXPLORE,
+    HEARTBEAT_S,
     Plan,
     best_trials,
     confirmations,
@@ -130,8 +132,17 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
     worker.check_space()
     _warn_of_an_uncovered_grid(space, cfg.n_trials)
     study = open_study(plan)
+    study_run = _study_run(plan)
+    # `mlflow run` made a run for this sweep, but the study has its parent run already: the made
+    # one only points there. Out of the environment, or trials (and workers) would take it up.
+    invocation = os.environ.pop("MLFLOW_RUN_ID", None) if study_run else None
 
-    with tracking.stage_run(STAGE_SWEEP, **{TAG_STUDY: study_name}) as parent:
+    with (
+        tracking.stage_run(STAGE_SWEEP, run_id=study_run, **{TAG_STUDY: study_name}) as parent,
+        tracking.heartbeat(parent.info.run_id, HEARTBEAT_S),
+    ):
+        if invocation and invocation != parent.info.run_id:
+            tracking.mark_invocation(invocation, parent.info.run_id)
         plan = dataclasses.replace(
             plan,
             tracking_uri=mlflow.get_tracking_uri(),
@@ -175,6 +186,22 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
     if page:
         print(f"report: runs:/{parent.info.run_id}/{ARTIFACT_REPORT}/{REPORT_HTML}, stored at {page}")
     return parent.info.run_id
+
+
+def _study_run(plan: Plan) -> str | None:
+    """The study's parent run, if an earlier sweep of it made one: this sweep continues it. One
+    left RUNNING by a sweep that died (no heartbeat for two intervals) is said to be so."""
+    run = tracking.study_run(plan.study_name, masked(plan.storage))
+    if run is None:
+        return None
+    age = tracking.heartbeat_age_s(run)
+    if run.info.status == "RUNNING" and (age is None or age > 2 * HEARTBEAT_S):
+        print(f"lora-study: continuing run {run.info.run_id} of {plan.study_name}, left RUNNING by a sweep that died")
+        # no sweep of the study is alive (each beats on this run): the runs `mlflow run` made for them are over
+        reason = f"its sweep died (no heartbeat on the study's run {run.info.run_id} for {2 * HEARTBEAT_S:.0f} s)"
+        for invocation in tracking.running_invocations(run.info.run_id):
+            tracking.fail_run(invocation, reason, status="KILLED")
+    return run.info.run_id
 
 
 def _report(parent_run_id: str):

@@ -16,6 +16,7 @@ from conftest import Echo, runs
 from lora_study import cli, training
 from lora_study import study as sweep_study
 from lora_study.errors import UserInputError
+from lora_study.stages import sweep as sweep_stage
 from lora_study.stages.sweep import promote_champion
 from lora_study.study import ATTR_RUN_ID
 
@@ -248,12 +249,15 @@ def test_a_sweep_killed_while_confirming_resumes_without_training_anything_twice
     assert sorted(statuses.values()) == ["FAILED", "FINISHED", "FINISHED"]
     versions = mlflow.MlflowClient().search_model_versions(f"name = '{registered(tmp_path)}'")
     assert len(versions) == 1 and versions[0].tags["test_perplexity_n"] == "2"
+    (parent,), _ = parent_and_trials(mlflow_experiment)  # the killed sweep's run, continued and closed
+    assert parent.info.status == "FINISHED"
 
 
 @pytest.mark.slow
-def test_running_again_resumes_after_a_killed_worker(tmp_path, mlflow_experiment, monkeypatch):
+def test_running_again_resumes_after_a_killed_worker(tmp_path, mlflow_experiment, monkeypatch, capsys):
     """Kill a sweep mid-trial; the same command then fails that trial by heartbeat, runs it again
-    (it does not count toward --n-trials), keeps the finished ones and registers nothing twice."""
+    (it does not count toward --n-trials), keeps the finished ones and registers nothing twice;
+    it continues the killed sweep's parent run and ends the run `mlflow run` had made for it."""
     argv = sweep_argv(tmp_path, "--pruner", "none", "--max-steps", "40", "--eval-every", "40", n_trials=4)
     env = {**os.environ, "LORA_STUDY_HEARTBEAT_S": "1", "MLFLOW_EXPERIMENT_ID": mlflow_experiment}
     worker = subprocess.Popen(
@@ -278,23 +282,33 @@ def test_running_again_resumes_after_a_killed_worker(tmp_path, mlflow_experiment
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     killed = next(t.number for t in load_study(tmp_path).trials if t.state.name == "RUNNING")
+    # had `mlflow run` started that sweep as a second invocation, its run would be left RUNNING too
+    (dead_parent,), _ = parent_and_trials(mlflow_experiment)
+    tags = {"lora_study.stage": "sweep_invocation", "lora_study.study_run": dead_parent.info.run_id}
+    invocation = mlflow.MlflowClient().create_run(mlflow_experiment, tags=tags).info.run_id
     time.sleep(3)  # past the grace period of two heartbeats
     monkeypatch.setattr(sweep_study, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(sweep_stage, "HEARTBEAT_S", 1)
     assert cli.main(argv) == 0
+    assert "left RUNNING by a sweep that died" in capsys.readouterr().out
     assert cli.main(argv) == 0  # once more: the study is done, nothing new runs or registers
+    ended = mlflow.get_run(invocation)
+    assert ended.info.status == "KILLED" and "its sweep died" in ended.data.tags["lora_study.error"]
     trials = load_study(tmp_path).trials
     states = {t.number: t.state.name for t in trials}
     # the killed trial was lost, not a result: it ran again, and the study holds --n-trials complete ones
     assert states[killed] == "FAIL" and sorted(states.values()) == ["COMPLETE"] * 4 + ["FAIL"]
     (again,) = [t for t in trials if t.user_attrs.get("retry_of") == killed]
     assert again.state.name == "COMPLETE" and again.params == trials[killed].params
-    parents, trial_runs = parent_and_trials(mlflow_experiment)
+    # one study, one parent run: the killed sweep's, continued by both runs after it and closed
+    (parent,), trial_runs = parent_and_trials(mlflow_experiment)
+    assert parent.info.status == "FINISHED" and "lora_study.heartbeat" in parent.data.tags
+    assert {r.data.tags["mlflow.parentRunId"] for r in trial_runs} == {parent.info.run_id}
     killed_run = next(r for r in trial_runs if r.data.tags["trial_number"] == str(killed))
     assert killed_run.info.status == "FAILED" and "heartbeats" in killed_run.data.tags["lora_study.error"]
     again_run = next(r for r in trial_runs if r.data.tags["trial_number"] == str(again.number))
     assert again_run.data.tags["retry_of"] == str(killed) and again_run.info.status == "FINISHED"
-    last = max(parents, key=lambda r: r.info.start_time)
-    assert last.data.metrics["failed_trials"] == 0 and last.data.metrics["lost_trials"] == 1
+    assert parent.data.metrics["failed_trials"] == 0 and parent.data.metrics["lost_trials"] == 1
     assert all(r.info.status != "RUNNING" for r in trial_runs)
     assert len(mlflow.MlflowClient().search_model_versions(f"name = '{registered(tmp_path)}'")) == 1
 
