@@ -1,8 +1,12 @@
 """MLproject entry point `sweep`: `lora-study sweep --help` lists its parameters."""
 
+import os
 import sys
 
-from lora_study.cli import main
+from lora_study import tracking  # MLflow alone: the run `mlflow run` made beats before the heavy imports
 
 if __name__ == "__main__":
-    sys.exit(main(["sweep", *sys.argv[1:]]))
+    with tracking.heartbeat(os.environ.get("MLFLOW_RUN_ID"), tracking.HEARTBEAT_S):
+        from lora_study.cli import main
+
+        sys.exit(main(["sweep", *sys.argv[1:]]))

@@ -322,6 +322,7 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
     """Generates text with the base model plus an adapter (or a merged model); temperature 0 is greedy."""
 
     def load_context(self, context):
+        serving.refuse_deep_json()  # loaded in a scoring server: its requests too are checked
         artifacts = context.artifacts
         self.reference = AdapterReference.read(artifacts[KEY_BASE])
         if KEY_MERGED in artifacts:

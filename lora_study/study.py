@@ -5,7 +5,6 @@ data, so spawned workers get it too). A trial whose worker died is failed by hea
 MLflow run with it.
 """
 
-import os
 import re
 import time
 import warnings
@@ -18,7 +17,7 @@ from optuna.trial import TrialState
 from lora_study import search_space, tracking
 from lora_study.config import BaseModelConfig, DataConfig, SweepConfig
 from lora_study.errors import UserInputError
-from lora_study.tracking import TAG_TRIAL_STATE
+from lora_study.tracking import HEARTBEAT_S, TAG_TRIAL_STATE
 
 # Heartbeats and multivariate TPE are marked experimental in Optuna; both are what a sweep needs.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -35,8 +34,8 @@ EXPLORE, CONFIRM = "explore", "confirm"
 UNUSED = "unused"  # a trial Optuna made in the confirm phase when the queue was empty: counts nowhere
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 UNFINISHED_OR_DONE = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
-# A trial whose worker sends no heartbeat for 2 intervals is failed by the next worker to look.
-HEARTBEAT_S = int(os.environ.get("LORA_STUDY_HEARTBEAT_S", "10"))
+# A trial whose worker sends no heartbeat for 2 intervals (tracking.HEARTBEAT_S) is failed by
+# the next worker to look.
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ each is still a field.
 """
 
 import json
+import os
 import shlex
 import threading
 import time
@@ -25,7 +26,11 @@ STAGE_PREPARE, STAGE_TRAIN, STAGE_EVALUATE, STAGE_MERGE = "prepare", "train", "e
 STAGE_SWEEP = "sweep"  # a sweep's parent run: one per study, continued by every sweep of it
 STAGE_SWEEP_INVOCATION = "sweep_invocation"  # a run `mlflow run` made for a sweep that continued its study's
 TAG_STUDY_RUN = "lora_study.study_run"  # ... on it: the parent run it continued
-TAG_HEARTBEAT = "lora_study.heartbeat"  # on a parent: when its sweep last said it was alive (epoch s)
+TAG_HEARTBEAT = "lora_study.heartbeat"  # on a sweep's runs: when its process last said it was alive (epoch s)
+TAG_MLFLOW_ENTRY_POINT = "mlflow.project.entryPoint"  # on a run `mlflow run` made: which entry point
+# A process (a sweep, or a trial's worker) that sends no heartbeat for 2 intervals is taken for dead.
+HEARTBEAT_S = int(os.environ.get("LORA_STUDY_HEARTBEAT_S", "10"))
+TAG_STUDY_STORAGE = "lora_study.optuna_storage"  # on a parent: its study's storage (masked), with TAG_STUDY its key
 STAGE_TRIAL = "trial"  # one explore trial's run, nested under its sweep
 STAGE_CONFIRM = "confirm"  # one confirmation run (a configuration again, with a seed), nested too
 RUN_NAME_CONFIRM = "confirm-trial-{config}-seed-{seed}"
@@ -271,16 +276,29 @@ def evaluated_model_tags(source) -> dict[str, str]:
 
 def study_run(study: str, storage: str):
     """The parent run of the study `study` in `storage` (the masked URL) in the experiment this
-    process logs to: the first one made, or None. Every sweep of a study continues it."""
+    process logs to: the first one made (by start time, then id), or None. Every sweep of a
+    study continues it."""
     experiment_id = mlflow.tracking.fluent._get_experiment_id()  # where a new run would go (no public API)
     found = mlflow.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_STAGE}` = '{STAGE_SWEEP}' "
-        f"and params.`{PARAM_STORAGE}` = '{storage}'",
-        order_by=["attributes.start_time ASC"],
+        filter_string=f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_STUDY_STORAGE}` = '{storage}' "
+        f"and tags.`{TAG_STAGE}` = '{STAGE_SWEEP}'",
         output_format="list",
     )
-    return found[0] if found else None
+    return min(found, key=lambda run: (run.info.start_time, run.info.run_id), default=None)
+
+
+def propose_study_run(study: str, storage: str, run_id: str | None = None) -> str:
+    """Make the run `run_id` (or a new one) a candidate for the parent run of a study that has
+    none; `study_run` then picks among the candidates."""
+    tags = {TAG_STUDY: study, TAG_STUDY_STORAGE: storage}
+    client = mlflow.MlflowClient()
+    if run_id is None:
+        experiment_id = mlflow.tracking.fluent._get_experiment_id()
+        return client.create_run(experiment_id, tags={**tags, TAG_STAGE: STAGE_SWEEP}).info.run_id
+    for key, value in {**tags, TAG_STAGE: STAGE_SWEEP}.items():  # the stage last: a candidate once complete
+        client.set_tag(run_id, key, value)
+    return run_id
 
 
 def heartbeat_age_s(run) -> float | None:
@@ -290,9 +308,12 @@ def heartbeat_age_s(run) -> float | None:
 
 
 @contextmanager
-def heartbeat(run_id: str, interval_s: float):
-    """Tag the run with the time every `interval_s` while the block runs: a later sweep of the
-    study tells a live sweep from a dead one by it."""
+def heartbeat(run_id: str | None, interval_s: float):
+    """Tag the run (if any) with the time every `interval_s` while the block runs: a later sweep
+    tells a live sweep from a dead one by it."""
+    if run_id is None:
+        yield
+        return
     stop = threading.Event()
 
     def beat() -> None:
@@ -312,7 +333,8 @@ def heartbeat(run_id: str, interval_s: float):
 
 
 def mark_invocation(run_id: str, parent_run_id: str) -> None:
-    """The run `mlflow run` made for a sweep that continues its study's parent: say where its work went."""
+    """A run made for a sweep that continues its study's parent (`mlflow run` made it, or it lost
+    to another candidate for the parent): say where its work went."""
     client = mlflow.MlflowClient()
     client.set_tag(run_id, TAG_STAGE, STAGE_SWEEP_INVOCATION)
     client.set_tag(run_id, TAG_STUDY_RUN, parent_run_id)
@@ -327,15 +349,26 @@ def fail_run(run_id: str, reason: str, status: str = "FAILED", **tags: str) -> N
     client.set_terminated(run_id, status)
 
 
-def running_invocations(parent_run_id: str) -> list[str]:
-    """The RUNNING runs `mlflow run` made for sweeps that continued the parent `parent_run_id`."""
-    experiment_id = mlflow.MlflowClient().get_run(parent_run_id).info.experiment_id
-    found = mlflow.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{TAG_STUDY_RUN}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
-        output_format="list",
-    )
-    return [run.info.run_id for run in found]
+def dead_sweep_runs(experiment_id: str, interval_s: float, grace_s: float) -> list[tuple[str, str]]:
+    """(run id, why) of each sweep run in the experiment left RUNNING by a process that died: no
+    heartbeat for two intervals of `interval_s`, or none at all `grace_s` after it started (`mlflow run` makes
+    its run before the sweep's Python starts, so a kill then leaves one that never beat)."""
+    found = {}
+    for condition in (f"tags.`{TAG_MLFLOW_ENTRY_POINT}` = 'sweep'", f"tags.`{TAG_STAGE}` = '{STAGE_SWEEP}'"):
+        for run in mlflow.search_runs(
+            [experiment_id], filter_string=f"{condition} and attributes.status = 'RUNNING'", output_format="list"
+        ):
+            found[run.info.run_id] = run
+    dead = []
+    for run_id, run in found.items():
+        age = heartbeat_age_s(run)
+        if age is not None and age > 2 * interval_s:
+            dead.append((run_id, f"its sweep died: no heartbeat for {age:.0f} s"))
+        elif age is None and time.time() - run.info.start_time / 1000 > grace_s:
+            dead.append(
+                (run_id, f"its sweep died before it started (no heartbeat {grace_s:.0f} s after the run began)")
+            )
+    return dead
 
 
 # --- logging into the active run ---------------------------------------------------------------

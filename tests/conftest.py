@@ -227,11 +227,10 @@ def mlflow_run(entry_point: str, experiment_id: str, **params):
     return subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
 
 
-def post(url: str, payload: dict) -> tuple[int, dict]:
-    """POST a request to a server's /invocations: (HTTP status, JSON body)."""
-    request = urllib.request.Request(
-        f"{url}/invocations", data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
-    )
+def post(url: str, payload: dict | bytes) -> tuple[int, dict]:
+    """POST a request (or bytes as they are) to a server's /invocations: (HTTP status, JSON body)."""
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    request = urllib.request.Request(f"{url}/invocations", data=data, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=120) as answer:
             return answer.status, json.loads(answer.read())

@@ -15,6 +15,7 @@ import math
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -116,6 +117,12 @@ CONFIRM_VERSION_METRICS = (
     METRIC_TRAINABLE_PARAMS,
     METRIC_PEAK_MEMORY_MB,
 )
+# How long the first sweeps of a study, started together, wait for each other's parent run
+# proposal to land before they take the first one (one database write; seconds are plenty).
+ELECTION_S = 2.0
+# A sweep's process beats on its runs within seconds of starting (the `sweep` entry point before
+# its heavy imports); a sweep run that has not beaten this long after it began is taken for dead.
+ORPHAN_GRACE_S = 60.0
 TRIAL_STATES = {
     "complete": optuna.trial.TrialState.COMPLETE,
     "pruned": optuna.trial.TrialState.PRUNED,
@@ -132,10 +139,10 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
     worker.check_space()
     _warn_of_an_uncovered_grid(space, cfg.n_trials)
     study = open_study(plan)
-    study_run = _study_run(plan)
-    # `mlflow run` made a run for this sweep, but the study has its parent run already: the made
-    # one only points there. Out of the environment, or trials (and workers) would take it up.
-    invocation = os.environ.pop("MLFLOW_RUN_ID", None) if study_run else None
+    # The run `mlflow run` made for this sweep, if any: out of the environment, or trials (and
+    # workers) would take it up. It is the study's parent run, or points there.
+    invocation = os.environ.pop("MLFLOW_RUN_ID", None)
+    study_run = _study_run(plan) or _elect_study_run(plan, invocation)
 
     with (
         tracking.stage_run(STAGE_SWEEP, run_id=study_run, **{TAG_STUDY: study_name}) as parent,
@@ -143,6 +150,7 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
     ):
         if invocation and invocation != parent.info.run_id:
             tracking.mark_invocation(invocation, parent.info.run_id)
+        _end_dead_sweeps(parent.info.experiment_id, parent.info.run_id, invocation)
         plan = dataclasses.replace(
             plan,
             tracking_uri=mlflow.get_tracking_uri(),
@@ -181,6 +189,7 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
             versions = register_best(plan, worker, study)
         summarize(plan, study, confirmed_table)
         page = _report(parent.info.run_id)
+        _end_dead_sweeps(parent.info.experiment_id, parent.info.run_id, invocation)  # those killed meanwhile
 
     _print_where_to_look(plan, parent, versions, recommended)
     if page:
@@ -197,11 +206,28 @@ def _study_run(plan: Plan) -> str | None:
     age = tracking.heartbeat_age_s(run)
     if run.info.status == "RUNNING" and (age is None or age > 2 * HEARTBEAT_S):
         print(f"lora-study: continuing run {run.info.run_id} of {plan.study_name}, left RUNNING by a sweep that died")
-        # no sweep of the study is alive (each beats on this run): the runs `mlflow run` made for them are over
-        reason = f"its sweep died (no heartbeat on the study's run {run.info.run_id} for {2 * HEARTBEAT_S:.0f} s)"
-        for invocation in tracking.running_invocations(run.info.run_id):
-            tracking.fail_run(invocation, reason, status="KILLED")
     return run.info.run_id
+
+
+def _end_dead_sweeps(experiment_id: str, *live: str | None) -> None:
+    """End KILLED, with the reason, every sweep run of the experiment whose process died (but
+    the `live` ones, this sweep's): a killed sweep leaves nothing RUNNING past the next one."""
+    for run_id, reason in tracking.dead_sweep_runs(experiment_id, HEARTBEAT_S, ORPHAN_GRACE_S):
+        if run_id not in live:
+            tracking.fail_run(run_id, reason, status="KILLED")
+
+
+def _elect_study_run(plan: Plan, invocation: str | None) -> str:
+    """The first sweep of a study makes its parent run. Sweeps started together (one per machine)
+    each propose one, wait for the others' to land, and all take the first made; a losing
+    proposal this sweep made is deleted (one `mlflow run` made is marked to point at the winner)."""
+    storage = masked(plan.storage)
+    mine = tracking.propose_study_run(plan.study_name, storage, invocation)
+    time.sleep(ELECTION_S)
+    elected = tracking.study_run(plan.study_name, storage).info.run_id
+    if elected != mine and mine != invocation:
+        mlflow.MlflowClient().delete_run(mine)
+    return elected
 
 
 def _report(parent_run_id: str):

@@ -61,6 +61,7 @@ def test_prompts_get_generated_answers_in_either_payload(server):
         ({"inputs": {"prompt": [""]}}, "every `prompt` must be a non-empty string"),
         ({"dataframe_records": [{"text": "x"}]}, "Model is missing inputs ['prompt']"),
         ({"inputs": {"prompt": ["word " * 3000]}, "params": {"max_new_tokens": 8}}, "over the model's 2048 positions"),
+        (b"[" * 5000 + b"]" * 5000, "the request's JSON is nested too deeply"),  # MLflow alone answers 500
     ],
 )
 def test_bad_requests_get_a_4xx_with_the_reason_and_the_server_keeps_serving(server, payload, expected):

@@ -7,6 +7,8 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import mlflow
 import optuna
@@ -282,18 +284,18 @@ def test_running_again_resumes_after_a_killed_worker(tmp_path, mlflow_experiment
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     killed = next(t.number for t in load_study(tmp_path).trials if t.state.name == "RUNNING")
-    # had `mlflow run` started that sweep as a second invocation, its run would be left RUNNING too
-    (dead_parent,), _ = parent_and_trials(mlflow_experiment)
-    tags = {"lora_study.stage": "sweep_invocation", "lora_study.study_run": dead_parent.info.run_id}
-    invocation = mlflow.MlflowClient().create_run(mlflow_experiment, tags=tags).info.run_id
+    # a run `mlflow run` made for a sweep killed before its Python started: it never beat
+    tags = {"mlflow.project.entryPoint": "sweep"}
+    orphan = mlflow.MlflowClient().create_run(mlflow_experiment, tags=tags).info.run_id
     time.sleep(3)  # past the grace period of two heartbeats
     monkeypatch.setattr(sweep_study, "HEARTBEAT_S", 1)
     monkeypatch.setattr(sweep_stage, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(sweep_stage, "ORPHAN_GRACE_S", 2)
     assert cli.main(argv) == 0
     assert "left RUNNING by a sweep that died" in capsys.readouterr().out
     assert cli.main(argv) == 0  # once more: the study is done, nothing new runs or registers
-    ended = mlflow.get_run(invocation)
-    assert ended.info.status == "KILLED" and "its sweep died" in ended.data.tags["lora_study.error"]
+    ended = mlflow.get_run(orphan)
+    assert ended.info.status == "KILLED" and "died before it started" in ended.data.tags["lora_study.error"]
     trials = load_study(tmp_path).trials
     states = {t.number: t.state.name for t in trials}
     # the killed trial was lost, not a result: it ran again, and the study holds --n-trials complete ones
@@ -311,6 +313,18 @@ def test_running_again_resumes_after_a_killed_worker(tmp_path, mlflow_experiment
     assert parent.data.metrics["failed_trials"] == 0 and parent.data.metrics["lost_trials"] == 1
     assert all(r.info.status != "RUNNING" for r in trial_runs)
     assert len(mlflow.MlflowClient().search_model_versions(f"name = '{registered(tmp_path)}'")) == 1
+
+
+def test_sweeps_started_together_take_one_parent_run(mlflow_experiment):
+    """The first sweeps of a study, started at once (a machine each), each propose a parent run;
+    all take the first made, and the others' proposals are gone."""
+    plan = SimpleNamespace(study_name="together", storage="sqlite:///optuna.db")
+    with ThreadPoolExecutor(4) as pool:
+        elected = list(pool.map(lambda _: sweep_stage._elect_study_run(plan, None), range(4)))
+    assert len(set(elected)) == 1
+    sweeps = [r for r in runs(mlflow_experiment) if r.data.tags["lora_study.stage"] == "sweep"]
+    assert [r.info.run_id for r in sweeps] == elected[:1]
+    assert sweeps[0].data.tags["lora_study.optuna_storage"] == "sqlite:///optuna.db"
 
 
 def test_promote_moves_champion_only_to_a_better_challenger(mlflow_experiment):

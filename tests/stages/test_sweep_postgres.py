@@ -1,69 +1,25 @@
 """Two workers share one study on a real PostgreSQL server, logging to a real `mlflow server`."""
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import mlflow
 import optuna
+import postgres_cluster
 import pytest
 from conftest import free_port, server_process
-
-# Debian's server binaries (PostgreSQL 15 on these machines); the newest if several are installed
-PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), default=Path("/nonexistent"))
 
 pytestmark = pytest.mark.slow  # a PostgreSQL server and an MLflow tracking server
 
 
 @pytest.fixture(scope="module")
 def postgres():
-    """A throwaway PostgreSQL cluster on loopback (as the `postgres` user when run as root)."""
-    if not (PG_BIN / "initdb").exists():
+    """A throwaway PostgreSQL cluster on loopback (benchmarks/postgres_cluster.py; the drill uses it too)."""
+    if not postgres_cluster.installed():
         pytest.skip("PostgreSQL is not installed here; .ci/run installs it (Debian package postgresql)")
-    folder = Path(tempfile.mkdtemp(prefix="lora-study-pg-"))  # not under pytest's root-only tmp
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_postgres:
-        shutil.chown(folder, "postgres")
-    port = free_port()
-    subprocess.run(
-        [*as_postgres, PG_BIN / "initdb", "-D", folder / "data", "-A", "trust", "-U", "postgres"],
-        check=True,
-        capture_output=True,
-    )
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
-    # -l: the server's output goes to a file; on our pipes it would keep subprocess.run waiting
-    subprocess.run(
-        [
-            *as_postgres,
-            PG_BIN / "pg_ctl",
-            "-D",
-            folder / "data",
-            "-l",
-            folder / "server.log",
-            "-o",
-            options,
-            "-w",
-            "start",
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        subprocess.run(
-            [*as_postgres, PG_BIN / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna"],
-            check=True,
-            capture_output=True,
-        )
-        yield f"postgresql://postgres@127.0.0.1:{port}/optuna"
-    finally:
-        subprocess.run(
-            [*as_postgres, PG_BIN / "pg_ctl", "-D", folder / "data", "-m", "immediate", "stop"], capture_output=True
-        )
-        shutil.rmtree(folder, ignore_errors=True)
+    with postgres_cluster.throwaway_cluster() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,395 @@
+"""Fault drill: sweeps killed at random moments, a shared study losing workers, a served model
+under load with malformed requests. On the tiny model.
+
+    python benchmarks/fault_drill.py --kills 20 --worker-kills 5 --requests 400
+
+- kills: `mlflow run . -e sweep` (one worker, SQLite storage, confirm phase on) started and its
+  whole process group killed with SIGKILL after a random delay, `--kills` times in a row, then
+  run once more to the end. Each start follows the last kill at once, as a user would retry.
+- workers: 4 `lora-study sweep` processes (a machine each) on one study in a throwaway
+  PostgreSQL cluster, logging to one `mlflow server`; `--worker-kills` times a random one is
+  killed (SIGKILL, its process group) and started again; then all run to the end.
+- serve: `lora-study serve` with 2 adapters on one base, on loopback; 8 client threads send
+  `--requests` requests, a quarter of them malformed (bad JSON, wrong types, out-of-bounds
+  params, unknown adapters, prompts over the context); its memory (RSS of the server's
+  processes) after a warm-up and after the load. Left out as not malformed by MLflow's serving
+  contract: a param the signature does not name (MLflow ignores it, with a warning in the
+  server's log) and a number as a prompt (MLflow reads it as its text).
+
+Each drill reports what a user would check: trials requested / finished / missing, runs left
+RUNNING, duplicate registrations and trial results, answers 5xx, malformed requests not
+answered 4xx, RSS growth. The goal is zero for each, and RSS growth under 5%. Results are
+appended to benchmarks/RESULTS.md; `--kills 3 --drills kills --no-record` is the test's version.
+"""
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = "drill"  # the registered model every drill's sweep registers into
+TINY = ["--base-model", "tiny", "--max-samples", "40", "--seq-len", "32"]
+# Long enough that a kill lands in setup, mid-trial, in the confirm phase or while registering.
+SWEEP = ["--n-trials", "{n_trials}", "--max-steps", "60", "--eval-every", "20", "--confirm-top", "2"]
+
+
+def sweep_params(n_trials: int, study: str, storage: str) -> dict[str, str]:
+    flags = [*TINY, *SWEEP, "--study-name", study, "--storage", storage, "--registered-model", MODEL]
+    pairs = zip(flags[::2], flags[1::2])
+    return {flag.removeprefix("--").replace("-", "_"): value.format(n_trials=n_trials) for flag, value in pairs}
+
+
+def start(argv: list[str], env: dict, log: Path) -> subprocess.Popen:
+    """A process in a session (process group) of its own, so a kill takes all it started."""
+    with log.open("a") as out:
+        return subprocess.Popen(
+            argv, env=env, cwd=log.parent, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def kill(process: subprocess.Popen) -> bool:
+    """SIGKILL to the process and everything it started; whether it was still running."""
+    alive = process.poll() is None
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+    return alive
+
+
+def drill_env(folder: Path, tracking_uri: str) -> dict:
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "LORA_STUDY_HEARTBEAT_S": "2",  # dead workers are noticed in 4 s, not 20
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+    }
+
+
+# --- the audit: what a user would check after the study ----------------------------------------
+
+
+def audit(tracking_uri: str, storage: str, study_name: str, n_trials: int) -> dict[str, int]:
+    """The study's figures, from Optuna's storage and the MLflow store."""
+    import mlflow
+    import optuna
+
+    from lora_study import study as sweep_study
+    from lora_study.tracking import TAG_STAGE, TAG_STUDY, TAG_TRIAL_NUMBER
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    finished = sweep_study.finished(study)
+    client = mlflow.MlflowClient(tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    every = client.search_runs(experiments, max_results=5000)
+    trial_runs = [r for r in every if r.data.tags.get(TAG_STAGE) in ("trial", "confirm")]
+    results = Counter(r.data.tags.get(TAG_TRIAL_NUMBER) for r in trial_runs if r.info.status == "FINISHED")
+    versions = client.search_model_versions(f"name = '{MODEL}'")
+    registered = Counter(v.tags.get(TAG_TRIAL_NUMBER) for v in versions)
+    confirmed = Counter(
+        (t.user_attrs[sweep_study.ATTR_CONFIG], t.user_attrs[sweep_study.ATTR_SEED])
+        for t in sweep_study.trials_of(study, sweep_study.CONFIRM, (optuna.trial.TrialState.COMPLETE,))
+    )
+    parents = [r for r in every if r.data.tags.get(TAG_STAGE) == "sweep" and r.data.tags.get(TAG_STUDY) == study_name]
+    return {
+        "trials requested": n_trials,
+        "trials finished": finished,
+        "trials missing": max(0, n_trials - finished),
+        "trials lost with a killed worker (run again)": len(sweep_study.lost(study)),
+        "trials left unfinished in Optuna": sum(not t.state.is_finished() for t in trials),
+        "runs left RUNNING": sum(r.info.status == "RUNNING" for r in every),
+        "parent runs of the study": len(parents),
+        "duplicate trial results": sum(n - 1 for n in results.values()),
+        "duplicate confirmations": sum(n - 1 for n in confirmed.values()),
+        "versions registered": len(versions),
+        "duplicate registrations": sum(n - 1 for n in registered.values()),
+    }
+
+
+# --- drill 1: one sweep, killed again and again --------------------------------------------------
+
+
+def kill_drill(folder: Path, kills: int, n_trials: int, window_s: float, rng: random.Random) -> dict[str, int]:
+    """`kills` SIGKILLs of `mlflow run -e sweep` after a random 0.5 to `window_s` s each, then a
+    run to the end; the audit, with how many runs had ended before their kill."""
+    tracking_uri, storage = f"sqlite:///{folder}/mlflow.db", f"sqlite:///{folder}/optuna.db"
+    env = drill_env(folder, tracking_uri)
+    argv = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "sweep", "--env-manager", "local"]
+    for key, value in sweep_params(n_trials, "killed", storage).items():
+        argv += ["-P", f"{key}={value}"]
+    log = folder / "sweeps.log"
+    ended_first = 0
+    for n in range(kills):
+        process = start(argv, env, log)
+        delay = rng.uniform(0.5, window_s)
+        time.sleep(delay)
+        ended_first += not kill(process)
+        print(f"kill {n + 1}/{kills} after {delay:.1f} s", flush=True)
+    last = subprocess.run(argv, env=env, cwd=folder, capture_output=True, text=True)
+    log.open("a").write(last.stdout + last.stderr)
+    figures = audit(tracking_uri, storage, "killed", n_trials)
+    return {"kills": kills, "sweeps ended before their kill": ended_first, "last exit code": last.returncode, **figures}
+
+
+# --- drill 2: four workers on PostgreSQL, one killed at a time ----------------------------------
+
+
+def workers_drill(folder: Path, worker_kills: int, n_trials: int, window_s: float, rng: random.Random) -> dict:
+    """4 sweep processes on one PostgreSQL study; `worker_kills` times a random one is killed and
+    started again; then all run to the end."""
+    import postgres_cluster
+
+    with postgres_cluster.throwaway_cluster() as storage, tracking_server(folder) as tracking_uri:
+        env = drill_env(folder, tracking_uri)
+        argv = [sys.executable, "-m", "lora_study", "sweep"]
+        for key, value in sweep_params(n_trials, "shared", storage).items():
+            argv += [f"--{key.replace('_', '-')}", value]
+        logs = [folder / f"worker-{n}.log" for n in range(4)]
+        workers = [start(argv, env, log) for log in logs]
+        for n in range(worker_kills):
+            time.sleep(rng.uniform(0.5, window_s))
+            victim = rng.randrange(4)
+            kill(workers[victim])
+            print(f"worker kill {n + 1}/{worker_kills}: worker {victim}", flush=True)
+            workers[victim] = start(argv, env, logs[victim])
+        codes = [worker.wait(timeout=3600) for worker in workers]
+        figures = audit(tracking_uri, storage, "shared", n_trials)
+    return {"worker kills": worker_kills, "workers that exited non-zero": sum(c != 0 for c in codes), **figures}
+
+
+class tracking_server:
+    """`mlflow server` on loopback with a SQLite store in `folder`, as many machines would share."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def __enter__(self) -> str:
+        port = free_port()
+        argv = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
+        argv += ["--backend-store-uri", f"sqlite:///{self.folder}/mlflow.db"]
+        argv += ["--default-artifact-root", str(self.folder / "artifacts")]
+        self.process = start(argv, dict(os.environ), self.folder / "mlflow-server.log")
+        url = f"http://127.0.0.1:{port}"
+        wait_for(f"{url}/health", self.process)
+        return url
+
+    def __exit__(self, *exc) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=60)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(url: str, process: subprocess.Popen, timeout_s: float = 600) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[:4]} exited with {process.returncode}; see its log")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"nothing answered at {url}")
+
+
+# --- drill 3: a served model under load, a quarter of the requests malformed ---------------------
+
+PROMPTS = ["The list type", "A dict maps keys", "def f(x):", "Exceptions are raised"]
+
+
+def malformed_requests() -> list[tuple[str, bytes, str]]:
+    """(what is wrong, body, content type): requests a server must answer 4xx and survive."""
+
+    def request(body: dict) -> bytes:
+        return json.dumps(body).encode()
+
+    inputs = {"prompt": ["The list type"]}
+    records = "dataframe_records"
+    deep = "[" * 10000 + "]" * 10000
+    return [
+        ("not JSON", b"{'inputs': ", "application/json"),
+        ("empty body", b"", "application/json"),
+        ("a JSON list", b"[1, 2, 3]", "application/json"),
+        ("no inputs", request({"params": {"max_new_tokens": 4}}), "application/json"),
+        ("prompt is empty", request({"inputs": {"prompt": [""]}}), "application/json"),
+        ("unknown adapter", request({"inputs": inputs, "params": {"adapter": "nope"}}), "application/json"),
+        ("max_new_tokens -1", request({"inputs": inputs, "params": {"max_new_tokens": -1}}), "application/json"),
+        ("max_new_tokens 1e9", request({"inputs": inputs, "params": {"max_new_tokens": 10**9}}), "application/json"),
+        ("max_new_tokens words", request({"inputs": inputs, "params": {"max_new_tokens": "lots"}}), "application/json"),
+        ("temperature a word", request({"inputs": inputs, "params": {"temperature": "hot"}}), "application/json"),
+        ("top_p 0", request({"inputs": inputs, "params": {"top_p": 0}}), "application/json"),
+        ("records without prompt", request({records: [{"text": "hi"}]}), "application/json"),
+        ("adapter column a number", request({records: [{"prompt": "hi", "adapter": 3}]}), "application/json"),
+        ("prompt over the context", request({"inputs": {"prompt": ["word " * 5000]}}), "application/json"),
+        ("deeply nested JSON", deep.encode(), "application/json"),
+        ("plain text", b"The list type", "text/plain"),
+        ("inputs null", request({"inputs": None}), "application/json"),
+        ("invalid UTF-8", b'{"inputs": {"prompt": ["\xff\xfe"]}}', "application/json"),
+    ]
+
+
+def post(url: str, body: bytes, content_type: str) -> int:
+    request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=600) as answer:
+            answer.read()
+            return answer.status
+    except urllib.error.HTTPError as error:
+        error.read()
+        return error.code
+
+
+def serve_drill(folder: Path, requests: int, clients: int, rng: random.Random) -> dict:
+    """`requests` requests from `clients` threads to a 2-adapter server; statuses and RSS."""
+    import mlflow
+    import serve_memory
+
+    tracking_uri = f"sqlite:///{folder}/mlflow.db"
+    env = drill_env(folder, tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    serve_memory.make_adapters(2, argparse.Namespace(base_model="tiny", rank=8, target_modules="qv"))
+    port = free_port()
+    spec = ",".join(f"{serve_memory.NAME}@{n}" for n in (1, 2))
+    argv = [sys.executable, "-m", "lora_study", "serve", "--adapters", spec, "--port", str(port)]
+    server = start(argv, env, folder / "server.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{url}/ping", server)
+        names = [f"{serve_memory.NAME}@{n}" for n in (1, 2)]
+        warm_up = [job for job in _requests(4 * clients, names, rng) if not job[3]]
+        _load(url, warm_up, clients)  # every thread and adapter has run once: the memory a server settles at
+        before = serve_memory.memory_mb([server.pid])[0]
+        jobs = _requests(requests, names, rng)
+        answers = _load(url, jobs, clients)
+        time.sleep(2)
+        after = serve_memory.memory_mb([server.pid])[0]
+        alive = post(url, warm_up[0][1], warm_up[0][2]) == 200
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+    valid = [status for (_, _, _, bad), status in zip(jobs, answers) if not bad]
+    malformed = [(what, status) for (what, _, _, bad), status in zip(jobs, answers) if bad]
+    misanswered = sorted({f"{what}: {status}" for what, status in malformed if not 400 <= status < 500})
+    if misanswered:
+        print("malformed requests not answered 4xx:", "; ".join(misanswered), flush=True)
+    return {
+        "requests": len(jobs),
+        "malformed": len(malformed),
+        "clients": clients,
+        "answers 5xx": sum(status >= 500 for status in answers),
+        "malformed not answered 4xx": sum(not 400 <= status < 500 for _, status in malformed),
+        "valid not answered 200": sum(status != 200 for status in valid),
+        "server alive after": int(alive),
+        "RSS before MB": round(before),
+        "RSS after MB": round(after),
+        "RSS growth %": round(100 * (after - before) / before, 2),
+    }
+
+
+def _requests(count: int, names: list[str], rng: random.Random) -> list[tuple[str, bytes, str, bool]]:
+    """(what, body, content type, malformed): every fourth malformed, then shuffled."""
+    bad = malformed_requests()
+    jobs = []
+    for n in range(count):
+        if n % 4 == 3:
+            what, body, content_type = bad[(n // 4) % len(bad)]
+            jobs.append((what, body, content_type, True))
+        else:
+            params = {"max_new_tokens": rng.randint(1, 8), "adapter": rng.choice(names)}
+            body = {"inputs": {"prompt": [rng.choice(PROMPTS)]}, "params": params}
+            jobs.append(("valid", json.dumps(body).encode(), "application/json", False))
+    rng.shuffle(jobs)
+    return jobs
+
+
+def _load(url: str, jobs: list, clients: int) -> list[int]:
+    statuses = [0] * len(jobs)
+    queue = iter(range(len(jobs)))
+    lock = threading.Lock()
+
+    def client() -> None:
+        while True:
+            with lock:
+                n = next(queue, None)
+            if n is None:
+                return
+            _, body, content_type, _ = jobs[n]
+            statuses[n] = post(url, body, content_type)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return statuses
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def table(figures: dict) -> list[str]:
+    return ["| | |", "|---|---|", *(f"| {key} | {value} |" for key, value in figures.items())]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--drills", default="kills,workers,serve")
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--n-trials", type=int, default=12)
+    parser.add_argument("--kill-window-s", type=float, default=40.0)
+    parser.add_argument("--worker-kills", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-record", action="store_true", help="print, do not append to RESULTS.md")
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    drills = args.drills.split(",")
+    results = {}
+    for name in drills:
+        folder = Path(tempfile.mkdtemp(prefix=f"fault-drill-{name}-"))
+        began = time.time()
+        if name == "kills":
+            figures = kill_drill(folder, args.kills, args.n_trials, args.kill_window_s, rng)
+        elif name == "workers":
+            figures = workers_drill(folder, args.worker_kills, args.n_trials, args.kill_window_s, rng)
+        else:
+            figures = serve_drill(folder, args.requests, args.clients, rng)
+        results[name] = {**figures, "wall time s": round(time.time() - began)}
+        print(name, json.dumps(results[name], indent=1), f"(logs in {folder})", flush=True)
+    if args.no_record:
+        return
+    from results import record
+
+    command = f"python benchmarks/fault_drill.py --drills {args.drills} --kills {args.kills} "
+    command += f"--n-trials {args.n_trials} "
+    command += f"--kill-window-s {args.kill_window_s:g} --worker-kills {args.worker_kills} --requests {args.requests} "
+    command += f"--clients {args.clients} --seed {args.seed}"
+    body = []
+    for name, figures in results.items():
+        body += [f"**{name}**", "", *table(figures), ""]
+    record("fault drill: kills, a shared study losing workers, a server under bad load", command, ".", body)
+
+
+if __name__ == "__main__":
+    main()
