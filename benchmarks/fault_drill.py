@@ -70,8 +70,9 @@ def kill(process: subprocess.Popen) -> bool:
 
 
 def drill_env(folder: Path, tracking_uri: str) -> dict:
+    environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_EXPERIMENT_ID"}
     return {
-        **os.environ,
+        **environment,
         "MLFLOW_TRACKING_URI": tracking_uri,
         "LORA_STUDY_HEARTBEAT_S": "2",  # dead workers are noticed in 4 s, not 20
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),

@@ -54,8 +54,8 @@ def registered(tmp_path) -> str:
 
 def parent_and_trials(experiment_id):
     all_runs = runs(experiment_id)
-    parents = [r for r in all_runs if r.data.tags["lora_study.stage"] == "sweep"]
-    trials = [r for r in all_runs if r.data.tags["lora_study.stage"] == "trial"]
+    parents = [r for r in all_runs if r.data.tags.get("lora_study.stage") == "sweep"]
+    trials = [r for r in all_runs if r.data.tags.get("lora_study.stage") == "trial"]
     return parents, sorted(trials, key=lambda r: int(r.data.tags["trial_number"]))
 
 
