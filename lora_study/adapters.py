@@ -322,7 +322,7 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
     """Generates text with the base model plus an adapter (or a merged model); temperature 0 is greedy."""
 
     def load_context(self, context):
-        serving.refuse_deep_json()  # loaded in a scoring server: its requests too are checked
+        _refuse_deep_json()  # loaded in a scoring server: its requests too are checked
         artifacts = context.artifacts
         self.reference = AdapterReference.read(artifacts[KEY_BASE])
         if KEY_MERGED in artifacts:
@@ -345,6 +345,27 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
                 )
         except serving.BadRequest as error:
             raise MlflowException.invalid_parameter_value(str(error)) from None
+
+
+def _refuse_deep_json() -> None:
+    """Make MLflow's scoring server answer 400, not 500, to JSON nested deeper than Python's
+    recursion limit: it turns a request's JSONDecodeError into a 400 but lets the RecursionError
+    of `[[[[...` through (mlflow#4897 is that class of bug). Wraps its decoder in this process;
+    a server of another MLflow version without that function is left as it is."""
+    from mlflow.pyfunc import scoring_server
+
+    decode = getattr(scoring_server, "_decode_json_input", None)
+    if decode is None or getattr(decode, "refuses_deep_json", False):
+        return
+
+    def decode_json_input(json_input):
+        try:
+            return decode(json_input)
+        except RecursionError:
+            raise MlflowException.invalid_parameter_value("the request's JSON is nested too deeply") from None
+
+    decode_json_input.refuses_deep_json = True
+    scoring_server._decode_json_input = decode_json_input
 
 
 def _served_adapters(artifacts: dict, reference: AdapterReference) -> dict[str, serving.ServedAdapter]:

@@ -48,28 +48,6 @@ def server_argv(model_uri: str, host: str, port: int) -> list[str]:
     ]
 
 
-def refuse_deep_json() -> None:
-    """Make MLflow's scoring server answer 400, not 500, to JSON nested deeper than Python's
-    recursion limit: it turns a request's JSONDecodeError into a 400 but lets the RecursionError
-    of `[[[[...` through (mlflow#4897 is that class of bug). Wraps its decoder in this process;
-    a server of another MLflow version without that function is left as it is."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.pyfunc import scoring_server
-
-    decode = getattr(scoring_server, "_decode_json_input", None)
-    if decode is None or getattr(decode, "refuses_deep_json", False):
-        return
-
-    def decode_json_input(json_input):
-        try:
-            return decode(json_input)
-        except RecursionError:
-            raise MlflowException.invalid_parameter_value("the request's JSON is nested too deeply") from None
-
-    decode_json_input.refuses_deep_json = True
-    scoring_server._decode_json_input = decode_json_input
-
-
 class BadRequest(ValueError):
     """A request the server refuses, with the reason; the server goes on serving."""
 
