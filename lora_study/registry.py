@@ -46,9 +46,19 @@ def version_number(name: str, version: str | None = None, alias: str | None = No
 
 
 def register(model_uri: str, name: str, tags: dict):
-    """Register `model_uri` as a new version of `name`, with its tags set."""
+    """Register `model_uri` as a new version of `name`, with its tags set. A study's trial is
+    registered once: should sweeps on other machines have registered it at the same moment, the
+    first version (the lowest number, which every one of them sees) stands and this one goes."""
     version = mlflow.register_model(model_uri, name, tags={key: str(value) for key, value in tags.items()})
-    return mlflow.MlflowClient().get_model_version(name, version.version)
+    client = mlflow.MlflowClient()
+    if TAG_STUDY in tags and TAG_TRIAL_NUMBER in tags:
+        query = f"name = '{name}' and tags.`{TAG_STUDY}` = '{tags[TAG_STUDY]}' "
+        query += f"and tags.`{TAG_TRIAL_NUMBER}` = '{tags[TAG_TRIAL_NUMBER]}'"
+        first = min(client.search_model_versions(query), key=lambda found: int(found.version))
+        if first.version != version.version:
+            client.delete_model_version(name, version.version)
+            version = first
+    return client.get_model_version(name, version.version)
 
 
 def tag_version(name: str, version: str, tags: dict) -> None:

@@ -1,5 +1,8 @@
 """The registry: promotion's guard and record, and the versions table, against a real registry."""
 
+from concurrent.futures import ThreadPoolExecutor
+
+import mlflow
 import pytest
 from conftest import register_echo
 
@@ -19,6 +22,16 @@ def test_force_moves_the_alias_to_a_worse_or_unevaluated_version():
         registry.promote("promote-force", int(unevaluated), "champion", False, "")
     done = registry.promote("promote-force", int(unevaluated), "champion", True, "rollback drill")
     assert str(champion("promote-force").version) == unevaluated and "(forced)" in done
+
+
+def test_a_study_trial_registered_by_several_sweeps_at_once_is_one_version():
+    """Sweeps on four machines finish together and each registers the study's trial 3: one
+    version stands, and every one of them is handed that version."""
+    tags = {"lora_study.study": "together", "trial_number": "3"}
+    with ThreadPoolExecutor(4) as pool:
+        handed = set(pool.map(lambda _: register_echo("registered-together", **tags), range(4)))
+    versions = mlflow.MlflowClient().search_model_versions("name = 'registered-together'")
+    assert [str(v.version) for v in versions] == list(handed) and len(handed) == 1
 
 
 def test_a_missing_version_is_one_line():
