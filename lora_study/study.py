@@ -189,6 +189,18 @@ def wait_for_explore(study: optuna.Study) -> None:
         time.sleep(HEARTBEAT_S)
 
 
+def wait_for_confirmations(study: optuna.Study) -> bool:
+    """Wait while confirmations run on other workers; True once one is queued (again: its worker
+    died), False once none runs. Registration then sees every seed of every configuration."""
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return True
+        if not trials_of(study, CONFIRM, (TrialState.RUNNING,)):
+            return False
+        time.sleep(HEARTBEAT_S)
+
+
 def enqueue_confirmations(study: optuna.Study, configs: list, seeds: list[int], steps: int) -> int:
     """Queue each (configuration, seed) not yet confirmed, queued or running at `steps`; how many
     were queued. Stale trials are failed first, so a confirmation whose worker was killed is
@@ -200,6 +212,16 @@ def enqueue_confirmations(study: optuna.Study, configs: list, seeds: list[int], 
         attrs = {ATTR_PHASE: CONFIRM, ATTR_CONFIG: config.number, ATTR_SEED: seed, ATTR_STEPS: steps}
         study.enqueue_trial(config.params, user_attrs=attrs)
     return len(missing)
+
+
+def taken_by(study: optuna.Study, trial) -> int | None:
+    """The earlier confirmation of the same job (configuration, seed, steps) that finished or runs,
+    if any: sweeps on several machines queue the same ones at once, and one run of each is enough."""
+    job = _job(trial)
+    for other in trials_of(study, CONFIRM, UNFINISHED_OR_DONE):
+        if other.number < trial.number and other.state != TrialState.WAITING and _job(other) == job:
+            return other.number
+    return None
 
 
 def _job(trial) -> tuple[int, int, int]:

@@ -31,6 +31,8 @@ from lora_study.study import (
     finished,
     open_study,
     phase,
+    taken_by,
+    wait_for_confirmations,
 )
 from lora_study.tracking import (
     METRIC_BASE_TEST_PERPLEXITY,
@@ -137,8 +139,11 @@ class Worker:
         # queued trials carry their parameters; a grid sampler would look for its grid point in them
         study.sampler = optuna.samplers.RandomSampler(seed=self.plan.data.seed)
         self.confirming = True
-        while study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
-            study.optimize(self.objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+        while True:
+            while study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+                study.optimize(self.objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            if not wait_for_confirmations(study):
+                break
         optuna.logging.set_verbosity(verbosity)
 
     def objective(self, trial: optuna.Trial):
@@ -152,6 +157,9 @@ class Worker:
             # another worker took the last queued confirmation first: Optuna made a new trial
             trial.set_user_attr(ATTR_PHASE, UNUSED)
             raise optuna.TrialPruned("no confirmation left to run")
+        if confirming and (earlier := taken_by(trial.study, trial)) is not None:
+            trial.set_user_attr(ATTR_PHASE, UNUSED)
+            raise optuna.TrialPruned(f"queued twice: trial {earlier} runs this confirmation")
         adapter, train = plan.space.suggest(trial, self.train_defaults)
         s = self.setup_for(adapter.quantization)
         base_key = (adapter.quantization, train.precision)  # what the base's loss depends on
