@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 
 from lora_study import search_space, tracking
@@ -73,12 +74,7 @@ def masked(storage: str) -> str:
 
 def open_study(plan: Plan, worker: int = 0) -> optuna.Study:
     """Create the study, or load it to resume; every worker opens it the same way."""
-    storage = optuna.storages.RDBStorage(
-        plan.storage,
-        heartbeat_interval=HEARTBEAT_S,
-        heartbeat_stale_trial_callback=_fail_stale_trial_run,
-        engine_kwargs={"pool_pre_ping": True},
-    )
+    storage = _storage(plan.storage)
     names = plan.sweep.objective_names
     try:
         return optuna.create_study(
@@ -91,6 +87,24 @@ def open_study(plan: Plan, worker: int = 0) -> optuna.Study:
         )
     except ValueError as error:  # an existing study with other directions
         raise UserInputError(f"--study-name {plan.study_name}: {error}; pass another --study-name") from None
+
+
+def _storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """Optuna's storage at `url`. Workers started together on an empty database each create its
+    tables, and all but one fail on what the first made (PostgreSQL: a duplicate type or
+    table); a second look finds the tables there."""
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_S,
+                heartbeat_stale_trial_callback=_fail_stale_trial_run,
+                engine_kwargs={"pool_pre_ping": True},
+            )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1 + attempt)
 
 
 def _sampler(plan: Plan, worker: int):
