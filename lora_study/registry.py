@@ -5,6 +5,7 @@ an alias moves only to a better version, or with `force`, and the version record
 """
 
 import getpass
+import time
 from datetime import datetime, timezone
 
 import mlflow
@@ -104,8 +105,22 @@ def alias_version(name: str, alias: str):
         return None
 
 
-def set_alias(name: str, alias: str, version: str) -> None:
-    mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+def set_alias(name: str, alias: str, version: str, attempts: int = 3) -> None:
+    """Point `alias` at `version`. Sweeps on several machines set the same alias at the same
+    moment, and MLflow's store may refuse the second insert (a unique constraint): once it
+    points where this one would, or on a second try, it is done."""
+    client = mlflow.MlflowClient()
+    for attempt in range(attempts):
+        try:
+            client.set_registered_model_alias(name, alias, version)
+            return
+        except MlflowException:
+            current = alias_version(name, alias)
+            if current is not None and str(current.version) == str(version):
+                return
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
 
 
 def get_version(name: str, version: int):

@@ -34,6 +34,13 @@ def test_a_study_trial_registered_by_several_sweeps_at_once_is_one_version():
     assert [str(v.version) for v in versions] == list(handed) and len(handed) == 1
 
 
+def test_sweeps_setting_one_alias_at_once_all_succeed():
+    version = register_echo("alias-together")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: registry.set_alias("alias-together", "challenger", version), range(8)))
+    assert str(registry.alias_version("alias-together", "challenger").version) == version
+
+
 def test_a_missing_version_is_one_line():
     register_echo("promote-missing", test_perplexity="10")
     with pytest.raises(UserInputError, match="promote-missing version 7: Model Version .* not found"):
