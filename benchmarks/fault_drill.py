@@ -88,7 +88,7 @@ def audit(tracking_uri: str, storage: str, study_name: str, n_trials: int) -> di
     import optuna
 
     from lora_study import study as sweep_study
-    from lora_study.tracking import TAG_STAGE, TAG_STUDY, TAG_TRIAL_NUMBER
+    from lora_study.tracking import STAGE_CONFIRM, STAGE_SWEEP, STAGE_TRIAL, TAG_STAGE, TAG_STUDY, TAG_TRIAL_NUMBER
 
     study = optuna.load_study(study_name=study_name, storage=storage)
     trials = study.get_trials(deepcopy=False)
@@ -96,7 +96,7 @@ def audit(tracking_uri: str, storage: str, study_name: str, n_trials: int) -> di
     client = mlflow.MlflowClient(tracking_uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     every = client.search_runs(experiments, max_results=5000)
-    trial_runs = [r for r in every if r.data.tags.get(TAG_STAGE) in ("trial", "confirm")]
+    trial_runs = [r for r in every if r.data.tags.get(TAG_STAGE) in (STAGE_TRIAL, STAGE_CONFIRM)]
     results = Counter(r.data.tags.get(TAG_TRIAL_NUMBER) for r in trial_runs if r.info.status == "FINISHED")
     versions = client.search_model_versions(f"name = '{MODEL}'")
     registered = Counter(v.tags.get(TAG_TRIAL_NUMBER) for v in versions)
@@ -104,7 +104,8 @@ def audit(tracking_uri: str, storage: str, study_name: str, n_trials: int) -> di
         (t.user_attrs[sweep_study.ATTR_CONFIG], t.user_attrs[sweep_study.ATTR_SEED])
         for t in sweep_study.trials_of(study, sweep_study.CONFIRM, (optuna.trial.TrialState.COMPLETE,))
     )
-    parents = [r for r in every if r.data.tags.get(TAG_STAGE) == "sweep" and r.data.tags.get(TAG_STUDY) == study_name]
+    tags = [r.data.tags for r in every]
+    parents = [t for t in tags if (t.get(TAG_STAGE), t.get(TAG_STUDY)) == (STAGE_SWEEP, study_name)]
     return {
         "trials requested": n_trials,
         "trials finished": finished,

@@ -55,7 +55,7 @@ def register(model_uri: str, name: str, tags: dict):
     if TAG_STUDY in tags and TAG_TRIAL_NUMBER in tags:
         query = f"name = '{name}' and tags.`{TAG_STUDY}` = '{tags[TAG_STUDY]}' "
         query += f"and tags.`{TAG_TRIAL_NUMBER}` = '{tags[TAG_TRIAL_NUMBER]}'"
-        first = min(client.search_model_versions(query), key=lambda found: int(found.version))
+        first = min(client.search_model_versions(query), key=lambda found: int(found.version), default=version)
         if first.version != version.version:
             client.delete_model_version(name, version.version)
             version = first
@@ -76,7 +76,7 @@ def find_trial_version(name: str, study: str, trial_number: int):
         found = mlflow.MlflowClient().search_model_versions(query)
     except MlflowException:  # no such registered model yet
         return None
-    return found[0] if found else None
+    return min(found, key=lambda version: int(version.version), default=None)  # the one `register` keeps
 
 
 def study_versions(study: str) -> list:

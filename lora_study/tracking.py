@@ -10,7 +10,10 @@ each is still a field.
 
 import json
 import os
+import posixpath
 import shlex
+import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -27,7 +30,6 @@ STAGE_SWEEP = "sweep"  # a sweep's parent run: one per study, continued by every
 STAGE_SWEEP_INVOCATION = "sweep_invocation"  # a run `mlflow run` made for a sweep that continued its study's
 TAG_STUDY_RUN = "lora_study.study_run"  # ... on it: the parent run it continued
 TAG_HEARTBEAT = "lora_study.heartbeat"  # on a sweep's runs: when its process last said it was alive (epoch s)
-TAG_MLFLOW_ENTRY_POINT = "mlflow.project.entryPoint"  # on a run `mlflow run` made: which entry point
 # A process (a sweep, or a trial's worker) that sends no heartbeat for 2 intervals is taken for dead.
 HEARTBEAT_S = int(os.environ.get("LORA_STUDY_HEARTBEAT_S", "10"))
 TAG_STUDY_STORAGE = "lora_study.optuna_storage"  # on a parent: its study's storage (masked), with TAG_STUDY its key
@@ -172,6 +174,7 @@ TAG_COMMAND = "lora_study.command"  # on the parent: the command line that ran t
 # MLflow's own tags: a nested run's parent, and what `mlflow run` ran from where
 TAG_MLFLOW_PARENT_RUN = "mlflow.parentRunId"
 TAG_MLFLOW_ENTRY_POINT, TAG_MLFLOW_SOURCE = "mlflow.project.entryPoint", "mlflow.source.name"
+TAG_MLFLOW_PROJECT_ENV = "mlflow.project.env"  # on a run `mlflow run` made: local, conda, virtualenv, ...
 TAG_MLFLOW_COMMIT = "mlflow.source.git.commit"
 # `report`: the study's answer as one page, on the sweep's parent run
 ARTIFACT_REPORT = "report"  # the folder: report.html (self-contained), report.md and figures/*.svg
@@ -216,6 +219,8 @@ def stage_run(stage: str, log_system_metrics: bool = False, run_id: str | None =
     An exception ends the run FAILED and Ctrl-C ends it KILLED, each with the reason as a tag.
     """
     with mlflow.start_run(run_id, tags={TAG_STAGE: stage, **tags}, log_system_metrics=log_system_metrics) as run:
+        if TAG_ERROR in run.data.tags:  # a run continued: why it ended before no longer holds
+            mlflow.MlflowClient().delete_tag(run.info.run_id, TAG_ERROR)
         try:
             yield run
         except (KeyboardInterrupt, Exception) as error:
@@ -288,17 +293,25 @@ def study_run(study: str, storage: str):
     return min(found, key=lambda run: (run.info.start_time, run.info.run_id), default=None)
 
 
-def propose_study_run(study: str, storage: str, run_id: str | None = None) -> str:
-    """Make the run `run_id` (or a new one) a candidate for the parent run of a study that has
-    none; `study_run` then picks among the candidates."""
-    tags = {TAG_STUDY: study, TAG_STUDY_STORAGE: storage}
-    client = mlflow.MlflowClient()
-    if run_id is None:
-        experiment_id = mlflow.tracking.fluent._get_experiment_id()
-        return client.create_run(experiment_id, tags={**tags, TAG_STAGE: STAGE_SWEEP}).info.run_id
-    for key, value in {**tags, TAG_STAGE: STAGE_SWEEP}.items():  # the stage last: a candidate once complete
-        client.set_tag(run_id, key, value)
-    return run_id
+def elect_study_run(study: str, storage: str, settle_s: float) -> str:
+    """The parent run of a study that has none. Sweeps that start the study together (a machine
+    each) each make a candidate, wait `settle_s` for the others' to land, and all take the first
+    made (`study_run`); a losing candidate becomes a pointer to the winner, ended FINISHED."""
+    experiment_id = mlflow.tracking.fluent._get_experiment_id()
+    tags = {TAG_STUDY: study, TAG_STUDY_STORAGE: storage, TAG_STAGE: STAGE_SWEEP}
+    mine = mlflow.MlflowClient().create_run(experiment_id, tags=tags).info.run_id
+    time.sleep(settle_s)
+    elected = study_run(study, storage)
+    if elected is None or elected.info.run_id == mine:  # None: the others' were deleted meanwhile
+        return mine
+    mark_invocation(mine, elected.info.run_id)
+    mlflow.MlflowClient().set_terminated(mine, "FINISHED")
+    return elected.info.run_id
+
+
+def run_age_s(run) -> float:
+    """Seconds since the run started (by the clock of the process that made it)."""
+    return time.time() - run.info.start_time / 1000
 
 
 def heartbeat_age_s(run) -> float | None:
@@ -319,7 +332,10 @@ def heartbeat(run_id: str | None, interval_s: float):
     def beat() -> None:
         client = mlflow.MlflowClient()
         while True:
-            client.set_tag(run_id, TAG_HEARTBEAT, f"{time.time():.0f}")
+            try:
+                client.set_tag(run_id, TAG_HEARTBEAT, f"{time.time():.0f}")
+            except Exception as error:  # a store that did not answer this time: beat again next time
+                print(f"lora-study: warning: heartbeat on run {run_id} not recorded ({error})", file=sys.stderr)
             if stop.wait(interval_s):
                 return
 
@@ -332,6 +348,26 @@ def heartbeat(run_id: str | None, interval_s: float):
         thread.join()
 
 
+def _builds_no_env(run) -> bool:
+    """`mlflow run` with a conda, virtualenv or docker environment makes its run before building
+    it, minutes before the sweep can beat: such a run is judged by its heartbeats alone."""
+    return run.data.tags.get(TAG_MLFLOW_PROJECT_ENV, "local") == "local"
+
+
+def log_table_replacing(frame, artifact_file: str) -> None:
+    """Log `frame` as the active run's table `artifact_file`, replacing the one an earlier sweep
+    of the study logged there (`mlflow.log_table` would append to it)."""
+    run_id = mlflow.active_run().info.run_id
+    folder = posixpath.dirname(artifact_file) or None
+    if artifact_file not in [f.path for f in mlflow.MlflowClient().list_artifacts(run_id, folder)]:
+        mlflow.log_table(frame, artifact_file)  # also tags the run so the UI shows it as a table
+        return
+    with tempfile.TemporaryDirectory() as temporary:
+        path = os.path.join(temporary, posixpath.basename(artifact_file))
+        frame.to_json(path, orient="split", index=False, date_format="iso")  # as log_table writes it
+        mlflow.log_artifact(path, folder)
+
+
 def mark_invocation(run_id: str, parent_run_id: str) -> None:
     """A run made for a sweep that continues its study's parent (`mlflow run` made it, or it lost
     to another candidate for the parent): say where its work went."""
@@ -340,13 +376,20 @@ def mark_invocation(run_id: str, parent_run_id: str) -> None:
     client.set_tag(run_id, TAG_STUDY_RUN, parent_run_id)
 
 
-def fail_run(run_id: str, reason: str, status: str = "FAILED", **tags: str) -> None:
-    """End another process's run FAILED (or `status`), with the reason: its process died."""
+def fail_run(run_id: str, reason: str, **tags: str) -> None:
+    """End another process's run FAILED, with the reason: its process died."""
     client = mlflow.MlflowClient()
     client.set_tag(run_id, TAG_ERROR, reason)
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
-    client.set_terminated(run_id, status)
+    client.set_terminated(run_id, "FAILED")
+
+
+def end_dead_run(run_id: str, reason: str) -> None:
+    """End a sweep run KILLED, with the reason: its process died (a sweep was killed)."""
+    client = mlflow.MlflowClient()
+    client.set_tag(run_id, TAG_ERROR, reason)
+    client.set_terminated(run_id, "KILLED")
 
 
 def dead_sweep_runs(experiment_id: str, interval_s: float, grace_s: float) -> list[tuple[str, str]]:
@@ -354,7 +397,7 @@ def dead_sweep_runs(experiment_id: str, interval_s: float, grace_s: float) -> li
     heartbeat for two intervals of `interval_s`, or none at all `grace_s` after it started (`mlflow run` makes
     its run before the sweep's Python starts, so a kill then leaves one that never beat)."""
     found = {}
-    for condition in (f"tags.`{TAG_MLFLOW_ENTRY_POINT}` = 'sweep'", f"tags.`{TAG_STAGE}` = '{STAGE_SWEEP}'"):
+    for condition in (f"tags.`{TAG_MLFLOW_ENTRY_POINT}` = '{STAGE_SWEEP}'", f"tags.`{TAG_STAGE}` = '{STAGE_SWEEP}'"):
         for run in mlflow.search_runs(
             [experiment_id], filter_string=f"{condition} and attributes.status = 'RUNNING'", output_format="list"
         ):
@@ -364,7 +407,7 @@ def dead_sweep_runs(experiment_id: str, interval_s: float, grace_s: float) -> li
         age = heartbeat_age_s(run)
         if age is not None and age > 2 * interval_s:
             dead.append((run_id, f"its sweep died: no heartbeat for {age:.0f} s"))
-        elif age is None and time.time() - run.info.start_time / 1000 > grace_s:
+        elif age is None and _builds_no_env(run) and run_age_s(run) > grace_s:
             dead.append(
                 (run_id, f"its sweep died before it started (no heartbeat {grace_s:.0f} s after the run began)")
             )

@@ -140,9 +140,9 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
     _warn_of_an_uncovered_grid(space, cfg.n_trials)
     study = open_study(plan)
     # The run `mlflow run` made for this sweep, if any: out of the environment, or trials (and
-    # workers) would take it up. It is the study's parent run, or points there.
+    # workers) would take it up. It points at the study's parent run.
     invocation = os.environ.pop("MLFLOW_RUN_ID", None)
-    study_run = _study_run(plan) or _elect_study_run(plan, invocation)
+    study_run = _study_run(plan) or tracking.elect_study_run(study_name, masked(plan.storage), ELECTION_S)
 
     with (
         tracking.stage_run(STAGE_SWEEP, run_id=study_run, **{TAG_STUDY: study_name}) as parent,
@@ -199,35 +199,30 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
 
 def _study_run(plan: Plan) -> str | None:
     """The study's parent run, if an earlier sweep of it made one: this sweep continues it. One
-    left RUNNING by a sweep that died (no heartbeat for two intervals) is said to be so."""
+    left RUNNING by a sweep that died is said to be so; one just proposed by a sweep starting
+    the study too is waited on, as that sweep waits (the election may yet pick another)."""
     run = tracking.study_run(plan.study_name, masked(plan.storage))
+    if run is not None and tracking.heartbeat_age_s(run) is None and tracking.run_age_s(run) < ELECTION_S + 5:
+        time.sleep(ELECTION_S + 1)
+        run = tracking.study_run(plan.study_name, masked(plan.storage))
     if run is None:
         return None
     age = tracking.heartbeat_age_s(run)
-    if run.info.status == "RUNNING" and (age is None or age > 2 * HEARTBEAT_S):
+    if run.info.status == "RUNNING" and age is not None and age > 2 * HEARTBEAT_S:
         print(f"lora-study: continuing run {run.info.run_id} of {plan.study_name}, left RUNNING by a sweep that died")
     return run.info.run_id
 
 
 def _end_dead_sweeps(experiment_id: str, *live: str | None) -> None:
     """End KILLED, with the reason, every sweep run of the experiment whose process died (but
-    the `live` ones, this sweep's): a killed sweep leaves nothing RUNNING past the next one."""
-    for run_id, reason in tracking.dead_sweep_runs(experiment_id, HEARTBEAT_S, ORPHAN_GRACE_S):
-        if run_id not in live:
-            tracking.fail_run(run_id, reason, status="KILLED")
-
-
-def _elect_study_run(plan: Plan, invocation: str | None) -> str:
-    """The first sweep of a study makes its parent run. Sweeps started together (one per machine)
-    each propose one, wait for the others' to land, and all take the first made; a losing
-    proposal this sweep made is deleted (one `mlflow run` made is marked to point at the winner)."""
-    storage = masked(plan.storage)
-    mine = tracking.propose_study_run(plan.study_name, storage, invocation)
-    time.sleep(ELECTION_S)
-    elected = tracking.study_run(plan.study_name, storage).info.run_id
-    if elected != mine and mine != invocation:
-        mlflow.MlflowClient().delete_run(mine)
-    return elected
+    the `live` ones, this sweep's): a killed sweep leaves nothing RUNNING past the next one.
+    Housekeeping: a store that fails it now leaves it to the next sweep."""
+    try:
+        for run_id, reason in tracking.dead_sweep_runs(experiment_id, HEARTBEAT_S, ORPHAN_GRACE_S):
+            if run_id not in live:
+                tracking.end_dead_run(run_id, reason)
+    except Exception as error:
+        print(f"lora-study: warning: sweep runs of dead processes not ended this time ({error})", file=sys.stderr)
 
 
 def _report(parent_run_id: str):
@@ -348,7 +343,7 @@ def log_confirmation(confirmed: list[Confirmed], recommended, versions: dict, st
         for c in confirmed
     ]
     table = pd.DataFrame(rows)
-    mlflow.log_table(table, ARTIFACT_CONFIRMED)
+    tracking.log_table_replacing(table, ARTIFACT_CONFIRMED)
     return table
 
 
@@ -427,7 +422,7 @@ def summarize(plan: Plan, study: optuna.Study, confirmed: pd.DataFrame | None = 
     if trial_runs.empty:
         return
     frame = plots.trials_frame(trial_runs)
-    mlflow.log_table(frame, ARTIFACT_TRIALS)
+    tracking.log_table_replacing(frame, ARTIFACT_TRIALS)
     if plots.has_complete(frame):
         figures = plots.study_figures(frame, confirmed)
         for name, figure in figures.items():
@@ -435,7 +430,7 @@ def summarize(plan: Plan, study: optuna.Study, confirmed: pd.DataFrame | None = 
         factors = [f for f in plots.FACTORS if plots.factor_figure(f) in figures]
         if factors:
             per_level = [plots.best_per_level(frame, f).assign(**{COLUMN_FACTOR: f}) for f in factors]
-            mlflow.log_table(pd.concat(per_level, ignore_index=True), ARTIFACT_BEST_PER_LEVEL)
+            tracking.log_table_replacing(pd.concat(per_level, ignore_index=True), ARTIFACT_BEST_PER_LEVEL)
     found = importances(study)
     if found:
         mlflow.log_dict(found, ARTIFACT_IMPORTANCES)

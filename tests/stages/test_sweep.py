@@ -8,14 +8,13 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
 
 import mlflow
 import optuna
 import pytest
 from conftest import Echo, runs
 
-from lora_study import cli, training
+from lora_study import cli, tracking, training
 from lora_study import study as sweep_study
 from lora_study.errors import UserInputError
 from lora_study.stages import sweep as sweep_stage
@@ -317,14 +316,17 @@ def test_running_again_resumes_after_a_killed_worker(tmp_path, mlflow_experiment
 
 def test_sweeps_started_together_take_one_parent_run(mlflow_experiment):
     """The first sweeps of a study, started at once (a machine each), each propose a parent run;
-    all take the first made, and the others' proposals are gone."""
-    plan = SimpleNamespace(study_name="together", storage="sqlite:///optuna.db")
+    all take the first made, and the others' proposals point at it."""
     with ThreadPoolExecutor(4) as pool:
-        elected = list(pool.map(lambda _: sweep_stage._elect_study_run(plan, None), range(4)))
+        elected = list(pool.map(lambda _: tracking.elect_study_run("together", "sqlite:///optuna.db", 2.0), range(4)))
     assert len(set(elected)) == 1
-    sweeps = [r for r in runs(mlflow_experiment) if r.data.tags["lora_study.stage"] == "sweep"]
+    every = runs(mlflow_experiment)
+    sweeps = [r for r in every if r.data.tags["lora_study.stage"] == "sweep"]
     assert [r.info.run_id for r in sweeps] == elected[:1]
     assert sweeps[0].data.tags["lora_study.optuna_storage"] == "sqlite:///optuna.db"
+    pointers = [r for r in every if r.data.tags["lora_study.stage"] == "sweep_invocation"]
+    assert len(pointers) == 3 and {r.data.tags["lora_study.study_run"] for r in pointers} == set(elected)
+    assert all(r.info.status == "FINISHED" for r in pointers)
 
 
 def test_promote_moves_champion_only_to_a_better_challenger(mlflow_experiment):
