@@ -53,9 +53,7 @@ def register(model_uri: str, name: str, tags: dict):
     version = mlflow.register_model(model_uri, name, tags={key: str(value) for key, value in tags.items()})
     client = mlflow.MlflowClient()
     if TAG_STUDY in tags and TAG_TRIAL_NUMBER in tags:
-        query = f"name = '{name}' and tags.`{TAG_STUDY}` = '{tags[TAG_STUDY]}' "
-        query += f"and tags.`{TAG_TRIAL_NUMBER}` = '{tags[TAG_TRIAL_NUMBER]}'"
-        first = min(client.search_model_versions(query), key=lambda found: int(found.version), default=version)
+        first = find_trial_version(name, tags[TAG_STUDY], tags[TAG_TRIAL_NUMBER]) or version
         if first.version != version.version:
             client.delete_model_version(name, version.version)
             version = first
