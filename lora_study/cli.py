@@ -4,13 +4,14 @@ lora-study prepare --dataset data.jsonl --seq-len 512
 """
 
 import argparse
+import importlib
 import logging
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import BaseModel
 
+from lora_study import console, tracking
 from lora_study.config import (
     AdapterConfig,
     BaseModelConfig,
@@ -26,71 +27,73 @@ from lora_study.config import (
     flag,
     parse_sections,
 )
-from lora_study.console import quiet_progress_bars
 from lora_study.errors import UserInputError
-from lora_study.stages.evaluate import run_evaluate
-from lora_study.stages.merge import run_merge
-from lora_study.stages.prepare import run_prepare
-from lora_study.stages.promote import run_promote
-from lora_study.stages.report import run_report
-from lora_study.stages.serve import run_serve
-from lora_study.stages.sweep import run_sweep
-from lora_study.stages.train import run_train
-from lora_study.stages.versions import run_versions
+from lora_study.tracking import EXPERIMENT_NAME
 
 
 @dataclass(frozen=True)
 class Command:
     help: str
     sections: tuple[type[BaseModel], ...]
-    run: Callable[..., str | None]  # takes one config per section; returns the MLflow run id, if it made one
+    # `lora_study.stages.<stage>.run_<stage>`, imported when the command runs: `--help`, a bad
+    # flag, `versions` and `promote` answer without loading torch, transformers or MLflow's pyfunc.
+    stage: str
+    makes_runs: bool = True  # logs MLflow runs: takes --experiment-name, and its experiment is chosen first
+
+    def run(self, *configs: BaseModel) -> str | None:
+        """Run the stage with one config per section; the MLflow run id, if it made one."""
+        module = importlib.import_module(f"lora_study.stages.{self.stage}")
+        return getattr(module, f"run_{self.stage}")(*configs)
 
 
 COMMANDS = {
     "prepare": Command(
         "Tokenize, split and pack a data set; log it to MLflow.",
         (DataConfig, BaseModelConfig),
-        run_prepare,
+        "prepare",
     ),
     "train": Command(
         "Fine-tune one LoRA adapter; log its metrics and the adapter to MLflow.",
         (DataConfig, BaseModelConfig, AdapterConfig, TrainConfig),
-        run_train,
+        "train",
     ),
     "evaluate": Command(
         "Measure an adapter against its base model: test perplexity, generation speed and quality.",
         (EvaluateConfig,),
-        run_evaluate,
+        "evaluate",
     ),
     "sweep": Command(
         "Run an Optuna study over LoRA settings, one nested MLflow run per trial; register the best.",
         (DataConfig, BaseModelConfig, SweepConfig),
-        run_sweep,
+        "sweep",
     ),
     "report": Command(
         "Write a study's answer as one page (HTML and Markdown), from its runs; log it on the sweep's run.",
         (ReportConfig,),
-        run_report,
+        "report",
     ),
     "promote": Command(
         "Move an alias (champion) to a registered version that beats its holder; record why.",
         (PromoteConfig,),
-        run_promote,
+        "promote",
+        makes_runs=False,
     ),
     "versions": Command(
         "List a registered model's versions: aliases, base model, adapter shape, metrics.",
         (VersionsConfig,),
-        run_versions,
+        "versions",
+        makes_runs=False,
     ),
     "serve": Command(
         "Serve one model, or many adapters on one base, over HTTP (mlflow models serve).",
         (ServeConfig,),
-        run_serve,
+        "serve",
+        makes_runs=False,
     ),
     "merge": Command(
         "Merge an adapter into its base; check it answers as the adapter does; log it as an MLflow model.",
         (MergeConfig,),
-        run_merge,
+        "merge",
     ),
 }
 
@@ -122,17 +125,28 @@ def build_parser() -> argparse.ArgumentParser:
                     metavar="BOOL" if boolean else field_name.upper(),
                     help=f"{field.description} ({'required' if field.is_required() else f'default: {field.default}'})",
                 )
+        if command.makes_runs:
+            sub.add_argument(
+                "--experiment-name",
+                default=argparse.SUPPRESS,
+                help=f"The MLflow experiment of its runs (default: MLFLOW_EXPERIMENT_NAME/_ID, else {EXPERIMENT_NAME})",
+            )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = COMMANDS[args.pop("command")]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if not sys.stderr.isatty():
-        quiet_progress_bars()
+    experiment_name = args.pop("experiment_name", None)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
+    console.quiet_known_noise()
+    if not console.watched():
+        console.quiet_progress_bars()
     try:
-        run_id = command.run(*parse_sections(command.sections, args))
+        configs = parse_sections(command.sections, args)
+        if command.makes_runs:
+            tracking.use_experiment(experiment_name)
+        run_id = command.run(*configs)
     except UserInputError as error:
         for problem in error.problems:
             print(f"lora-study: error: {problem}", file=sys.stderr)

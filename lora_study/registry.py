@@ -11,25 +11,40 @@ from datetime import datetime, timezone
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 
 from lora_study.errors import UserInputError
 from lora_study.tracking import (
     METRIC_BASE_TEST_PERPLEXITY,
     METRIC_EVAL_PERPLEXITY,
+    METRIC_FORGETTING_KL,
+    METRIC_FORGETTING_LOSS_DELTA,
+    METRIC_PERPLEXITY_IMPROVEMENT_PCT,
     METRIC_TEST_PERPLEXITY,
     PARAM_ALPHA,
     PARAM_BASE_MODEL,
+    PARAM_LEARNING_RATE,
     PARAM_QUANTIZATION,
     PARAM_RANK,
     PARAM_TARGET_MODULES,
     TAG_BASE_MODEL,
+    TAG_CONFIG_TRIAL,
+    TAG_MERGED_FROM,
+    TAG_MLFLOW_PARENT_RUN,
     TAG_PROMOTED_ALIAS,
     TAG_PROMOTED_AT,
     TAG_PROMOTED_BY,
     TAG_PROMOTION_COMPARED,
     TAG_PROMOTION_REASON,
+    TAG_SEED,
     TAG_STUDY,
+    TAG_TEST_PERPLEXITY_MEAN,
+    TAG_TEST_PERPLEXITY_N,
+    TAG_TEST_PERPLEXITY_STD,
     TAG_TRIAL_NUMBER,
+    param_value,
+    report_link,
+    ui_run_link,
 )
 
 # What promotion compares: the test perplexity `evaluate` (or the sweep) recorded on a version.
@@ -47,17 +62,41 @@ def version_number(name: str, version: str | None = None, alias: str | None = No
 
 
 def register(model_uri: str, name: str, tags: dict):
-    """Register `model_uri` as a new version of `name`, with its tags set. A study's trial is
-    registered once: should sweeps on other machines have registered it at the same moment, the
-    first version (the lowest number, which every one of them sees) stands and this one goes."""
-    version = mlflow.register_model(model_uri, name, tags={key: str(value) for key, value in tags.items()})
+    """Register `model_uri` as a new version of `name`, with its tags and description set. A
+    study's trial is registered once: should sweeps on other machines have registered it at the
+    same moment, the first version (the lowest number, which every one of them sees) stands and
+    this one goes."""
+    tags = {key: str(value) for key, value in tags.items()}
+    version = mlflow.register_model(logged_model_uri(model_uri), name, tags=tags)
     client = mlflow.MlflowClient()
     if TAG_STUDY in tags and TAG_TRIAL_NUMBER in tags:
         first = find_trial_version(name, tags[TAG_STUDY], tags[TAG_TRIAL_NUMBER]) or version
         if first.version != version.version:
             client.delete_model_version(name, version.version)
-            version = first
+            return client.get_model_version(name, first.version)
+    describe(name, version.version)
     return client.get_model_version(name, version.version)
+
+
+def logged_model_uri(model_uri: str) -> str:
+    """`runs:/<run id>/<name>` as the URI of the model logged there, `models:/<model id>`: MLflow 3
+    keeps models apart from a run's artifacts, and registering the run path makes it warn."""
+    if not model_uri.startswith("runs:/"):
+        return model_uri
+    run_id, name = RunsArtifactRepository.parse_runs_uri(model_uri)
+    client = mlflow.MlflowClient()
+    found = client.search_logged_models(
+        [client.get_run(run_id).info.experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{name}'"
+    )
+    return f"models:/{found[0].model_id}" if found else model_uri
+
+
+def describe(name: str, version: str) -> None:
+    """Write the version's Markdown description (the registry page shows it) from its tags and its run."""
+    client = mlflow.MlflowClient()
+    mv = client.get_model_version(name, version)
+    run = client.get_run(mv.run_id) if mv.run_id else None
+    client.update_model_version(name, version, description=version_description(mv, run))
 
 
 def tag_version(name: str, version: str, tags: dict) -> None:
@@ -197,3 +236,76 @@ def versions_table(name: str) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+# --- the description ------------------------------------------------------------------------------
+
+
+def version_description(mv, run) -> str:
+    """A version in Markdown, as its registry page shows it: what it is, how it measured against
+    its base, what it forgets, and the run (and study report) it came from."""
+    params = {key: param_value(value) for key, value in run.data.params.items()} if run else {}
+    metrics = {**(run.data.metrics if run else {}), **{k: float(v) for k, v in mv.tags.items() if _number(v)}}
+    parts = [_what(mv.tags, params), _measured(mv, metrics)]
+    if METRIC_FORGETTING_KL in metrics:
+        parts.append(
+            f"Forgetting: KL(base || adapter) {metrics[METRIC_FORGETTING_KL]:.4g} nats per token; loss on text "
+            f"outside the training data {metrics.get(METRIC_FORGETTING_LOSS_DELTA, float('nan')):+.4g}."
+        )
+    if run:
+        parts.append(_source(mv.tags, run))
+    return "\n\n".join(parts)
+
+
+def _what(tags: dict, params: dict) -> str:
+    base = tags.get(TAG_BASE_MODEL) or params.get(PARAM_BASE_MODEL, "its base")
+    if TAG_MERGED_FROM in tags:
+        return f"The base model `{base}` with the adapter `{tags[TAG_MERGED_FROM]}` merged into its weights."
+    if PARAM_RANK not in params:
+        return f"A model on `{base}`."
+    targets = params.get(PARAM_TARGET_MODULES)
+    shape = f"rank {params[PARAM_RANK]}, alpha {params.get(PARAM_ALPHA)}, target modules `{targets}`"
+    if PARAM_LEARNING_RATE in params:
+        shape += f", learning rate {float(params[PARAM_LEARNING_RATE]):.3g}"
+    if params.get(PARAM_QUANTIZATION, "none") != "none":
+        shape += f", base quantized {params[PARAM_QUANTIZATION]}"
+    return f"A LoRA adapter on `{base}`: {shape}."
+
+
+def _measured(mv, metrics: dict) -> str:
+    if METRIC_TEST_PERPLEXITY not in metrics:
+        return f"Not measured on the test split yet: `lora-study evaluate --model-uri models:/{mv.name}/{mv.version}`."
+    text = f"Test perplexity {metrics[METRIC_TEST_PERPLEXITY]:.3f}"
+    if TAG_TEST_PERPLEXITY_MEAN in mv.tags:
+        text = (
+            f"Test perplexity {float(mv.tags[TAG_TEST_PERPLEXITY_MEAN]):.3f} +- "
+            f"{float(mv.tags[TAG_TEST_PERPLEXITY_STD]):.3f} over {mv.tags[TAG_TEST_PERPLEXITY_N]} seeds "
+            f"(this seed's {metrics[METRIC_TEST_PERPLEXITY]:.3f})"
+        )
+    if METRIC_BASE_TEST_PERPLEXITY in metrics:
+        text += f", against the base's {metrics[METRIC_BASE_TEST_PERPLEXITY]:.3f}"
+        if METRIC_PERPLEXITY_IMPROVEMENT_PCT in metrics:
+            text += f" ({metrics[METRIC_PERPLEXITY_IMPROVEMENT_PCT]:.1f}% better)"
+    return text + "."
+
+
+def _source(tags: dict, run) -> str:
+    """Links into the MLflow UI (relative: they work wherever it is served)."""
+    experiment = run.info.experiment_id
+    text = f"Logged by the run [{run.info.run_name}]({ui_run_link(experiment, run.info.run_id)})"
+    if TAG_CONFIG_TRIAL in tags:
+        text += f": the configuration of trial {tags[TAG_CONFIG_TRIAL]} again, with seed {tags.get(TAG_SEED)},"
+    if TAG_STUDY in tags:
+        text += f" as trial {tags.get(TAG_TRIAL_NUMBER)} of the study `{tags[TAG_STUDY]}`"
+    parent = run.data.tags.get(TAG_MLFLOW_PARENT_RUN)
+    if parent:
+        text += f"; the study's answer is [its report]({report_link(experiment, parent)})"
+    return text + "."
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

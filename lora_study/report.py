@@ -73,6 +73,7 @@ from lora_study.tracking import (
     TAG_SEED,
     TAG_TRIAL_NUMBER,
     TAG_TRIAL_STATE,
+    ui_run_link,
 )
 
 COLUMN_DURATION_S = "duration_s"  # of a trial's run, start to end
@@ -573,14 +574,14 @@ def every_trial(s: StudyRuns, ui_url: str) -> Section:
     columns = [TAG_TRIAL_NUMBER, COLUMN_PHASE, TAG_TRIAL_STATE, COLUMN_CONFIG_TRIAL, TAG_SEED, *CONFIG_PARAMS]
     columns += [METRIC_EVAL_PERPLEXITY, METRIC_TEST_PERPLEXITY, *plots.METRICS, COLUMN_DURATION_S]
     shown = [TAG_TRIAL_NUMBER] + _varied(frame, dict.fromkeys(columns[1:]))
-    url = f"{ui_url.rstrip('/')}/#/experiments/{s.experiment_id}/runs/"
+    links = [f"{ui_url.rstrip('/')}/{ui_run_link(s.experiment_id, run_id)}" for run_id in frame["run_id"]]
     return Section(
         "trials",
         "Every trial",
         [
             "One row per trial and confirmation, with only the columns that vary; a trial's number opens its "
             "MLflow run.",
-            Table(frame[shown], links={TAG_TRIAL_NUMBER: [url + run_id for run_id in frame["run_id"]]}),
+            Table(frame[shown], links={TAG_TRIAL_NUMBER: links}),
         ],
     )
 

@@ -29,6 +29,7 @@ ATTR_CONFIG = "config_trial"  # of a CONFIRM trial: the explore trial whose conf
 ATTR_SEED = "seed"  # of a CONFIRM trial
 ATTR_STEPS = "steps"  # of a CONFIRM trial: its budget; a confirmation at another one is not reused
 ATTR_RETRY_OF = "retry_of"  # of a trial queued again because its worker died: the trial it repeats
+ATTR_LABEL = "label"  # the trial's adapter in a few characters (`r32 qkvo lr1.9e-3`), as its run is named
 ATTR_RETRIES = "retries"  # ... and how many times its configuration has been lost so far
 MAX_RETRIES = 3  # a configuration whose worker dies more often than this stays FAIL
 EXPLORE, CONFIRM = "explore", "confirm"

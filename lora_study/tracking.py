@@ -22,6 +22,25 @@ import mlflow
 
 SPLITS = ("train", "validation", "test")
 
+# --- the experiment ------------------------------------------------------------------------
+# Where runs go when neither `--experiment-name`, MLFLOW_EXPERIMENT_NAME/_ID nor `mlflow run
+# --experiment-name` says (`mlflow run` without it puts its run in `Default`, which stays so).
+EXPERIMENT_NAME = "lora-study"
+# MLflow's UI opens an experiment on the view its kind names, and on its GenAI view (traces,
+# judges) when it has none. "custom_model_development" is what the UI itself sets when a user
+# picks "Machine learning" (runs, metrics, models), read from its code in MLflow 3.17.
+TAG_MLFLOW_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+
+# --- run names: what each run is, as the UI lists it ------------------------------------------
+RUN_NAME_PREPARE = "prepare {dataset} for {base_model}"
+RUN_NAME_TRAIN = "train {adapter}"
+RUN_NAME_EVALUATE = "evaluate {model_uri}"
+RUN_NAME_MERGE = "merge {model_uri}"
+RUN_NAME_REPORT = "report {study}"
+RUN_NAME_SWEEP = "sweep {study}"
+RUN_NAME_TRIAL = "trial-{number} {adapter}"
+
 # --- tags ----------------------------------------------------------------------------------
 TAG_STAGE = "lora_study.stage"  # one of the STAGE_ values below
 TAG_ERROR = "lora_study.error"  # why a run FAILED or was KILLED, in one line
@@ -35,7 +54,7 @@ HEARTBEAT_S = int(os.environ.get("LORA_STUDY_HEARTBEAT_S", "10"))
 TAG_STUDY_STORAGE = "lora_study.optuna_storage"  # on a parent: its study's storage (masked), with TAG_STUDY its key
 STAGE_TRIAL = "trial"  # one explore trial's run, nested under its sweep
 STAGE_CONFIRM = "confirm"  # one confirmation run (a configuration again, with a seed), nested too
-RUN_NAME_CONFIRM = "confirm-trial-{config}-seed-{seed}"
+RUN_NAME_CONFIRM = "confirm-trial-{config}-seed-{seed} {adapter}"
 
 # --- params (besides the config fields, which are logged under their own names) -------------
 PARAM_BASE_MODEL_SHA256 = "base_model_sha256"
@@ -174,6 +193,7 @@ TAG_COMMAND = "lora_study.command"  # on the parent: the command line that ran t
 # MLflow's own tags: a nested run's parent, and what `mlflow run` ran from where
 TAG_MLFLOW_PARENT_RUN = "mlflow.parentRunId"
 TAG_MLFLOW_ENTRY_POINT, TAG_MLFLOW_SOURCE = "mlflow.project.entryPoint", "mlflow.source.name"
+TAG_MLFLOW_NOTE = "mlflow.note.content"  # a run's description, in Markdown, first on its page in the UI
 TAG_MLFLOW_PROJECT_ENV = "mlflow.project.env"  # on a run `mlflow run` made: local, conda, virtualenv, ...
 TAG_MLFLOW_COMMIT = "mlflow.source.git.commit"
 # `report`: the study's answer as one page, on the sweep's parent run
@@ -209,16 +229,62 @@ ARTIFACT_MERGED = "merged"  # the base with the adapter merged in, as an MLflow 
 ARTIFACT_GENERATIONS = "generations.json"  # an MLflow table: prompt, reference, base and adapter outputs
 
 
-# --- runs ------------------------------------------------------------------------------------
+# --- the experiment and its runs ----------------------------------------------------------------
+
+
+def use_experiment(name: str | None = None) -> str:
+    """Point this process at the experiment its runs go to, and return its id: `name` (the
+    `--experiment-name` flag), else the one `mlflow run` or MLFLOW_EXPERIMENT_NAME/_ID names,
+    else `lora-study`. It is tagged as model training unless it has a kind already."""
+    chosen_by_mlflow = any(
+        os.environ.get(key) for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")
+    )
+    if name or not chosen_by_mlflow:
+        experiment_id = _set_experiment(name or EXPERIMENT_NAME)
+    else:
+        experiment_id = mlflow.tracking.fluent._get_experiment_id()  # MLflow's own resolution (no public API)
+    client = mlflow.MlflowClient()
+    if TAG_MLFLOW_EXPERIMENT_KIND not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, TAG_MLFLOW_EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
+    return experiment_id
+
+
+def _set_experiment(name: str) -> str:
+    """`mlflow.set_experiment`, once more when another process created the experiment meanwhile."""
+    try:
+        return mlflow.set_experiment(name).experiment_id
+    except mlflow.exceptions.MlflowException:
+        return mlflow.set_experiment(name).experiment_id
+
+
+def adapter_label(
+    rank: int, target_modules: str, learning_rate: float | None = None, quantization: str = "none"
+) -> str:
+    """An adapter's configuration in a few characters, for run names and terminal lines: `r32 qkvo lr1.9e-3`."""
+    label = f"r{rank} {target_modules}"
+    if learning_rate is not None:
+        label += f" lr{short_number(learning_rate)}"
+    return label if quantization == "none" else f"{label} {quantization}"
+
+
+def short_number(value: float) -> str:
+    """2 significant digits, exponent unpadded: 1.9e-3, 0.02 -> 2.0e-2."""
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
 
 
 @contextmanager
-def stage_run(stage: str, log_system_metrics: bool = False, run_id: str | None = None, **tags: str):
-    """Start the stage's run (or continue the one `mlflow run` made, or `run_id`); never leave it RUNNING.
+def stage_run(
+    stage: str, log_system_metrics: bool = False, run_id: str | None = None, name: str | None = None, **tags: str
+):
+    """Start the stage's run named `name` (or continue, and rename, the one `mlflow run` made,
+    or `run_id`); never leave it RUNNING.
 
     An exception ends the run FAILED and Ctrl-C ends it KILLED, each with the reason as a tag.
     """
-    with mlflow.start_run(run_id, tags={TAG_STAGE: stage, **tags}, log_system_metrics=log_system_metrics) as run:
+    with mlflow.start_run(
+        run_id, run_name=name, tags={TAG_STAGE: stage, **tags}, log_system_metrics=log_system_metrics
+    ) as run:
         if TAG_ERROR in run.data.tags:  # a run continued: why it ended before no longer holds
             mlflow.MlflowClient().delete_tag(run.info.run_id, TAG_ERROR)
         try:
@@ -299,7 +365,8 @@ def elect_study_run(study: str, storage: str, settle_s: float) -> str:
     made (`study_run`); a losing candidate becomes a pointer to the winner, ended FINISHED."""
     experiment_id = mlflow.tracking.fluent._get_experiment_id()
     tags = {TAG_STUDY: study, TAG_STUDY_STORAGE: storage, TAG_STAGE: STAGE_SWEEP}
-    mine = mlflow.MlflowClient().create_run(experiment_id, tags=tags).info.run_id
+    mine = mlflow.MlflowClient().create_run(experiment_id, tags=tags, run_name=RUN_NAME_SWEEP.format(study=study))
+    mine = mine.info.run_id
     time.sleep(settle_s)
     elected = study_run(study, storage)
     if elected is None or elected.info.run_id == mine:  # None: the others' were deleted meanwhile
@@ -414,6 +481,24 @@ def dead_sweep_runs(experiment_id: str, interval_s: float, grace_s: float) -> li
     return dead
 
 
+# --- links into the MLflow UI: relative, so they work wherever it is served ----------------------
+
+
+def ui_run_link(experiment_id: str, run_id: str, artifact: str = "") -> str:
+    """The UI page of a run, or of one of its artifacts (MLflow 3.17's routes)."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{page}/artifacts/{artifact}" if artifact else page
+
+
+def ui_version_link(name: str, version: str) -> str:
+    return f"#/models/{name}/versions/{version}"
+
+
+def report_link(experiment_id: str, parent_run_id: str) -> str:
+    """The UI page of a study's report, on its parent run."""
+    return ui_run_link(experiment_id, parent_run_id, f"{ARTIFACT_REPORT}/{REPORT_HTML}")
+
+
 # --- logging into the active run ---------------------------------------------------------------
 
 
@@ -498,6 +583,15 @@ def dataset_source(kind: str, **where):
     from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 
     return get_dataset_source_from_json(json.dumps({"uri": str(where["uri"])}), source_type="local")
+
+
+def log_training_rows(path: str, name: str, digest: str) -> None:
+    """The packed rows a run trains on (the prepared folder `path`) as its MLflow dataset input,
+    context `training`: the UI lists it on the run. The rows themselves stay in the cache."""
+    from mlflow.data.meta_dataset import MetaDataset
+
+    dataset = MetaDataset(dataset_source("local", uri=path), name=name, digest=digest[:16])
+    mlflow.log_input(dataset, context="training")
 
 
 def log_dataset_input(frame, source, name: str, digest: str, split: str) -> None:

@@ -25,6 +25,7 @@ from lora_study.tracking import (
     METRIC_LEARNING_RATE,
     METRIC_MODEL_MEMORY_MB,
     METRIC_PEAK_MEMORY_MB,
+    METRIC_ROWS,
     METRIC_TOKENS_PER_S,
     METRIC_TOTAL_PARAMS,
     METRIC_TRAIN_LOSS,
@@ -38,6 +39,7 @@ from lora_study.tracking import (
     PARAM_DATASET_DIGEST,
     PARAM_DEVICE,
     PARAM_STEPS,
+    SPLITS,
     TAG_MEMORY_KIND,
 )
 
@@ -95,12 +97,19 @@ def setup(data_cfg: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, t
     check_settings(adapter, train, data_cfg.seq_len, config)
     dtype = models.autocast_dtype(train.precision, where)
     tokenizer = models.load_tokenizer(ref)
+    started = time.perf_counter()
     if train.data:
         prepared = data.load_prepared(train.data)
     else:
         prepared = data.prepare(data_cfg, ref, tokenizer)[0]
     check_prepared(prepared, data_cfg.seq_len, models.tokenizer_digest(tokenizer), base.base_model)
+    rows = ", ".join(f"{prepared.meta['counts'][METRIC_ROWS.format(split=split)]} {split}" for split in SPLITS)
+    source = train.data or data_cfg.dataset
+    console.say(f"data {source}: rows of {data_cfg.seq_len} tokens: {rows}  {console.seconds_since(started)}")
+    started = time.perf_counter()
     model, weights_dtype = models.load_base(ref, adapter.quantization, dtype, where)
+    loaded = f"loaded on {where.type}, quantization {adapter.quantization}"
+    console.say(f"base {base.base_model}: {loaded}  {console.seconds_since(started)}")
     lora.resolve_targets(model, adapter.target_modules)  # an unknown name fails before the run
     return Setup(ref, tokenizer, model, prepared, where, dtype, weights_dtype)
 
@@ -268,6 +277,7 @@ def log_inputs(s: Setup, data_cfg: DataConfig, base: BaseModelConfig) -> None:
             PARAM_DATASET_DIGEST: s.prepared.meta["digest"],
         }
     )
+    tracking.log_training_rows(str(s.prepared.path), data_cfg.dataset, s.prepared.meta["digest"])
 
 
 def log_trained_adapter(s: Setup, model, adapter: AdapterConfig):

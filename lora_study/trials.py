@@ -10,6 +10,7 @@ import dataclasses
 import multiprocessing
 import os
 import sys
+import time
 
 import optuna
 import torch
@@ -20,18 +21,22 @@ from lora_study.errors import UserInputError
 from lora_study.losses import mean_loss, perplexity
 from lora_study.study import (
     ATTR_CONFIG,
+    ATTR_LABEL,
     ATTR_PHASE,
     ATTR_RETRY_OF,
     ATTR_RUN_ID,
     ATTR_SEED,
     CONFIRM,
     EXPLORE,
+    FINISHED,
     UNUSED,
     Plan,
+    best_trials,
     finished,
     open_study,
     phase,
     taken_by,
+    trials_of,
     wait_for_confirmations,
 )
 from lora_study.tracking import (
@@ -44,6 +49,7 @@ from lora_study.tracking import (
     METRIC_TRAINABLE_PARAMS,
     OBJECTIVE_METRICS,
     RUN_NAME_CONFIRM,
+    RUN_NAME_TRIAL,
     STAGE_CONFIRM,
     TAG_CONFIG_TRIAL,
     TAG_RETRY_OF,
@@ -115,8 +121,12 @@ class Worker:
         if remaining <= 0:
             return
 
-        def stop_when_explored(study: optuna.Study, _) -> None:
-            if finished(study) >= cfg.n_trials:
+        def stop_when_explored(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            done = finished(study)
+            if phase(trial) == EXPLORE:
+                best = trial.number in {t.number for t in best_trials(study)}
+                console.say(explore_line(trial, done, cfg.n_trials, best))
+            if done >= cfg.n_trials:
                 study.stop()
 
         study.optimize(
@@ -129,13 +139,7 @@ class Worker:
         )
 
     def confirm(self, study: optuna.Study) -> None:
-        """The confirm phase: the queued (configuration, seed) trials, one at a time, until none is left.
-
-        Optuna's own line per trial would call a confirmation "best" against explore trials of a
-        smaller budget; each says what it measured instead.
-        """
-        verbosity = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        """The confirm phase: the queued (configuration, seed) trials, one at a time, until none is left."""
         # queued trials carry their parameters; a grid sampler would look for its grid point in them
         study.sampler = optuna.samplers.RandomSampler(seed=self.plan.data.seed)
         self.confirming = True
@@ -144,7 +148,6 @@ class Worker:
                 study.optimize(self.objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
             if not wait_for_confirmations(study):
                 break
-        optuna.logging.set_verbosity(verbosity)
 
     def objective(self, trial: optuna.Trial):
         """Train one adapter on the pristine base; its validation perplexity (and costs) are the value.
@@ -163,11 +166,14 @@ class Worker:
         adapter, train = plan.space.suggest(trial, self.train_defaults)
         s = self.setup_for(adapter.quantization)
         base_key = (adapter.quantization, train.precision)  # what the base's loss depends on
-        seed, name, tags = plan.data.seed, f"trial-{trial.number}", {}
+        label = tracking.adapter_label(adapter.rank, adapter.target_modules, train.learning_rate, adapter.quantization)
+        trial.set_user_attr(ATTR_LABEL, label)
+        started = time.perf_counter()
+        seed, name, tags = plan.data.seed, RUN_NAME_TRIAL.format(number=trial.number, adapter=label), {}
         if confirming:
             train = train.model_copy(update={"max_steps": plan.sweep.steps_to_confirm, "eval_every": 0})
             seed, config = trial.user_attrs[ATTR_SEED], trial.user_attrs[ATTR_CONFIG]
-            name = RUN_NAME_CONFIRM.format(config=config, seed=seed)
+            name = RUN_NAME_CONFIRM.format(config=config, seed=seed, adapter=label)
             tags = {TAG_STAGE: STAGE_CONFIRM, TAG_CONFIG_TRIAL: str(config), TAG_SEED: str(seed)}
         tags.update({TAG_STUDY: plan.study_name, TAG_TRIAL_NUMBER: str(trial.number)})
         if ATTR_RETRY_OF in trial.user_attrs:  # its worker died running trial `retry_of`
@@ -201,10 +207,11 @@ class Worker:
         for name in (*TRIAL_ATTRS, *measured, METRIC_EVAL_PERPLEXITY):
             trial.set_user_attr(name, values[name])
         if confirming:
-            print(
-                f"confirmation of trial {config} with seed {seed} (trial {trial.number}): test perplexity "
-                f"{measured[METRIC_TEST_PERPLEXITY]:.3f}, base {measured[METRIC_BASE_TEST_PERPLEXITY]:.3f}",
-                file=sys.stderr,
+            done, queued = len(trials_of(trial.study, CONFIRM, FINISHED)) + 1, len(trials_of(trial.study, CONFIRM))
+            console.say(
+                f"confirm {done}/{queued}  trial {config} seed {seed}  {label}  test ppl "
+                f"{measured[METRIC_TEST_PERPLEXITY]:.3f} (base {measured[METRIC_BASE_TEST_PERPLEXITY]:.3f})  "
+                f"{console.seconds_since(started)}"
             )
         objective = [values[OBJECTIVE_METRICS[name]] for name in plan.sweep.objective_names]
         return objective[0] if len(objective) == 1 else tuple(objective)
@@ -260,11 +267,26 @@ class Worker:
         return {key: f"{result.metrics[key]:.6g}" for key in keys}
 
 
+def explore_line(trial: optuna.trial.FrozenTrial, done: int, total: int, best: bool) -> str:
+    """An explore trial as one terminal line: `trial 3  4/8  r32 qkvo lr1.9e-3  ppl 12.02 (best)  49 s`."""
+    if trial.state == optuna.trial.TrialState.COMPLETE:
+        outcome = f"ppl {trial.user_attrs[METRIC_EVAL_PERPLEXITY]:.2f}" + (" (best)" if best else "")
+    elif trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values:
+        step = max(trial.intermediate_values)
+        outcome = f"pruned at step {step} (ppl {trial.intermediate_values[step]:.2f})"
+    else:
+        outcome = trial.state.name.lower()  # FAIL: Optuna's warning above says why
+    seconds = trial.duration.total_seconds() if trial.duration else 0.0
+    return f"trial {trial.number}  {done}/{total}  {trial.user_attrs.get(ATTR_LABEL, '')}  {outcome}  {seconds:.0f} s"
+
+
 def _worker_main(plan: Plan, worker: int, threads: int, of_phase: str) -> None:
     """A spawned worker process: its own base and data, the shared study and MLflow store."""
     torch.set_num_threads(threads)
     tracking.set_tracking_uri(plan.tracking_uri)
+    console.quiet_known_noise()
     console.quiet_progress_bars()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its lines are `explore_line`s
     _run_phase(Worker(plan), open_study(plan, worker), of_phase)
 
 

@@ -32,6 +32,7 @@ from lora_study.tracking import (
     PARAM_BASE_MODEL_SHA256,
     PARAM_DATASET_DIGEST,
     PARAM_PROMPT_COUNT,
+    RUN_NAME_EVALUATE,
     STAGE_EVALUATE,
     TAG_EVALUATION_RUN_ID,
     TAG_MEMORY_KIND,
@@ -63,7 +64,8 @@ def run_evaluate(cfg: EvaluateConfig) -> str:
     trained_on = held_out.prepared.meta["dataset"]
     general_text = forgetting.load(forgetting_data, loaded.base, tokenizer, model, seq_len, trained_on)
 
-    with tracking.stage_run(STAGE_EVALUATE, **tracking.evaluated_model_tags(source)) as run:
+    name = RUN_NAME_EVALUATE.format(model_uri=cfg.model_uri)
+    with tracking.stage_run(STAGE_EVALUATE, name=name, **tracking.evaluated_model_tags(source)) as run:
         tracking.log_params(
             {
                 **cfg.model_dump(),
@@ -91,6 +93,7 @@ def run_evaluate(cfg: EvaluateConfig) -> str:
             registry.tag_version(
                 source.registered_model, source.version, {**headline, TAG_EVALUATION_RUN_ID: run.info.run_id}
             )
+            registry.describe(source.registered_model, source.version)  # now with its test perplexity
 
     print(
         f"test perplexity {metrics[METRIC_TEST_PERPLEXITY]:.3f} (base {metrics[METRIC_BASE_TEST_PERPLEXITY]:.3f}, "

@@ -29,6 +29,7 @@ from lora_study.tracking import (
     METRIC_MERGED_MATCHES,
     PARAM_BASE_MODEL,
     PARAM_DATASET_DIGEST,
+    RUN_NAME_MERGE,
     STAGE_MERGE,
     TAG_MERGED_FROM,
 )
@@ -52,7 +53,8 @@ def run_merge(cfg: MergeConfig) -> str:
     held_out = evaluation.held_out(source, cfg.data, "", cfg.max_prompts, cfg.max_new_tokens, loaded.base, tokenizer)
     tolerance = evaluation.MERGE_TOLERANCE_PCT[reference.weights]
 
-    with tracking.stage_run(STAGE_MERGE, **tracking.evaluated_model_tags(source)) as run:
+    name = RUN_NAME_MERGE.format(model_uri=cfg.model_uri)
+    with tracking.stage_run(STAGE_MERGE, name=name, **tracking.evaluated_model_tags(source)) as run:
         tracking.log_params(
             {
                 **cfg.model_dump(),

@@ -22,6 +22,7 @@ from lora_study.tracking import (
     PARAM_DETECTED_FORMAT,
     PARAM_SOURCE_DIGEST,
     PARAM_TOKENIZER_DIGEST,
+    RUN_NAME_PREPARE,
     SPLITS,
     STAGE_PREPARE,
 )
@@ -33,7 +34,8 @@ def run_prepare(data_cfg: DataConfig, base: BaseModelConfig) -> str:
     tokenizer = models.load_tokenizer(ref)
     prepared, documents = data.prepare(data_cfg, ref, tokenizer)
 
-    with tracking.stage_run(STAGE_PREPARE) as run:
+    name = RUN_NAME_PREPARE.format(dataset=data_cfg.dataset, base_model=base.base_model)
+    with tracking.stage_run(STAGE_PREPARE, name=name) as run:
         tracking.log_params({**data_cfg.model_dump(), **base.model_dump()})
         tracking.log_params(
             {

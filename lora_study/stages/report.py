@@ -37,6 +37,7 @@ from lora_study.tracking import (
     REPORT_FIGURES,
     REPORT_HTML,
     REPORT_MARKDOWN,
+    RUN_NAME_REPORT,
     STAGE_CONFIRM,
     STAGE_REPORT,
     STAGE_SWEEP,
@@ -55,6 +56,8 @@ def run_report(cfg: ReportConfig) -> None:
     parent = find_parent(cfg.study)
     mlflow_run = os.environ.get("MLFLOW_RUN_ID")  # `mlflow run -e report` made a run: it keeps a copy
     page = write_report(parent.info.run_id, cfg.ui_url, cfg.output, copy_to=mlflow_run)
+    if mlflow_run:
+        mlflow.MlflowClient().update_run(mlflow_run, name=RUN_NAME_REPORT.format(study=parent.data.tags[TAG_STUDY]))
     print(f"report of study {parent.data.tags[TAG_STUDY]}: runs:/{parent.info.run_id}/{ARTIFACT_REPORT}/{REPORT_HTML}")
     print(f"  stored at {page}")
     if cfg.output:

@@ -22,7 +22,7 @@ import mlflow
 import optuna
 import pandas as pd
 
-from lora_study import environment, plots, registry, search_space, tracking, training
+from lora_study import console, environment, plots, registry, search_space, tracking, training
 from lora_study.config import BaseModelConfig, DataConfig, SweepConfig
 from lora_study.errors import UserInputError
 from lora_study.recommendation import Confirmed, pooled_std, recommend
@@ -39,6 +39,7 @@ from lora_study.study import (
     default_storage,
     default_study_name,
     enqueue_confirmations,
+    finished,
     importances,
     lost,
     masked,
@@ -90,12 +91,14 @@ from lora_study.tracking import (
     PARAM_STORAGE,
     PARAM_STUDY_NAME,
     REPORT_HTML,
+    RUN_NAME_SWEEP,
     STAGE_SWEEP,
     STAGE_TRIAL,
     TAG_BASE_MODEL,
     TAG_BASE_MODEL_SHA256,
     TAG_COMMAND,
     TAG_CONFIG_TRIAL,
+    TAG_MLFLOW_NOTE,
     TAG_RECOMMENDATION,
     TAG_SEED,
     TAG_STAGE,
@@ -138,14 +141,18 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
     worker = Worker(plan)
     worker.check_space()
     _warn_of_an_uncovered_grid(space, cfg.n_trials)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial is `trials.explore_line`'s
     study = open_study(plan)
+    console.say(f"study {study_name}: {finished(study)} of {cfg.n_trials} trials done, in {masked(plan.storage)}")
     # The run `mlflow run` made for this sweep, if any: out of the environment, or trials (and
     # workers) would take it up. It points at the study's parent run.
     invocation = os.environ.pop("MLFLOW_RUN_ID", None)
     study_run = _study_run(plan) or tracking.elect_study_run(study_name, masked(plan.storage), ELECTION_S)
 
     with (
-        tracking.stage_run(STAGE_SWEEP, run_id=study_run, **{TAG_STUDY: study_name}) as parent,
+        tracking.stage_run(
+            STAGE_SWEEP, run_id=study_run, name=RUN_NAME_SWEEP.format(study=study_name), **{TAG_STUDY: study_name}
+        ) as parent,
         tracking.heartbeat(parent.info.run_id, HEARTBEAT_S),
     ):
         if invocation and invocation != parent.info.run_id:
@@ -187,6 +194,8 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
             confirmed_table = log_confirmation(confirmed, recommended, versions, cfg.steps_to_confirm)
         else:
             versions = register_best(plan, worker, study)
+        registered = list(versions.values()) if isinstance(versions, dict) else versions
+        describe_parent(parent, registered, recommended.statement() if recommended else None)
         summarize(plan, study, confirmed_table)
         page = _report(parent.info.run_id)
         _end_dead_sweeps(parent.info.experiment_id, parent.info.run_id, invocation)  # those killed meanwhile
@@ -380,6 +389,24 @@ def _version_tags(plan: Plan, worker: Worker, trial) -> dict:
     }
 
 
+def describe_parent(parent, versions: list, statement: str | None) -> None:
+    """The parent run's description, which its page shows first: the answer, the versions the
+    study registered (linked to their registry pages) and its report."""
+    lines = [statement or "The best explore trials, unconfirmed (`--confirm-top 0`):"]
+    for version in [registry.get_version(v.name, v.version) for v in versions]:  # with the aliases set since
+        aliases = "".join(f" @{alias}" for alias in version.aliases)
+        lines.append(
+            f"- [{version.name} version {version.version}]({tracking.ui_version_link(version.name, version.version)})"
+            f"{aliases}: trial {version.tags.get(TAG_TRIAL_NUMBER)}, test perplexity "
+            f"{version.tags.get(METRIC_TEST_PERPLEXITY)} (base {version.tags.get(METRIC_BASE_TEST_PERPLEXITY)})"
+        )
+    if not versions:
+        lines.append("No version registered: no trial completed.")
+    page = tracking.report_link(parent.info.experiment_id, parent.info.run_id)
+    lines.append(f"\nThe whole answer, with its evidence: [the report]({page}).")
+    mlflow.set_tag(TAG_MLFLOW_NOTE, "\n".join(lines))
+
+
 def promote_champion(name: str, challenger, metric: str) -> None:
     """`champion` moves only to a challenger that beats it on `metric` (a version tag)."""
     try:
@@ -477,3 +504,4 @@ def _print_where_to_look(plan: Plan, parent, versions, recommended) -> None:
         print(f"  alias: models:/{challenger.name}@{ALIAS_CHALLENGER} (version {challenger.version})")
     print(f"experiment `{experiment.name}` (id {plan.experiment_id}), parent run {parent.info.run_id}")
     print(f"see it: mlflow ui --backend-store-uri {plan.tracking_uri}")
+    print(f'the study: optuna-dashboard {masked(plan.storage)}  (pip install -e ".[dashboard]")')

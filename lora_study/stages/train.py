@@ -14,7 +14,7 @@ import torch
 
 from lora_study import forgetting, tracking, training
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, TrainConfig
-from lora_study.tracking import STAGE_TRAIN
+from lora_study.tracking import RUN_NAME_TRAIN, STAGE_TRAIN
 
 
 def run_train(data: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, train: TrainConfig) -> str:
@@ -23,7 +23,8 @@ def run_train(data: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, t
     s = training.setup(data, base, adapter, train)
     general_text = forgetting.load(train.forgetting_data, s.ref, s.tokenizer, s.model, data.seq_len, data.dataset)
 
-    with tracking.stage_run(STAGE_TRAIN, log_system_metrics=True) as run:
+    label = tracking.adapter_label(adapter.rank, adapter.target_modules, quantization=adapter.quantization)
+    with tracking.stage_run(STAGE_TRAIN, log_system_metrics=True, name=RUN_NAME_TRAIN.format(adapter=label)) as run:
         training.log_inputs(s, data, base)
         result = training.fine_tune(s, adapter, train, data.seed)
         if general_text:
