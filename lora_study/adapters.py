@@ -20,10 +20,13 @@ import json
 import shutil
 import tempfile
 import threading
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
@@ -45,8 +48,12 @@ GENERATION_PARAMS = [
     ParamSpec(name, "long" if name == "max_new_tokens" else "double", value)
     for name, value in serving.DEFAULT_PARAMS.items()
 ]
+# One unnamed string column, as MLflow's transformers text-generation flavour has: only then does
+# `predict(["..."])` pass MLflow's schema check (a named column refuses a list). MLflow then keeps
+# only a frame's first column, and its scoring server refuses `{"inputs": {"prompt": [...]}}`;
+# `_accept_prompt_dict` keeps that request working.
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", serving.PROMPT_FIELD)]),
+    inputs=Schema([ColSpec("string")]),
     outputs=Schema([ColSpec("string")]),
     params=ParamSchema(GENERATION_PARAMS),
 )
@@ -235,14 +242,28 @@ def log_merged(model, tokenizer, reference: AdapterReference, output: Path | Non
 
 def _log(name: str, folder: str, artifacts: dict, reference: AdapterReference, signature):
     reference.write(Path(folder) / BASE_REFERENCE)
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=_model_code(folder),
-        artifacts={**artifacts, KEY_BASE: str(Path(folder) / BASE_REFERENCE)},
-        signature=signature,
-        pip_requirements=requirements(reference.quantization),
-        metadata={"base_model": reference.as_dict()},
-    )
+    with _without_input_example_warning():
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=_model_code(folder),
+            artifacts={**artifacts, KEY_BASE: str(Path(folder) / BASE_REFERENCE)},
+            signature=signature,
+            pip_requirements=requirements(reference.quantization),
+            metadata={"base_model": reference.as_dict()},
+        )
+
+
+@contextmanager
+def _without_input_example_warning():
+    """Hide MLflow's "An input example was not provided" warning, and no other: the signature is
+    given, and with an input example `Model.log` loads the logged model, base included, to check
+    the example serves (mlflow/models/model.py, `_validate_serving_input`), in every trial."""
+    with warnings.catch_warnings():
+        # MLflow colours the message: it starts with an ANSI escape code.
+        warnings.filterwarnings(
+            "ignore", r"(\x1b\[[0-9;]*m)?An input example was not provided when logging the model", UserWarning
+        )
+        yield
 
 
 def _model_code(folder: str) -> str:
@@ -299,18 +320,19 @@ def save_multi_adapter_model(entries: list[tuple[str, str]]) -> Path:
     def save(folder: Path) -> None:
         (folder / ADAPTERS_MANIFEST).write_text(json.dumps(manifest, indent=1))
         first.write(folder / BASE_REFERENCE)
-        mlflow.pyfunc.save_model(
-            folder / "model",
-            python_model=_model_code(str(folder)),
-            artifacts={
-                KEY_ADAPTERS: str(folder / ADAPTERS_MANIFEST),
-                KEY_BASE: str(folder / BASE_REFERENCE),
-                **{entry["artifact"]: str(source.adapter_dir) for entry, source in zip(manifest, sources)},
-            },
-            signature=MULTI_ADAPTER_SIGNATURE,
-            pip_requirements=requirements(first.quantization),
-            metadata={"base_model": first.as_dict(), "adapters": manifest},
-        )
+        with _without_input_example_warning():
+            mlflow.pyfunc.save_model(
+                folder / "model",
+                python_model=_model_code(str(folder)),
+                artifacts={
+                    KEY_ADAPTERS: str(folder / ADAPTERS_MANIFEST),
+                    KEY_BASE: str(folder / BASE_REFERENCE),
+                    **{entry["artifact"]: str(source.adapter_dir) for entry, source in zip(manifest, sources)},
+                },
+                signature=MULTI_ADAPTER_SIGNATURE,
+                pip_requirements=requirements(first.quantization),
+                metadata={"base_model": first.as_dict(), "adapters": manifest},
+            )
 
     return build_once(cache_root() / "served" / key, save) / "model"
 
@@ -322,7 +344,9 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
     """Generates text with the base model plus an adapter (or a merged model); temperature 0 is greedy."""
 
     def load_context(self, context):
-        _refuse_deep_json()  # loaded in a scoring server: its requests too are checked
+        # loaded in a scoring server: its requests too are checked, and parsed as promised
+        _refuse_deep_json()
+        _accept_prompt_dict()
         artifacts = context.artifacts
         self.reference = AdapterReference.read(artifacts[KEY_BASE])
         if KEY_MERGED in artifacts:
@@ -335,7 +359,10 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         # The server runs requests in threads; the active adapter is model state, so one at a time.
         self.lock = threading.Lock()
 
-    def predict(self, context, model_input, params=None):
+    # A DataFrame is what MLflow passes for a column schema. The hint stops MLflow's "Add type
+    # hints" warning at class definition; MLflow neither validates nor infers a schema from it
+    # (`mlflow.types.type_hints.type_hints_no_signature_inference`), the signature stays in charge.
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         """Answers, one per prompt. A bad request raises an MLflow INVALID_PARAMETER_VALUE error,
         which `mlflow models serve` answers with HTTP 400 and keeps serving."""
         try:
@@ -366,6 +393,29 @@ def _refuse_deep_json() -> None:
 
     decode_json_input.refuses_deep_json = True
     scoring_server._decode_json_input = decode_json_input
+
+
+def _accept_prompt_dict() -> None:
+    """Keep `{"inputs": {"prompt": [...]}}` working for a model whose input is one unnamed string
+    column (`SIGNATURE`): MLflow's scoring server refuses a dict for such a schema, so give it the
+    prompts as a list, as `{"inputs": [...]}` sends them. Models with named columns (many adapters,
+    or logged before) parse as they did. Wraps its parser in this process; a server of another
+    MLflow version without that function is left as it is."""
+    from mlflow.pyfunc import scoring_server
+
+    parse = getattr(scoring_server, "infer_and_parse_data", None)
+    if parse is None or getattr(parse, "accepts_prompt_dict", False):
+        return
+
+    def infer_and_parse_data(data, schema=None):
+        inputs = data.get("inputs") if isinstance(data, dict) else None
+        unnamed = schema is not None and not schema.has_input_names()
+        if unnamed and isinstance(inputs, dict) and list(inputs) == [serving.PROMPT_FIELD]:
+            data = {**data, "inputs": inputs[serving.PROMPT_FIELD]}
+        return parse(data, schema)
+
+    infer_and_parse_data.accepts_prompt_dict = True
+    scoring_server.infer_and_parse_data = infer_and_parse_data
 
 
 def _served_adapters(artifacts: dict, reference: AdapterReference) -> dict[str, serving.ServedAdapter]:

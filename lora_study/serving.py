@@ -1,9 +1,13 @@
 """What a served model accepts and answers: the request contract, and which adapters it holds.
 
-A request is `{"inputs": {"prompt": [...]}}` or `{"dataframe_records": [{"prompt": ...}]}` with
-optional `params` (`max_new_tokens`, `temperature`, `top_p`, and `adapter` on a server of many
-adapters; an `adapter` column picks one per prompt). Anything out of bounds raises `BadRequest`,
-which the MLflow model (`lora_study.adapters.AdapterModel`) turns into HTTP 400.
+A request to a one-adapter or merged model is a list of prompts, as to MLflow's LLM flavours
+(`{"inputs": ["..."]}`, or `predict(["..."])` in Python), or a `prompt` column: `{"inputs":
+{"prompt": [...]}}`, `{"dataframe_records": [{"prompt": ...}]}`, `{"dataframe_split": ...}`
+(MLflow passes on only a frame's first column to such a model, so `prompt` comes first). A
+server of many adapters takes the `prompt` column, and an optional `adapter` column picks the
+adapter per prompt. Each takes optional `params`: `max_new_tokens`, `temperature`, `top_p`, and
+`adapter` on a server of many adapters. Anything out of bounds raises `BadRequest`, which the
+MLflow model (`lora_study.adapters.AdapterModel`) turns into HTTP 400.
 """
 
 import os
@@ -20,6 +24,7 @@ from lora_study.templates import user_prompt
 
 ADAPTER_FIELD = "adapter"  # the request field (a param, or a column per prompt) that picks the adapter
 PROMPT_FIELD = "prompt"
+UNNAMED_COLUMN = 0  # the name pandas gives the one column of `DataFrame(["a", "b"])`
 DEFAULT_PARAMS = {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0}
 # The most tokens one request may ask for: a server-side bound, so one request cannot hold the
 # server for minutes. Set LORA_STUDY_MAX_NEW_TOKENS where the server starts to change it (at
@@ -91,15 +96,22 @@ def _pick(adapters: dict[str, ServedAdapter], name: str) -> ServedAdapter | None
 
 def _prompts(model_input) -> list[str]:
     if isinstance(model_input, pd.DataFrame):
-        if PROMPT_FIELD not in model_input.columns:
-            columns = ", ".join(map(str, model_input.columns))
-            raise BadRequest(f"the input needs a `{PROMPT_FIELD}` column (got columns: {columns})")
-        prompts = list(model_input[PROMPT_FIELD])
+        prompts = list(model_input[_prompt_column(model_input)])
     else:
         prompts = [model_input] if isinstance(model_input, str) else list(model_input)
     if not prompts or not all(isinstance(prompt, str) and prompt.strip() for prompt in prompts):
         raise BadRequest(f"every `{PROMPT_FIELD}` must be a non-empty string")
     return prompts
+
+
+def _prompt_column(frame: pd.DataFrame):
+    """`prompt`, or the one unnamed column (0) MLflow makes of a list of prompts."""
+    if PROMPT_FIELD in frame.columns:
+        return PROMPT_FIELD
+    if list(frame.columns) == [UNNAMED_COLUMN]:
+        return UNNAMED_COLUMN
+    columns = ", ".join(map(str, frame.columns))
+    raise BadRequest(f"the input needs a `{PROMPT_FIELD}` column or a list of prompts (got columns: {columns})")
 
 
 def _adapter_column(model_input, count: int) -> list[str]:

@@ -2,6 +2,9 @@
 many adapters in one model, each answering as it does alone."""
 
 import json
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -10,6 +13,8 @@ import pytest
 import torch
 from conftest import PROMPTS, answers, two_registered_adapters
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
+from mlflow.types import ColSpec, Schema
 
 from lora_study import adapters, serving
 from lora_study.errors import UserInputError
@@ -47,7 +52,7 @@ def test_the_model_holds_the_adapter_and_a_base_reference_only(tiny, tiny_adapte
     }
     assert info.metadata["base_model"]["sha256"] == tiny.sha256
     signature = info.signature
-    assert signature.inputs.input_names() == ["prompt"]
+    assert signature.inputs.to_dict() == [{"type": "string", "required": True}]  # one unnamed column
     assert {p.name for p in signature.params.params} == {"max_new_tokens", "temperature", "top_p"}
 
 
@@ -59,6 +64,40 @@ def test_predict_generates_text_for_each_prompt(tiny_adapter):
     assert len(answers) == 2 and all(isinstance(a, str) and a for a in answers)
     again = loaded.predict(frame, params={"max_new_tokens": 4})
     assert answers == again  # temperature 0 is greedy
+
+
+def test_a_list_of_prompts_gets_the_answers_of_a_prompt_column(tiny_adapter):
+    """As MLflow's LLM flavours take it: `predict(["..."])`, or one string."""
+    _, _, run_id, _ = tiny_adapter
+    loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/adapter")
+    params = {"max_new_tokens": 8}
+    column = loaded.predict(pd.DataFrame({"prompt": PROMPTS}), params=params)
+    assert len(set(column)) == len(PROMPTS)  # each prompt its own answer, so order would show
+    assert loaded.predict(PROMPTS, params=params) == column
+    assert loaded.predict(PROMPTS[1], params=params) == column[1:2]
+
+
+def test_logging_an_adapter_warns_of_nothing_a_user_could_act_on(tiny_adapter):
+    model, s, _, _ = tiny_adapter
+    reference = adapters.AdapterReference.of(s.ref, "none", s.weights_dtype, "text")
+    with mlflow.start_run(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        adapters.log_adapter(model, reference)
+    assert [str(w.message) for w in caught if issubclass(w.category, UserWarning)] == []
+
+
+def test_importing_the_module_warns_of_nothing():
+    """MLflow warns "Add type hints to the `predict` method" when a PythonModel class without them
+    is defined; a fresh process, as this one has the module imported already."""
+    code = (
+        "import warnings\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import lora_study.adapters\n"
+        "print([f'{w.category.__name__}: {w.message}' for w in caught])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_a_base_with_other_weights_is_refused(tmp_path, tiny_adapter):
@@ -135,7 +174,8 @@ def test_the_one_loader_applies_an_adapter_onto_a_loaded_base_as_onto_a_fresh_on
 
 
 def test_a_model_logged_before_the_adapters_module_still_loads(tmp_path, tiny_adapter):
-    """Older models' code file imports AdapterModel from lora_study.serving."""
+    """Older models' code file imports AdapterModel from lora_study.serving, and their input is a
+    named `prompt` column."""
     _, _, run_id, _ = tiny_adapter
     folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/adapter", dst_path=str(tmp_path)))
     code = folder / "adapter_model.py"  # MLflow keeps the model's code file beside its MLmodel
@@ -143,8 +183,15 @@ def test_a_model_logged_before_the_adapters_module_still_loads(tmp_path, tiny_ad
     code.write_text(
         "import mlflow\nfrom lora_study.serving import AdapterModel\n\nmlflow.models.set_model(AdapterModel())\n"
     )
-    old = mlflow.pyfunc.load_model(str(folder)).predict(pd.DataFrame({"prompt": PROMPTS}), params={"max_new_tokens": 8})
-    assert old == answers(f"runs:/{run_id}/adapter")
+    meta = Model.load(folder / "MLmodel")
+    meta.signature = ModelSignature(
+        Schema([ColSpec("string", "prompt")]), adapters.SIGNATURE.outputs, adapters.SIGNATURE.params
+    )
+    meta.save(folder / "MLmodel")
+    old = mlflow.pyfunc.load_model(str(folder))
+    assert old.metadata.get_input_schema().input_names() == ["prompt"]
+    got = old.predict(pd.DataFrame({"prompt": PROMPTS}), params={"max_new_tokens": 8})
+    assert got == answers(f"runs:/{run_id}/adapter")
 
 
 def test_a_reference_reads_back_as_written_and_names_what_keeps_bases_apart(tmp_path, tiny):

@@ -37,13 +37,16 @@ def server(tracking_uri, tmp_path_factory, tiny_adapter):
 
 
 @pytest.mark.slow
-def test_prompts_get_generated_answers_in_either_payload(server):
-    status, body = post(
-        server, {"inputs": {"prompt": ["The list type", "A dict maps"]}, "params": {"max_new_tokens": 4}}
-    )
-    assert status == 200 and len(body["predictions"]) == 2 and all(isinstance(a, str) for a in body["predictions"])
-    status, body = post(server, {"dataframe_records": [{"prompt": "The list type"}], "params": {"max_new_tokens": 4}})
-    assert status == 200 and len(body["predictions"]) == 1
+def test_prompts_get_generated_answers_in_every_payload(server, tiny_adapter):
+    _, _, run_id, _ = tiny_adapter
+    expected = (200, {"predictions": answers(f"runs:/{run_id}/adapter")})  # loaded in this process
+    params = {"max_new_tokens": 8}
+    assert post(server, {"inputs": {"prompt": PROMPTS}, "params": params}) == expected
+    assert post(server, {"inputs": PROMPTS, "params": params}) == expected  # as to MLflow's LLM flavours
+    records = [{"prompt": prompt} for prompt in PROMPTS]
+    assert post(server, {"dataframe_records": records, "params": params}) == expected
+    split = {"columns": ["prompt"], "data": [[prompt] for prompt in PROMPTS]}
+    assert post(server, {"dataframe_split": split, "params": params}) == expected
     sampled = post(
         server, {"inputs": {"prompt": ["x"]}, "params": {"max_new_tokens": 4, "temperature": 0.7, "top_p": 0.9}}
     )
@@ -59,7 +62,7 @@ def test_prompts_get_generated_answers_in_either_payload(server):
         ({"inputs": {"prompt": ["x"]}, "params": {"top_p": 1.5}}, "top_p must be in (0, 1] (got 1.5)"),
         ({"inputs": {"prompt": ["x"]}, "params": {"temperature": -1.0}}, "temperature must be 0 (greedy) to 10"),
         ({"inputs": {"prompt": [""]}}, "every `prompt` must be a non-empty string"),
-        ({"dataframe_records": [{"text": "x"}]}, "Model is missing inputs ['prompt']"),
+        ({"dataframe_records": [{"text": "x"}]}, "needs a `prompt` column or a list of prompts (got columns: text)"),
         ({"inputs": {"prompt": ["word " * 3000]}, "params": {"max_new_tokens": 8}}, "over the model's 2048 positions"),
         (b"[" * 5000 + b"]" * 5000, "the request's JSON is nested too deeply"),  # MLflow alone answers 500
     ],
