@@ -103,14 +103,14 @@ def setup(data_cfg: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, t
     else:
         prepared = data.prepare(data_cfg, ref, tokenizer)[0]
     check_prepared(prepared, data_cfg.seq_len, models.tokenizer_digest(tokenizer), base.base_model)
-    rows = ", ".join(f"{prepared.meta['counts'][METRIC_ROWS.format(split=split)]} {split}" for split in SPLITS)
-    source = train.data or data_cfg.dataset
-    console.say(f"data {source}: rows of {data_cfg.seq_len} tokens: {rows}  {console.seconds_since(started)}")
-    started = time.perf_counter()
+    data_s, started = time.perf_counter() - started, time.perf_counter()
     model, weights_dtype = models.load_base(ref, adapter.quantization, dtype, where)
+    lora.resolve_targets(model, adapter.target_modules)  # an unknown name fails before the run
+    # said once all is well: bad input stays one line
+    rows = ", ".join(f"{prepared.meta['counts'][METRIC_ROWS.format(split=split)]} {split}" for split in SPLITS)
+    console.say(f"data {train.data or data_cfg.dataset}: rows of {data_cfg.seq_len} tokens: {rows}  {data_s:.0f} s")
     loaded = f"loaded on {where.type}, quantization {adapter.quantization}"
     console.say(f"base {base.base_model}: {loaded}  {console.seconds_since(started)}")
-    lora.resolve_targets(model, adapter.target_modules)  # an unknown name fails before the run
     return Setup(ref, tokenizer, model, prepared, where, dtype, weights_dtype)
 
 

@@ -1,7 +1,6 @@
 """The package layout rules: components never import stages, no import cycles, MLflow in its places."""
 
 import ast
-import importlib
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lora_study"
@@ -87,7 +86,7 @@ def test_no_component_imports_a_stage():
 
 def test_the_import_graph_of_lora_study_has_no_cycle():
     graph = {name: imported_modules(name) for name in SOURCES}
-    assert graph["lora_study.cli"] >= {"lora_study.config", "lora_study.stages.train"}  # the graph sees imports
+    assert graph["lora_study.stages.train"] >= {"lora_study.config", "lora_study.training"}  # the graph sees imports
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
@@ -111,8 +110,7 @@ def test_every_stage_is_the_command_of_its_name():
         tree = ast.parse((STAGES / f"{stage}.py").read_text())
         functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
         assert f"run_{stage}" in functions, f"lora_study/stages/{stage}.py defines no run_{stage}"
-        module = importlib.import_module(f"lora_study.stages.{stage}")
-        assert getattr(COMMANDS.get(stage), "run", None) is getattr(module, f"run_{stage}"), f"command {stage}"
+        assert getattr(COMMANDS.get(stage), "stage", None) == stage, f"command {stage}"
     assert sorted(COMMANDS) == stages
 
 

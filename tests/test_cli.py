@@ -1,10 +1,12 @@
 """`lora-study` end to end in-process: exit codes, one-line errors, no run left RUNNING."""
 
 import json
+import subprocess
+import sys
 
 import mlflow
 import pytest
-from conftest import runs
+from conftest import register_echo, runs
 
 from lora_study import cli
 
@@ -57,3 +59,37 @@ def test_a_failure_inside_the_run_leaves_it_failed_with_the_reason(tmp_path, mlf
     (run,) = runs(mlflow_experiment)
     assert run.info.status == "FAILED"
     assert run.data.tags["lora_study.error"] == "OSError: disk full"
+
+
+HEAVY_MODULES = ("torch", "transformers", "peft", "mlflow.pyfunc", "optuna")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["sweep", "--help"],
+        ["train", "--rank", "0"],  # refused at the edge
+        ["versions", "{name}"],
+        ["promote", "{name}", "--version", "1", "--reason", "first"],
+    ],
+)
+def test_commands_that_load_no_model_import_no_model_library(argv, tmp_path):
+    """`--help`, an argument error, `versions` and `promote` answer in about a second: they
+    import neither torch, transformers, peft nor MLflow's pyfunc (seconds each to import)."""
+    name = f"light-{tmp_path.name}"
+    register_echo(name, test_perplexity="12.5")
+    argv = [word.format(name=name) for word in argv]
+    program = (
+        "import sys\nfrom lora_study import cli\n"
+        f"try:\n    code = cli.main({argv!r})\nexcept SystemExit as exit:\n    code = exit.code\n"
+        f"print(code, sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    code, imported = done.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert imported == "[]", done.stdout
+    assert code == ("2" if "--rank" in argv else "0"), done.stderr
+    if argv[0] == "versions":
+        assert "12.5" in done.stdout  # the table, read from the registry
+    if argv[0] == "promote":
+        assert f"{name}@champion -> version 1" in done.stdout

@@ -67,3 +67,29 @@ def test_versions_lists_aliases_shape_and_metrics(capsys):
         "base_test_perplexity": "18.7",
         "eval_perplexity": "",
     }
+
+
+def test_a_version_is_registered_from_its_logged_model_with_a_description_of_it():
+    version = registry.get_version(
+        "described",
+        int(
+            register_echo(
+                "described", test_perplexity="13.1", base_test_perplexity="18.7", perplexity_improvement_pct="30"
+            )
+        ),
+    )
+    run = mlflow.get_run(version.run_id)
+    assert version.source.startswith("models:/m-")  # the LoggedModel, not the run's artifact path
+    assert version.description.splitlines() == [
+        "A LoRA adapter on `tiny`: rank 8, alpha 16.0, target modules `qv`.",
+        "",
+        "Test perplexity 13.100, against the base's 18.700 (30.0% better).",
+        "",
+        f"Logged by the run [{run.info.run_name}](#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}).",
+    ]
+
+
+def test_an_unmeasured_version_says_how_to_measure_it():
+    number = register_echo("described-unmeasured")
+    description = registry.get_version("described-unmeasured", int(number)).description
+    assert f"`lora-study evaluate --model-uri models:/described-unmeasured/{number}`" in description

@@ -123,6 +123,46 @@ def test_a_trial_run_ends_with_its_trial_state(mlflow_experiment, error, state, 
     assert client.get_run(parent_id).info.status == "FINISHED"
 
 
+@pytest.mark.parametrize(
+    "flag, env, expected",
+    [
+        (None, {}, "lora-study"),  # nobody chose: lora-study's own
+        ("mine", {}, "mine"),
+        (None, {"MLFLOW_EXPERIMENT_NAME": "from-env"}, "from-env"),
+        ("flag-wins", {"MLFLOW_EXPERIMENT_NAME": "from-env"}, "flag-wins"),
+    ],
+)
+def test_runs_go_to_the_experiment_chosen_tagged_as_model_training(flag, env, expected, tracking_uri, monkeypatch):
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    experiment_id = tracking.use_experiment(flag)
+    experiment = mlflow.get_experiment(experiment_id)
+    assert experiment.name == expected
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    with mlflow.start_run() as run:
+        assert run.info.experiment_id == experiment_id
+
+
+def test_an_experiment_of_a_kind_already_keeps_it(mlflow_experiment):
+    mlflow.MlflowClient().set_experiment_tag(mlflow_experiment, "mlflow.experimentKind", "genai_development")
+    assert tracking.use_experiment() == mlflow_experiment  # MLFLOW_EXPERIMENT_ID, as `mlflow run` sets it
+    assert mlflow.get_experiment(mlflow_experiment).tags["mlflow.experimentKind"] == "genai_development"
+
+
+@pytest.mark.parametrize(
+    "args, label",
+    [
+        ((32, "qkvo", 1.93e-3), "r32 qkvo lr1.9e-3"),
+        ((8, "all-linear", 0.02, "4bit"), "r8 all-linear lr2.0e-2 4bit"),
+        ((16, "qv"), "r16 qv"),
+    ],
+)
+def test_an_adapter_label_names_its_configuration_in_a_few_characters(args, label):
+    assert tracking.adapter_label(*args) == label
+
+
 def test_log_params_keeps_what_the_run_already_holds(mlflow_experiment):
     with mlflow.start_run() as run:
         tracking.log_params({"a": 1})

@@ -44,7 +44,7 @@ def test_merge_logs_and_writes_a_plain_model_that_answers_as_the_adapter(tmp_pat
     assert (got - expected).abs().max() < (base - expected).abs().max() / 4  # the adapter's change is in it
     # the logged model serves the merged weights with the adapter's request contract
     served = mlflow.pyfunc.load_model(f"runs:/{merge_run}/merged")
-    assert served.metadata.signature.inputs.input_names() == ["prompt"]
+    assert served.metadata.signature.inputs.to_dict() == [{"type": "string", "required": True}]  # a list of prompts
     answers = served.predict(pd.DataFrame({"prompt": ["The list type"]}), params={"max_new_tokens": 4})
     assert len(answers) == 1 and isinstance(answers[0], str)
     version = registry.get_version("merged-docs", 1)
