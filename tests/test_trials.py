@@ -1,7 +1,10 @@
 """A sweep worker: the base loaded once, every trial on the pristine base, and the test metrics
 of a trial's adapter measured on that base."""
 
+import datetime
+
 import mlflow
+import optuna
 import pytest
 import torch
 from conftest import runs
@@ -73,3 +76,28 @@ def test_test_metrics_of_a_trial_match_the_evaluation_of_its_logged_adapter(tmp_
     assert float(measured["test_perplexity"]) == pytest.approx(alone.metrics["test_perplexity"], rel=1e-4)
     assert float(measured["base_test_perplexity"]) == pytest.approx(alone.metrics["base_test_perplexity"], rel=1e-4)
     assert not any("lora" in name for name, _ in worker.bases["none"].named_modules())  # detached again
+
+
+def finished_trial(state, number=3, values=None, intermediate=None, perplexity=None, seconds=49):
+    start = datetime.datetime(2026, 12, 2, 12, 0, 0)
+    trial = optuna.trial.create_trial(
+        state=state,
+        values=values,
+        params={"rank": 32},
+        distributions={"rank": optuna.distributions.CategoricalDistribution([8, 32])},
+        user_attrs={"label": "r32 qkvo lr1.9e-3", **({"eval_perplexity": perplexity} if perplexity else {})},
+        intermediate_values=intermediate or {},
+    )
+    trial.number, trial.datetime_start = number, start
+    trial.datetime_complete = start + datetime.timedelta(seconds=seconds)
+    return trial
+
+
+def test_an_explore_trial_is_one_line_with_its_outcome_and_time():
+    complete = finished_trial(optuna.trial.TrialState.COMPLETE, values=[12.02], perplexity=12.0213)
+    assert trials.explore_line(complete, 4, 8, best=True) == "trial 3  4/8  r32 qkvo lr1.9e-3  ppl 12.02 (best)  49 s"
+    assert trials.explore_line(complete, 4, 8, best=False).endswith("ppl 12.02  49 s")
+    pruned = finished_trial(optuna.trial.TrialState.PRUNED, intermediate={2: 30.5, 4: 28.25}, seconds=12)
+    assert trials.explore_line(pruned, 5, 8, best=False).endswith("pruned at step 4 (ppl 28.25)  12 s")
+    failed = finished_trial(optuna.trial.TrialState.FAIL, seconds=1)
+    assert trials.explore_line(failed, 6, 8, best=False).endswith("  fail  1 s")

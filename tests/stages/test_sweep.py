@@ -208,9 +208,40 @@ def test_the_best_configurations_are_confirmed_with_seeds_and_the_rule_picks_one
         (sum(s**2 for s in stds) / 2) ** 0.5, rel=1e-5
     )
     assert parent.data.metrics["complete_trials"] == 3  # the counts and plots are of the explore phase
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert out.startswith("recommended: ") or "\nrecommended: " in out
     assert "forgetting: KL(base || adapter)" in out
+    # what a user reads in the UI: names, descriptions with links, the data each run trained on
+    assert parent.info.run_name == "sweep s"
+    names = sorted(r.info.run_name for r in runs(mlflow_experiment) if r.data.tags["lora_study.stage"] != "sweep")
+    assert [n.split(" ")[0] for n in names[:4]] == sorted(
+        f"confirm-trial-{c}-seed-{s}" for c in configs for s in (0, 1)
+    )
+    assert [n.split(" ")[0] for n in names[4:]] == ["trial-0", "trial-1", "trial-2"]
+    trial_runs = [r for r in runs(mlflow_experiment) if r.data.tags["lora_study.stage"] in ("trial", "confirm")]
+    for run in trial_runs:
+        p = run.data.params
+        lr = tracking.short_number(float(p["learning_rate"]))
+        assert run.info.run_name.endswith(f" r{p['rank']} {p['target_modules']} lr{lr}")
+        (data_input,) = run.inputs.dataset_inputs
+        assert data_input.dataset.digest == p["dataset_digest"][:16] and data_input.tags[0].value == "training"
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith(parent.data.tags["lora_study.recommendation"])
+    for version in versions:
+        assert f"(#/models/{version.name}/versions/{version.version})" in note
+        run = mlflow.get_run(version.run_id)
+        assert version.source.startswith("models:/m-")
+        assert f"Test perplexity {float(version.tags['test_perplexity_mean']):.3f} +- " in version.description
+        assert f"(#/experiments/{mlflow_experiment}/runs/{run.info.run_id})" in version.description
+        assert f"/runs/{parent.info.run_id}/artifacts/report/report.html" in version.description
+    # a line per step and per trial; no warning a user cannot act on
+    err = captured.err.splitlines()
+    assert [line.split(" ")[0] for line in err if line.startswith(("trial ", "confirm "))] == ["trial"] * 3 + [
+        "confirm"
+    ] * 4
+    assert any(line.startswith("data python-docs: rows of 32 tokens") for line in err)
+    assert not [line for line in err if "Warning" in line or "WARNING" in line], err
 
 
 @pytest.mark.slow
