@@ -45,6 +45,7 @@ def quiet_progress_bars() -> None:
     """Progress bars are for a terminal; in logs and CI they are noise. Set before transformers
     and huggingface_hub are imported, the environment is enough (nothing heavy is imported here)."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # bars made with tqdm directly: transformers' GGUF conversion
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if "transformers.utils.logging" in sys.modules:  # imported already: tell it directly
         sys.modules["transformers.utils.logging"].disable_progress_bar()
