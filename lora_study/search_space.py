@@ -181,6 +181,11 @@ def _range(section, key: str, spec: dict) -> tuple[str, object, list[str]]:
     if "low" not in spec or "high" not in spec:
         return key, None, problems + ["a range needs `low` and `high`"]
     low, high, log = spec["low"], spec["high"], bool(spec.get("log", False))
+    problems += [
+        f"`{name}` must be a number (got {bound!r})"  # the config would coerce true or "1"; a range is compared
+        for name, bound in (("low", low), ("high", high))
+        if isinstance(bound, bool) or not isinstance(bound, (int, float))
+    ]
     problems += _check_value(section, key, low) + _check_value(section, key, high)
     if not problems and not all(_finite(bound) for bound in (low, high)):
         problems.append(f"low and high must be finite numbers a float can hold (got {low!r}, {high!r})")
