@@ -1,0 +1,130 @@
+"""What a user sees in MLflow's UI after a sweep with no experiment named: the `lora-study`
+experiment of kind model training, named runs, and a registered version whose description links
+its run, read through a real `mlflow server` by its REST API and by a headless Chromium."""
+
+import json
+import re
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import free_port, server_process
+from PIL import Image
+
+from lora_study import cli
+
+SPACE = """
+sampler: random
+space:
+  rank: [4, 8]
+  alpha: {per_rank: 2}
+  target_modules: [qv, all-linear]
+  learning_rate: [0.02, 0.000001]
+  batch_size: 4
+"""
+STUDY, MODEL = "ui", "tiny-ui"
+# virtual time: the React app's requests settle well within it; the real time is a few seconds
+RENDER_MS = 20000
+
+
+@pytest.fixture
+def own_store(tmp_path, monkeypatch, tracking_uri):
+    """A tracking store of this test's own, with no experiment chosen: runs go where a user's would."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    monkeypatch.chdir(tmp_path)  # an experiment MLflow creates keeps its artifacts in ./mlruns
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(tracking_uri)
+
+
+def api(url: str, endpoint: str, body: dict | None = None, **query) -> dict:
+    """GET (or POST `body` to) `/api/2.0/mlflow/ENDPOINT` of the server at `url`: its JSON answer."""
+    address = f"{url}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(address, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def tags(entity: dict) -> dict:
+    return {tag["key"]: tag["value"] for tag in entity.get("tags", [])}
+
+
+def browse(page: str, screenshot, profile) -> str:
+    """Open `page` in headless Chromium with a new profile, as a first-time visitor's browser
+    would: save a screenshot and return the DOM the React app rendered."""
+    argv = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1400,1000"]
+    argv += [f"--user-data-dir={profile}", f"--virtual-time-budget={RENDER_MS}", f"--screenshot={screenshot}"]
+    return subprocess.run([*argv, "--dump-dom", page], check=True, capture_output=True, text=True, timeout=120).stdout
+
+
+def assert_rendered(screenshot):
+    """The screenshot is of a drawn page (text, icons, tables), not a blank or half-loaded one."""
+    rgb = np.asarray(Image.open(screenshot).convert("RGB"))
+    assert rgb.shape == (1000, 1400, 3)
+    gray = rgb.mean(axis=2)
+    assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 1000 and (gray < 200).mean() > 0.005 and gray.std() > 10
+
+
+@pytest.mark.slow  # a whole sweep, an MLflow server and a browser
+def test_a_sweep_opens_in_mlflow_ui_as_model_training_with_named_runs_and_described_versions(own_store, tmp_path):
+    (tmp_path / "space.yaml").write_text(SPACE)
+    argv = ["sweep", "--base-model", "tiny", "--max-samples", "15", "--seq-len", "32"]
+    argv += ["--config", str(tmp_path / "space.yaml"), "--n-trials", "3", "--max-steps", "4", "--eval-every", "2"]
+    argv += ["--confirm-top", "1", "--confirm-seeds", "2", "--storage", f"sqlite:///{tmp_path}/optuna.db"]
+    assert cli.main([*argv, "--study-name", STUDY, "--registered-model", MODEL]) == 0
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", own_store]
+    server += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with server_process(server, f"{url}/health", 120):
+        assert urllib.request.urlopen(f"{url}/health", timeout=5).read() == b"OK"
+
+        # --- what the REST API holds ---------------------------------------------------------
+        experiment = api(url, "experiments/get-by-name", experiment_name="lora-study")["experiment"]
+        assert tags(experiment)["mlflow.experimentKind"] == "custom_model_development"
+        experiment_id = experiment["experiment_id"]
+        (version,) = api(url, "model-versions/search", filter=f"name = '{MODEL}'")["model_versions"]
+        found = api(url, "runs/search", {"experiment_ids": [experiment_id], "max_results": 100})["runs"]
+        (parent,) = [run for run in found if run["info"]["run_name"] == f"sweep {STUDY}"]
+        config = tags(version)["config_trial"]  # the explore trial the confirmations repeated
+        named = sorted(run["info"]["run_name"] for run in found if run is not parent)
+        assert [name.split(" ")[0] for name in named] == [
+            f"confirm-trial-{config}-seed-0",
+            f"confirm-trial-{config}-seed-1",
+            "trial-0",
+            "trial-1",
+            "trial-2",
+        ]
+        assert all(re.fullmatch(r"\S+ r[48] (qv|all-linear) lr\d\.\de-\d+", name) for name in named), named
+        number = version["version"]
+        description = version["description"]
+        assert "Test perplexity " in description
+        assert f"(#/experiments/{experiment_id}/runs/{version['run_id']})" in description
+        assert f"(#/models/{MODEL}/versions/{number})" in tags(parent["data"])["mlflow.note.content"]
+
+        # --- what a browser shows --------------------------------------------------------------
+        dom = browse(f"{url}/#/models/{MODEL}/versions/{number}", tmp_path / "version.png", tmp_path / "profile-1")
+        assert_rendered(tmp_path / "version.png")
+        assert f"<title>{MODEL} v{number} - MLflow</title>" in dom
+        assert "Test perplexity " in dom and "Description" in dom
+
+        dom = browse(f"{url}/#/experiments/{experiment_id}", tmp_path / "experiment.png", tmp_path / "profile-2")
+        assert_rendered(tmp_path / "experiment.png")
+        assert "lora-study" in dom
+        # MLflow 3.17's GenAI view opens an experiment on its "Overview" of traces (latency,
+        # token usage); its model-training view opens on "Runs", the runs table. Which one is the
+        # browser's `mlflow.workflowType` (localStorage, default GenAI) or the `?workflowType=` of
+        # the URL; read from its bundle, 3.17.2 does not consult the experiment's kind tag for it.
+        genai_overview = "Token Usage" in dom
+        assert not genai_overview, "the experiment opened on MLflow's GenAI overview, not on model training"
+        assert f"<title>Runs - Experiment {experiment_id} - MLflow</title>" in dom
+        assert f"sweep {STUDY}" in dom
