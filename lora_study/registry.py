@@ -275,15 +275,16 @@ def _what(tags: dict, params: dict) -> str:
 def _measured(mv, metrics: dict) -> str:
     if METRIC_TEST_PERPLEXITY not in metrics:
         return f"Not measured on the test split yet: `lora-study evaluate --model-uri models:/{mv.name}/{mv.version}`."
-    text = f"Test perplexity {metrics[METRIC_TEST_PERPLEXITY]:.3f}"
+    # 6 significant digits, as the version's tags hold them: no digit the tags do not have
+    text = f"Test perplexity {metrics[METRIC_TEST_PERPLEXITY]:.6g}"
     if TAG_TEST_PERPLEXITY_MEAN in mv.tags:
         text = (
-            f"Test perplexity {float(mv.tags[TAG_TEST_PERPLEXITY_MEAN]):.3f} +- "
-            f"{float(mv.tags[TAG_TEST_PERPLEXITY_STD]):.3f} over {mv.tags[TAG_TEST_PERPLEXITY_N]} seeds "
-            f"(this seed's {metrics[METRIC_TEST_PERPLEXITY]:.3f})"
+            f"Test perplexity {float(mv.tags[TAG_TEST_PERPLEXITY_MEAN]):.6g} +- "
+            f"{float(mv.tags[TAG_TEST_PERPLEXITY_STD]):.3g} over {mv.tags[TAG_TEST_PERPLEXITY_N]} seeds "
+            f"(this seed's {metrics[METRIC_TEST_PERPLEXITY]:.6g})"
         )
     if METRIC_BASE_TEST_PERPLEXITY in metrics:
-        text += f", against the base's {metrics[METRIC_BASE_TEST_PERPLEXITY]:.3f}"
+        text += f", against the base's {metrics[METRIC_BASE_TEST_PERPLEXITY]:.6g}"
         if METRIC_PERPLEXITY_IMPROVEMENT_PCT in metrics:
             text += f" ({metrics[METRIC_PERPLEXITY_IMPROVEMENT_PCT]:.1f}% better)"
     return text + "."

@@ -26,11 +26,15 @@ SPLITS = ("train", "validation", "test")
 # Where runs go when neither `--experiment-name`, MLFLOW_EXPERIMENT_NAME/_ID nor `mlflow run
 # --experiment-name` says (`mlflow run` without it puts its run in `Default`, which stays so).
 EXPERIMENT_NAME = "lora-study"
-# MLflow's UI opens an experiment on the view its kind names, and on its GenAI view (traces,
-# judges) when it has none. "custom_model_development" is what the UI itself sets when a user
-# picks "Machine learning" (runs, metrics, models), read from its code in MLflow 3.17.
+# The experiment's kind: "custom_model_development" is what MLflow's UI itself writes when a user
+# picks "Machine learning" (runs, metrics, models) over "GenAI apps & agents" (traces, judges).
 TAG_MLFLOW_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
+# MLflow 3.17.2's UI does not read that tag to pick its view (a feature flag, fixed on in its
+# bundle, has it read the browser's choice instead): it opens the GenAI view unless the address
+# says `?workflowType=machine_learning` or the user flipped its switch in that browser. The
+# addresses lora-study prints say so.
+UI_TRAINING_VIEW = "workflowType=machine_learning"
 
 # --- run names: what each run is, as the UI lists it ------------------------------------------
 RUN_NAME_PREPARE = "prepare {dataset} for {base_model}"
@@ -488,6 +492,11 @@ def ui_run_link(experiment_id: str, run_id: str, artifact: str = "") -> str:
     """The UI page of a run, or of one of its artifacts (MLflow 3.17's routes)."""
     page = f"#/experiments/{experiment_id}/runs/{run_id}"
     return f"{page}/artifacts/{artifact}" if artifact else page
+
+
+def ui_experiment_link(experiment_id: str) -> str:
+    """The UI page of an experiment, on its model-training view (runs, not traces)."""
+    return f"#/experiments/{experiment_id}?{UI_TRAINING_VIEW}"
 
 
 def ui_version_link(name: str, version: str) -> str:

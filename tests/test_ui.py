@@ -74,12 +74,17 @@ def assert_rendered(screenshot):
 
 
 @pytest.mark.slow  # a whole sweep, an MLflow server and a browser
-def test_a_sweep_opens_in_mlflow_ui_as_model_training_with_named_runs_and_described_versions(own_store, tmp_path):
+def test_a_sweep_opens_in_mlflow_ui_as_model_training_with_named_runs_and_described_versions(
+    own_store, tmp_path, capsys
+):
     (tmp_path / "space.yaml").write_text(SPACE)
     argv = ["sweep", "--base-model", "tiny", "--max-samples", "15", "--seq-len", "32"]
     argv += ["--config", str(tmp_path / "space.yaml"), "--n-trials", "3", "--max-steps", "4", "--eval-every", "2"]
     argv += ["--confirm-top", "1", "--confirm-seeds", "2", "--storage", f"sqlite:///{tmp_path}/optuna.db"]
     assert cli.main([*argv, "--study-name", STUDY, "--registered-model", MODEL]) == 0
+    # the address the sweep says to open, on whichever port the UI is served
+    (printed,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  then open ")]
+    experiment_page = printed.removeprefix("  then open http://127.0.0.1:5000/")
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -117,13 +122,15 @@ def test_a_sweep_opens_in_mlflow_ui_as_model_training_with_named_runs_and_descri
         assert f"<title>{MODEL} v{number} - MLflow</title>" in dom
         assert "Test perplexity " in dom and "Description" in dom
 
-        dom = browse(f"{url}/#/experiments/{experiment_id}", tmp_path / "experiment.png", tmp_path / "profile-2")
+        assert experiment_page == f"#/experiments/{experiment_id}?workflowType=machine_learning"
+        dom = browse(f"{url}/{experiment_page}", tmp_path / "experiment.png", tmp_path / "profile-2")
         assert_rendered(tmp_path / "experiment.png")
         assert "lora-study" in dom
         # MLflow 3.17's GenAI view opens an experiment on its "Overview" of traces (latency,
         # token usage); its model-training view opens on "Runs", the runs table. Which one is the
         # browser's `mlflow.workflowType` (localStorage, default GenAI) or the `?workflowType=` of
-        # the URL; read from its bundle, 3.17.2 does not consult the experiment's kind tag for it.
+        # the URL; read from its bundle, 3.17.2 does not consult the experiment's kind tag for it,
+        # so the address the sweep prints names the view.
         genai_overview = "Token Usage" in dom
         assert not genai_overview, "the experiment opened on MLflow's GenAI overview, not on model training"
         assert f"<title>Runs - Experiment {experiment_id} - MLflow</title>" in dom

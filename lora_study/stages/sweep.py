@@ -504,4 +504,5 @@ def _print_where_to_look(plan: Plan, parent, versions, recommended) -> None:
         print(f"  alias: models:/{challenger.name}@{ALIAS_CHALLENGER} (version {challenger.version})")
     print(f"experiment `{experiment.name}` (id {plan.experiment_id}), parent run {parent.info.run_id}")
     print(f"see it: mlflow ui --backend-store-uri {plan.tracking_uri}")
+    print(f"  then open http://127.0.0.1:5000/{tracking.ui_experiment_link(plan.experiment_id)}")
     print(f'the study: optuna-dashboard {masked(plan.storage)}  (pip install -e ".[dashboard]")')
