@@ -4,6 +4,7 @@ watches (a TTY), and none of the warnings a user of lora-study cannot act on.
 Lines go to stderr, beside MLflow's and Optuna's own; stdout keeps the answer.
 """
 
+import functools
 import logging
 import os
 import sys
@@ -45,10 +46,22 @@ def quiet_progress_bars() -> None:
     """Progress bars are for a terminal; in logs and CI they are noise. Set before transformers
     and huggingface_hub are imported, the environment is enough (nothing heavy is imported here)."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # bars made with tqdm directly: transformers' GGUF conversion
+    os.environ.setdefault("TQDM_DISABLE", "1")  # for processes this one starts
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if "transformers.utils.logging" in sys.modules:  # imported already: tell it directly
         sys.modules["transformers.utils.logging"].disable_progress_bar()
+    _disable_tqdm()
+
+
+def _disable_tqdm() -> None:
+    """Bars libraries draw with tqdm directly (transformers' GGUF conversion) off, as TQDM_DISABLE=1
+    makes them; tqdm reads that variable only when imported, which MLflow has done by now. A bar
+    asked for explicitly (`progress`) still decides for itself."""
+    import tqdm.std
+
+    init = tqdm.std.tqdm.__dict__["__init__"]  # tqdm's own partialmethod of its env overrides
+    if not getattr(init, "keywords", {}).get("disable"):
+        tqdm.std.tqdm.__init__ = functools.partialmethod(init, disable=True)
 
 
 def watched() -> bool:

@@ -4,7 +4,6 @@ its run, read through a real `mlflow server` by its REST API and by a headless C
 
 import json
 import re
-import subprocess
 import sys
 import urllib.parse
 import urllib.request
@@ -12,7 +11,7 @@ import urllib.request
 import mlflow
 import numpy as np
 import pytest
-from conftest import free_port, server_process
+from conftest import chromium, free_port, server_process
 from PIL import Image
 
 from lora_study import cli
@@ -58,11 +57,9 @@ def tags(entity: dict) -> dict:
 
 
 def browse(page: str, screenshot, profile) -> str:
-    """Open `page` in headless Chromium with a new profile, as a first-time visitor's browser
-    would: save a screenshot and return the DOM the React app rendered."""
-    argv = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1400,1000"]
-    argv += [f"--user-data-dir={profile}", f"--virtual-time-budget={RENDER_MS}", f"--screenshot={screenshot}"]
-    return subprocess.run([*argv, "--dump-dom", page], check=True, capture_output=True, text=True, timeout=120).stdout
+    """Open `page` as a first-time visitor's browser would (a new profile): save a screenshot and
+    return the DOM the React app rendered."""
+    return chromium(page, screenshot, width=1400, height=1000, render_ms=RENDER_MS, profile=profile)
 
 
 def assert_rendered(screenshot):
