@@ -92,7 +92,9 @@ def setup(data_cfg: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, t
     from transformers import AutoConfig
 
     where = models.device()
-    ref = models.resolve(base.base_model, base.trust_remote_code)
+    started = time.perf_counter()
+    ref = models.resolve(base.base_model, base.trust_remote_code)  # the first time, builds it (GGUF)
+    resolve_s = time.perf_counter() - started
     config = AutoConfig.from_pretrained(ref.path, revision=ref.revision, trust_remote_code=ref.trust_remote_code)
     check_settings(adapter, train, data_cfg.seq_len, config)
     dtype = models.autocast_dtype(train.precision, where)
@@ -110,7 +112,7 @@ def setup(data_cfg: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, t
     rows = ", ".join(f"{prepared.meta['counts'][METRIC_ROWS.format(split=split)]} {split}" for split in SPLITS)
     console.say(f"data {train.data or data_cfg.dataset}: rows of {data_cfg.seq_len} tokens: {rows}  {data_s:.0f} s")
     loaded = f"loaded on {where.type}, quantization {adapter.quantization}"
-    console.say(f"base {base.base_model}: {loaded}  {console.seconds_since(started)}")
+    console.say(f"base {base.base_model}: {loaded}  {resolve_s + time.perf_counter() - started:.0f} s")
     return Setup(ref, tokenizer, model, prepared, where, dtype, weights_dtype)
 
 

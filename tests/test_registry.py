@@ -83,7 +83,7 @@ def test_a_version_is_registered_from_its_logged_model_with_a_description_of_it(
     assert version.description.splitlines() == [
         "A LoRA adapter on `tiny`: rank 8, alpha 16.0, target modules `qv`.",
         "",
-        "Test perplexity 13.100, against the base's 18.700 (30.0% better).",
+        "Test perplexity 13.1, against the base's 18.7 (30.0% better).",
         "",
         f"Logged by the run [{run.info.run_name}](#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}).",
     ]
