@@ -165,15 +165,31 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
 
 
+BASE_ROW = "__base__"  # PEFT's adapter name for a row of a mixed batch that takes no adapter
+
+
 @torch.no_grad()
-def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: float, top_p: float = 1.0) -> str:
-    """One answer to a prompt, as a served model gives it: greedy at temperature 0, else sampled."""
-    inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+    adapter_names: list[str] | None = None,
+) -> list[str]:
+    """Answers to prompts, as a served model gives them, in one batch: greedy at temperature 0,
+    else sampled. Left-padded, so each row's answer is the one it gets alone. `adapter_names`
+    gives each row its adapter (PEFT's mixed-adapter batch; BASE_ROW for none); without it, the
+    model's active adapter answers all."""
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(model.device)
     sampling = {"do_sample": False}
     if temperature > 0:
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}
+    if adapter_names is not None:
+        sampling["adapter_names"] = adapter_names
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling)
-    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    return tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 # --- ROUGE-L ---------------------------------------------------------------------------------------

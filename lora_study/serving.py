@@ -76,11 +76,27 @@ def answer(model, tokenizer, adapters: dict[str, ServedAdapter], prompt_format: 
     picked = [_pick(adapters, name or choice) for name in _adapter_column(model_input, len(prompts))]
     texts = [user_prompt(p, a.prompt_format if a else prompt_format, tokenizer) for p, a in zip(prompts, picked)]
     check_lengths(texts, tokenizer, model.config, params["max_new_tokens"])
-    answers = []
-    for text, adapter in zip(texts, picked):
-        if adapter is not None:
-            model.set_adapter(adapter.key)
-        answers.append(generate(model, tokenizer, text, **params))
+    return generate_mixed(model, tokenizer, texts, [adapter.key if adapter else None for adapter in picked], params)
+
+
+def generate_mixed(model, tokenizer, texts: list[str], keys: list[str | None], params: dict) -> list[str]:
+    """Answers with each row's adapter (`keys`; None on a merged model): the rows of LoRA
+    adapters in one mixed batch, those of DoRA adapters (which PEFT cannot mix) a batch per adapter."""
+    if all(key is None for key in keys):
+        return generate(model, tokenizer, texts, **params)
+    dora = sorted({key for key in keys if model.peft_config[key].use_dora})
+    mixed = [i for i, key in enumerate(keys) if key not in dora]
+    groups = ([mixed] if mixed else []) + [[i for i, key in enumerate(keys) if key == name] for name in dora]
+    answers = [""] * len(texts)
+    for rows in groups:
+        names = [keys[i] for i in rows]
+        if names[0] in dora:
+            model.set_adapter(names[0])
+            batch = generate(model, tokenizer, [texts[i] for i in rows], **params)
+        else:
+            batch = generate(model, tokenizer, [texts[i] for i in rows], adapter_names=names, **params)
+        for i, text in zip(rows, batch):
+            answers[i] = text
     return answers
 
 

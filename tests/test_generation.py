@@ -3,9 +3,10 @@
 import re
 
 import pytest
+import torch
 from conftest import alpaca_records, write_jsonl
 
-from lora_study import data, generation
+from lora_study import data, generation, models, serving
 from lora_study.config import DataConfig
 from lora_study.errors import UserInputError
 
@@ -49,3 +50,49 @@ def test_rouge_l_is_the_lcs_f1_over_words():
     # LCS "a c" of "a b c d" and "a c e": precision 2/4, recall 2/3
     assert generation.rouge_l("a b c d", "a c e") == pytest.approx(2 * (1 / 2) * (2 / 3) / (1 / 2 + 2 / 3))
     assert generation.rouge_l("", "x") == 0.0 and generation.rouge_l("y", "x") == 0.0
+
+
+# --- answers in one batch, each row with its own adapter ---------------------------------------------
+
+MIXED_PROMPTS = ["The list type", "def f(x):\n    return", "A dict maps keys to values, and", "Sorting"]
+
+
+@pytest.fixture(scope="module")
+def three_adapters(tiny):
+    """The tiny base with LoRA adapters `one` and `two` and a DoRA adapter `dor`, initialised at random
+    (not to zero) so that each answers differently."""
+    from peft import LoraConfig, get_peft_model
+
+    base, _ = models.load_base(tiny, "none", torch.float32, torch.device("cpu"))
+    config = {"r": 4, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj"], "init_lora_weights": False}
+    torch.manual_seed(0)
+    model = get_peft_model(base, LoraConfig(**config), adapter_name="one")
+    model.add_adapter("two", LoraConfig(**config))
+    model.add_adapter("dor", LoraConfig(**config, use_dora=True))
+    return model.eval()
+
+
+def alone(model, tokenizer, prompt: str, adapter: str | None) -> str:
+    if adapter is None:
+        with model.disable_adapter():
+            return generation.generate(model, tokenizer, [prompt], 8, 0.0)[0]
+    model.set_adapter(adapter)
+    return generation.generate(model, tokenizer, [prompt], 8, 0.0)[0]
+
+
+def test_a_mixed_batch_answers_each_row_as_its_adapter_alone_does(three_adapters, tokenizer):
+    model, names = three_adapters, ["one", "two", generation.BASE_ROW, "one"]
+    batched = generation.generate(model, tokenizer, MIXED_PROMPTS, 8, 0.0, adapter_names=names)
+    expected = [
+        alone(model, tokenizer, p, None if n == generation.BASE_ROW else n) for p, n in zip(MIXED_PROMPTS, names)
+    ]
+    assert batched == expected
+    assert len(set(alone(model, tokenizer, MIXED_PROMPTS[0], n) for n in ("one", "two", None))) == 3  # they differ
+
+
+def test_dora_rows_are_batched_apart_and_answer_as_alone(three_adapters, tokenizer):
+    keys = ["dor", "one", "dor", "two"]
+    answers = serving.generate_mixed(
+        three_adapters, tokenizer, MIXED_PROMPTS, keys, {"max_new_tokens": 8, "temperature": 0.0, "top_p": 1.0}
+    )
+    assert answers == [alone(three_adapters, tokenizer, p, k) for p, k in zip(MIXED_PROMPTS, keys)]
