@@ -15,11 +15,11 @@ The same model class (`AdapterModel`) serves three folders, told apart by their 
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 import shutil
 import tempfile
-import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,7 +32,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-from lora_study import model_uris, models, registry, serving
+from lora_study import batching, model_uris, models, registry, serving
 from lora_study.cache import build_once, cache_root
 from lora_study.errors import UserInputError
 from lora_study.tracking import ARTIFACT_ADAPTER, ARTIFACT_MERGED, METRIC_ADAPTER_SIZE_MB
@@ -356,8 +356,9 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
             self.adapters = _served_adapters(artifacts, self.reference)
             folders = {adapter.key: artifacts[adapter.key] for adapter in self.adapters.values()}
             self.model, self.tokenizer, _ = load_with_adapters(self.reference, folders)
-        # The server runs requests in threads; the active adapter is model state, so one at a time.
-        self.lock = threading.Lock()
+        # The server runs requests in threads; one thread generates, for the requests that came together.
+        generate = functools.partial(serving.generate_mixed, self.model, self.tokenizer)
+        self.batcher = batching.Batcher(generate, *serving.batching_settings())
 
     # A DataFrame is what MLflow passes for a column schema. The hint stops MLflow's "Add type
     # hints" warning at class definition; MLflow neither validates nor infers a schema from it
@@ -366,10 +367,15 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         """Answers, one per prompt. A bad request raises an MLflow INVALID_PARAMETER_VALUE error,
         which `mlflow models serve` answers with HTTP 400 and keeps serving."""
         try:
-            with self.lock:
-                return serving.answer(
-                    self.model, self.tokenizer, self.adapters, self.reference.prompt_format, model_input, params
-                )
+            return serving.answer(
+                self.model,
+                self.tokenizer,
+                self.adapters,
+                self.reference.prompt_format,
+                model_input,
+                params,
+                run=self.batcher.submit,
+            )
         except serving.BadRequest as error:
             raise MlflowException.invalid_parameter_value(str(error)) from None
 

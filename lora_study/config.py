@@ -352,6 +352,12 @@ class ServeConfig(BaseModel):
     max_new_tokens_limit: int = Field(
         512, ge=64, description="The most new tokens one request may ask for (the server's bound)."
     )
+    max_batch_size: int = Field(
+        8, gt=0, description="The most prompts generated in one batch, across requests and adapters; 1: one at a time."
+    )
+    batch_wait_ms: int = Field(
+        10, ge=0, description="How long a batch waits for more requests after its first (milliseconds)."
+    )
 
     @model_validator(mode="after")
     def _one_thing_to_serve(self):

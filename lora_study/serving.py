@@ -10,6 +10,7 @@ adapter per prompt. Each takes optional `params`: `max_new_tokens`, `temperature
 MLflow model (`lora_study.adapters.AdapterModel`) turns into HTTP 400.
 """
 
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -31,6 +32,10 @@ DEFAULT_PARAMS = {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0}
 # least the default of 64).
 MAX_NEW_TOKENS_ENV = "LORA_STUDY_MAX_NEW_TOKENS"
 MAX_NEW_TOKENS = int(os.environ.get(MAX_NEW_TOKENS_ENV, "512"))
+# Requests that arrive together are answered in one batch (`lora_study.batching`): at most this
+# many prompts, gathered for at most this long after the first. `lora-study serve
+# --max-batch-size --batch-wait-ms` set them; a batch size of 1 answers one at a time.
+MAX_BATCH_SIZE_ENV, BATCH_WAIT_MS_ENV = "LORA_STUDY_MAX_BATCH_SIZE", "LORA_STUDY_BATCH_WAIT_MS"
 
 
 def __getattr__(name: str):
@@ -65,10 +70,13 @@ class ServedAdapter:
     prompt_format: str
 
 
-def answer(model, tokenizer, adapters: dict[str, ServedAdapter], prompt_format: str, model_input, params) -> list:
+def answer(
+    model, tokenizer, adapters: dict[str, ServedAdapter], prompt_format: str, model_input, params, run=None
+) -> list:
     """One answer per prompt, each by the adapter it picks (or the first; a merged model has none).
 
-    The caller holds a lock around this: the active adapter is model state.
+    A bad request is refused here, in the request's thread; the generation itself is `run`'s
+    (`batching.Batcher.submit`: with other requests'), or done here when there is none.
     """
     params = check_params({**DEFAULT_PARAMS, **(params or {})})
     choice = params.pop(ADAPTER_FIELD, "")
@@ -76,7 +84,13 @@ def answer(model, tokenizer, adapters: dict[str, ServedAdapter], prompt_format: 
     picked = [_pick(adapters, name or choice) for name in _adapter_column(model_input, len(prompts))]
     texts = [user_prompt(p, a.prompt_format if a else prompt_format, tokenizer) for p, a in zip(prompts, picked)]
     check_lengths(texts, tokenizer, model.config, params["max_new_tokens"])
-    return generate_mixed(model, tokenizer, texts, [adapter.key if adapter else None for adapter in picked], params)
+    keys = [adapter.key if adapter else None for adapter in picked]
+    return (run or functools.partial(generate_mixed, model, tokenizer))(texts, keys, params)
+
+
+def batching_settings() -> tuple[int, float]:
+    """(most rows in a batch, seconds to wait for more), as the server's environment sets them."""
+    return int(os.environ.get(MAX_BATCH_SIZE_ENV, "8")), int(os.environ.get(BATCH_WAIT_MS_ENV, "10")) / 1000
 
 
 def generate_mixed(model, tokenizer, texts: list[str], keys: list[str | None], params: dict) -> list[str]:

@@ -46,7 +46,13 @@ def run_serve(cfg: ServeConfig) -> None:
     argv = serving.server_argv(model_uri, cfg.host, cfg.port)
     # mlflow starts `uvicorn` by name: find it beside this Python even when its venv is not activated.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "PATH": path, serving.MAX_NEW_TOKENS_ENV: str(cfg.max_new_tokens_limit)}
+    env = {
+        **os.environ,
+        "PATH": path,
+        serving.MAX_NEW_TOKENS_ENV: str(cfg.max_new_tokens_limit),
+        serving.MAX_BATCH_SIZE_ENV: str(cfg.max_batch_size),
+        serving.BATCH_WAIT_MS_ENV: str(cfg.batch_wait_ms),
+    }
     sys.stdout.flush()
     # Become the server, rather than wait beside it: this process has torch and transformers
     # imported, hundreds of MB that a waiting parent would hold for the server's whole life.

@@ -3,6 +3,7 @@ requests, still serving), and `lora-study serve` on one model or many adapters."
 
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import mlflow
 import pytest
@@ -110,6 +111,21 @@ def test_a_request_picks_its_adapter_by_the_adapter_field(multi_server):
         status == 400
         and "unknown adapter 'sql@champion' (this server has: http-docs@champion, http-docs@2)" in body["message"]
     )
+
+
+@pytest.mark.slow
+def test_requests_for_different_adapters_at_once_get_the_answers_each_gets_alone(multi_server):
+    """Sent together, they are generated in shared batches (`lora_study.batching`); greedy, in
+    fp32, each answer is the one its adapter gives the prompt alone."""
+    url, alone, _ = multi_server
+    requests = [
+        ({"inputs": {"prompt": [prompt]}, "params": {"max_new_tokens": 8, "adapter": name}}, alone[name][i])
+        for name in ("http-docs@champion", "http-docs@2")
+        for i, prompt in enumerate(PROMPTS)
+    ]
+    with ThreadPoolExecutor(len(requests)) as pool:
+        got = list(pool.map(lambda request: post(url, request[0]), requests))
+    assert got == [(200, {"predictions": [expected]}) for _, expected in requests]
 
 
 @pytest.mark.slow
