@@ -71,6 +71,7 @@ COMMANDS = {
         "Write a study's answer as one page (HTML and Markdown), from its runs; log it on the sweep's run.",
         (ReportConfig,),
         "report",
+        makes_runs=False,  # it finds its study in any experiment; under `mlflow run`, MLflow made its run
     ),
     "promote": Command(
         "Move an alias (champion) to a registered version that beats its holder; record why.",

@@ -247,10 +247,10 @@ def version_description(mv, run) -> str:
     params = {key: param_value(value) for key, value in run.data.params.items()} if run else {}
     metrics = {**(run.data.metrics if run else {}), **{k: float(v) for k, v in mv.tags.items() if _number(v)}}
     parts = [_what(mv.tags, params), _measured(mv, metrics)]
-    if METRIC_FORGETTING_KL in metrics:
+    if METRIC_FORGETTING_KL in metrics and METRIC_FORGETTING_LOSS_DELTA in metrics:
         parts.append(
             f"Forgetting: KL(base || adapter) {metrics[METRIC_FORGETTING_KL]:.4g} nats per token; loss on text "
-            f"outside the training data {metrics.get(METRIC_FORGETTING_LOSS_DELTA, float('nan')):+.4g}."
+            f"outside the training data {metrics[METRIC_FORGETTING_LOSS_DELTA]:+.4g}."
         )
     if run:
         parts.append(_source(mv.tags, run))

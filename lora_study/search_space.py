@@ -180,9 +180,9 @@ def _range(section, key: str, spec: dict) -> tuple[str, object, list[str]]:
     problems = [f"unknown key `{k}` in a range (keys: low, high, log)" for k in spec if k not in RANGE_KEYS]
     if "low" not in spec or "high" not in spec:
         return key, None, problems + ["a range needs `low` and `high`"]
-    low, high, log = spec["low"], spec["high"], bool(spec.get("log", False))
+    low, high, log = _numeric(spec["low"]), _numeric(spec["high"]), bool(spec.get("log", False))
     problems += [
-        f"`{name}` must be a number (got {bound!r})"  # the config would coerce true or "1"; a range is compared
+        f"`{name}` must be a number (got {bound!r})"  # the config would coerce true; a range is compared
         for name, bound in (("low", low), ("high", high))
         if isinstance(bound, bool) or not isinstance(bound, (int, float))
     ]
@@ -196,6 +196,16 @@ def _range(section, key: str, spec: dict) -> tuple[str, object, list[str]]:
     if not all(_finite(bound) for bound in (low, high)):
         return key, None, problems
     return key, Range(float(low), float(high), log, annotation is int), problems
+
+
+def _numeric(value):
+    """A bound as written: YAML reads `1e-4` (no dot) as a string, which is meant as the number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _finite(value) -> bool:

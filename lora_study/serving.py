@@ -141,7 +141,10 @@ def _prompt_column(frame: pd.DataFrame):
     if list(frame.columns) == [UNNAMED_COLUMN]:
         return UNNAMED_COLUMN
     columns = ", ".join(map(str, frame.columns))
-    raise BadRequest(f"the input needs a `{PROMPT_FIELD}` column or a list of prompts (got columns: {columns})")
+    raise BadRequest(
+        f"the input needs a `{PROMPT_FIELD}` column or a list of prompts (got columns: {columns}; a model of "
+        f"one adapter reads a frame's first column only, so put `{PROMPT_FIELD}` first)"
+    )
 
 
 def _adapter_column(model_input, count: int) -> list[str]:

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 
 import mlflow
 
+from lora_study.errors import UserInputError
+
 SPLITS = ("train", "validation", "test")
 
 # --- the experiment ------------------------------------------------------------------------
@@ -254,11 +256,17 @@ def use_experiment(name: str | None = None) -> str:
 
 
 def _set_experiment(name: str) -> str:
-    """`mlflow.set_experiment`, once more when another process created the experiment meanwhile."""
-    try:
-        return mlflow.set_experiment(name).experiment_id
-    except mlflow.exceptions.MlflowException:
-        return mlflow.set_experiment(name).experiment_id
+    """Make `name` the active experiment, created if need be; a deleted one is one clear line."""
+    found = mlflow.MlflowClient().get_experiment_by_name(name)
+    if found is not None and found.lifecycle_stage == "deleted":
+        raise UserInputError(
+            f"the experiment `{name}` is deleted: restore it with `mlflow experiments restore --experiment-id "
+            f"{found.experiment_id}`, or pass --experiment-name with another name"
+        )
+    experiment = mlflow.set_experiment(name)
+    # Should another process create it at the same moment, MLflow 3.17 returns it without making
+    # it active (and runs would go to `Default`): make it so by its id.
+    return mlflow.set_experiment(experiment_id=experiment.experiment_id).experiment_id
 
 
 def adapter_label(

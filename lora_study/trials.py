@@ -285,7 +285,8 @@ def _worker_main(plan: Plan, worker: int, threads: int, of_phase: str) -> None:
     torch.set_num_threads(threads)
     tracking.set_tracking_uri(plan.tracking_uri)
     console.quiet_known_noise()
-    console.quiet_progress_bars()
+    if not console.watched():
+        console.quiet_progress_bars()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its lines are `explore_line`s
     _run_phase(Worker(plan), open_study(plan, worker), of_phase)
 

@@ -52,6 +52,13 @@ def test_an_integer_range_draws_integers(tmp_path):
     assert isinstance(adapter.rank, int) and 2 <= adapter.rank <= 64
 
 
+def test_a_range_written_without_a_dot_is_the_number_and_a_boolean_is_refused(tmp_path):
+    space = search_space.load(write(tmp_path, "space:\n  learning_rate: {low: 1e-4, high: 3e-3, log: true}\n"))
+    assert space.dimensions["learning_rate"] == Range(1e-4, 3e-3, log=True, integer=False)  # YAML reads 1e-4 as text
+    with pytest.raises(UserInputError, match="`low` must be a number \\(got True\\)"):
+        search_space.load(write(tmp_path, "space:\n  rank: {low: true, high: 8}\n"))
+
+
 def test_every_problem_is_listed_at_once_naming_the_file_and_key(tmp_path):
     path = write(
         tmp_path,

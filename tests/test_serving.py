@@ -61,7 +61,7 @@ def test_params_out_of_bounds_are_a_bad_request_naming_the_bound(params, expecte
 @pytest.mark.parametrize(
     "model_input, params, expected",
     [
-        (pd.DataFrame({"text": ["x"]}), {}, "needs a `prompt` column or a list of prompts (got columns: text)"),
+        (pd.DataFrame({"text": ["x"]}), {}, "needs a `prompt` column or a list of prompts (got columns: text; "),
         (pd.DataFrame({"prompt": ["  "]}), {}, "every `prompt` must be a non-empty string"),
         (pd.DataFrame({"prompt": ["x"], "adapter": [3]}), {}, "every `adapter` must be a string"),
         (pd.DataFrame({"prompt": ["x"]}), {"adapter": "sql"}, "unknown adapter 'sql' (this server has: docs)"),

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from lora_study import tracking
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, SweepConfig, TrainConfig
+from lora_study.errors import UserInputError
 
 CONFIG_FIELDS = {
     name
@@ -143,6 +144,31 @@ def test_runs_go_to_the_experiment_chosen_tagged_as_model_training(flag, env, ex
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     with mlflow.start_run() as run:
         assert run.info.experiment_id == experiment_id
+
+
+def test_an_experiment_another_process_creates_at_the_same_moment_is_the_one_used(monkeypatch):
+    """Two sweeps create `lora-study` at once: the one whose insert fails takes the other's."""
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    existing = mlflow.create_experiment("created-meanwhile")
+    lookups = iter([None, None])  # both lookups before the insert miss the other process's experiment
+    store_client = mlflow.tracking._tracking_service.client.TrackingServiceClient
+    found = store_client.get_experiment_by_name
+    monkeypatch.setattr(
+        store_client, "get_experiment_by_name", lambda self, name: next(lookups, None) or found(self, name)
+    )
+    assert tracking.use_experiment("created-meanwhile") == existing
+    with mlflow.start_run() as run:
+        assert run.info.experiment_id == existing
+
+
+def test_a_deleted_experiment_is_one_line_with_the_fix(monkeypatch):
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    deleted = mlflow.create_experiment("deleted-one")
+    mlflow.delete_experiment(deleted)
+    with pytest.raises(UserInputError, match=f"restore it with `mlflow experiments restore --experiment-id {deleted}`"):
+        tracking.use_experiment("deleted-one")
 
 
 def test_an_experiment_of_a_kind_already_keeps_it(mlflow_experiment):

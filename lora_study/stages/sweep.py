@@ -392,7 +392,7 @@ def _version_tags(plan: Plan, worker: Worker, trial) -> dict:
 def describe_parent(parent, versions: list, statement: str | None) -> None:
     """The parent run's description, which its page shows first: the answer, the versions the
     study registered (linked to their registry pages) and its report."""
-    lines = [statement or "The best explore trials, unconfirmed (`--confirm-top 0`):"]
+    lines = [statement or "No configuration was confirmed; the best explore trials:"]
     for version in [registry.get_version(v.name, v.version) for v in versions]:  # with the aliases set since
         aliases = "".join(f" @{alias}" for alias in version.aliases)
         lines.append(
@@ -504,5 +504,6 @@ def _print_where_to_look(plan: Plan, parent, versions, recommended) -> None:
         print(f"  alias: models:/{challenger.name}@{ALIAS_CHALLENGER} (version {challenger.version})")
     print(f"experiment `{experiment.name}` (id {plan.experiment_id}), parent run {parent.info.run_id}")
     print(f"see it: mlflow ui --backend-store-uri {plan.tracking_uri}")
-    print(f"  then open http://127.0.0.1:5000/{tracking.ui_experiment_link(plan.experiment_id)}")
+    ui = plan.tracking_uri if plan.tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    print(f"  then open {ui.rstrip('/')}/{tracking.ui_experiment_link(plan.experiment_id)}")
     print(f'the study: optuna-dashboard {masked(plan.storage)}  (pip install -e ".[dashboard]")')

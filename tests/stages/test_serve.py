@@ -63,7 +63,7 @@ def test_prompts_get_generated_answers_in_every_payload(server, tiny_adapter):
         ({"inputs": {"prompt": ["x"]}, "params": {"top_p": 1.5}}, "top_p must be in (0, 1] (got 1.5)"),
         ({"inputs": {"prompt": ["x"]}, "params": {"temperature": -1.0}}, "temperature must be 0 (greedy) to 10"),
         ({"inputs": {"prompt": [""]}}, "every `prompt` must be a non-empty string"),
-        ({"dataframe_records": [{"text": "x"}]}, "needs a `prompt` column or a list of prompts (got columns: text)"),
+        ({"dataframe_records": [{"text": "x"}]}, "needs a `prompt` column or a list of prompts (got columns: text; "),
         ({"inputs": {"prompt": ["word " * 3000]}, "params": {"max_new_tokens": 8}}, "over the model's 2048 positions"),
         (b"[" * 5000 + b"]" * 5000, "the request's JSON is nested too deeply"),  # MLflow alone answers 500
     ],
