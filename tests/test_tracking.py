@@ -124,6 +124,13 @@ def test_a_trial_run_ends_with_its_trial_state(mlflow_experiment, error, state, 
     assert client.get_run(parent_id).info.status == "FINISHED"
 
 
+@pytest.fixture
+def nothing_chosen(monkeypatch):
+    """No experiment chosen, as in a new shell (the test's own is set by conftest)."""
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+
+
 @pytest.mark.parametrize(
     "flag, env, expected",
     [
@@ -133,11 +140,9 @@ def test_a_trial_run_ends_with_its_trial_state(mlflow_experiment, error, state, 
         ("flag-wins", {"MLFLOW_EXPERIMENT_NAME": "from-env"}, "flag-wins"),
     ],
 )
-def test_runs_go_to_the_experiment_chosen_tagged_as_model_training(flag, env, expected, tracking_uri, monkeypatch):
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
+def test_runs_go_to_the_experiment_chosen_tagged_as_model_training(flag, env, expected, nothing_chosen, monkeypatch):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
     experiment_id = tracking.use_experiment(flag)
     experiment = mlflow.get_experiment(experiment_id)
     assert experiment.name == expected
@@ -146,10 +151,8 @@ def test_runs_go_to_the_experiment_chosen_tagged_as_model_training(flag, env, ex
         assert run.info.experiment_id == experiment_id
 
 
-def test_an_experiment_another_process_creates_at_the_same_moment_is_the_one_used(monkeypatch):
+def test_an_experiment_another_process_creates_at_the_same_moment_is_the_one_used(nothing_chosen, monkeypatch):
     """Two sweeps create `lora-study` at once: the one whose insert fails takes the other's."""
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
-    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
     existing = mlflow.create_experiment("created-meanwhile")
     lookups = iter([None, None])  # both lookups before the insert miss the other process's experiment
     store_client = mlflow.tracking._tracking_service.client.TrackingServiceClient
@@ -162,9 +165,7 @@ def test_an_experiment_another_process_creates_at_the_same_moment_is_the_one_use
         assert run.info.experiment_id == existing
 
 
-def test_a_deleted_experiment_is_one_line_with_the_fix(monkeypatch):
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
-    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+def test_a_deleted_experiment_is_one_line_with_the_fix(nothing_chosen):
     deleted = mlflow.create_experiment("deleted-one")
     mlflow.delete_experiment(deleted)
     with pytest.raises(UserInputError, match=f"restore it with `mlflow experiments restore --experiment-id {deleted}`"):
