@@ -134,6 +134,14 @@ def version_of_uri(uri) -> object:
         raise UserInputError(f"{uri.uri}: {error.message}") from None
 
 
+def aliases(name: str) -> list[str]:
+    """The aliases a registered model has; UserInputError if there is no such model."""
+    try:
+        return list(mlflow.MlflowClient().get_registered_model(name).aliases)
+    except MlflowException as error:
+        raise UserInputError(f"{name}: {error.message}") from None
+
+
 def alias_version(name: str, alias: str):
     """The version an alias points at, or None."""
     try:

@@ -10,6 +10,7 @@ adapter per prompt. Each takes optional `params`: `max_new_tokens`, `temperature
 MLflow model (`lora_study.adapters.AdapterModel`) turns into HTTP 400.
 """
 
+import fnmatch
 import functools
 import os
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lora_study import model_uris
+from lora_study import model_uris, registry
 from lora_study.errors import UserInputError
 from lora_study.generation import generate
 from lora_study.templates import user_prompt
@@ -191,11 +192,13 @@ def check_lengths(texts: list[str], tokenizer, config, max_new_tokens: int) -> N
 
 def adapter_entries(spec: str) -> list[tuple[str, str]]:
     """(request name, model URI) for each adapter `--adapters` names: `name@alias`, `name@version`
-    or a model URI, comma-separated; or a YAML file listing them (strings, or `name` + `model_uri`)."""
+    or a model URI, comma-separated; or a YAML file listing them (strings, or `name` + `model_uri`).
+    An alias with `*` (`name@group-*`, `models:/name@group-*`) names every alias it matches."""
     if spec.endswith((".yaml", ".yml")):
         items = _yaml_entries(spec)
     else:
         items = [item.strip() for item in spec.split(",") if item.strip()]
+    items = [expanded for item in items for expanded in _matching_aliases(item)]
     entries = [(item, model_uris.from_shorthand(item).uri) if isinstance(item, str) else item for item in items]
     names = [name for name, _ in entries]
     repeated = sorted({name for name in names if names.count(name) > 1})
@@ -206,6 +209,18 @@ def adapter_entries(spec: str) -> list[tuple[str, str]]:
     if not entries:
         raise UserInputError(f"--adapters {spec}: names no adapter; give name@alias,name@version,... or a YAML list")
     return entries
+
+
+def _matching_aliases(item):
+    """`name@<pattern with *>` as one `name@alias` per matching alias of the registered model,
+    in alias order; any other item as it is."""
+    if not isinstance(item, str) or "*" not in item:
+        return [item]
+    name, _, pattern = item.removeprefix(model_uris.MODELS_SCHEME).rpartition("@")
+    aliases = sorted(alias for alias in registry.aliases(name) if fnmatch.fnmatchcase(alias, pattern))
+    if not aliases:
+        raise UserInputError(f"--adapters {item}: no alias of the registered model `{name}` matches `{pattern}`")
+    return [f"{name}@{alias}" for alias in aliases]
 
 
 def _yaml_entries(path: str) -> list:

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import register_echo
 
-from lora_study import serving
+from lora_study import registry, serving
 from lora_study.errors import UserInputError
 
 
@@ -22,6 +23,22 @@ def test_adapter_entries_from_a_list_or_a_yaml_file(tmp_path):
         ("docs@champion", "models:/docs@champion"),
         ("sql", "models:/sql/2"),
     ]
+
+
+def test_an_alias_pattern_names_every_alias_it_matches():
+    """`--adapters name@group-*` serves every group's adapter (aliases `group-<value>`)."""
+    for alias in ("group-fr", "group-de", "champion"):
+        registry.set_alias("grouped", alias, register_echo("grouped"))
+    expected = [("grouped@group-de", "models:/grouped@group-de"), ("grouped@group-fr", "models:/grouped@group-fr")]
+    assert serving.adapter_entries("grouped@group-*") == expected
+    assert serving.adapter_entries("models:/grouped@group-*,grouped@champion") == [
+        *expected,
+        ("grouped@champion", "models:/grouped@champion"),
+    ]
+    with pytest.raises(UserInputError, match="no alias of the registered model `grouped` matches `persona-\\*`"):
+        serving.adapter_entries("grouped@persona-*")
+    with pytest.raises(UserInputError, match="no-such-model: Registered Model with name=no-such-model not found"):
+        serving.adapter_entries("no-such-model@group-*")
 
 
 @pytest.mark.parametrize(
