@@ -207,12 +207,9 @@ class Worker:
         for name in (*TRIAL_ATTRS, *measured, METRIC_EVAL_PERPLEXITY):
             trial.set_user_attr(name, values[name])
         if confirming:
-            done, queued = len(trials_of(trial.study, CONFIRM, FINISHED)) + 1, len(trials_of(trial.study, CONFIRM))
-            console.say(
-                f"confirm {done}/{queued}  trial {config} seed {seed}  {label}  test ppl "
-                f"{measured[METRIC_TEST_PERPLEXITY]:.3f} (base {measured[METRIC_BASE_TEST_PERPLEXITY]:.3f})  "
-                f"{console.seconds_since(started)}"
-            )
+            done = len(trials_of(trial.study, CONFIRM, FINISHED)) + 1  # this one is not finished yet
+            seconds = time.perf_counter() - started
+            console.say(confirm_line(trial, done, len(trials_of(trial.study, CONFIRM)), measured, seconds))
         objective = [values[OBJECTIVE_METRICS[name]] for name in plan.sweep.objective_names]
         return objective[0] if len(objective) == 1 else tuple(objective)
 
@@ -278,6 +275,15 @@ def explore_line(trial: optuna.trial.FrozenTrial, done: int, total: int, best: b
         outcome = trial.state.name.lower()  # FAIL: Optuna's warning above says why
     seconds = trial.duration.total_seconds() if trial.duration else 0.0
     return f"trial {trial.number}  {done}/{total}  {trial.user_attrs.get(ATTR_LABEL, '')}  {outcome}  {seconds:.0f} s"
+
+
+def confirm_line(trial, done: int, queued: int, measured: dict, seconds: float) -> str:
+    """A confirmation as one terminal line:
+    `confirm 1/4  trial 3 seed 0  r32 qkvo lr2.1e-3  test ppl 16.561 (base 18.692)  19 s`."""
+    config, seed, label = trial.user_attrs[ATTR_CONFIG], trial.user_attrs[ATTR_SEED], trial.user_attrs[ATTR_LABEL]
+    test, base = measured[METRIC_TEST_PERPLEXITY], measured[METRIC_BASE_TEST_PERPLEXITY]
+    measured_text = f"test ppl {test:.3f} (base {base:.3f})"
+    return f"confirm {done}/{queued}  trial {config} seed {seed}  {label}  {measured_text}  {seconds:.0f} s"
 
 
 def _worker_main(plan: Plan, worker: int, threads: int, of_phase: str) -> None:

@@ -101,3 +101,12 @@ def test_an_explore_trial_is_one_line_with_its_outcome_and_time():
     assert trials.explore_line(pruned, 5, 8, best=False).endswith("pruned at step 4 (ppl 28.25)  12 s")
     failed = finished_trial(optuna.trial.TrialState.FAIL, seconds=1)
     assert trials.explore_line(failed, 6, 8, best=False).endswith("  fail  1 s")
+
+
+def test_a_confirmation_is_one_line_with_its_configuration_seed_and_test_perplexity():
+    trial = finished_trial(optuna.trial.TrialState.COMPLETE, values=[13.7])
+    trial.user_attrs.update({"config_trial": 3, "seed": 1})
+    measured = {"test_perplexity": 16.2851, "base_test_perplexity": 18.6921}
+    assert trials.confirm_line(trial, 2, 4, measured, 16.4) == (
+        "confirm 2/4  trial 3 seed 1  r32 qkvo lr1.9e-3  test ppl 16.285 (base 18.692)  16 s"
+    )
