@@ -5,6 +5,7 @@ an alias moves only to a better version, or with `force`, and the version record
 """
 
 import getpass
+import hashlib
 import time
 from datetime import datetime, timezone
 
@@ -29,6 +30,7 @@ from lora_study.tracking import (
     PARAM_TARGET_MODULES,
     TAG_BASE_MODEL,
     TAG_CONFIG_TRIAL,
+    TAG_DESCRIPTION_DIGEST,
     TAG_MERGED_FROM,
     TAG_MLFLOW_PARENT_RUN,
     TAG_PROMOTED_ALIAS,
@@ -92,11 +94,20 @@ def logged_model_uri(model_uri: str) -> str:
 
 
 def describe(name: str, version: str) -> None:
-    """Write the version's Markdown description (the registry page shows it) from its tags and its run."""
+    """Write the version's Markdown description (the registry page shows it) from its tags and its
+    run, unless a person has written or edited it since: theirs stands."""
     client = mlflow.MlflowClient()
     mv = client.get_model_version(name, version)
+    if mv.description and _digest(mv.description) != mv.tags.get(TAG_DESCRIPTION_DIGEST):
+        return
     run = client.get_run(mv.run_id) if mv.run_id else None
-    client.update_model_version(name, version, description=version_description(mv, run))
+    text = version_description(mv, run)
+    client.update_model_version(name, version, description=text)
+    client.set_model_version_tag(name, version, TAG_DESCRIPTION_DIGEST, _digest(text))
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def tag_version(name: str, version: str, tags: dict) -> None:

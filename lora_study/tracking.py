@@ -226,6 +226,7 @@ TAG_PROMOTED_BY = "promoted_by"
 TAG_PROMOTED_AT = "promoted_at"  # UTC, ISO 8601
 TAG_PROMOTION_REASON = "promotion_reason"
 TAG_PROMOTION_COMPARED = "promotion_compared"  # the two values compared, in words
+TAG_DESCRIPTION_DIGEST = "lora_study.description_sha256"  # of the description lora-study wrote: an edited one differs
 
 # --- artifacts -----------------------------------------------------------------------------
 ARTIFACT_DATA = "data"  # the prepared splits, as `prepare` wrote them

@@ -89,6 +89,17 @@ def test_a_version_is_registered_from_its_logged_model_with_a_description_of_it(
     ]
 
 
+def test_a_description_a_person_edited_is_kept_and_one_lora_study_wrote_is_renewed():
+    number = register_echo("described-edited")
+    registry.tag_version("described-edited", number, {"test_perplexity": "13.1"})
+    registry.describe("described-edited", number)  # as `evaluate` does once it has measured
+    assert "Test perplexity 13.1." in registry.get_version("described-edited", int(number)).description
+    mlflow.MlflowClient().update_model_version("described-edited", number, description="Ship this one.")
+    registry.tag_version("described-edited", number, {"test_perplexity": "12.9"})
+    registry.describe("described-edited", number)
+    assert registry.get_version("described-edited", int(number)).description == "Ship this one."
+
+
 def test_an_unmeasured_version_says_how_to_measure_it():
     number = register_echo("described-unmeasured")
     description = registry.get_version("described-unmeasured", int(number)).description
