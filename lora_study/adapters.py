@@ -380,48 +380,53 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
             raise MlflowException.invalid_parameter_value(str(error)) from None
 
 
+def _wrap_scoring_server(name: str, wrap) -> None:
+    """Replace MLflow's scoring-server function `name` with `wrap(it)`, once per process; a server
+    of another MLflow version without that function is left as it is."""
+    from mlflow.pyfunc import scoring_server
+
+    original = getattr(scoring_server, name, None)
+    if original is None or getattr(original, "wrapped_by_lora_study", False):
+        return
+    wrapped = wrap(original)
+    wrapped.wrapped_by_lora_study = True
+    setattr(scoring_server, name, wrapped)
+
+
 def _refuse_deep_json() -> None:
     """Make MLflow's scoring server answer 400, not 500, to JSON nested deeper than Python's
     recursion limit: it turns a request's JSONDecodeError into a 400 but lets the RecursionError
-    of `[[[[...` through (mlflow#4897 is that class of bug). Wraps its decoder in this process;
-    a server of another MLflow version without that function is left as it is."""
-    from mlflow.pyfunc import scoring_server
+    of `[[[[...` through (mlflow#4897 is that class of bug)."""
 
-    decode = getattr(scoring_server, "_decode_json_input", None)
-    if decode is None or getattr(decode, "refuses_deep_json", False):
-        return
+    def wrap(decode):
+        def decode_json_input(json_input):
+            try:
+                return decode(json_input)
+            except RecursionError:
+                raise MlflowException.invalid_parameter_value("the request's JSON is nested too deeply") from None
 
-    def decode_json_input(json_input):
-        try:
-            return decode(json_input)
-        except RecursionError:
-            raise MlflowException.invalid_parameter_value("the request's JSON is nested too deeply") from None
+        return decode_json_input
 
-    decode_json_input.refuses_deep_json = True
-    scoring_server._decode_json_input = decode_json_input
+    _wrap_scoring_server("_decode_json_input", wrap)
 
 
 def _accept_prompt_dict() -> None:
     """Keep `{"inputs": {"prompt": [...]}}` working for a model whose input is one unnamed string
     column (`SIGNATURE`): MLflow's scoring server refuses a dict for such a schema, so give it the
     prompts as a list, as `{"inputs": [...]}` sends them. Models with named columns (many adapters,
-    or logged before) parse as they did. Wraps its parser in this process; a server of another
-    MLflow version without that function is left as it is."""
-    from mlflow.pyfunc import scoring_server
+    or logged before) parse as they did."""
 
-    parse = getattr(scoring_server, "infer_and_parse_data", None)
-    if parse is None or getattr(parse, "accepts_prompt_dict", False):
-        return
+    def wrap(parse):
+        def infer_and_parse_data(data, schema=None):
+            inputs = data.get("inputs") if isinstance(data, dict) else None
+            unnamed = schema is not None and not schema.has_input_names()
+            if unnamed and isinstance(inputs, dict) and list(inputs) == [serving.PROMPT_FIELD]:
+                data = {**data, "inputs": inputs[serving.PROMPT_FIELD]}
+            return parse(data, schema)
 
-    def infer_and_parse_data(data, schema=None):
-        inputs = data.get("inputs") if isinstance(data, dict) else None
-        unnamed = schema is not None and not schema.has_input_names()
-        if unnamed and isinstance(inputs, dict) and list(inputs) == [serving.PROMPT_FIELD]:
-            data = {**data, "inputs": inputs[serving.PROMPT_FIELD]}
-        return parse(data, schema)
+        return infer_and_parse_data
 
-    infer_and_parse_data.accepts_prompt_dict = True
-    scoring_server.infer_and_parse_data = infer_and_parse_data
+    _wrap_scoring_server("infer_and_parse_data", wrap)
 
 
 def _served_adapters(artifacts: dict, reference: AdapterReference) -> dict[str, serving.ServedAdapter]:

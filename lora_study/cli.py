@@ -140,9 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     command = COMMANDS[args.pop("command")]
     experiment_name = args.pop("experiment_name", None)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
-    console.quiet_known_noise()
-    if not console.watched():
-        console.quiet_progress_bars()
+    console.quiet()
     try:
         configs = parse_sections(command.sections, args)
         if command.makes_runs:

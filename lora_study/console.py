@@ -8,7 +8,6 @@ import functools
 import logging
 import os
 import sys
-import time
 import warnings
 
 # Warnings the libraries print that no lora-study user can act on, each silenced by its category
@@ -23,6 +22,14 @@ KNOWN_LOG_RECORDS = (
     # Hugging Face hub and says so when it cannot; its own kernel runs instead.
     ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),
 )
+
+
+def quiet() -> None:
+    """What every lora-study process does first: the known noise silenced, and bars off where
+    nobody watches."""
+    quiet_known_noise()
+    if not watched():
+        quiet_progress_bars()
 
 
 def quiet_known_noise() -> None:
@@ -77,11 +84,6 @@ def say(line: str) -> None:
         tqdm.write(line, file=sys.stderr)
     else:
         print(line, file=sys.stderr, flush=True)
-
-
-def seconds_since(started: float) -> str:
-    """`49 s` since `started` (a `time.perf_counter()` reading)."""
-    return f"{time.perf_counter() - started:.0f} s"
 
 
 def progress(total: int, description: str, unit: str):

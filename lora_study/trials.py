@@ -290,9 +290,7 @@ def _worker_main(plan: Plan, worker: int, threads: int, of_phase: str) -> None:
     """A spawned worker process: its own base and data, the shared study and MLflow store."""
     torch.set_num_threads(threads)
     tracking.set_tracking_uri(plan.tracking_uri)
-    console.quiet_known_noise()
-    if not console.watched():
-        console.quiet_progress_bars()
+    console.quiet()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its lines are `explore_line`s
     _run_phase(Worker(plan), open_study(plan, worker), of_phase)
 

@@ -192,9 +192,9 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
         if recommended:
             versions = register_confirmed(plan, worker, study, confirmed, recommended)
             confirmed_table = log_confirmation(confirmed, recommended, versions, cfg.steps_to_confirm)
+            registered = list(versions.values())
         else:
-            versions = register_best(plan, worker, study)
-        registered = list(versions.values()) if isinstance(versions, dict) else versions
+            versions = registered = register_best(plan, worker, study)
         describe_parent(parent, registered, recommended.statement() if recommended else None)
         summarize(plan, study, confirmed_table)
         page = _report(parent.info.run_id)
