@@ -17,6 +17,7 @@ from lora_study.config import (
     BaseModelConfig,
     DataConfig,
     EvaluateConfig,
+    GroupsConfig,
     MergeConfig,
     PromoteConfig,
     ReportConfig,
@@ -53,8 +54,8 @@ COMMANDS = {
         "prepare",
     ),
     "train": Command(
-        "Fine-tune one LoRA adapter; log its metrics and the adapter to MLflow.",
-        (DataConfig, BaseModelConfig, AdapterConfig, TrainConfig),
+        "Fine-tune one LoRA adapter (or one per group, --group-by); log its metrics and the adapter to MLflow.",
+        (DataConfig, BaseModelConfig, AdapterConfig, TrainConfig, GroupsConfig),
         "train",
     ),
     "evaluate": Command(

@@ -59,6 +59,11 @@ class DataConfig(BaseModel):
         description="Take out of training every span of N tokens that also occurs in validation or "
         "test (text is cut around it, an instruction or chat record is dropped); 0: off.",
     )
+    group_by: str = Field(
+        "",
+        description="A column naming each record's group: each group is split by document on its own, and "
+        "`train` fits one adapter per group; empty: one data set.",
+    )
 
     @model_validator(mode="after")
     def _train_split_is_left(self):
@@ -170,6 +175,23 @@ class TrainConfig(BaseModel):
         if self.max_steps == 0 and self.epochs == 0:
             raise ValueError("`max_steps` and `epochs` are both 0: set --max-steps N or --epochs N")
         return self
+
+
+class GroupsConfig(BaseModel):
+    """With --group-by: which groups `train` fits an adapter for, and where they are registered."""
+
+    model_config = STRICT
+
+    groups: str = Field("", description="The groups to train, comma-separated values; empty: every group.")
+    registered_model: str = Field(
+        "",
+        description="Registry name of the groups' adapters, each with the alias group-<value>; empty: "
+        "lora-study-<base model>-<group-by column>.",
+    )
+
+    @property
+    def chosen(self) -> list[str]:
+        return [value.strip() for value in self.groups.split(",") if value.strip()]
 
 
 class EvaluateConfig(BaseModel):

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from lora_study import models, packing, tracking
+from lora_study import groups, models, packing, tracking
 from lora_study.cache import build_once, cache_root, file_sha256
 from lora_study.config import DataConfig
-from lora_study.contamination import decontaminate
+from lora_study.contamination import OFF, decontaminate
 from lora_study.errors import UserInputError
 from lora_study.packing import IGNORE_INDEX
 from lora_study.templates import present, render
@@ -31,9 +31,11 @@ from lora_study.tracking import (
     METRIC_CONTAMINATED_DOCUMENTS,
     METRIC_DOCUMENTS,
     METRIC_DROPPED_DOCUMENTS,
+    METRIC_GROUPS,
     METRIC_LOSS_TOKENS,
     METRIC_REMOVED_TRAIN_TOKENS,
     METRIC_ROWS,
+    METRIC_SKIPPED_GROUPS,
     METRIC_TOKENS,
     METRIC_TRUNCATED_DOCUMENTS,
     SPLITS,
@@ -43,6 +45,7 @@ PYTHON_DOCS = "python-docs"
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 PREPARE_VERSION = 2  # part of the cache key: bump it when the same inputs give other rows
 META_FILE = "meta.json"
+GROUPS_FOLDER = "groups"  # of data prepared with --group-by: a prepared folder per group, by its key
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,15 @@ class PreparedData:
         import pyarrow.parquet as pq
 
         return pq.read_table(self.path / f"{split}.parquet").to_pylist()
+
+    @property
+    def groups(self) -> dict[str, dict]:
+        """Of data prepared with --group-by: key -> {value, documents, and `skipped` (why) or `digest`, `counts`}."""
+        return self.meta.get("groups", {})
+
+    def group(self, key: str) -> "PreparedData":
+        """One group's own splits, prepared data like any other."""
+        return load_prepared(str(self.path / GROUPS_FOLDER / key))
 
 
 # --- reading documents ---------------------------------------------------------------------
@@ -351,59 +363,164 @@ def _cache_key(data: DataConfig, fmt: str, source_digest: str, tokenizer_digest:
 
 
 def _write_prepared(folder: Path, meta: dict, data: DataConfig, documents: Documents, tokenizer):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    if data.group_by:
+        _write_groups(folder, meta, data, documents, tokenizer)
+        return
     fmt = meta["format"]
     usable = check_records(documents, fmt, data)
+    splits = _split(usable, data)
+    tokenized = _tokenize_splits(documents, splits, fmt, data, tokenizer)
+    clean = decontaminate(tokenized["train"], _held_out(tokenized), data.decontaminate_ngram, whole_records=fmt != "text")
+    rows, counts = _pack_splits(splits, {**tokenized, "train": clean.records}, clean, fmt, data, f"--dataset {data.dataset}")
+    counts[METRIC_DROPPED_DOCUMENTS] += len(documents.frame) - len(usable)
+    _write_rows(folder, rows, {**meta, "decontamination": clean.method, "counts": counts, "documents": splits})
+
+
+def _split(indices: list[int], data: DataConfig) -> dict[str, list[int]]:
+    """`indices` (of documents) split by document with the seed: split -> the documents it holds."""
+    return {split: [indices[i] for i in chosen] for split, chosen in split_documents(len(indices), data).items()}
+
+
+def _tokenize_splits(documents: Documents, splits: dict, fmt: str, data: DataConfig, tokenizer) -> dict[str, list]:
     records = documents.frame.to_dict("records")
-    chosen = split_documents(len(usable), data)
-    splits = {split: [usable[i] for i in indices] for split, indices in chosen.items()}
-    tokenized = {
+    return {
         split: [tokenize(render(records[i], fmt, data.text_column, tokenizer), fmt, tokenizer) for i in indices]
         for split, indices in splits.items()
     }
-    clean = decontaminate(
-        tokenized["train"],
-        tokenized["validation"] + tokenized["test"],
-        data.decontaminate_ngram,
-        whole_records=fmt != "text",
-    )
-    tokenized["train"] = clean.records
+
+
+def _held_out(tokenized: dict[str, list]) -> list:
+    return tokenized["validation"] + tokenized["test"]
+
+
+def _pack_splits(splits: dict, tokenized: dict, clean, fmt: str, data: DataConfig, what: str):
+    """The packed rows of each split, and their counts; UserInputError naming `what` when a split
+    is left without a row."""
     counts = {
         METRIC_TRUNCATED_DOCUMENTS: 0,
-        METRIC_DROPPED_DOCUMENTS: len(records) - len(usable),
+        METRIC_DROPPED_DOCUMENTS: 0,
         METRIC_CONTAMINATED_DOCUMENTS: clean.contaminated_documents,
         METRIC_REMOVED_TRAIN_TOKENS: clean.removed_train_tokens,
     }
+    packed = {}
     for split, indices in splits.items():
         rows, truncated, dropped = pack_split(tokenized[split], fmt, data.seq_len)
         if not rows:
             if split == "train" and clean.removed_train_tokens:
                 raise UserInputError(
-                    f"--dataset {data.dataset}: every training record shares a span of "
-                    f"{data.decontaminate_ngram} tokens with validation or test data; deduplicate the "
-                    "data, or raise --decontaminate-ngram (0 turns the check off)"
+                    f"{what}: every training record shares a span of {data.decontaminate_ngram} tokens with "
+                    "validation or test data; deduplicate the data, or raise --decontaminate-ngram (0 turns "
+                    "the check off)"
                 )
-            raise UserInputError(_empty_split_problem(data, fmt, split, tokenized[split]))
-        pq.write_table(pa.Table.from_pylist(rows), folder / f"{split}.parquet")
+            raise UserInputError(f"{what}: {_empty_split_problem(data, fmt, split, tokenized[split])}")
+        packed[split] = rows
         counts.update(_split_counts(split, len(indices), rows))
         counts[METRIC_TRUNCATED_DOCUMENTS] += truncated
         counts[METRIC_DROPPED_DOCUMENTS] += dropped
-    meta = {**meta, "decontamination": clean.method, "counts": counts, "documents": splits}
+    return packed, counts
+
+
+def _write_rows(folder: Path, rows: dict[str, list[dict]], meta: dict) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, split_rows in rows.items():
+        pq.write_table(pa.Table.from_pylist(split_rows), folder / f"{split}.parquet")
     (folder / META_FILE).write_text(json.dumps(meta, indent=1))
+
+
+# --- groups (--group-by): a split per group, decontaminated across groups ----------------------
+
+
+def group_members(documents: Documents, usable: list[int], group_by: str) -> dict[str, tuple[str, list[int]]]:
+    """key -> (value, indices of its usable documents), in the order the values first occur."""
+    frame = documents.frame
+    if group_by not in frame.columns:
+        raise UserInputError(
+            f"--group-by: no column `{group_by}` in {documents.name} (columns: {', '.join(map(str, frame.columns))})"
+        )
+    values = frame[group_by].tolist()
+    missing = [i for i in usable if not present(values[i]) or not str(values[i]).strip()]
+    if missing:
+        raise UserInputError(
+            f"--group-by {group_by}: {len(missing)} record(s) have no value (first: {documents.where(missing[0])}); "
+            "give every record a group, or leave those records out"
+        )
+    members: dict[str, list[int]] = {}
+    for index in usable:
+        members.setdefault(str(values[index]).strip(), []).append(index)
+    keys = groups.keys_of(list(members))
+    return {keys[value]: (value, indices) for value, indices in members.items()}
+
+
+def _write_groups(folder: Path, meta: dict, data: DataConfig, documents: Documents, tokenizer) -> None:
+    """Each group split by document on its own and written under `groups/<key>`; every group's
+    training side decontaminated against every group's validation and test documents; the
+    groups' rows together at the top, as one data set (the sweep's, with `--group-by`)."""
+    fmt = meta["format"]
+    usable = check_records(documents, fmt, data)
+    members = group_members(documents, usable, data.group_by)
+    described, splits = {}, {}
+    for key, (value, indices) in members.items():
+        described[key] = {"value": value, "documents": len(indices)}
+        try:
+            splits[key] = _split(indices, data)
+        except UserInputError:
+            described[key]["skipped"] = f"{len(indices)} document(s): too few to split into train, validation and test"
+    tokenized = {key: _tokenize_splits(documents, chosen, fmt, data, tokenizer) for key, chosen in splits.items()}
+    held_out = [record for parts in tokenized.values() for record in _held_out(parts)]
+    pooled = {split: [] for split in SPLITS}
+    method = OFF
+    for key, chosen in splits.items():
+        value = members[key][0]
+        clean = decontaminate(tokenized[key]["train"], held_out, data.decontaminate_ngram, whole_records=fmt != "text")
+        method = clean.method
+        try:
+            rows, counts = _pack_splits(
+                chosen, {**tokenized[key], "train": clean.records}, clean, fmt, data, f"group `{value}`"
+            )
+        except UserInputError as error:
+            described[key]["skipped"] = error.problems[0]
+            continue
+        digest = hashlib.sha256(f"{meta['digest']}:{key}".encode()).hexdigest()
+        own = {**meta, "digest": digest, "group_by": data.group_by, "group": value, "group_key": key}
+        _write_rows(folder / GROUPS_FOLDER / key, rows, {**own, "decontamination": clean.method, "counts": counts, "documents": chosen})
+        described[key].update(digest=digest, counts=counts)
+        for split in SPLITS:
+            pooled[split] += rows[split]
+    trained = [key for key, group in described.items() if "skipped" not in group]
+    if not trained:
+        largest = max(len(indices) for _, indices in members.values())
+        raise UserInputError(
+            f"--group-by {data.group_by}: none of the {len(members)} group(s) has data enough for train, validation "
+            f"and test splits (the largest has {largest} document(s)); group the records more coarsely or add data"
+        )
+    counts = _summed([described[key]["counts"] for key in trained])
+    counts[METRIC_DROPPED_DOCUMENTS] += len(documents.frame) - len(usable)
+    counts.update({METRIC_GROUPS: len(trained), METRIC_SKIPPED_GROUPS: len(described) - len(trained)})
+    documents_of = {split: sorted(i for key in trained for i in splits[key][split]) for split in SPLITS}
+    top = {**meta, "decontamination": method, "counts": counts, "documents": documents_of}
+    _write_rows(folder, pooled, {**top, "group_by": data.group_by, "groups": described})
+
+
+def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for one in counts:
+        for name, value in one.items():
+            total[name] = total.get(name, 0) + value
+    return total
 
 
 def _empty_split_problem(data: DataConfig, fmt: str, split: str, tokenized) -> str:
     if fmt != "text":
         return (
-            f"--dataset {data.dataset}: no {split} record has an answer within --seq-len "
-            f"{data.seq_len} ({len(tokenized)} record(s), all prompt at that length); raise --seq-len"
+            f"no {split} record has an answer within --seq-len {data.seq_len} ({len(tokenized)} record(s), all "
+            "prompt at that length); raise --seq-len"
         )
     return (
-        f"--dataset {data.dataset}: the {split} split holds {sum(len(ids) for ids, _ in tokenized)} "
-        f"tokens, fewer than one --seq-len block of {data.seq_len}; lower --seq-len, raise "
-        "--val-fraction/--test-fraction or add data"
+        f"the {split} split holds {sum(len(ids) for ids, _ in tokenized)} tokens, fewer than one --seq-len block "
+        f"of {data.seq_len}; lower --seq-len, raise --val-fraction/--test-fraction or add data"
     )
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from lora_study import data, models, tracking
+from lora_study import data, groups, models, tracking
 from lora_study.adapters import ModelSource
 from lora_study.config import DataConfig
 from lora_study.errors import UserInputError
@@ -38,6 +38,7 @@ from lora_study.tracking import (
     METRIC_TEST_LOSS,
     METRIC_TEST_PERPLEXITY,
     PARAM_DATA,
+    PARAM_GROUP,
     PARAM_DATASET_DIGEST,
 )
 
@@ -207,9 +208,9 @@ def _training_data(run_id: str, ref, tokenizer) -> data.PreparedData:
     """Rebuild (from the cache, usually) the prepared data the run trained on, from its params."""
     params = tracking.run_params(run_id)
     if params.get(PARAM_DATA):
-        return data.load_prepared(params[PARAM_DATA])
+        return _group_of(data.load_prepared(params[PARAM_DATA]), params)
     data_cfg = DataConfig.model_validate({key: params[key] for key in DataConfig.model_fields if key in params})
-    prepared = data.prepare(data_cfg, ref, tokenizer)[0]
+    prepared = _group_of(data.prepare(data_cfg, ref, tokenizer)[0], params)
     logged = params.get(PARAM_DATASET_DIGEST, prepared.meta["digest"])
     if prepared.meta["digest"] != logged:
         raise UserInputError(
@@ -218,3 +219,11 @@ def _training_data(run_id: str, ref, tokenizer) -> data.PreparedData:
             "pass --data with that data's `prepare` run or folder"
         )
     return prepared
+
+
+def _group_of(prepared: data.PreparedData, params: dict) -> data.PreparedData:
+    """The data a run trained on: of a group's run (`train --group-by`), its group's own splits."""
+    if not params.get(PARAM_GROUP):
+        return prepared
+    (key,) = groups.select(prepared.groups, [params[PARAM_GROUP]], prepared.meta.get("group_by", ""))
+    return prepared.group(key)

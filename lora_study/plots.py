@@ -274,3 +274,16 @@ def parameter_importances(importances: dict[str, float]):
     ax.set(xlabel="importance (fANOVA, share of the objective's variance)", title="Parameter importances")
     fig.tight_layout()
     return fig
+
+
+def cross_group_improvement(improvement: pd.DataFrame, group_by: str):
+    """Each group's adapter (a row) on each group's test split (a column), as % better than the
+    base there: a bright diagonal is an adapter that learned its own group."""
+    trained = improvement.drop(index="base", errors="ignore")
+    fig = Figure(figsize=(1.2 + 0.7 * len(trained.columns), 1.2 + 0.5 * len(trained)))
+    ax = fig.subplots()
+    limit = max(1.0, float(abs(trained.to_numpy()).max()))
+    sns.heatmap(trained, ax=ax, annot=True, fmt=".1f", cmap="RdBu", center=0, vmin=-limit, vmax=limit, cbar_kws={"label": "% better than the base"})
+    ax.set(xlabel=f"test split of {group_by}", ylabel="adapter trained on", title="Test perplexity against the base")
+    fig.tight_layout()
+    return fig

@@ -31,6 +31,7 @@ from lora_study.tracking import (
     TAG_BASE_MODEL,
     TAG_CONFIG_TRIAL,
     TAG_DESCRIPTION_DIGEST,
+    TAG_GROUP,
     TAG_MERGED_FROM,
     TAG_MLFLOW_PARENT_RUN,
     TAG_PROMOTED_ALIAS,
@@ -125,6 +126,15 @@ def find_trial_version(name: str, study: str, trial_number: int):
     except MlflowException:  # no such registered model yet
         return None
     return min(found, key=lambda version: int(version.version), default=None)  # the one `register` keeps
+
+
+def run_version(name: str, run_id: str):
+    """The version of `name` registered from the run `run_id`, if any (the first)."""
+    try:
+        found = mlflow.MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException:  # no such registered model yet
+        return None
+    return min(found, key=lambda version: int(version.version), default=None)
 
 
 def study_versions(study: str) -> list:
@@ -288,7 +298,8 @@ def _what(tags: dict, params: dict) -> str:
         shape += f", learning rate {float(params[PARAM_LEARNING_RATE]):.3g}"
     if params.get(PARAM_QUANTIZATION, "none") != "none":
         shape += f", base quantized {params[PARAM_QUANTIZATION]}"
-    return f"A LoRA adapter on `{base}`: {shape}."
+    group = f" It was trained on the group `{tags[TAG_GROUP]}` of its data." if TAG_GROUP in tags else ""
+    return f"A LoRA adapter on `{base}`: {shape}.{group}"
 
 
 def _measured(mv, metrics: dict) -> str:

@@ -51,6 +51,19 @@ RUN_NAME_TRIAL = "trial-{number} {adapter}"
 TAG_STAGE = "lora_study.stage"  # one of the STAGE_ values below
 TAG_ERROR = "lora_study.error"  # why a run FAILED or was KILLED, in one line
 STAGE_PREPARE, STAGE_TRAIN, STAGE_EVALUATE, STAGE_MERGE = "prepare", "train", "evaluate", "merge"
+STAGE_TRAIN_GROUPS = "train_groups"  # the parent of `train --group-by`: a nested `train` run per group
+STAGE_TRAIN_GROUPS_INVOCATION = "train_groups_invocation"  # a run `mlflow run` made for one that continued its parent
+RUN_NAME_TRAIN_GROUPS = "train {adapter} by {group_by}"
+RUN_NAME_GROUP = "group {group} {adapter}"
+TAG_GROUPS_INPUTS = "lora_study.groups_inputs"  # on that parent: a digest of what trains (data, base, settings)
+TAG_GROUP = "lora_study.group"  # on a group's run and registered version: the group's value
+TAG_GROUP_KEY = "lora_study.group_key"  # ... and its key (`lora_study.groups`)
+PARAM_GROUP = "group"  # on a group's run: its value (which of the prepared data's groups it trained on)
+ARTIFACT_GROUP_ROW = "cross_group_row.json"  # on a group's run: its adapter's test perplexity on every group
+ARTIFACT_CROSS_GROUP = "cross_group_perplexity.json"  # on the parent, a table: adapters x groups' test splits
+ARTIFACT_CROSS_GROUP_PLOT = "plots/cross_group_improvement.png"  # ... as % better than the base, a heatmap
+METRIC_OWN_GROUP_IMPROVEMENT_PCT = "own_group_improvement_pct"  # on the parent: mean over adapters, own group
+METRIC_OTHER_GROUPS_IMPROVEMENT_PCT = "other_groups_improvement_pct"  # ... and on the other groups' test splits
 STAGE_SWEEP = "sweep"  # a sweep's parent run: one per study, continued by every sweep of it
 STAGE_SWEEP_INVOCATION = "sweep_invocation"  # a run `mlflow run` made for a sweep that continued its study's
 TAG_STUDY_RUN = "lora_study.study_run"  # ... on it: the parent run it continued
@@ -102,6 +115,8 @@ METRIC_TRUNCATED_DOCUMENTS = "truncated_documents"
 METRIC_DROPPED_DOCUMENTS = "dropped_documents"
 METRIC_CONTAMINATED_DOCUMENTS = "contaminated_documents"  # training documents that shared a held-out span
 METRIC_REMOVED_TRAIN_TOKENS = "removed_train_tokens"  # tokens taken out of training for it
+METRIC_GROUPS = "groups"  # with --group-by: groups with data enough to train
+METRIC_SKIPPED_GROUPS = "skipped_groups"  # ... and those without
 
 # --- metrics of `train` ----------------------------------------------------------------------
 # over steps
@@ -288,15 +303,20 @@ def short_number(value: float) -> str:
 
 @contextmanager
 def stage_run(
-    stage: str, log_system_metrics: bool = False, run_id: str | None = None, name: str | None = None, **tags: str
+    stage: str,
+    log_system_metrics: bool = False,
+    run_id: str | None = None,
+    name: str | None = None,
+    nested: bool = False,
+    **tags: str,
 ):
     """Start the stage's run named `name` (or continue, and rename, the one `mlflow run` made,
-    or `run_id`); never leave it RUNNING.
+    or `run_id`), nested under the active run if `nested`; never leave it RUNNING.
 
     An exception ends the run FAILED and Ctrl-C ends it KILLED, each with the reason as a tag.
     """
     with mlflow.start_run(
-        run_id, run_name=name, tags={TAG_STAGE: stage, **tags}, log_system_metrics=log_system_metrics
+        run_id, run_name=name, nested=nested, tags={TAG_STAGE: stage, **tags}, log_system_metrics=log_system_metrics
     ) as run:
         if TAG_ERROR in run.data.tags:  # a run continued: why it ended before no longer holds
             mlflow.MlflowClient().delete_tag(run.info.run_id, TAG_ERROR)
@@ -448,11 +468,12 @@ def log_table_replacing(frame, artifact_file: str) -> None:
         mlflow.log_artifact(path, folder)
 
 
-def mark_invocation(run_id: str, parent_run_id: str) -> None:
+def mark_invocation(run_id: str, parent_run_id: str, stage: str = STAGE_SWEEP_INVOCATION) -> None:
     """A run made for a sweep that continues its study's parent (`mlflow run` made it, or it lost
-    to another candidate for the parent): say where its work went."""
+    to another candidate for the parent), or for a `train --group-by` that continues its parent:
+    say where its work went."""
     client = mlflow.MlflowClient()
-    client.set_tag(run_id, TAG_STAGE, STAGE_SWEEP_INVOCATION)
+    client.set_tag(run_id, TAG_STAGE, stage)
     client.set_tag(run_id, TAG_STUDY_RUN, parent_run_id)
 
 
@@ -492,6 +513,27 @@ def dead_sweep_runs(experiment_id: str, interval_s: float, grace_s: float) -> li
                 (run_id, f"its sweep died before it started (no heartbeat {grace_s:.0f} s after the run began)")
             )
     return dead
+
+
+def groups_run(inputs: str):
+    """The parent run of a `train --group-by` of these inputs (`TAG_GROUPS_INPUTS`) in the
+    experiment this process logs to, the first made; or None. A rerun continues it."""
+    experiment_id = mlflow.tracking.fluent._get_experiment_id()
+    found = mlflow.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_GROUPS_INPUTS}` = '{inputs}' and tags.`{TAG_STAGE}` = '{STAGE_TRAIN_GROUPS}'",
+        output_format="list",
+    )
+    return min(found, key=lambda run: (run.info.start_time, run.info.run_id), default=None)
+
+
+def child_runs(parent_run_id: str) -> list:
+    """The runs nested under a run, oldest first."""
+    experiment_id = mlflow.MlflowClient().get_run(parent_run_id).info.experiment_id
+    found = mlflow.search_runs(
+        [experiment_id], filter_string=f"tags.`{TAG_MLFLOW_PARENT_RUN}` = '{parent_run_id}'", output_format="list"
+    )
+    return sorted(found, key=lambda run: (run.info.start_time, run.info.run_id))
 
 
 # --- links into the MLflow UI: relative, so they work wherever it is served ----------------------
