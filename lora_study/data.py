@@ -357,7 +357,8 @@ def prepare(data: DataConfig, ref: models.BaseModelRef, tokenizer) -> tuple[Prep
 
 
 def _cache_key(data: DataConfig, fmt: str, source_digest: str, tokenizer_digest: str) -> str:
-    inputs = data.model_dump(exclude={"dataset", "format", "split"})
+    # without --group-by, the key (and the digest runs logged) is what it was before the option existed
+    inputs = data.model_dump(exclude={"dataset", "format", "split", *([] if data.group_by else ["group_by"])})
     inputs.update(version=PREPARE_VERSION, format=fmt, source=source_digest, tokenizer=tokenizer_digest)
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
@@ -370,8 +371,12 @@ def _write_prepared(folder: Path, meta: dict, data: DataConfig, documents: Docum
     usable = check_records(documents, fmt, data)
     splits = _split(usable, data)
     tokenized = _tokenize_splits(documents, splits, fmt, data, tokenizer)
-    clean = decontaminate(tokenized["train"], _held_out(tokenized), data.decontaminate_ngram, whole_records=fmt != "text")
-    rows, counts = _pack_splits(splits, {**tokenized, "train": clean.records}, clean, fmt, data, f"--dataset {data.dataset}")
+    clean = decontaminate(
+        tokenized["train"], _held_out(tokenized), data.decontaminate_ngram, whole_records=fmt != "text"
+    )
+    rows, counts = _pack_splits(
+        splits, {**tokenized, "train": clean.records}, clean, fmt, data, f"--dataset {data.dataset}"
+    )
     counts[METRIC_DROPPED_DOCUMENTS] += len(documents.frame) - len(usable)
     _write_rows(folder, rows, {**meta, "decontamination": clean.method, "counts": counts, "documents": splits})
 
@@ -393,9 +398,10 @@ def _held_out(tokenized: dict[str, list]) -> list:
     return tokenized["validation"] + tokenized["test"]
 
 
-def _pack_splits(splits: dict, tokenized: dict, clean, fmt: str, data: DataConfig, what: str):
-    """The packed rows of each split, and their counts; UserInputError naming `what` when a split
-    is left without a row."""
+def _pack_splits(splits: dict, tokenized: dict, clean, fmt: str, data: DataConfig, what: str = ""):
+    """The packed rows of each split, and their counts; UserInputError (naming `what`, if given)
+    when a split is left without a row."""
+    prefix = f"{what}: " if what else ""
     counts = {
         METRIC_TRUNCATED_DOCUMENTS: 0,
         METRIC_DROPPED_DOCUMENTS: 0,
@@ -408,11 +414,11 @@ def _pack_splits(splits: dict, tokenized: dict, clean, fmt: str, data: DataConfi
         if not rows:
             if split == "train" and clean.removed_train_tokens:
                 raise UserInputError(
-                    f"{what}: every training record shares a span of {data.decontaminate_ngram} tokens with "
+                    f"{prefix}every training record shares a span of {data.decontaminate_ngram} tokens with "
                     "validation or test data; deduplicate the data, or raise --decontaminate-ngram (0 turns "
                     "the check off)"
                 )
-            raise UserInputError(f"{what}: {_empty_split_problem(data, fmt, split, tokenized[split])}")
+            raise UserInputError(prefix + _empty_split_problem(data, fmt, split, tokenized[split]))
         packed[split] = rows
         counts.update(_split_counts(split, len(indices), rows))
         counts[METRIC_TRUNCATED_DOCUMENTS] += truncated
@@ -477,15 +483,17 @@ def _write_groups(folder: Path, meta: dict, data: DataConfig, documents: Documen
         clean = decontaminate(tokenized[key]["train"], held_out, data.decontaminate_ngram, whole_records=fmt != "text")
         method = clean.method
         try:
-            rows, counts = _pack_splits(
-                chosen, {**tokenized[key], "train": clean.records}, clean, fmt, data, f"group `{value}`"
-            )
+            rows, counts = _pack_splits(chosen, {**tokenized[key], "train": clean.records}, clean, fmt, data)
         except UserInputError as error:
             described[key]["skipped"] = error.problems[0]
             continue
         digest = hashlib.sha256(f"{meta['digest']}:{key}".encode()).hexdigest()
         own = {**meta, "digest": digest, "group_by": data.group_by, "group": value, "group_key": key}
-        _write_rows(folder / GROUPS_FOLDER / key, rows, {**own, "decontamination": clean.method, "counts": counts, "documents": chosen})
+        _write_rows(
+            folder / GROUPS_FOLDER / key,
+            rows,
+            {**own, "decontamination": clean.method, "counts": counts, "documents": chosen},
+        )
         described[key].update(digest=digest, counts=counts)
         for split in SPLITS:
             pooled[split] += rows[split]

@@ -38,8 +38,8 @@ from lora_study.tracking import (
     METRIC_TEST_LOSS,
     METRIC_TEST_PERPLEXITY,
     PARAM_DATA,
-    PARAM_GROUP,
     PARAM_DATASET_DIGEST,
+    PARAM_GROUP,
 )
 
 # How far the merged model's test loss may stray from the unmerged adapter's: merging rounds

@@ -8,6 +8,7 @@ import io
 import numbers
 
 import matplotlib
+import numpy
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure  # figures as objects: no pyplot state, no GUI backend
@@ -280,10 +281,20 @@ def cross_group_improvement(improvement: pd.DataFrame, group_by: str):
     """Each group's adapter (a row) on each group's test split (a column), as % better than the
     base there: a bright diagonal is an adapter that learned its own group."""
     trained = improvement.drop(index="base", errors="ignore")
-    fig = Figure(figsize=(1.2 + 0.7 * len(trained.columns), 1.2 + 0.5 * len(trained)))
+    values = trained.to_numpy(dtype=float)
+    limit = max(1.0, float(abs(values).max()))
+    fig = Figure(figsize=(2.5 + 0.8 * len(trained.columns), 1.5 + 0.5 * len(trained)))
     ax = fig.subplots()
-    limit = max(1.0, float(abs(trained.to_numpy()).max()))
-    sns.heatmap(trained, ax=ax, annot=True, fmt=".1f", cmap="RdBu", center=0, vmin=-limit, vmax=limit, cbar_kws={"label": "% better than the base"})
-    ax.set(xlabel=f"test split of {group_by}", ylabel="adapter trained on", title="Test perplexity against the base")
+    image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+    for (row, column), value in numpy.ndenumerate(values):
+        ax.text(column, row, f"{value:.1f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(trained.columns)), trained.columns, rotation=30, ha="right")
+    ax.set_yticks(range(len(trained.index)), trained.index)
+    ax.set(
+        xlabel=f"test split of the group ({group_by})",
+        ylabel="adapter trained on",
+        title="Test perplexity, % better than the base",
+    )
+    fig.colorbar(image, ax=ax, label="% better than the base")
     fig.tight_layout()
     return fig

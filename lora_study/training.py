@@ -104,7 +104,7 @@ def setup(data_cfg: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, t
         prepared = data.load_prepared(train.data)
     else:
         prepared = data.prepare(data_cfg, ref, tokenizer)[0]
-    check_prepared(prepared, data_cfg.seq_len, models.tokenizer_digest(tokenizer), base.base_model)
+    check_prepared(prepared, data_cfg, models.tokenizer_digest(tokenizer), base.base_model)
     data_s, started = time.perf_counter() - started, time.perf_counter()
     model, weights_dtype = models.load_base(ref, adapter.quantization, dtype, where)
     lora.resolve_targets(model, adapter.target_modules)  # an unknown name fails before the run
@@ -116,12 +116,20 @@ def setup(data_cfg: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, t
     return Setup(ref, tokenizer, model, prepared, where, dtype, weights_dtype)
 
 
-def check_prepared(prepared, seq_len: int, tokenizer_digest: str, base_model: str) -> None:
+def check_prepared(prepared, data_cfg: DataConfig, tokenizer_digest: str, base_model: str) -> None:
     data.check_tokenizer(prepared, tokenizer_digest, base_model)
+    seq_len, group_by = data_cfg.seq_len, data_cfg.group_by
     if prepared.meta["seq_len"] != seq_len:
         raise UserInputError(
             f"--seq-len {seq_len} differs from the prepared data's {prepared.meta['seq_len']}: pass "
             f"--seq-len {prepared.meta['seq_len']} or prepare the data again"
+        )
+    held = prepared.meta.get("group_by", "")
+    if group_by and held != group_by:  # without --group-by, grouped data trains as one data set
+        how = f"with --group-by {held}" if held else "without --group-by"
+        raise UserInputError(
+            f"--data: prepared {how}, not --group-by {group_by}; prepare it with --group-by {group_by}, "
+            "or leave --data empty"
         )
 
 

@@ -152,6 +152,24 @@ def write_jsonl(path, records):
 
 # --- trained adapters ---------------------------------------------------------------------------
 
+GROUPED_TOPICS = ("string-methods", "debugger", "formatstrings", "typesmapping")
+
+
+def write_grouped_topics(path, per_group: int = 12, small_group: int = 2) -> Path:
+    """A grouped dataset from the Python docs: each paragraph of a topic is a document, its
+    `topic` its group; the group `try` has `small_group` documents, too few for three splits."""
+    import pydoc_data.topics
+    import re
+
+    def paragraphs(topic: str) -> list[str]:
+        found = re.split(r"\n\s*\n", pydoc_data.topics.topics[topic])
+        return [text.strip() for text in found if len(text.strip()) > 200]
+
+    records = [{"topic": topic, "text": text} for topic in GROUPED_TOPICS for text in paragraphs(topic)[:per_group]]
+    records += [{"topic": "try", "text": text} for text in paragraphs("try")[:small_group]]
+    return write_jsonl(path, records)
+
+
 TINY_DATA = DataConfig(max_samples=15, seq_len=32)  # the first 15 python-docs topics
 TINY_BASE = BaseModelConfig(base_model="tiny")
 PROMPTS = ["The list type", "A dict maps", "def f(x):"]

@@ -5,7 +5,7 @@ import random
 
 import pandas as pd
 import pytest
-from conftest import WORDS, alpaca_records, chat_records, text_docs, write_jsonl
+from conftest import GROUPED_TOPICS, WORDS, alpaca_records, chat_records, text_docs, write_grouped_topics, write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -180,6 +180,74 @@ def test_rows_of_a_split_come_from_its_own_documents(tmp_path, tiny, tokenizer):
             for ids, labels in packing.records(row)
         ]
         assert sorted(answers) == expected
+
+
+# --- groups (--group-by) ----------------------------------------------------------------------
+
+
+def test_each_group_is_split_by_document_on_its_own(tmp_path, tiny, tokenizer):
+    path = write_grouped_topics(tmp_path / "topics.jsonl")
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    prepared = prepare(tiny, tokenizer, dataset=str(path), group_by="topic", seq_len=32)
+    assert list(prepared.groups) == [*GROUPED_TOPICS, "try"]
+    assert prepared.groups["try"]["skipped"] == "2 document(s): too few to split into train, validation and test"
+    pooled_rows = 0
+    for key in GROUPED_TOPICS:
+        group = prepared.group(key)
+        splits = group.meta["documents"]
+        members = [i for i, record in enumerate(records) if record["topic"] == key]
+        assert sorted(splits["train"] + splits["validation"] + splits["test"]) == members  # disjoint, complete
+        assert (len(splits["validation"]), len(splits["test"])) == (1, 1)  # 10% of 12, at least one
+        assert group.meta["group"] == key and group.meta["digest"] == prepared.groups[key]["digest"]
+        assert group.meta["digest"] != prepared.meta["digest"]
+        pooled_rows += len(group.rows("train"))
+    assert len(prepared.rows("train")) == pooled_rows  # the groups' rows together: the sweep's data
+    assert prepared.meta["counts"]["groups"] == 4 and prepared.meta["counts"]["skipped_groups"] == 1
+    assert sorted(prepared.meta["documents"]["test"]) == sorted(
+        i for key in GROUPED_TOPICS for i in prepared.group(key).meta["documents"]["test"]
+    )
+
+
+def test_no_group_trains_on_a_span_of_any_groups_held_out_documents(tmp_path, tiny, tokenizer):
+    docs = nested_docs(24)  # each quotes the one before: groups alternate, so they quote each other
+    path = write_jsonl(tmp_path / "d.jsonl", [{"team": "ab"[i % 2], "text": d} for i, d in enumerate(docs)])
+
+    def overlap_across(prepared) -> int:
+        held_out = [
+            (row["input_ids"], row["labels"])
+            for key in prepared.groups
+            for split in ("validation", "test")
+            for row in prepared.group(key).rows(split)
+        ]
+        train = [row["input_ids"] for key in prepared.groups for row in prepared.group(key).rows("train")]
+        return contamination.overlap(train, held_out, 50)
+
+    dirty = prepare(tiny, tokenizer, dataset=str(path), group_by="team", seq_len=64, decontaminate_ngram=0)
+    clean = prepare(tiny, tokenizer, dataset=str(path), group_by="team", seq_len=64)
+    assert overlap_across(dirty) > 50 and overlap_across(clean) == 0
+    assert clean.meta["counts"]["contaminated_documents"] > 0
+
+
+@pytest.mark.parametrize(
+    "records, expected",
+    [
+        ([{"text": "x"}], "--group-by: no column `team` in d.jsonl (columns: text)"),
+        (
+            [{"team": "a", "text": "x y z"}, {"team": None, "text": "x y"}],
+            "--group-by team: 1 record(s) have no value (first: d.jsonl, line 2); give every record a group",
+        ),
+        (
+            [{"team": t, "text": "x y z"} for t in "aabbc"],
+            "--group-by team: none of the 3 group(s) has data enough for train, validation and test splits "
+            "(the largest has 2 document(s))",
+        ),
+    ],
+)
+def test_bad_groups_are_one_line_naming_the_problem(tmp_path, tiny, tokenizer, records, expected):
+    path = write_jsonl(tmp_path / "d.jsonl", records)
+    with pytest.raises(UserInputError) as error:
+        prepare(tiny, tokenizer, dataset=str(path), group_by="team", seq_len=8)
+    assert len(error.value.problems) == 1 and expected in error.value.problems[0]
 
 
 # --- decontamination -----------------------------------------------------------------------

@@ -1,23 +1,61 @@
-"""`train`: fine-tune one LoRA adapter and log everything a LoRA study compares.
+"""`train`: fine-tune one LoRA adapter, or one per group, and log everything a LoRA study compares.
 
     lora-study train --max-steps 30 --rank 16 --target-modules qkvo
-
-With --group-by COLUMN it trains one adapter per group instead (`train_groups`).
+    lora-study train --dataset topics.jsonl --group-by topic --max-steps 30
 
 The recipe, top to bottom: check the settings against the base model and load the base and the
 prepared data (bad input fails here, before any run) -> start the run -> log the inputs -> train
 (the loop logs per-step and final metrics) -> measure forgetting on text outside the training
 data -> log the adapter as the MLflow model `adapter`.
+
+With --group-by, on one loaded base: each group is split by document on its own (no validation
+or test document of any group in any group's training rows) -> the parent run of these same
+inputs is continued, or started (a rerun trains only the groups not finished) -> per group, a
+nested run does the recipe above and also measures the adapter against the base on every
+group's test split; the base is itself again before the next group -> every group's adapter is
+registered with the alias `group-<key>` -> the cross-group matrix goes on the parent, as a
+table and a heatmap.
 """
 
+import dataclasses
+import hashlib
+import json
 import os
+import time
 
+import mlflow
 import torch
 
-from lora_study import forgetting, tracking, training
+from lora_study import console, evaluation, forgetting, groups, lora, plots, registry, tracking, training
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, GroupsConfig, TrainConfig, flag
 from lora_study.errors import UserInputError
-from lora_study.tracking import RUN_NAME_TRAIN, STAGE_TRAIN
+from lora_study.losses import mean_loss, perplexity
+from lora_study.tracking import (
+    ARTIFACT_ADAPTER,
+    ARTIFACT_CROSS_GROUP,
+    ARTIFACT_CROSS_GROUP_PLOT,
+    ARTIFACT_GROUP_ROW,
+    HEARTBEAT_S,
+    METRIC_BASE_TEST_PERPLEXITY,
+    METRIC_GROUPS,
+    METRIC_OTHER_GROUPS_IMPROVEMENT_PCT,
+    METRIC_OWN_GROUP_IMPROVEMENT_PCT,
+    METRIC_SKIPPED_GROUPS,
+    METRIC_TEST_PERPLEXITY,
+    PARAM_GROUP,
+    RUN_NAME_GROUP,
+    RUN_NAME_TRAIN,
+    RUN_NAME_TRAIN_GROUPS,
+    STAGE_TRAIN,
+    STAGE_TRAIN_GROUPS,
+    STAGE_TRAIN_GROUPS_INVOCATION,
+    TAG_BASE_MODEL,
+    TAG_GROUP,
+    TAG_GROUP_KEY,
+    TAG_GROUPS_INPUTS,
+)
+
+TEST_BATCH_SIZE = 8  # rows per forward pass for test losses, which batching does not change
 
 
 def run_train(
@@ -25,13 +63,12 @@ def run_train(
     base: BaseModelConfig,
     adapter: AdapterConfig,
     train: TrainConfig,
-    choice: GroupsConfig = GroupsConfig(),
+    choice: GroupsConfig | None = None,
 ) -> str:
     """The `train` entry point; returns the MLflow run id (with --group-by, the parent's)."""
+    choice = choice or GroupsConfig()
     if data.group_by:
-        from lora_study.stages.train_groups import run_train_groups
-
-        return run_train_groups(data, base, adapter, train, choice)
+        return _train_groups(data, base, adapter, train, choice)
     given = [flag(name) for name, value in choice.model_dump().items() if value]
     if given:
         raise UserInputError(f"{', '.join(given)}: only with --group-by COLUMN (one adapter per group)")
@@ -49,3 +86,213 @@ def run_train(
         training.log_trained_adapter(s, result.model, adapter)
         tracking.flush()
     return run.info.run_id
+
+
+# --- one adapter per group (--group-by) -----------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Measured:
+    """What every group's run is measured against, measured once: the base on each test split."""
+
+    test_rows: dict[str, list[dict]]  # group key -> its test rows
+    base_losses: dict[str, float]  # group key -> the base's test loss on them
+    general_text: forgetting.ForgettingSet | None
+    base_distribution: forgetting.BaseDistribution | None = None
+
+
+def _train_groups(
+    data_cfg: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, train: TrainConfig, choice: GroupsConfig
+) -> str:
+    """One adapter per group, each in a nested run; returns the parent run's id."""
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    s = training.setup(data_cfg, base, adapter, train)
+    prepared = s.prepared  # checked by `setup`: prepared with this --group-by
+    with_data = [key for key, group in prepared.groups.items() if "skipped" not in group]
+    chosen = groups.select(prepared.groups, choice.chosen, data_cfg.group_by)
+    name = choice.registered_model or f"lora-study-{base.base_model}-{groups.key_of(data_cfg.group_by)}"
+    inputs = _inputs_digest(s, adapter, train, data_cfg)
+    invocation = os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run`'s: nested runs must not take it up
+    parent_id = _parent_to_continue(inputs) or invocation
+    label = tracking.adapter_label(adapter.rank, adapter.target_modules, quantization=adapter.quantization)
+    measured = Measured(
+        test_rows={key: prepared.group(key).rows("test") for key in with_data},
+        base_losses={},
+        general_text=forgetting.load(
+            train.forgetting_data, s.ref, s.tokenizer, s.model, data_cfg.seq_len, data_cfg.dataset
+        ),
+    )
+    measured.base_losses = {key: _test_loss(s, s.model, rows) for key, rows in measured.test_rows.items()}
+
+    run_name, tags = (
+        RUN_NAME_TRAIN_GROUPS.format(adapter=label, group_by=data_cfg.group_by),
+        {TAG_GROUPS_INPUTS: inputs},
+    )
+    with (
+        tracking.stage_run(STAGE_TRAIN_GROUPS, run_id=parent_id, name=run_name, **tags) as parent,
+        tracking.heartbeat(parent.info.run_id, HEARTBEAT_S),
+    ):
+        if invocation and invocation != parent.info.run_id:
+            tracking.mark_invocation(invocation, parent.info.run_id, STAGE_TRAIN_GROUPS_INVOCATION)
+        training.log_inputs(s, data_cfg, base)
+        tracking.log_params({**adapter.model_dump(), **train.model_dump()})
+        finished = _finished_groups(parent.info.run_id)
+        console.say(
+            f"groups {data_cfg.group_by}: {len(with_data)} with data enough, {len(prepared.groups) - len(with_data)} "
+            f"without; {len(chosen)} chosen, {len([k for k in chosen if k in finished])} trained before"
+        )
+        progress = console.progress(len(chosen), "groups", "group")
+        for number, key in enumerate(chosen, start=1):
+            group = prepared.groups[key]
+            where = f"group {group['value']}  {number}/{len(chosen)}"
+            if "skipped" in group:
+                console.say(f"{where}  skipped: {group['skipped']}")
+            elif key in finished:
+                console.say(f"{where}  trained before (run {finished[key].info.run_id})")
+            else:
+                started = time.perf_counter()
+                finished[key] = _train_group(s, key, group["value"], data_cfg, base, adapter, train, measured, label)
+                s.model = lora.detach(s.model)  # the next group starts from the base
+                if train.gradient_checkpointing:
+                    s.model.gradient_checkpointing_disable()
+                test = finished[key].data.metrics
+                console.say(
+                    f"{where}  test ppl {test[METRIC_TEST_PERPLEXITY]:.3f} (base "
+                    f"{test[METRIC_BASE_TEST_PERPLEXITY]:.3f})  {time.perf_counter() - started:.0f} s"
+                )
+            progress.update(1)
+        progress.close()
+        values = {key: prepared.groups[key]["value"] for key in finished}
+        versions = {key: _registered(name, run, values[key], key, base) for key, run in finished.items()}
+        _log_cross_group(finished, measured, data_cfg.group_by)
+        mlflow.log_metrics({METRIC_GROUPS: len(finished), METRIC_SKIPPED_GROUPS: len(prepared.groups) - len(with_data)})
+
+    _print_where_to_look(name, versions)
+    return parent.info.run_id
+
+
+def _inputs_digest(s: training.Setup, adapter: AdapterConfig, train: TrainConfig, data_cfg: DataConfig) -> str:
+    """What a group's adapter depends on: the same digest, the same adapters (a rerun continues)."""
+    inputs = {
+        "data": s.prepared.meta["digest"],
+        "base": s.ref.sha256 or s.ref.name,
+        "revision": s.ref.revision or "",
+        "seed": data_cfg.seed,
+        "adapter": adapter.model_dump(),
+        "train": train.model_dump(exclude={"data"}),
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _parent_to_continue(inputs: str) -> str | None:
+    """The parent run an earlier `train --group-by` of these inputs made; one whose process is
+    alive (it beat lately) is refused, one left RUNNING by a process that died is continued."""
+    run = tracking.groups_run(inputs)
+    if run is None:
+        return None
+    age = tracking.heartbeat_age_s(run)
+    if run.info.status == "RUNNING" and age is not None and age <= 2 * HEARTBEAT_S:
+        raise UserInputError(
+            f"run {run.info.run_id} is training these groups now (it said so {age:.0f} s ago); wait for it to end, "
+            "or stop it"
+        )
+    for child in tracking.child_runs(run.info.run_id):
+        if child.info.status == "RUNNING":
+            tracking.end_dead_run(child.info.run_id, "its process died: this group is trained again")
+    return run.info.run_id
+
+
+def _finished_groups(parent_run_id: str) -> dict:
+    """group key -> its FINISHED run under the parent (the latest, should there be two)."""
+    return {
+        run.data.tags[TAG_GROUP_KEY]: run
+        for run in tracking.child_runs(parent_run_id)
+        if run.info.status == "FINISHED" and TAG_GROUP_KEY in run.data.tags
+    }
+
+
+def _test_loss(s: training.Setup, model, rows: list[dict]) -> float:
+    return mean_loss(model, rows, TEST_BATCH_SIZE, s.tokenizer.pad_token_id, s.dtype)
+
+
+def _train_group(
+    s: training.Setup,
+    key: str,
+    value: str,
+    data_cfg: DataConfig,
+    base: BaseModelConfig,
+    adapter: AdapterConfig,
+    train: TrainConfig,
+    measured: Measured,
+    label: str,
+):
+    """One group's nested run: train, measure on every group's test split, log the adapter."""
+    own = dataclasses.replace(s, prepared=s.prepared.group(key))
+    tags = {TAG_GROUP: value, TAG_GROUP_KEY: key}
+    name = RUN_NAME_GROUP.format(group=value, adapter=label)
+    try:
+        with tracking.stage_run(STAGE_TRAIN, nested=True, name=name, **tags) as run:
+            training.log_inputs(own, data_cfg, base)
+            tracking.log_params({PARAM_GROUP: value})
+            result = training.fine_tune(own, adapter, train, data_cfg.seed)
+            if measured.general_text:
+                text, pad_id = measured.general_text, s.tokenizer.pad_token_id
+                if measured.base_distribution is None:
+                    measured.base_distribution = forgetting.base_distribution(result.model, text.rows, pad_id, s.dtype)
+                forgot = forgetting.evaluate(result.model, text, pad_id, s.dtype, measured.base_distribution)
+                tracking.log_forgetting(forgot, text.description)
+            row = {other: _test_loss(s, result.model, rows) for other, rows in measured.test_rows.items()}
+            tracking.log_metrics(evaluation.perplexity_metrics(row[key], measured.base_losses[key]))
+            mlflow.log_dict({other: perplexity(loss) for other, loss in row.items()}, ARTIFACT_GROUP_ROW)
+            training.log_trained_adapter(own, result.model, adapter)
+            tracking.flush()
+    finally:
+        s.model = own.model  # quantized training prepares the base anew: keep what it made
+    return mlflow.get_run(run.info.run_id)
+
+
+def _registered(name: str, run, value: str, key: str, base: BaseModelConfig) -> str:
+    """The group's adapter as a version of `name`, registered once per run, with the alias `group-<key>`."""
+    version = registry.run_version(name, run.info.run_id)
+    if version is None:
+        metrics = run.data.metrics
+        tags = {
+            TAG_GROUP: value,
+            TAG_BASE_MODEL: base.base_model,
+            METRIC_TEST_PERPLEXITY: f"{metrics[METRIC_TEST_PERPLEXITY]:.6g}",
+            METRIC_BASE_TEST_PERPLEXITY: f"{metrics[METRIC_BASE_TEST_PERPLEXITY]:.6g}",
+        }
+        version = registry.register(f"runs:/{run.info.run_id}/{ARTIFACT_ADAPTER}", name, tags)
+    registry.set_alias(name, groups.alias(key), version.version)
+    return version.version
+
+
+def _log_cross_group(finished: dict, measured: Measured, group_by: str) -> None:
+    """The matrix of every finished group's adapter on every group's test split, with the base's
+    row; its mean improvement on the adapters' own groups and on the others."""
+    if not finished:
+        return
+    rows = {
+        key: mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{ARTIFACT_GROUP_ROW}")
+        for key, run in finished.items()
+    }
+    base = {key: perplexity(loss) for key, loss in measured.base_losses.items()}
+    matrix = groups.cross_matrix(rows, base)
+    tracking.log_table_replacing(matrix, ARTIFACT_CROSS_GROUP)
+    improvement = groups.improvement_pct(matrix)
+    mlflow.log_figure(plots.cross_group_improvement(improvement, group_by), ARTIFACT_CROSS_GROUP_PLOT)
+    own, other = groups.own_and_other(improvement)
+    mlflow.log_metric(METRIC_OWN_GROUP_IMPROVEMENT_PCT, own)
+    line = f"cross-group: the adapters are {own:.1f}% better than the base on their own group's test split"
+    if other is not None:
+        mlflow.log_metric(METRIC_OTHER_GROUPS_IMPROVEMENT_PCT, other)
+        line += f", {other:.1f}% on the other groups'"
+    console.say(line)
+
+
+def _print_where_to_look(name: str, versions: dict[str, str]) -> None:
+    if not versions:
+        return
+    numbers = ", ".join(f"{groups.alias(key)} (version {version})" for key, version in versions.items())
+    print(f"registered {name}: {numbers}")
+    print(f"serve them all: lora-study serve --adapters 'models:/{name}@{groups.ALIAS_PREFIX}*'")
