@@ -2,7 +2,7 @@
 
 import mlflow
 import pytest
-from conftest import mlflow_run, runs
+from conftest import mlflow_run, runs, write_grouped_topics
 
 pytestmark = pytest.mark.slow  # `mlflow run` in a process of its own
 
@@ -111,3 +111,22 @@ def test_prepare_on_the_embedded_default(mlflow_experiment):
     assert artifacts == {
         f"data/{name}" for name in ("meta.json", "train.parquet", "validation.parquet", "test.parquet")
     }
+
+
+def test_train_by_group_again_continues_its_parent_run(mlflow_experiment, tmp_path):
+    """`mlflow run -e train -P group_by=topic` for one group, then for another: the first run
+    `mlflow run` made holds both groups' runs; the second points at it."""
+    dataset = write_grouped_topics(tmp_path / "topics.jsonl", per_group=6)
+    params = dict(base_model="tiny", dataset=dataset, group_by="topic", seq_len=32, max_steps=2, batch_size=4)
+    params |= dict(eval_every=0, forgetting_data="none", registered_model="by-topic")
+    for group in ("debugger", "string-methods"):
+        done = mlflow_run("train", mlflow_experiment, **params, groups=group)
+        assert done.returncode == 0, done.stderr[-2000:]
+    every = runs(mlflow_experiment)
+    (parent,) = [r for r in every if r.data.tags["lora_study.stage"] == "train_groups"]
+    (invocation,) = [r for r in every if r.data.tags["lora_study.stage"] == "train_groups_invocation"]
+    assert invocation.data.tags["lora_study.study_run"] == parent.info.run_id
+    assert parent.data.tags["mlflow.project.entryPoint"] == "train" and parent.info.status == "FINISHED"
+    groups = [r for r in every if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["lora_study.group"] for r in groups) == ["debugger", "string-methods"]
+    assert {r.info.status for r in groups} == {"FINISHED"}
