@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import warnings
@@ -347,6 +348,8 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         # loaded in a scoring server: its requests too are checked, and parsed as promised
         _refuse_deep_json()
         _accept_prompt_dict()
+        max_rows, wait_s = serving.batching_settings()
+        _widen_request_threads(max_rows)
         artifacts = context.artifacts
         self.reference = AdapterReference.read(artifacts[KEY_BASE])
         if KEY_MERGED in artifacts:
@@ -358,7 +361,7 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
             self.model, self.tokenizer, _ = load_with_adapters(self.reference, folders)
         # The server runs requests in threads; one thread generates, for the requests that came together.
         generate = functools.partial(serving.generate_mixed, self.model, self.tokenizer)
-        self.batcher = batching.Batcher(generate, *serving.batching_settings())
+        self.batcher = batching.Batcher(generate, max_rows, wait_s)
 
     # A DataFrame is what MLflow passes for a column schema. The hint stops MLflow's "Add type
     # hints" warning at class definition; MLflow neither validates nor infers a schema from it
@@ -408,6 +411,33 @@ def _refuse_deep_json() -> None:
         return decode_json_input
 
     _wrap_scoring_server("_decode_json_input", wrap)
+
+
+def _widen_request_threads(max_rows: int) -> None:
+    """Let enough requests in at once to fill a batch. MLflow's scoring server runs each request
+    with `asyncio.to_thread`, in the event loop's default pool: min(32, cores + 4) threads, 6 on 2
+    cores, so no batch could gather more than 6. Give it a pool of twice the batch (a batch
+    generating, the next one gathering), never fewer threads than the default."""
+    import asyncio
+    import concurrent.futures
+    import contextvars
+    import types
+
+    from mlflow.pyfunc import scoring_server
+
+    if getattr(scoring_server.asyncio, "widened_by_lora_study", False):
+        return
+    pool = concurrent.futures.ThreadPoolExecutor(
+        max(2 * max_rows, min(32, (os.cpu_count() or 1) + 4)), thread_name_prefix="lora-study-request"
+    )
+
+    async def to_thread(func, /, *args, **kwargs):  # asyncio.to_thread, on `pool`
+        call = functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(pool, call)
+
+    widened = types.SimpleNamespace(**vars(asyncio))
+    widened.to_thread, widened.widened_by_lora_study = to_thread, True
+    scoring_server.asyncio = widened
 
 
 def _accept_prompt_dict() -> None:

@@ -287,7 +287,8 @@ def cross_group_improvement(improvement: pd.DataFrame, group_by: str):
     ax = fig.subplots()
     image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
     for (row, column), value in numpy.ndenumerate(values):
-        ax.text(column, row, f"{value:.1f}", ha="center", va="center", fontsize=8)
+        dark = abs(value) > 0.6 * limit  # white on the deepest colours
+        ax.text(column, row, f"{value:.1f}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
     ax.set_xticks(range(len(trained.columns)), trained.columns, rotation=30, ha="right")
     ax.set_yticks(range(len(trained.index)), trained.index)
     ax.set(

@@ -203,3 +203,23 @@ def test_a_reference_reads_back_as_written_and_names_what_keeps_bases_apart(tmp_
     quantized = adapters.AdapterReference.of(tiny, "4bit", torch.float32, "text")
     assert quantized.weights == "quantized"
     assert quantized.differences(reference) == ["quantization", "dtype"]  # the prompt format may differ
+
+
+def test_the_scoring_server_lets_in_as_many_requests_as_two_batches_hold():
+    """MLflow runs each request with `asyncio.to_thread`: 6 threads on 2 cores. Widened for a
+    batch of 8, 16 requests run at once: each waits for all 16 to arrive (a barrier), which 6
+    threads could never let happen."""
+    import asyncio
+    import threading
+
+    from mlflow.pyfunc import scoring_server
+
+    adapters._widen_request_threads(8)
+    barrier = threading.Barrier(16, timeout=20)
+
+    async def sixteen_at_once():
+        calls = [scoring_server.asyncio.to_thread(barrier.wait) for _ in range(16)]
+        return await asyncio.gather(*calls)
+
+    assert sorted(asyncio.run(sixteen_at_once())) == list(range(16))
+    assert scoring_server.asyncio.wait_for is asyncio.wait_for  # the rest of asyncio as it was
