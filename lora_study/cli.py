@@ -18,6 +18,7 @@ from lora_study.config import (
     DataConfig,
     EvaluateConfig,
     GroupsConfig,
+    InspectConfig,
     MergeConfig,
     PromoteConfig,
     ReportConfig,
@@ -67,6 +68,11 @@ COMMANDS = {
         "Run an Optuna study over LoRA settings, one nested MLflow run per trial; register the best.",
         (DataConfig, BaseModelConfig, SweepConfig),
         "sweep",
+    ),
+    "inspect": Command(
+        "Read what an adapter learned, module by module: its update's norm, singular values and ranks.",
+        (InspectConfig,),
+        "inspect",
     ),
     "report": Command(
         "Write a study's answer as one page (HTML and Markdown), from its runs; log it on the sweep's run.",

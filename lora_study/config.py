@@ -409,6 +409,29 @@ class MergeConfig(BaseModel):
     registered_model: str = Field("", description="Also register the merged model under this name.")
 
 
+class InspectConfig(BaseModel):
+    """Which adapter's update to read, what to compare it with, and whether to look for intruders."""
+
+    model_config = STRICT
+
+    model_uri: str = Field(
+        description="The adapter: runs:/<id>/adapter, models:/<name>@<alias> or models:/<name>/<version>.",
+        json_schema_extra=POSITIONAL,
+    )
+    compare: str = Field(
+        "",
+        description="Another adapter on the same modules: per module, how far their updates share their top "
+        "directions (subspace similarity, Hu et al. 2021).",
+    )
+    intruders: bool = Field(
+        False, description="Also count intruder dimensions per module (two dense SVDs per module: slower)."
+    )
+    intruder_top_k: int = Field(10, gt=0, description="Top singular vectors of W + dW examined for intruders.")
+    intruder_threshold: float = Field(
+        0.5, gt=0, lt=1, description="An intruder's largest |cosine| with any singular vector of W is below this."
+    )
+
+
 class ReportConfig(BaseModel):
     """Which study to report on, and where the page goes besides its sweep's run."""
 

@@ -299,3 +299,18 @@ def cross_group_improvement(improvement: pd.DataFrame, group_by: str):
     fig.colorbar(image, ax=ax, label="% better than the base")
     fig.tight_layout()
     return fig
+
+
+def by_layer(frame: pd.DataFrame, value: str, label: str):
+    """A heatmap of one column of a module table (`lora_study.updates`): a row per module kind
+    (q_proj, v_proj, ...), a column per layer."""
+    grid = frame.pivot_table(index="kind", columns="layer", values=value, aggfunc="mean", sort=False)
+    fig = Figure(figsize=(2.5 + 0.25 * len(grid.columns), 1.2 + 0.4 * len(grid)))
+    ax = fig.subplots()
+    image = ax.imshow(grid.to_numpy(dtype=float), cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(grid.columns)), [str(layer) for layer in grid.columns], fontsize=7)
+    ax.set_yticks(range(len(grid.index)), grid.index)
+    ax.set(xlabel="layer", ylabel="module", title=label)
+    fig.colorbar(image, ax=ax, label=value)
+    fig.tight_layout()
+    return fig

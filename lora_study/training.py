@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lora_study import adapters, console, data, lora, models, tracking
+from lora_study import adapters, console, data, lora, models, tracking, updates
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, TrainConfig
 from lora_study.errors import UserInputError
 from lora_study.losses import autocast, loss_sum, mean_loss, perplexity
@@ -248,6 +248,7 @@ def fine_tune(
         METRIC_TRAIN_TOKENS_PER_S: tokens_seen / step_time,
         METRIC_TRAIN_RUNTIME_S: time.perf_counter() - started,
         METRIC_PEAK_MEMORY_MB: peak.megabytes,
+        **updates.summary(updates.table(model)),  # what the update is: read off the weights, in ms
     }
     tracking.log_metrics(final)
     tracking.set_tag(TAG_MEMORY_KIND, peak.kind)

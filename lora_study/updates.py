@@ -21,7 +21,27 @@ import math
 import re
 from dataclasses import dataclass
 
+import pandas as pd
 import torch
+
+from lora_study.tracking import (
+    COLUMN_EFFECTIVE_RANK,
+    COLUMN_ENERGY_RANK,
+    COLUMN_INTRUDERS,
+    COLUMN_KIND,
+    COLUMN_LAYER,
+    COLUMN_MODULE,
+    COLUMN_NORM,
+    COLUMN_RANK,
+    COLUMN_RELATIVE_NORM,
+    COLUMN_SIMILARITY,
+    COLUMN_SINGULAR_VALUES,
+    METRIC_INTRUDERS,
+    METRIC_UPDATE_EFFECTIVE_RANK,
+    METRIC_UPDATE_ENERGY_RANK,
+    METRIC_UPDATE_RELATIVE_NORM_MAX,
+    METRIC_UPDATE_RELATIVE_NORM_MEDIAN,
+)
 
 ENERGY = 0.9
 LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<factor>[AB])(?:\.[^.]+)?\.weight$")
@@ -98,18 +118,88 @@ def intruders(weight: torch.Tensor, update: Update, top_k: int, threshold: float
     return int((best < threshold).sum())
 
 
-def from_state_dict(state: dict[str, torch.Tensor], scale: float) -> list[Update]:
-    """Every adapted module's update, from a PEFT adapter's weights (`adapter_model.safetensors`),
-    in the order of the model's modules."""
-    factors: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in state.items():
-        found = LORA_KEY.match(key)
-        if found:
-            factors.setdefault(found.group("module"), {})[found.group("factor")] = tensor
-    return [factor(f["B"], f["A"], scale, module) for module, f in factors.items() if {"A", "B"} <= set(f)]
+def lora_layers(model) -> dict[str, torch.nn.Module]:
+    """Module name in the base model -> its LoRA layer, in module order."""
+    from peft.tuners.lora import LoraLayer
+
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and module.lora_A:
+            found[re.sub(r"^(base_model\.model\.)", "", name)] = module
+    return found
 
 
-def scale_of(config: dict) -> float:
-    """alpha / r, or alpha / sqrt(r) for rsLoRA, from a PEFT `adapter_config.json`."""
-    rank, alpha = config["r"], config["lora_alpha"]
-    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+def of_layer(name: str, layer) -> Update:
+    """A LoRA layer's update (of its active adapter), scaled as PEFT scales it (alpha / r, or
+    alpha / sqrt(r) with rsLoRA). The weights are read as stored, in their (Linear) orientation:
+    B is d_out x r, A r x d_in."""
+    adapter = layer.active_adapters[0]
+    b, a = layer.lora_B[adapter].weight.detach().cpu(), layer.lora_A[adapter].weight.detach().cpu()
+    return factor(b, a, layer.scaling[adapter], name)
+
+
+def base_weight(layer) -> torch.Tensor:
+    """The frozen weight under a LoRA layer, dequantized if the base is 8- or 4-bit, as float64."""
+    from peft.utils.integrations import dequantize_module_weight
+
+    return dequantize_module_weight(layer.get_base_layer()).detach().cpu().double()
+
+
+# --- a model's updates as a table, and its summary -------------------------------------------------
+
+
+def table(model, intruder_top_k: int = 0, intruder_threshold: float = 0.5) -> pd.DataFrame:
+    """One row per adapted module of a PEFT model: its update's norms, ranks and singular values;
+    with `intruder_top_k`, its intruder dimensions too."""
+    rows = []
+    for name, layer in lora_layers(model).items():
+        update, weight = of_layer(name, layer), base_weight(layer)
+        norm = frobenius(update)
+        row = {
+            COLUMN_MODULE: name,
+            COLUMN_LAYER: update.layer,
+            COLUMN_KIND: update.kind,
+            COLUMN_RANK: len(update.singular),
+            COLUMN_NORM: norm,
+            COLUMN_RELATIVE_NORM: norm / float(torch.linalg.norm(weight)),
+            COLUMN_EFFECTIVE_RANK: effective_rank(update.singular),
+            COLUMN_ENERGY_RANK: energy_rank(update.singular),
+            COLUMN_SINGULAR_VALUES: [round(float(s), 6) for s in update.singular],
+        }
+        if intruder_top_k:
+            row[COLUMN_INTRUDERS] = intruders(weight, update, intruder_top_k, intruder_threshold)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary(frame: pd.DataFrame) -> dict[str, float]:
+    """The few figures a run (an inspection, a sweep trial) keeps of a model's update table."""
+    figures = {
+        METRIC_UPDATE_EFFECTIVE_RANK: float(frame[COLUMN_EFFECTIVE_RANK].median()),
+        METRIC_UPDATE_ENERGY_RANK: float(frame[COLUMN_ENERGY_RANK].median()),
+        METRIC_UPDATE_RELATIVE_NORM_MAX: float(frame[COLUMN_RELATIVE_NORM].max()),
+        METRIC_UPDATE_RELATIVE_NORM_MEDIAN: float(frame[COLUMN_RELATIVE_NORM].median()),
+    }
+    if COLUMN_INTRUDERS in frame:
+        figures[METRIC_INTRUDERS] = float(frame[COLUMN_INTRUDERS].sum())
+    return figures
+
+
+def similarity(first, second) -> pd.DataFrame:
+    """Per module both PEFT models adapt: the subspace similarity of their updates' top directions
+    (k: the smaller rank), and of their single top direction."""
+    theirs = lora_layers(second)
+    rows = []
+    for name, layer in lora_layers(first).items():
+        if name in theirs:
+            mine, other = of_layer(name, layer), of_layer(name, theirs[name])
+            rows.append(
+                {
+                    COLUMN_MODULE: name,
+                    COLUMN_LAYER: mine.layer,
+                    COLUMN_KIND: mine.kind,
+                    COLUMN_SIMILARITY: subspace_similarity(mine, other),
+                    f"{COLUMN_SIMILARITY}_top1": subspace_similarity(mine, other, 1),
+                }
+            )
+    return pd.DataFrame(rows)

@@ -34,6 +34,7 @@ def grouped(tracking_uri, tmp_path_factory):
     folder = tmp_path_factory.mktemp("grouped")
     mlflow.set_tracking_uri(tracking_uri)
     experiment_id = mlflow.create_experiment("grouped", str(folder / "artifacts"))
+    mlflow.set_experiment(experiment_id=experiment_id)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
         patch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
