@@ -187,7 +187,7 @@ def summary(frame: pd.DataFrame) -> dict[str, float]:
 
 def similarity(first, second) -> pd.DataFrame:
     """Per module both PEFT models adapt: the subspace similarity of their updates' top directions
-    (k: the smaller rank), and of their single top direction."""
+    (k: the smaller rank), of their single top direction, and its value by chance."""
     theirs = lora_layers(second)
     rows = []
     for name, layer in lora_layers(first).items():
@@ -200,6 +200,8 @@ def similarity(first, second) -> pd.DataFrame:
                     COLUMN_KIND: mine.kind,
                     COLUMN_SIMILARITY: subspace_similarity(mine, other),
                     f"{COLUMN_SIMILARITY}_top1": subspace_similarity(mine, other, 1),
+                    # what two random subspaces of these sizes share on average: k / d_out
+                    f"{COLUMN_SIMILARITY}_chance": min(mine.left.shape[1], other.left.shape[1]) / mine.left.shape[0],
                 }
             )
     return pd.DataFrame(rows)

@@ -61,6 +61,7 @@ def test_compare_is_one_for_an_adapter_with_itself_and_less_for_another_seed(tin
     run, _ = inspected(uri, "--compare", uri)
     same = logged_table(run.info.run_id, tracking.ARTIFACT_SIMILARITY)
     assert same["subspace_similarity"].tolist() == pytest.approx([1.0] * 4)
+    assert same["subspace_similarity_chance"].tolist() == [8 / 64, 8 / 32] * 2  # rank 8 in q_proj's 64, v_proj's 32
     assert run.data.metrics["subspace_similarity_mean"] == pytest.approx(1.0)
     _, _, other_id, _ = trained_adapter(AdapterConfig(rank=4))  # another rank, and other initial weights
     mlflow.delete_run(run.info.run_id)
