@@ -13,7 +13,10 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure  # figures as objects: no pyplot state, no GUI backend
 
+from lora_study.groups import BASE_ROW
 from lora_study.tracking import (
+    COLUMN_KIND,
+    COLUMN_LAYER,
     COLUMN_TEST_PERPLEXITY_MEAN,
     COLUMN_TEST_PERPLEXITY_STD,
     METRIC_ADAPTER_SIZE_MB,
@@ -22,6 +25,8 @@ from lora_study.tracking import (
     METRIC_PEAK_MEMORY_MB,
     METRIC_TRAIN_TOKENS_PER_S,
     METRIC_TRAINABLE_PARAMS,
+    METRIC_UPDATE_EFFECTIVE_RANK,
+    METRIC_UPDATE_ENERGY_RANK,
     PARAM_ALPHA,
     PARAM_DROPOUT,
     PARAM_LEARNING_RATE,
@@ -43,6 +48,8 @@ METRICS = (
     METRIC_TRAINABLE_PARAMS,
     METRIC_TRAIN_TOKENS_PER_S,
     METRIC_ADAPTER_SIZE_MB,
+    METRIC_UPDATE_ENERGY_RANK,
+    METRIC_UPDATE_EFFECTIVE_RANK,
 )
 TRIAL_COLUMNS = (
     TAG_TRIAL_NUMBER,
@@ -280,7 +287,7 @@ def parameter_importances(importances: dict[str, float]):
 def cross_group_improvement(improvement: pd.DataFrame, group_by: str):
     """Each group's adapter (a row) on each group's test split (a column), as % better than the
     base there: a bright diagonal is an adapter that learned its own group."""
-    trained = improvement.drop(index="base", errors="ignore")
+    trained = improvement.drop(index=BASE_ROW, errors="ignore")
     values = trained.to_numpy(dtype=float)
     limit = max(1.0, float(abs(values).max()))
     fig = Figure(figsize=(2.5 + 0.8 * len(trained.columns), 1.5 + 0.5 * len(trained)))
@@ -303,8 +310,10 @@ def cross_group_improvement(improvement: pd.DataFrame, group_by: str):
 
 def by_layer(frame: pd.DataFrame, value: str, label: str):
     """A heatmap of one column of a module table (`lora_study.updates`): a row per module kind
-    (q_proj, v_proj, ...), a column per layer."""
-    grid = frame.pivot_table(index="kind", columns="layer", values=value, aggfunc="mean", sort=False)
+    (q_proj, v_proj, ...), a column per layer; None for a model whose blocks are not numbered."""
+    grid = frame.pivot_table(index=COLUMN_KIND, columns=COLUMN_LAYER, values=value, aggfunc="mean", sort=False)
+    if grid.empty:
+        return None
     fig = Figure(figsize=(2.5 + 0.25 * len(grid.columns), 1.2 + 0.4 * len(grid)))
     ax = fig.subplots()
     image = ax.imshow(grid.to_numpy(dtype=float), cmap="viridis", aspect="auto")

@@ -56,6 +56,16 @@ VERSION_COLUMNS = (PARAM_RANK, PARAM_ALPHA, PARAM_TARGET_MODULES, PARAM_QUANTIZA
 VERSION_METRIC_TAGS = (METRIC_TEST_PERPLEXITY, METRIC_BASE_TEST_PERPLEXITY, METRIC_EVAL_PERPLEXITY)
 
 
+def check_name(name: str, flag: str) -> None:
+    """Refuse, before any work, a registered-model name MLflow would refuse at registration."""
+    from mlflow.utils.validation import _validate_model_name  # MLflow's own rule (no public API)
+
+    try:
+        _validate_model_name(name)
+    except MlflowException as error:
+        raise UserInputError(f"{flag} {name}: {error.message}") from None
+
+
 def version_number(name: str, version: str | None = None, alias: str | None = None) -> str:
     """The version a `models:/` URI names, by number or alias; MlflowException if there is none."""
     client = mlflow.MlflowClient()

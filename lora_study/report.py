@@ -37,6 +37,7 @@ from lora_study.tracking import (
     METRIC_TOKENS,
     METRIC_TRAIN_TOKENS_PER_S,
     METRIC_TRAINABLE_PARAMS,
+    METRIC_UPDATE_ENERGY_RANK,
     PARAM_ALPHA,
     PARAM_BASE_MODEL,
     PARAM_BASE_MODEL_SHA256,
@@ -77,6 +78,7 @@ from lora_study.tracking import (
 )
 
 COLUMN_DURATION_S = "duration_s"  # of a trial's run, start to end
+COLUMN_UPDATE_DIRECTIONS = "update: 90%-energy directions"  # of a level's best trial, median over its modules
 COLUMN_PHASE = "phase"
 CONFIG_PARAMS = (
     PARAM_RANK,
@@ -407,6 +409,8 @@ def factors(s: StudyRuns) -> Section:
             else:
                 finding, table = _levels(s, rows, factor, seed_std)
             blocks += [Heading(heading), finding.text + "."]
+            if factor == PARAM_RANK and table is not None and COLUMN_UPDATE_DIRECTIONS in table:
+                blocks.append(_directions_used(table))
             blocks += [Table(table)] if table is not None else []
             found += 1
     if not found:
@@ -453,7 +457,18 @@ def _levels(s: StudyRuns, complete: pd.DataFrame, factor: str, seed_std: float |
             METRIC_PEAK_MEMORY_MB: best[METRIC_PEAK_MEMORY_MB].to_numpy(),
         }
     )
+    if best[METRIC_UPDATE_ENERGY_RANK].notna().all():  # trials of studies run before it was logged have none
+        table[COLUMN_UPDATE_DIRECTIONS] = best[METRIC_UPDATE_ENERGY_RANK].to_numpy()
     return findings.compare_levels(factor, levels, seed_std), table
+
+
+def _directions_used(table: pd.DataFrame) -> str:
+    """How much of its rank each level's best adapter used, read off its weights (`lora-study inspect`)."""
+    used = [f"{level} in {directions:g}" for level, directions in zip(table["level"], table[COLUMN_UPDATE_DIRECTIONS])]
+    return (
+        "Of their rank, the best adapters at each level put 90% of their update's energy (median over modules) "
+        f"in this many directions: {'; '.join(used)}."
+    )
 
 
 def _confirmed_at(s: StudyRuns, trials: pd.DataFrame, factor: str, level) -> str:

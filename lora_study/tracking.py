@@ -63,6 +63,8 @@ COLUMN_MODULE, COLUMN_LAYER, COLUMN_KIND = "module", "layer", "kind"
 COLUMN_RANK, COLUMN_NORM, COLUMN_RELATIVE_NORM = "rank", "norm", "relative_norm"  # ||dW||_F, and over ||W||_F
 COLUMN_EFFECTIVE_RANK, COLUMN_ENERGY_RANK = "effective_rank", "energy_rank_90"
 COLUMN_SINGULAR_VALUES, COLUMN_INTRUDERS, COLUMN_SIMILARITY = "singular_values", "intruders", "subspace_similarity"
+COLUMN_SIMILARITY_TOP1 = "subspace_similarity_top1"  # of the two updates' single top directions
+COLUMN_SIMILARITY_CHANCE = "subspace_similarity_chance"  # what random subspaces of those sizes share: k / d_out
 METRIC_UPDATE_EFFECTIVE_RANK = "update_effective_rank_median"  # over modules; on inspect runs and trials
 METRIC_UPDATE_ENERGY_RANK = "update_energy_rank_90_median"
 METRIC_UPDATE_RELATIVE_NORM_MAX = "update_relative_norm_max"
@@ -77,6 +79,8 @@ PARAM_GROUP = "group"  # on a group's run: its value (which of the prepared data
 ARTIFACT_GROUP_ROW = "cross_group_row.json"  # on a group's run: its adapter's test perplexity on every group
 ARTIFACT_CROSS_GROUP = "cross_group_perplexity.json"  # on the parent, a table: adapters x groups' test splits
 ARTIFACT_CROSS_GROUP_PLOT = "plots/cross_group_improvement.png"  # ... as % better than the base, a heatmap
+METRIC_TRAINED_GROUPS = "trained_groups"  # on that parent: groups with a finished run
+METRIC_FAILED_GROUPS = "failed_groups"  # ... and those whose run failed this time
 METRIC_OWN_GROUP_IMPROVEMENT_PCT = "own_group_improvement_pct"  # on the parent: mean over adapters, own group
 METRIC_OTHER_GROUPS_IMPROVEMENT_PCT = "other_groups_improvement_pct"  # ... and on the other groups' test splits
 STAGE_SWEEP = "sweep"  # a sweep's parent run: one per study, continued by every sweep of it
@@ -130,7 +134,7 @@ METRIC_TRUNCATED_DOCUMENTS = "truncated_documents"
 METRIC_DROPPED_DOCUMENTS = "dropped_documents"
 METRIC_CONTAMINATED_DOCUMENTS = "contaminated_documents"  # training documents that shared a held-out span
 METRIC_REMOVED_TRAIN_TOKENS = "removed_train_tokens"  # tokens taken out of training for it
-METRIC_GROUPS = "groups"  # with --group-by: groups with data enough to train
+METRIC_GROUPS = "groups"  # with --group-by, on `prepare` runs: groups with data enough to train
 METRIC_SKIPPED_GROUPS = "skipped_groups"  # ... and those without
 
 # --- metrics of `train` ----------------------------------------------------------------------

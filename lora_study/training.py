@@ -151,6 +151,15 @@ def batches(rows: list[dict], batch_size: int, seed: int, pad_id: int):
             yield collate([rows[i] for i in order[start : start + batch_size]], pad_id)
 
 
+def prepare_base(s: Setup, adapter: AdapterConfig) -> None:
+    """A quantized base made ready to train under an adapter (PEFT's `prepare_model_for_kbit_training`:
+    its unquantized weights in fp32); a base in full precision is left as it is."""
+    from peft import prepare_model_for_kbit_training
+
+    if adapter.quantization != "none":
+        s.model = prepare_model_for_kbit_training(s.model, use_gradient_checkpointing=False)
+
+
 def fine_tune(
     s: Setup,
     adapter: AdapterConfig,
@@ -165,11 +174,9 @@ def fine_tune(
     loss (a fresh adapter changes nothing); a sweep that measured it already passes
     `base_eval_loss` instead of measuring it again for every trial.
     """
-    from peft import prepare_model_for_kbit_training
     from transformers import get_scheduler
 
-    if adapter.quantization != "none":
-        s.model = prepare_model_for_kbit_training(s.model, use_gradient_checkpointing=False)
+    prepare_base(s, adapter)
     if train.gradient_checkpointing:
         s.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = lora.attach(s.model, adapter, seed)
@@ -248,8 +255,9 @@ def fine_tune(
         METRIC_TRAIN_TOKENS_PER_S: tokens_seen / step_time,
         METRIC_TRAIN_RUNTIME_S: time.perf_counter() - started,
         METRIC_PEAK_MEMORY_MB: peak.megabytes,
-        **updates.summary(updates.table(model)),  # what the update is: read off the weights, in ms
     }
+    if not adapter.use_dora:  # a DoRA update also rescales each column: B @ A is not all of it
+        final.update(updates.summary(updates.table(model)))  # a thin QR per factor: no d x d decomposition
     tracking.log_metrics(final)
     tracking.set_tag(TAG_MEMORY_KIND, peak.kind)
     result.metrics.update(final)

@@ -35,6 +35,8 @@ from lora_study.tracking import (
     COLUMN_RANK,
     COLUMN_RELATIVE_NORM,
     COLUMN_SIMILARITY,
+    COLUMN_SIMILARITY_CHANCE,
+    COLUMN_SIMILARITY_TOP1,
     COLUMN_SINGULAR_VALUES,
     METRIC_INTRUDERS,
     METRIC_UPDATE_EFFECTIVE_RANK,
@@ -44,8 +46,7 @@ from lora_study.tracking import (
 )
 
 ENERGY = 0.9
-LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<factor>[AB])(?:\.[^.]+)?\.weight$")
-LAYER = re.compile(r"\.layers\.(\d+)\.")
+LAYER = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")  # Llama, BERT, GPT-2 and Falcon, MPT blocks
 
 
 @dataclass(frozen=True)
@@ -139,10 +140,15 @@ def of_layer(name: str, layer) -> Update:
 
 
 def base_weight(layer) -> torch.Tensor:
-    """The frozen weight under a LoRA layer, dequantized if the base is 8- or 4-bit, as float64."""
+    """The frozen weight under a LoRA layer, dequantized if the base is 8- or 4-bit, where it is."""
     from peft.utils.integrations import dequantize_module_weight
 
-    return dequantize_module_weight(layer.get_base_layer()).detach().cpu().double()
+    return dequantize_module_weight(layer.get_base_layer()).detach()
+
+
+def weight_norm(layer) -> float:
+    """||W||_F of the frozen weight under a LoRA layer, computed where it is."""
+    return float(torch.linalg.norm(base_weight(layer).float()))
 
 
 # --- a model's updates as a table, and its summary -------------------------------------------------
@@ -153,7 +159,7 @@ def table(model, intruder_top_k: int = 0, intruder_threshold: float = 0.5) -> pd
     with `intruder_top_k`, its intruder dimensions too."""
     rows = []
     for name, layer in lora_layers(model).items():
-        update, weight = of_layer(name, layer), base_weight(layer)
+        update = of_layer(name, layer)
         norm = frobenius(update)
         row = {
             COLUMN_MODULE: name,
@@ -161,12 +167,13 @@ def table(model, intruder_top_k: int = 0, intruder_threshold: float = 0.5) -> pd
             COLUMN_KIND: update.kind,
             COLUMN_RANK: len(update.singular),
             COLUMN_NORM: norm,
-            COLUMN_RELATIVE_NORM: norm / float(torch.linalg.norm(weight)),
+            COLUMN_RELATIVE_NORM: norm / weight_norm(layer),
             COLUMN_EFFECTIVE_RANK: effective_rank(update.singular),
             COLUMN_ENERGY_RANK: energy_rank(update.singular),
             COLUMN_SINGULAR_VALUES: [round(float(s), 6) for s in update.singular],
         }
         if intruder_top_k:
+            weight = base_weight(layer).cpu()
             row[COLUMN_INTRUDERS] = intruders(weight, update, intruder_top_k, intruder_threshold)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -199,9 +206,8 @@ def similarity(first, second) -> pd.DataFrame:
                     COLUMN_LAYER: mine.layer,
                     COLUMN_KIND: mine.kind,
                     COLUMN_SIMILARITY: subspace_similarity(mine, other),
-                    f"{COLUMN_SIMILARITY}_top1": subspace_similarity(mine, other, 1),
-                    # what two random subspaces of these sizes share on average: k / d_out
-                    f"{COLUMN_SIMILARITY}_chance": min(mine.left.shape[1], other.left.shape[1]) / mine.left.shape[0],
+                    COLUMN_SIMILARITY_TOP1: subspace_similarity(mine, other, 1),
+                    COLUMN_SIMILARITY_CHANCE: min(mine.left.shape[1], other.left.shape[1]) / mine.left.shape[0],
                 }
             )
     return pd.DataFrame(rows)

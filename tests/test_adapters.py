@@ -205,7 +205,7 @@ def test_a_reference_reads_back_as_written_and_names_what_keeps_bases_apart(tmp_
     assert quantized.differences(reference) == ["quantization", "dtype"]  # the prompt format may differ
 
 
-def test_the_scoring_server_lets_in_as_many_requests_as_two_batches_hold():
+def test_the_scoring_server_lets_in_as_many_requests_as_two_batches_hold(monkeypatch):
     """MLflow runs each request with `asyncio.to_thread`: 6 threads on 2 cores. Widened for a
     batch of 8, 16 requests run at once: each waits for all 16 to arrive (a barrier), which 6
     threads could never let happen."""
@@ -214,6 +214,7 @@ def test_the_scoring_server_lets_in_as_many_requests_as_two_batches_hold():
 
     from mlflow.pyfunc import scoring_server
 
+    monkeypatch.setattr(scoring_server, "asyncio", asyncio)  # MLflow's own, restored after the test
     adapters._widen_request_threads(8)
     barrier = threading.Barrier(16, timeout=20)
 

@@ -103,4 +103,5 @@ def test_a_peft_models_updates_are_the_delta_weights_peft_applies(use_rslora):
         assert torch.allclose(
             update.singular, scale * torch.tensor([4.0, 2.0, 1.0, 0.5], dtype=torch.float64), atol=1e-4
         )
-        assert torch.equal(updates.base_weight(layer), layer.get_base_layer().weight.double())
+        assert torch.equal(updates.base_weight(layer), layer.get_base_layer().weight)
+        assert updates.weight_norm(layer) == pytest.approx(float(torch.linalg.norm(layer.get_base_layer().weight)))

@@ -3,7 +3,7 @@
     lora-study inspect models:/lora-study-smollm2-135m@champion --compare models:/lora-study-smollm2-135m/1
 
 The procedure, top to bottom: resolve the adapter (and `--compare`'s) -> load each onto its
-base, unquantized in fp32, as `merge` does (the update is read, not run) -> per adapted module,
+base, unquantized, as `merge` does (the update is read, not run) -> per adapted module,
 the update dW = scale * B @ A through its r x r factorisation (`lora_study.updates`): its norm,
 relative to the frozen weight's, its singular values, effective rank and 90%-energy rank, and
 with `--intruders` its intruder dimensions -> with `--compare`, per module, the subspace
@@ -45,7 +45,10 @@ FIGURES = {  # column of the update table -> what its heatmap says
 def run_inspect(cfg: InspectConfig) -> str:
     """The `inspect` entry point; returns the MLflow run id. Bad input fails before the run."""
     source, model = _load(cfg.model_uri, "--model-uri")
-    other = _load(cfg.compare, "--compare")[1] if cfg.compare else None
+    other = None
+    if cfg.compare:
+        compared, other = _load(cfg.compare, "--compare")
+        _check_same_base(source, compared)
     top_k = cfg.intruder_top_k if cfg.intruders else 0
     table = updates.table(model, top_k, cfg.intruder_threshold)
     similarity = updates.similarity(model, other) if other is not None else None
@@ -58,15 +61,12 @@ def run_inspect(cfg: InspectConfig) -> str:
         figures = updates.summary(table)
         mlflow.log_table(table, ARTIFACT_UPDATES)
         for column, label in FIGURES.items():
-            mlflow.log_figure(plots.by_layer(table, column, label), ARTIFACT_UPDATE_PLOT.format(name=column))
+            _log_figure(plots.by_layer(table, column, label), column)
         if similarity is not None:
             figures[METRIC_SUBSPACE_SIMILARITY] = float(similarity[COLUMN_SIMILARITY].mean())
             mlflow.log_table(similarity, ARTIFACT_SIMILARITY)
             label = f"subspace similarity with {cfg.compare}"
-            mlflow.log_figure(
-                plots.by_layer(similarity, COLUMN_SIMILARITY, label),
-                ARTIFACT_UPDATE_PLOT.format(name=COLUMN_SIMILARITY),
-            )
+            _log_figure(plots.by_layer(similarity, COLUMN_SIMILARITY, label), COLUMN_SIMILARITY)
         mlflow.log_metrics(figures)
     for line in _headline(table, figures, cfg):
         console.say(line)
@@ -74,12 +74,28 @@ def run_inspect(cfg: InspectConfig) -> str:
 
 
 def _load(uri: str, flag: str):
-    """The adapter `uri` names, and it on its base, unquantized and in fp32: its update read exactly."""
+    """The adapter `uri` names, and it on its base, unquantized (a QLoRA adapter's frozen weights
+    as they were before quantization), its weights in the dtype they were trained beside."""
     source = adapters.resolve(uri, flag)
     if not source.is_adapter:
         raise UserInputError(f"{flag} {uri}: a base model has no update to inspect; pass an adapter")
     source = dataclasses.replace(source, reference=dataclasses.replace(source.reference, quantization="none"))
     return source, adapters.load(source, torch.device("cpu"), None).model
+
+
+def _check_same_base(source, compared) -> None:
+    """Directions of two updates compare only in the weights of one base."""
+    mine, theirs = source.reference, compared.reference
+    if (mine.name, mine.sha256, mine.revision) != (theirs.name, theirs.sha256, theirs.revision):
+        raise UserInputError(
+            f"--compare {compared.uri}: trained on `{theirs.name}` ({theirs.sha256 or theirs.revision}), not on "
+            f"the base of {source.uri}, `{mine.name}` ({mine.sha256 or mine.revision}); compare adapters of one base"
+        )
+
+
+def _log_figure(figure, column: str) -> None:
+    if figure is not None:  # None: the model's blocks are not numbered, there is no layer axis
+        mlflow.log_figure(figure, ARTIFACT_UPDATE_PLOT.format(name=column))
 
 
 def _headline(table, figures: dict, cfg: InspectConfig) -> list[str]:

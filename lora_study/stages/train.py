@@ -37,11 +37,12 @@ from lora_study.tracking import (
     ARTIFACT_GROUP_ROW,
     HEARTBEAT_S,
     METRIC_BASE_TEST_PERPLEXITY,
-    METRIC_GROUPS,
+    METRIC_FAILED_GROUPS,
     METRIC_OTHER_GROUPS_IMPROVEMENT_PCT,
     METRIC_OWN_GROUP_IMPROVEMENT_PCT,
     METRIC_SKIPPED_GROUPS,
     METRIC_TEST_PERPLEXITY,
+    METRIC_TRAINED_GROUPS,
     PARAM_GROUP,
     RUN_NAME_GROUP,
     RUN_NAME_TRAIN,
@@ -91,6 +92,17 @@ def run_train(
 # --- one adapter per group (--group-by) -----------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """What every group is trained with."""
+
+    data: DataConfig
+    base: BaseModelConfig
+    adapter: AdapterConfig
+    train: TrainConfig
+    label: str  # the adapter's configuration in a run name: `r16 qkvo`
+
+
 @dataclasses.dataclass
 class Measured:
     """What every group's run is measured against, measured once: the base on each test split."""
@@ -106,30 +118,32 @@ def _train_groups(
 ) -> str:
     """One adapter per group, each in a nested run; returns the parent run's id."""
     torch.set_num_threads(len(os.sched_getaffinity(0)))
+    name = choice.registered_model or f"lora-study-{groups.key_of(base.base_model)}-{groups.key_of(data_cfg.group_by)}"
+    registry.check_name(name, "--registered-model")
     s = training.setup(data_cfg, base, adapter, train)
+    training.prepare_base(s, adapter)  # the base row is measured on the base the adapters train on
     prepared = s.prepared  # checked by `setup`: prepared with this --group-by
     with_data = [key for key, group in prepared.groups.items() if "skipped" not in group]
     chosen = groups.select(prepared.groups, choice.chosen, data_cfg.group_by)
-    name = choice.registered_model or f"lora-study-{base.base_model}-{groups.key_of(data_cfg.group_by)}"
     inputs = _inputs_digest(s, adapter, train, data_cfg)
     invocation = os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run`'s: nested runs must not take it up
     parent_id = _parent_to_continue(inputs) or invocation
     label = tracking.adapter_label(adapter.rank, adapter.target_modules, quantization=adapter.quantization)
+    recipe = Recipe(data_cfg, base, adapter, train, label)
+    test_rows = {key: prepared.group(key).rows("test") for key in with_data}
     measured = Measured(
-        test_rows={key: prepared.group(key).rows("test") for key in with_data},
-        base_losses={},
+        test_rows,
+        base_losses={key: _test_loss(s, s.model, rows) for key, rows in test_rows.items()},
         general_text=forgetting.load(
             train.forgetting_data, s.ref, s.tokenizer, s.model, data_cfg.seq_len, data_cfg.dataset
         ),
     )
-    measured.base_losses = {key: _test_loss(s, s.model, rows) for key, rows in measured.test_rows.items()}
 
-    run_name, tags = (
-        RUN_NAME_TRAIN_GROUPS.format(adapter=label, group_by=data_cfg.group_by),
-        {TAG_GROUPS_INPUTS: inputs},
-    )
+    run_name = RUN_NAME_TRAIN_GROUPS.format(adapter=label, group_by=data_cfg.group_by)
     with (
-        tracking.stage_run(STAGE_TRAIN_GROUPS, run_id=parent_id, name=run_name, **tags) as parent,
+        tracking.stage_run(
+            STAGE_TRAIN_GROUPS, run_id=parent_id, name=run_name, **{TAG_GROUPS_INPUTS: inputs}
+        ) as parent,
         tracking.heartbeat(parent.info.run_id, HEARTBEAT_S),
     ):
         if invocation and invocation != parent.info.run_id:
@@ -141,6 +155,7 @@ def _train_groups(
             f"groups {data_cfg.group_by}: {len(with_data)} with data enough, {len(prepared.groups) - len(with_data)} "
             f"without; {len(chosen)} chosen, {len([k for k in chosen if k in finished])} trained before"
         )
+        versions, failed = {}, {}
         progress = console.progress(len(chosen), "groups", "group")
         for number, key in enumerate(chosen, start=1):
             group = prepared.groups[key]
@@ -151,24 +166,43 @@ def _train_groups(
                 console.say(f"{where}  trained before (run {finished[key].info.run_id})")
             else:
                 started = time.perf_counter()
-                finished[key] = _train_group(s, key, group["value"], data_cfg, base, adapter, train, measured, label)
-                s.model = lora.detach(s.model)  # the next group starts from the base
-                if train.gradient_checkpointing:
-                    s.model.gradient_checkpointing_disable()
-                test = finished[key].data.metrics
-                console.say(
-                    f"{where}  test ppl {test[METRIC_TEST_PERPLEXITY]:.3f} (base "
-                    f"{test[METRIC_BASE_TEST_PERPLEXITY]:.3f})  {time.perf_counter() - started:.0f} s"
-                )
+                try:
+                    finished[key] = _train_group(s, key, group["value"], recipe, measured)
+                except Exception as error:  # its run ended FAILED with the reason; the other groups go on
+                    failed[key] = _one_line(error)
+                    console.say(f"{where}  failed: {failed[key]}")
+                else:
+                    test = finished[key].data.metrics
+                    console.say(
+                        f"{where}  test ppl {test[METRIC_TEST_PERPLEXITY]:.3f} (base "
+                        f"{test[METRIC_BASE_TEST_PERPLEXITY]:.3f})  {time.perf_counter() - started:.0f} s"
+                    )
+            if key in finished:  # registered as soon as trained: a later failure leaves it served
+                versions[key] = _registered(name, finished[key], group["value"], key, base)
             progress.update(1)
         progress.close()
-        values = {key: prepared.groups[key]["value"] for key in finished}
-        versions = {key: _registered(name, run, values[key], key, base) for key, run in finished.items()}
         _log_cross_group(finished, measured, data_cfg.group_by)
-        mlflow.log_metrics({METRIC_GROUPS: len(finished), METRIC_SKIPPED_GROUPS: len(prepared.groups) - len(with_data)})
+        mlflow.log_metrics(
+            {
+                METRIC_TRAINED_GROUPS: len(finished),
+                METRIC_SKIPPED_GROUPS: len(prepared.groups) - len(with_data),
+                METRIC_FAILED_GROUPS: len(failed),
+            }
+        )
 
     _print_where_to_look(name, versions)
+    if failed:
+        raise UserInputError(
+            *[f"group {prepared.groups[key]['value']}: {reason}" for key, reason in failed.items()],
+            f"{len(failed)} group(s) failed (their runs say why); the others are trained and registered: run the "
+            "command again to retry the failed ones, or leave them out with --groups",
+        )
     return parent.info.run_id
+
+
+def _one_line(error: Exception) -> str:
+    problems = getattr(error, "problems", None) or [f"{type(error).__name__}: {error}"]
+    return "; ".join(problems).replace("\n", " ")
 
 
 def _inputs_digest(s: training.Setup, adapter: AdapterConfig, train: TrainConfig, data_cfg: DataConfig) -> str:
@@ -215,26 +249,17 @@ def _test_loss(s: training.Setup, model, rows: list[dict]) -> float:
     return mean_loss(model, rows, TEST_BATCH_SIZE, s.tokenizer.pad_token_id, s.dtype)
 
 
-def _train_group(
-    s: training.Setup,
-    key: str,
-    value: str,
-    data_cfg: DataConfig,
-    base: BaseModelConfig,
-    adapter: AdapterConfig,
-    train: TrainConfig,
-    measured: Measured,
-    label: str,
-):
-    """One group's nested run: train, measure on every group's test split, log the adapter."""
+def _train_group(s: training.Setup, key: str, value: str, recipe: Recipe, measured: Measured):
+    """One group's nested run: train, measure on every group's test split, log the adapter. The
+    base is itself again afterwards, whatever happened."""
     own = dataclasses.replace(s, prepared=s.prepared.group(key))
     tags = {TAG_GROUP: value, TAG_GROUP_KEY: key}
-    name = RUN_NAME_GROUP.format(group=value, adapter=label)
+    name = RUN_NAME_GROUP.format(group=value, adapter=recipe.label)
     try:
         with tracking.stage_run(STAGE_TRAIN, nested=True, name=name, **tags) as run:
-            training.log_inputs(own, data_cfg, base)
+            training.log_inputs(own, recipe.data, recipe.base)
             tracking.log_params({PARAM_GROUP: value})
-            result = training.fine_tune(own, adapter, train, data_cfg.seed)
+            result = training.fine_tune(own, recipe.adapter, recipe.train, recipe.data.seed)
             if measured.general_text:
                 text, pad_id = measured.general_text, s.tokenizer.pad_token_id
                 if measured.base_distribution is None:
@@ -244,10 +269,12 @@ def _train_group(
             row = {other: _test_loss(s, result.model, rows) for other, rows in measured.test_rows.items()}
             tracking.log_metrics(evaluation.perplexity_metrics(row[key], measured.base_losses[key]))
             mlflow.log_dict({other: perplexity(loss) for other, loss in row.items()}, ARTIFACT_GROUP_ROW)
-            training.log_trained_adapter(own, result.model, adapter)
+            training.log_trained_adapter(own, result.model, recipe.adapter)
             tracking.flush()
     finally:
-        s.model = own.model  # quantized training prepares the base anew: keep what it made
+        s.model = lora.detach(own.model)  # the next group starts from the base
+        if recipe.train.gradient_checkpointing:
+            s.model.gradient_checkpointing_disable()
     return mlflow.get_run(run.info.run_id)
 
 

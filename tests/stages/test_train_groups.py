@@ -10,18 +10,19 @@ import pandas as pd
 import pytest
 from conftest import GROUPED_TOPICS, PROMPTS, answers, runs, write_grouped_topics
 
-from lora_study import adapters, cli, registry, serving, tracking
+from lora_study import adapters, cli, registry, serving, tracking, training
 from lora_study.config import EvaluateConfig
+from lora_study.errors import UserInputError
 from lora_study.stages.evaluate import run_evaluate
 
 NAME = "grouped-topics"
 
 
-def grouped_train(dataset, *extra: str) -> tuple[int, str]:
+def grouped_train(dataset, *extra: str, name: str = NAME) -> tuple[int, str]:
     """`lora-study train --group-by topic` on the tiny model; its exit code and what it printed."""
     argv = ["train", "--base-model", "tiny", "--dataset", str(dataset), "--group-by", "topic", "--seq-len", "32"]
     argv += ["--max-steps", "4", "--batch-size", "4", "--learning-rate", "1e-2", "--eval-every", "0"]
-    argv += ["--registered-model", NAME, *extra]
+    argv += ["--registered-model", name, *extra]
     said = io.StringIO()
     with contextlib.redirect_stderr(said), contextlib.redirect_stdout(said):
         code = cli.main(argv)
@@ -103,7 +104,9 @@ def test_evaluate_measures_a_groups_adapter_on_that_groups_test_split(grouped):
 
 def test_a_rerun_trains_only_the_groups_not_finished_and_recovers_a_killed_one(mlflow_experiment, tmp_path):
     dataset = write_grouped_topics(tmp_path / "topics.jsonl", per_group=10)
-    code, said = grouped_train(dataset, "--groups", "debugger,string-methods", "--forgetting-data", "none")
+    code, said = grouped_train(
+        dataset, "--groups", "debugger,string-methods", "--forgetting-data", "none", name="rerun"
+    )
     assert code == 0, said
     (parent,) = [run for run in runs(mlflow_experiment) if run.data.tags.get(tracking.TAG_STAGE) == "train_groups"]
     first = {run.data.tags[tracking.TAG_GROUP]: run.info.run_id for run in tracking.child_runs(parent.info.run_id)}
@@ -122,7 +125,7 @@ def test_a_rerun_trains_only_the_groups_not_finished_and_recovers_a_killed_one(m
         },
     )
 
-    code, said = grouped_train(dataset, "--forgetting-data", "none")
+    code, said = grouped_train(dataset, "--forgetting-data", "none", name="rerun")
     assert code == 0, said
     assert "groups topic: 4 with data enough, 1 without; 5 chosen, 2 trained before" in said
     assert f"group debugger  2/5  trained before (run {first['debugger']})" in said
@@ -133,19 +136,19 @@ def test_a_rerun_trains_only_the_groups_not_finished_and_recovers_a_killed_one(m
     assert client.get_run(dead.info.run_id).info.status == "KILLED"
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
     assert len([r for r in runs(mlflow_experiment) if r.data.tags.get(tracking.TAG_STAGE) == "train_groups"]) == 1
-    versions = client.search_model_versions(f"name = '{NAME}'")
+    versions = client.search_model_versions("name = 'rerun'")
     assert len([v for v in versions if v.run_id in finished.values()]) == 4  # one version per group's run
 
 
 def test_a_run_training_the_same_groups_now_is_not_joined(mlflow_experiment, tmp_path):
     dataset = write_grouped_topics(tmp_path / "topics.jsonl", per_group=10)
-    code, said = grouped_train(dataset, "--groups", "debugger", "--forgetting-data", "none")
+    code, said = grouped_train(dataset, "--groups", "debugger", "--forgetting-data", "none", name="live")
     assert code == 0, said
     (parent,) = [run for run in runs(mlflow_experiment) if run.data.tags.get(tracking.TAG_STAGE) == "train_groups"]
     client = mlflow.MlflowClient()
     client.update_run(parent.info.run_id, "RUNNING")
     client.set_tag(parent.info.run_id, tracking.TAG_HEARTBEAT, f"{time.time():.0f}")  # alive
-    code, said = grouped_train(dataset, "--forgetting-data", "none")
+    code, said = grouped_train(dataset, "--forgetting-data", "none", name="live")
     assert code == 2
     assert (
         said.strip()
@@ -160,6 +163,10 @@ def test_a_run_training_the_same_groups_now_is_not_joined(mlflow_experiment, tmp
         (["--groups", "a"], "--groups: only with --group-by COLUMN (one adapter per group)"),
         (["--registered-model", "x"], "--registered-model: only with --group-by COLUMN (one adapter per group)"),
         (["--group-by", "nope"], "--group-by: no column `nope` in python-docs (columns: title, text)"),
+        (
+            ["--group-by", "title", "--registered-model", "a/b"],
+            "--registered-model a/b: Invalid model name 'a/b'. Names cannot contain '/' or ':'.",
+        ),
     ],
 )
 def test_bad_group_options_are_one_line(argv, expected, mlflow_experiment, capsys):
@@ -191,3 +198,33 @@ def test_data_prepared_without_groups_is_refused_for_group_by(mlflow_experiment,
         "lora-study: error: --data: prepared without --group-by, not --group-by topic; prepare it with "
         "--group-by topic, or leave --data empty"
     ]
+
+
+def test_a_group_that_fails_is_named_and_the_others_go_on(mlflow_experiment, tmp_path, monkeypatch):
+    fine_tune = training.fine_tune
+
+    def failing_for_debugger(s, *args, **kwargs):  # a NaN loss in one group, on purpose
+        if s.prepared.meta["group"] == "debugger":
+            raise UserInputError("train_loss became nan at step 2: lower --learning-rate")
+        return fine_tune(s, *args, **kwargs)
+
+    monkeypatch.setattr(training, "fine_tune", failing_for_debugger)
+    dataset = write_grouped_topics(tmp_path / "topics.jsonl", per_group=6)
+    code, said = grouped_train(
+        dataset, "--groups", "debugger,string-methods", "--forgetting-data", "none", name="failing"
+    )
+    assert code == 2
+    lines = said.splitlines()
+    assert "group debugger  1/2  failed: train_loss became nan at step 2: lower --learning-rate" in lines
+    assert any(line.startswith("group string-methods  2/2  test ppl ") for line in lines)
+    errors = [line for line in lines if line.startswith("lora-study: error: ")]
+    assert errors[0] == "lora-study: error: group debugger: train_loss became nan at step 2: lower --learning-rate"
+    assert errors[1].startswith("lora-study: error: 1 group(s) failed (their runs say why)") and len(errors) == 2
+    (parent,) = [run for run in runs(mlflow_experiment) if run.data.tags.get(tracking.TAG_STAGE) == "train_groups"]
+    assert parent.info.status == "FINISHED" and parent.data.metrics["failed_groups"] == 1
+    assert parent.data.metrics["trained_groups"] == 1
+    children = {run.data.tags[tracking.TAG_GROUP]: run for run in tracking.child_runs(parent.info.run_id)}
+    assert children["debugger"].info.status == "FAILED"
+    assert "train_loss became nan" in children["debugger"].data.tags[tracking.TAG_ERROR]
+    version = registry.alias_version("failing", "group-string-methods")
+    assert version.run_id == children["string-methods"].info.run_id  # registered although another failed
