@@ -457,7 +457,7 @@ def _levels(s: StudyRuns, complete: pd.DataFrame, factor: str, seed_std: float |
             METRIC_PEAK_MEMORY_MB: best[METRIC_PEAK_MEMORY_MB].to_numpy(),
         }
     )
-    if best[METRIC_UPDATE_ENERGY_RANK].notna().all():  # trials of studies run before it was logged have none
+    if METRIC_UPDATE_ENERGY_RANK in best and best[METRIC_UPDATE_ENERGY_RANK].notna().all():  # older trials lack it
         table[COLUMN_UPDATE_DIRECTIONS] = best[METRIC_UPDATE_ENERGY_RANK].to_numpy()
     return findings.compare_levels(factor, levels, seed_std), table
 

@@ -191,6 +191,13 @@ def test_each_searched_factor_gets_a_finding_by_its_rule():
     assert list(qv.frame["confirmed: test perplexity"]) == ["", "10.200 +- 0.141 (n=2)"]
 
 
+def test_rank_says_how_many_directions_the_best_adapter_at_each_level_used():
+    trials = TRIALS.assign(update_energy_rank_90_median=[4.0, 6.0, 3.0, 5.0])
+    text = texts(report.factors(study(trials=trials)))
+    assert "in this many directions: rank 8 in 4; rank 32 in 5." in text  # with qv: trials 0 and 3
+    assert "in this many directions" not in texts(report.factors(study()))  # a study from before they were logged
+
+
 def test_a_factor_without_a_seed_spread_is_left_undecided():
     one_seed = CONFIRMED.assign(seeds=1, test_perplexity_std=0.0)
     text = texts(report.factors(study(confirmed=one_seed)))
