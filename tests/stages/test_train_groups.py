@@ -48,7 +48,7 @@ def grouped(tracking_uri, tmp_path_factory):
 
 def test_each_group_trains_in_a_nested_run_and_says_so_in_a_line(grouped):
     parent, children, said = grouped
-    assert parent.info.status == "FINISHED" and parent.data.metrics["groups"] == 4
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trained_groups"] == 4
     assert parent.data.metrics["skipped_groups"] == 1
     assert sorted(children) == sorted(GROUPED_TOPICS)
     for value, run in children.items():
