@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from lora_study import console, tracking
+from lora_study import console, processes, tracking
 from lora_study.config import (
     AdapterConfig,
     BaseModelConfig,
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     console.quiet()
     try:
         configs = parse_sections(command.sections, args)
-        if command.makes_runs:
+        if command.makes_runs and processes.is_main():  # under torchrun, only the main process logs
             tracking.use_experiment(experiment_name)
         run_id = command.run(*configs)
     except UserInputError as error:

@@ -10,6 +10,8 @@ import os
 import sys
 import warnings
 
+from lora_study import processes
+
 # Warnings the libraries print that no lora-study user can act on, each silenced by its category
 # and the start of its text, where it is raised; every other warning still shows.
 KNOWN_WARNINGS = (
@@ -77,7 +79,9 @@ def watched() -> bool:
 
 
 def say(line: str) -> None:
-    """One line on stderr, above any progress bar."""
+    """One line on stderr, above any progress bar; from the main process only, when there are several."""
+    if not processes.is_main():
+        return
     if watched():
         from tqdm.auto import tqdm
 
@@ -90,4 +94,4 @@ def progress(total: int, description: str, unit: str):
     """A progress bar on a terminal's stderr; a silent one elsewhere."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=description, unit=unit, disable=not watched(), leave=False)
+    return tqdm(total=total, desc=description, unit=unit, disable=not watched() or not processes.is_main(), leave=False)

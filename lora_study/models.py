@@ -13,6 +13,7 @@ Every resolved model carries what identifies its weights exactly: a sha256 or a 
 
 import hashlib
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -94,7 +95,10 @@ def load_model(ref: BaseModelRef, quantization: Quantization = "none", dtype: to
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The CPU, or the GPU: this process's own (LOCAL_RANK) under torchrun or accelerate launch."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
 
 
 def autocast_dtype(precision: str, where: torch.device) -> torch.dtype | None:

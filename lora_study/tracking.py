@@ -20,6 +20,7 @@ from contextlib import contextmanager
 
 import mlflow
 
+from lora_study import processes
 from lora_study.errors import UserInputError
 
 SPLITS = ("train", "validation", "test")
@@ -162,6 +163,8 @@ TAG_MEMORY_KIND = "memory_kind"
 PARAM_STEPS = "steps"  # optimizer steps actually planned (from max_steps or epochs)
 PARAM_AUTOCAST_DTYPE = "autocast_dtype"
 PARAM_DEVICE = "device"
+PARAM_WORLD_SIZE = "world_size"  # processes that trained the adapter together (torchrun, accelerate launch)
+TAG_PEAK_MEMORY_PER_PROCESS = "peak_memory_mb_per_process"  # with several: each one's, by rank
 
 # --- metrics of `evaluate` ---------------------------------------------------------------------
 # perplexity over the test split, with the adapter and, on the same tokens, without it
@@ -334,6 +337,9 @@ def stage_run(
 
     An exception ends the run FAILED and Ctrl-C ends it KILLED, each with the reason as a tag.
     """
+    if not processes.is_main():  # one of several training processes: the main one logs
+        yield None
+        return
     with mlflow.start_run(
         run_id, run_name=name, nested=nested, tags={TAG_STAGE: stage, **tags}, log_system_metrics=log_system_metrics
     ) as run:
@@ -587,6 +593,8 @@ def log_params(params: dict) -> None:
     `mlflow run` logs the MLproject parameters itself, as typed (`false`, `256`); logging the
     parsed values again (`False`) would be refused as a change.
     """
+    if not processes.is_main():
+        return
     run = mlflow.active_run()
     held = mlflow.get_run(run.info.run_id).data.params
     mlflow.log_params({key: _param_text(value) for key, value in params.items() if key not in held})
@@ -600,16 +608,19 @@ def log_forgetting(metrics: dict[str, float], measured_on: str) -> None:
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     """Metrics of the active run; with a step, logged asynchronously (the training loop's)."""
-    mlflow.log_metrics(metrics, step=step, synchronous=step is None)
+    if processes.is_main():
+        mlflow.log_metrics(metrics, step=step, synchronous=step is None)
 
 
 def set_tag(key: str, value: str) -> None:
-    mlflow.set_tag(key, value)
+    if processes.is_main():
+        mlflow.set_tag(key, value)
 
 
 def flush() -> None:
     """Wait for asynchronously logged metrics to be written."""
-    mlflow.flush_async_logging()
+    if processes.is_main():
+        mlflow.flush_async_logging()
 
 
 # --- reading back ----------------------------------------------------------------------------------
@@ -669,6 +680,8 @@ def log_training_rows(path: str, name: str, digest: str) -> None:
     context `training`: the UI lists it on the run. The rows themselves stay in the cache."""
     from mlflow.data.meta_dataset import MetaDataset
 
+    if not processes.is_main():
+        return
     dataset = MetaDataset(dataset_source("local", uri=path), name=name, digest=digest[:16])
     mlflow.log_input(dataset, context="training")
 

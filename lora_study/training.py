@@ -6,6 +6,7 @@ evaluation every `eval_every` steps), logging through `tracking` and returning w
 `train` runs it once; the sweep runs it once per trial on a base loaded once.
 """
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lora_study import adapters, console, data, lora, models, tracking, updates
+from lora_study import adapters, console, data, lora, models, processes, tracking, updates
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, TrainConfig
 from lora_study.errors import UserInputError
 from lora_study.losses import autocast, loss_sum, mean_loss, perplexity
@@ -39,8 +40,10 @@ from lora_study.tracking import (
     PARAM_DATASET_DIGEST,
     PARAM_DEVICE,
     PARAM_STEPS,
+    PARAM_WORLD_SIZE,
     SPLITS,
     TAG_MEMORY_KIND,
+    TAG_PEAK_MEMORY_PER_PROCESS,
 )
 
 EvalHook = Callable[[int, float], None]  # (step, eval_loss); the sweep prunes trials with it
@@ -133,10 +136,12 @@ def check_prepared(prepared, data_cfg: DataConfig, tokenizer_digest: str, base_m
         )
 
 
-def planned_steps(train: TrainConfig, train_rows: int) -> int:
+def planned_steps(train: TrainConfig, train_rows: int, processes_: int = 1) -> int:
+    """Optimizer steps: --max-steps, or the steps --epochs takes when each reads
+    batch size x grad accum x processes rows."""
     if train.max_steps:
         return train.max_steps
-    return max(1, math.ceil(train.epochs * train_rows / (train.batch_size * train.grad_accum)))
+    return max(1, math.ceil(train.epochs * train_rows / (train.batch_size * train.grad_accum * processes_)))
 
 
 # --- the loop --------------------------------------------------------------------------------
@@ -181,8 +186,13 @@ def fine_tune(
         s.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = lora.attach(s.model, adapter, seed)
     result = TrainResult(model)
+    accelerator = processes.accelerator(s.device)
+    trained = accelerator.prepare_model(model)  # the model itself in one process, DDP-wrapped in several
+    if processes.rank() > 0:  # its own dropout masks; rank 0 draws as a single process does
+        torch.manual_seed(seed + processes.rank())
+    world = accelerator.num_processes
     train_rows, validation_rows = s.prepared.rows("train"), s.prepared.rows("validation")
-    steps = planned_steps(train, len(train_rows))
+    steps = planned_steps(train, len(train_rows), world)
     trainable, total = lora.parameter_counts(model)
     tracking.log_params(
         {
@@ -191,6 +201,7 @@ def fine_tune(
             PARAM_STEPS: steps,
             PARAM_DEVICE: s.device.type,
             PARAM_AUTOCAST_DTYPE: str(s.dtype or "none"),
+            PARAM_WORLD_SIZE: world,
         }
     )
     result.metrics = {
@@ -205,7 +216,7 @@ def fine_tune(
     scheduler = get_scheduler(train.lr_scheduler, optimizer, round(train.warmup_ratio * steps), steps)
     # fp16 (CUDA only) needs loss scaling against underflow; disabled, the scaler passes through
     scaler = torch.amp.GradScaler(s.device.type, enabled=s.dtype == torch.float16)
-    stream = batches(train_rows, train.batch_size, seed, s.tokenizer.pad_token_id)
+    stream = processes.shard(batches(train_rows, train.batch_size, seed, s.tokenizer.pad_token_id))
 
     def evaluate(step: int, eval_loss: float | None = None) -> None:
         if eval_loss is None:
@@ -223,14 +234,14 @@ def fine_tune(
         for step in range(1, steps + 1):
             tick = time.perf_counter()
             micro = [next(stream) for _ in range(train.grad_accum)]
-            step_loss = _accumulate_gradients(model, micro, s, step, scaler)
+            step_loss = _accumulate_gradients(trained, micro, s, step, scaler, accelerator)
             if not math.isfinite(step_loss):
                 raise UserInputError(
                     f"train_loss became {step_loss} at step {step}: lower --learning-rate, or "
                     "train with --precision fp32"
                 )
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            accelerator.clip_grad_norm_(trained.parameters(), 1.0)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
@@ -238,41 +249,52 @@ def fine_tune(
             elapsed = time.perf_counter() - tick
             tokens = sum(b["tokens"] for b in micro)
             tokens_seen, step_time = tokens_seen + tokens, step_time + elapsed
+            step_loss, step_tokens_per_s = processes.summed(accelerator, [step_loss, tokens / elapsed])
             tracking.log_metrics(
                 {
                     METRIC_TRAIN_LOSS: step_loss,
                     METRIC_LEARNING_RATE: scheduler.get_last_lr()[0],
-                    METRIC_TOKENS_PER_S: tokens / elapsed,
+                    METRIC_TOKENS_PER_S: step_tokens_per_s,
                 },
                 step=step,
             )
             progress.update(1)
-            progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens / elapsed:.0f}")
+            progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{step_tokens_per_s:.0f}")
             if step == steps or (train.eval_every and step % train.eval_every == 0):
                 evaluate(step)
     progress.close()
+    peaks = processes.gathered(accelerator, peak.megabytes)
     final = {
-        METRIC_TRAIN_TOKENS_PER_S: tokens_seen / step_time,
+        METRIC_TRAIN_TOKENS_PER_S: processes.summed(accelerator, [tokens_seen / step_time])[0],
         METRIC_TRAIN_RUNTIME_S: time.perf_counter() - started,
-        METRIC_PEAK_MEMORY_MB: peak.megabytes,
+        METRIC_PEAK_MEMORY_MB: max(peaks),
     }
     if not adapter.use_dora:  # a DoRA update also rescales each column: B @ A is not all of it
         final.update(updates.summary(updates.table(model)))  # a thin QR per factor: no d x d decomposition
     tracking.log_metrics(final)
     tracking.set_tag(TAG_MEMORY_KIND, peak.kind)
+    if world > 1:
+        tracking.set_tag(TAG_PEAK_MEMORY_PER_PROCESS, ", ".join(f"{mb:.0f}" for mb in peaks))
     result.metrics.update(final)
     return result
 
 
-def _accumulate_gradients(model, micro: list[dict], s: Setup, step: int, scaler) -> float:
-    """Forward and backward over the step's micro-batches; returns the step's mean loss."""
-    targets = sum(int((batch["targets"] != IGNORE_INDEX).sum()) for batch in micro)
-    step_loss = 0.0
+def _accumulate_gradients(model, micro: list[dict], s: Setup, step: int, scaler, accelerator) -> float:
+    """Forward and backward over this process's micro-batches of the step; returns its share of
+    the step's mean loss. Every target token of the step, in every process, weighs the same: the
+    loss is divided by the step's target tokens over all processes, and multiplied by their
+    number, which DDP's averaging of gradients divides out again. Gradients are synced once,
+    with the last micro-batch."""
+    local = sum(int((batch["targets"] != IGNORE_INDEX).sum()) for batch in micro)
+    (targets,) = processes.summed(accelerator, [local])
+    world, step_loss = accelerator.num_processes, 0.0
     try:
-        for batch in micro:
-            with autocast(s.device, s.dtype):
-                loss, _ = loss_sum(model, batch, s.device)
-            scaler.scale(loss / targets).backward()  # every target token of the step weighs the same
+        for number, batch in enumerate(micro, start=1):
+            syncs = number == len(micro)
+            with contextlib.nullcontext() if syncs else accelerator.no_sync(model):
+                with autocast(s.device, s.dtype):
+                    loss, _ = loss_sum(model, batch, s.device)
+                accelerator.backward(scaler.scale(loss * world / targets))
             step_loss += float(loss.detach()) / targets
     except torch.OutOfMemoryError:
         raise UserInputError(

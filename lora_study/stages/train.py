@@ -26,7 +26,7 @@ import time
 import mlflow
 import torch
 
-from lora_study import console, evaluation, forgetting, groups, lora, plots, registry, tracking, training
+from lora_study import console, evaluation, forgetting, groups, lora, plots, processes, registry, tracking, training
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, GroupsConfig, TrainConfig, flag
 from lora_study.errors import UserInputError
 from lora_study.losses import mean_loss, perplexity
@@ -68,14 +68,18 @@ def run_train(
 ) -> str:
     """The `train` entry point; returns the MLflow run id (with --group-by, the parent's)."""
     choice = choice or GroupsConfig()
+    if processes.world_size() > 1 and data.group_by:
+        raise UserInputError("--group-by trains its groups one after another in one process: run it without torchrun")
     if data.group_by:
         return _train_groups(data, base, adapter, train, choice)
     given = [flag(name) for name, value in choice.model_dump().items() if value]
     if given:
         raise UserInputError(f"{', '.join(given)}: only with --group-by COLUMN (one adapter per group)")
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(processes.threads())
     s = training.setup(data, base, adapter, train)
-    general_text = forgetting.load(train.forgetting_data, s.ref, s.tokenizer, s.model, data.seq_len, data.dataset)
+    general_text = None
+    if processes.is_main():  # with several processes, the main one measures, logs and saves
+        general_text = forgetting.load(train.forgetting_data, s.ref, s.tokenizer, s.model, data.seq_len, data.dataset)
 
     label = tracking.adapter_label(adapter.rank, adapter.target_modules, quantization=adapter.quantization)
     with tracking.stage_run(STAGE_TRAIN, log_system_metrics=True, name=RUN_NAME_TRAIN.format(adapter=label)) as run:
@@ -84,9 +88,10 @@ def run_train(
         if general_text:
             forgot = forgetting.evaluate(result.model, general_text, s.tokenizer.pad_token_id, s.dtype)
             tracking.log_forgetting(forgot, general_text.description)
-        training.log_trained_adapter(s, result.model, adapter)
+        if processes.is_main():
+            training.log_trained_adapter(s, result.model, adapter)
         tracking.flush()
-    return run.info.run_id
+    return run.info.run_id if run else None
 
 
 # --- one adapter per group (--group-by) -----------------------------------------------------------

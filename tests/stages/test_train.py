@@ -2,11 +2,13 @@
 and bad values or failures inside the run in one line, never RUNNING."""
 
 import math
+import subprocess
+import sys
 
 import mlflow
 import pytest
 import torch
-from conftest import TINY_BASE, TINY_DATA, runs
+from conftest import TINY_BASE, TINY_DATA, free_port, runs
 
 from lora_study import cli, tracking, training
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, TrainConfig
@@ -110,3 +112,49 @@ def test_ctrl_c_leaves_the_run_killed(monkeypatch, mlflow_experiment):
 
     code, run = _run_with_broken_loss(monkeypatch, mlflow_experiment, interrupted)
     assert code == 130 and run.info.status == "KILLED"
+
+
+@pytest.mark.slow  # two processes of their own
+def test_two_processes_train_one_adapter_with_the_losses_of_one_accumulating_twice(mlflow_experiment, tmp_path):
+    """`torchrun --nproc_per_node 2` (gloo on CPU): one FINISHED run, one adapter, world_size 2,
+    and per-step losses equal to one process reading the same global batch (dropout off: each
+    process draws its own masks)."""
+    settings = ["--base-model", "tiny", "--max-samples", "15", "--seq-len", "32", "--max-steps", "4"]
+    settings += ["--eval-every", "0", "--forgetting-data", "none", "--precision", "fp32", "--dropout", "0"]
+    settings += ["--learning-rate", "1e-2"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    torchrun += ["--master_port", str(free_port()), "-m", "lora_study", "train", *settings, "--batch-size", "2"]
+    done = subprocess.run(torchrun, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = runs(mlflow_experiment)
+    assert run.info.status == "FINISHED" and run.data.params["world_size"] == "2"
+    assert len(run.data.tags["peak_memory_mb_per_process"].split(", ")) == 2
+    models = mlflow.MlflowClient().search_logged_models([mlflow_experiment])
+    assert [m.source_run_id for m in models] == [run.info.run_id]  # the main process alone saved it
+    assert done.stdout.count("MLflow run ") == 1 and done.stderr.count("data python-docs") == 1
+
+    assert cli.main(["train", *settings, "--batch-size", "2", "--grad-accum", "2"]) == 0
+    (single,) = [r for r in runs(mlflow_experiment) if r.info.run_id != run.info.run_id]
+    client = mlflow.MlflowClient()
+
+    def losses(run_id: str) -> list[float]:
+        return [m.value for m in sorted(client.get_metric_history(run_id, "train_loss"), key=lambda m: m.step)]
+
+    assert single.data.params["world_size"] == "1"
+    assert losses(run.info.run_id) == pytest.approx(losses(single.info.run_id), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["train", "--group-by", "title"], "--group-by trains its groups one after another in one process"),
+        (["sweep", "--max-samples", "15"], "the sweep trains one trial per process: run it without torchrun"),
+    ],
+)
+def test_what_stays_in_one_process_is_refused_under_torchrun(argv, expected, monkeypatch, capsys, mlflow_experiment):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it, in the main process
+    monkeypatch.setenv("RANK", "0")
+    assert cli.main([*argv, "--base-model", "tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0]
+    assert runs(mlflow_experiment) == []
