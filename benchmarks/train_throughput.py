@@ -1,6 +1,10 @@
 """Our `train` loop against a plain transformers.Trainer + PEFT script, alternating, in one run.
 
     python benchmarks/train_throughput.py --steps 20 --rounds 2
+    python benchmarks/train_throughput.py --steps 20 --rounds 3 --previous <commit>
+
+With `--previous`, our loop at that commit (a git worktree of it, first on PYTHONPATH) is what
+ours is measured against instead of the baseline: a change to the loop must not cost speed.
 
 Both fine-tune the same base with the same LoRA settings, steps, batch size, learning rate and
 schedule on the same training documents (python-docs by default). The baseline is what a user
@@ -15,6 +19,7 @@ run inherits another's allocator state. Results are appended to benchmarks/RESUL
 """
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -53,6 +58,9 @@ def run_ours(args) -> dict:
         logging_time.append(time.perf_counter() - started)
 
     tracking.log_metrics = timed_log_metrics
+    if args.compile:  # the adapted model compiled (inductor): compilation happens in the first steps, timed
+        attach = lora.attach
+        lora.attach = lambda *a, **k: torch.compile(attach(*a, **k))
     with mlflow.start_run() as run:
         model = training.fine_tune(s, adapter, train, data_cfg.seed).model
     mlflow.flush_async_logging()
@@ -60,6 +68,7 @@ def run_ours(args) -> dict:
     step_time = metrics["train_runtime_s"]
     return {
         "tokens_per_s": metrics["train_tokens_per_s"],
+        "runtime_s": metrics["train_runtime_s"],
         "peak_memory_mb": metrics["peak_memory_mb"],
         "eval_loss": _validation_loss(model, s.prepared, s.tokenizer),
         "logging_pct": 100 * sum(logging_time) / step_time,
@@ -126,13 +135,13 @@ def _validation_loss(model, prepared, tokenizer) -> float:
     return mean_loss(model, prepared.rows("validation"), 8, tokenizer.pad_token_id, None)
 
 
-def one(kind: str, args) -> dict:
-    """Run one measurement in a fresh subprocess."""
+def one(kind: str, args, previous_tree: str | None = None) -> dict:
+    """Run one measurement in a fresh subprocess; `previous`: ours, from the code in `previous_tree`."""
     argv = [
         sys.executable,
         __file__,
         "--only",
-        kind,
+        "baseline" if kind == "baseline" else "ours",
         "--steps",
         str(args.steps),
         "--batch-size",
@@ -141,9 +150,66 @@ def one(kind: str, args) -> dict:
         str(args.seq_len),
         "--base-model",
         args.base_model,
+        *(["--compile"] if kind == "compiled" else []),
     ]
-    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    env = {**os.environ, "PYTHONPATH": previous_tree} if kind == "previous" else None
+    done = subprocess.run(argv, capture_output=True, text=True, check=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def report_compiled(args, results: dict[str, list[dict]]) -> None:
+    """Ours against ours compiled, end to end (compilation included): offered only if 10% faster."""
+    mean = {kind: {k: statistics.mean(r[k] for r in runs) for k in runs[0]} for kind, runs in results.items()}
+    eager, compiled = mean["ours"], mean["compiled"]
+    command = (
+        f"python benchmarks/train_throughput.py --steps {args.steps} --rounds {args.rounds} "
+        f"--batch-size {args.batch_size} --seq-len {args.seq_len} --base-model {args.base_model} --compile"
+    )
+    lines = [
+        "| | training loop s (compilation included) | real tokens/s | peak memory MB | validation loss |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {kind} | {m['runtime_s']:.1f} | {m['tokens_per_s']:.0f} | {m['peak_memory_mb']:.0f} | "
+            f"{m['eval_loss']:.4f} |"
+            for kind, m in (("eager", eager), ("torch.compile", compiled))
+        ),
+        f"| compiled / eager | {compiled['runtime_s'] / eager['runtime_s']:.2f}x | "
+        f"{compiled['tokens_per_s'] / eager['tokens_per_s']:.2f}x | "
+        f"{compiled['peak_memory_mb'] / eager['peak_memory_mb']:.2f}x | |",
+    ]
+    record("train time: torch.compile against eager", command, f" ({args.rounds} alternating rounds).", lines)
+
+
+def report_previous(args, results: dict[str, list[dict]]) -> None:
+    """Ours against ours at `--previous`: the goal is no more than 3% fewer tokens/s."""
+    mean = {kind: {k: statistics.mean(r[k] for r in runs) for k in runs[0]} for kind, runs in results.items()}
+    ours, before = mean["ours"], mean["previous"]
+    command = (
+        f"python benchmarks/train_throughput.py --steps {args.steps} --rounds {args.rounds} "
+        f"--batch-size {args.batch_size} --seq-len {args.seq_len} --base-model {args.base_model} "
+        f"--previous {args.previous}"
+    )
+    lines = [
+        "| | real tokens/s | peak memory MB | validation loss |",
+        "|---|---|---|---|",
+        f"| ours at {args.previous} | {before['tokens_per_s']:.0f} | {before['peak_memory_mb']:.0f} | "
+        f"{before['eval_loss']:.4f} |",
+        f"| ours now | {ours['tokens_per_s']:.0f} | {ours['peak_memory_mb']:.0f} | {ours['eval_loss']:.4f} |",
+        f"| now / before | {ours['tokens_per_s'] / before['tokens_per_s']:.3f}x | "
+        f"{ours['peak_memory_mb'] / before['peak_memory_mb']:.2f}x | {ours['eval_loss'] / before['eval_loss']:.4f}x |",
+        "",
+        "Per run: "
+        + "; ".join(
+            f"{kind} " + ", ".join(f"{r['tokens_per_s']:.0f} tok/s" for r in runs) for kind, runs in results.items()
+        )
+        + ".",
+    ]
+    record(
+        "train throughput: the loop now vs at an earlier commit",
+        command,
+        f" ({args.rounds} alternating rounds).",
+        lines,
+    )
 
 
 def report(args, results: dict[str, list[dict]]) -> None:
@@ -184,18 +250,43 @@ def main():
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--base-model", default=models.SMOLLM2)
+    parser.add_argument("--previous", help="a git commit: measure ours against our loop at it, not the baseline")
+    parser.add_argument("--compile", action="store_true", help="measure ours against ours under torch.compile")
     parser.add_argument("--only", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     if args.only:
         print(json.dumps(run_ours(args) if args.only == "ours" else run_baseline(args)))
         return
-    results = {"ours": [], "baseline": []}
+    if args.compile:
+        report_compiled(args, alternate(args, ("ours", "compiled")))
+        return
+    if args.previous:
+        with previous_tree(args.previous) as tree:
+            results = alternate(args, ("ours", "previous"), tree)
+        report_previous(args, results)
+        return
+    report(args, alternate(args, ("ours", "baseline")))
+
+
+def alternate(args, kinds: tuple[str, ...], tree: str | None = None) -> dict[str, list[dict]]:
+    results = {kind: [] for kind in kinds}
     for _ in range(args.rounds):
-        for kind in results:
-            results[kind].append(one(kind, args))
+        for kind in kinds:
+            results[kind].append(one(kind, args, tree))
             print(kind, results[kind][-1], flush=True)
-    report(args, results)
+    return results
+
+
+@contextlib.contextmanager
+def previous_tree(commit: str):
+    """A checkout of `commit` beside this one (a detached git worktree), removed afterwards."""
+    folder = tempfile.mkdtemp(prefix="previous-")
+    subprocess.run(["git", "worktree", "add", "--detach", folder, commit], check=True, capture_output=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", folder], check=True, capture_output=True)
 
 
 if __name__ == "__main__":
