@@ -144,11 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
-    command = COMMANDS[args.pop("command")]
+    name = args.pop("command")
+    command = COMMANDS[name]
     experiment_name = args.pop("experiment_name", None)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
     console.quiet()
     try:
+        if processes.world_size() > 1 and name != "train":
+            raise UserInputError(
+                f"{name} runs in one process: only train runs under torchrun or accelerate launch"
+                + ("; a sweep scales out with --n-workers, or more sweeps on one --storage" if name == "sweep" else "")
+            )
         configs = parse_sections(command.sections, args)
         if command.makes_runs and processes.is_main():  # under torchrun, only the main process logs
             tracking.use_experiment(experiment_name)

@@ -12,8 +12,10 @@ logs to MLflow and writes; the others are silent.
 
 import itertools
 import os
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch itself is imported where used: the CLI imports this module, its quick commands no torch
+    import torch
 
 
 def rank() -> int:
@@ -35,7 +37,7 @@ def threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) // local)
 
 
-def accelerator(where: torch.device):
+def accelerator(where: "torch.device"):
     """accelerate's Accelerator for this process. Mixed precision stays lora-study's own autocast
     (and fp16 loss scaling): accelerate fixes one precision per process, and a sweep trains
     trials of different precisions in one process."""
@@ -51,6 +53,8 @@ def shard(stream, of_rank: int | None = None, of_world: int | None = None):
 
 def summed(accelerator, values: list[float]) -> list[float]:
     """Each value summed over the processes (itself alone in one process)."""
+    import torch
+
     if accelerator.num_processes == 1:
         return values
     total = accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=accelerator.device), "sum")
@@ -59,6 +63,8 @@ def summed(accelerator, values: list[float]) -> list[float]:
 
 def gathered(accelerator, value: float) -> list[float]:
     """The value of every process, by rank."""
+    import torch
+
     if accelerator.num_processes == 1:
         return [value]
     return accelerator.gather(torch.tensor([value], dtype=torch.float64, device=accelerator.device)).tolist()

@@ -22,7 +22,7 @@ import mlflow
 import optuna
 import pandas as pd
 
-from lora_study import console, environment, plots, processes, registry, search_space, tracking, training
+from lora_study import console, environment, plots, registry, search_space, tracking, training
 from lora_study.config import BaseModelConfig, DataConfig, SweepConfig
 from lora_study.errors import UserInputError
 from lora_study.recommendation import Confirmed, pooled_std, recommend
@@ -135,11 +135,6 @@ TRIAL_STATES = {
 
 def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
     """The `sweep` entry point; returns the parent run's id."""
-    if processes.world_size() > 1:
-        raise UserInputError(
-            "the sweep trains one trial per process: run it without torchrun, and scale it out with "
-            "--n-workers or more sweeps on one --storage"
-        )
     space = search_space.load(_config_path(cfg.config))
     study_name = cfg.study_name or default_study_name(cfg, data, base)
     plan = Plan(data, base, cfg, space, study_name, cfg.storage or default_storage())

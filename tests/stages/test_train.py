@@ -148,13 +148,14 @@ def test_two_processes_train_one_adapter_with_the_losses_of_one_accumulating_twi
     "argv, expected",
     [
         (["train", "--group-by", "title"], "--group-by trains its groups one after another in one process"),
-        (["sweep", "--max-samples", "15"], "the sweep trains one trial per process: run it without torchrun"),
+        (["sweep", "--max-samples", "15"], "sweep runs in one process: only train runs under torchrun"),
+        (["evaluate", "--model-uri", "base:tiny"], "evaluate runs in one process: only train runs under torchrun"),
     ],
 )
 def test_what_stays_in_one_process_is_refused_under_torchrun(argv, expected, monkeypatch, capsys, mlflow_experiment):
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it, in the main process
     monkeypatch.setenv("RANK", "0")
-    assert cli.main([*argv, "--base-model", "tiny"]) == 2
+    assert cli.main(argv if argv[0] == "evaluate" else [*argv, "--base-model", "tiny"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0]
     assert runs(mlflow_experiment) == []
