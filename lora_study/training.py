@@ -234,7 +234,10 @@ def fine_tune(
         for step in range(1, steps + 1):
             tick = time.perf_counter()
             micro = [next(stream) for _ in range(train.grad_accum)]
-            step_loss = _accumulate_gradients(trained, micro, s, step, scaler, accelerator)
+            # the step's loss over every process: all of them stop together on a NaN
+            (step_loss,) = processes.summed(
+                accelerator, [_accumulate_gradients(trained, micro, s, step, scaler, accelerator)]
+            )
             if not math.isfinite(step_loss):
                 raise UserInputError(
                     f"train_loss became {step_loss} at step {step}: lower --learning-rate, or "
@@ -249,7 +252,7 @@ def fine_tune(
             elapsed = time.perf_counter() - tick
             tokens = sum(b["tokens"] for b in micro)
             tokens_seen, step_time = tokens_seen + tokens, step_time + elapsed
-            step_loss, step_tokens_per_s = processes.summed(accelerator, [step_loss, tokens / elapsed])
+            (step_tokens_per_s,) = processes.summed(accelerator, [tokens / elapsed])
             tracking.log_metrics(
                 {
                     METRIC_TRAIN_LOSS: step_loss,
