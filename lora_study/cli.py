@@ -160,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
             tracking.use_experiment(experiment_name)
         run_id = command.run(*configs)
     except UserInputError as error:
+        process = "" if processes.is_main() else f" (process {processes.rank()})"  # under torchrun
         for problem in error.problems:
-            print(f"lora-study: error: {problem}", file=sys.stderr)
+            print(f"lora-study: error{process}: {problem}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lora-study: interrupted", file=sys.stderr)

@@ -95,10 +95,18 @@ def load_model(ref: BaseModelRef, quantization: Quantization = "none", dtype: to
 
 
 def device() -> torch.device:
-    """The CPU, or the GPU: this process's own (LOCAL_RANK) under torchrun or accelerate launch."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
+    """The CPU, or the GPU: this process's own (LOCAL_RANK) under torchrun or accelerate launch,
+    made the current one (bitsandbytes loads a quantized base onto the current GPU)."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local_rank, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+    if local_rank >= count:
+        raise UserInputError(
+            f"process {local_rank} on this machine has no GPU of its own ({count} here): start at most "
+            f"{count} processes per machine (--nproc_per_node {count})"
+        )
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
 
 
 def autocast_dtype(precision: str, where: torch.device) -> torch.dtype | None:

@@ -14,6 +14,8 @@ import itertools
 import os
 from typing import TYPE_CHECKING
 
+from lora_study.errors import UserInputError
+
 if TYPE_CHECKING:  # torch itself is imported where used: the CLI imports this module, its quick commands no torch
     import torch
 
@@ -37,13 +39,24 @@ def threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) // local)
 
 
+DATA_PARALLEL = ("NO", "MULTI_CPU", "MULTI_GPU")  # accelerate's DistributedType names this loop runs under
+
+
 def accelerator(where: "torch.device"):
-    """accelerate's Accelerator for this process. Mixed precision stays lora-study's own autocast
-    (and fp16 loss scaling): accelerate fixes one precision per process, and a sweep trains
-    trials of different precisions in one process."""
+    """accelerate's Accelerator for this process, data parallel only. Mixed precision stays
+    lora-study's own autocast (and fp16 loss scaling), as does gradient accumulation: accelerate
+    fixes one precision per process, and a sweep trains trials of different precisions in one
+    process. Settings an `accelerate config` leaves in the environment are overridden, and one
+    that asks for another kind of training (DeepSpeed, FSDP, ...) is refused."""
     from accelerate import Accelerator
 
-    return Accelerator(cpu=where.type == "cpu")
+    made = Accelerator(cpu=where.type == "cpu", mixed_precision="no", gradient_accumulation_steps=1)
+    if made.distributed_type.name not in DATA_PARALLEL:
+        raise UserInputError(
+            f"accelerate is set up for {made.distributed_type.name}; lora-study trains data parallel only: "
+            "launch with `torchrun` or `accelerate launch --multi_gpu` without DeepSpeed or FSDP"
+        )
+    return made
 
 
 def shard(stream, of_rank: int | None = None, of_world: int | None = None):

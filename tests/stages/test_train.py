@@ -115,7 +115,7 @@ def test_ctrl_c_leaves_the_run_killed(monkeypatch, mlflow_experiment):
 
 
 @pytest.mark.slow  # two processes of their own
-def test_two_processes_train_one_adapter_with_the_losses_of_one_accumulating_twice(mlflow_experiment, tmp_path):
+def test_two_processes_train_one_adapter_with_the_losses_of_one_accumulating_twice_as_much(mlflow_experiment, tmp_path):
     """`torchrun --nproc_per_node 2` (gloo on CPU): one FINISHED run, one adapter, world_size 2,
     and per-step losses equal to one process reading the same global batch (dropout off: each
     process draws its own masks)."""
@@ -124,6 +124,7 @@ def test_two_processes_train_one_adapter_with_the_losses_of_one_accumulating_twi
     settings += ["--learning-rate", "1e-2"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     torchrun += ["--master_port", str(free_port()), "-m", "lora_study", "train", *settings, "--batch-size", "2"]
+    torchrun += ["--grad-accum", "2"]  # a micro-batch without gradient sync, then one with
     done = subprocess.run(torchrun, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = runs(mlflow_experiment)
@@ -133,7 +134,7 @@ def test_two_processes_train_one_adapter_with_the_losses_of_one_accumulating_twi
     assert [m.source_run_id for m in models] == [run.info.run_id]  # the main process alone saved it
     assert done.stdout.count("MLflow run ") == 1 and done.stderr.count("data python-docs") == 1
 
-    assert cli.main(["train", *settings, "--batch-size", "2", "--grad-accum", "2"]) == 0
+    assert cli.main(["train", *settings, "--batch-size", "2", "--grad-accum", "4"]) == 0
     (single,) = [r for r in runs(mlflow_experiment) if r.info.run_id != run.info.run_id]
     client = mlflow.MlflowClient()
 
