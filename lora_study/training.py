@@ -268,8 +268,6 @@ def fine_tune(
     progress.close()
     peaks = processes.gathered(accelerator, peak.megabytes)
     tokens_per_s = processes.summed(accelerator, [tokens_seen / step_time])[0]
-    if world > 1:
-        accelerator.end_training()  # the last collective is behind: the process group goes
     final = {
         METRIC_TRAIN_TOKENS_PER_S: tokens_per_s,
         METRIC_TRAIN_RUNTIME_S: time.perf_counter() - started,
