@@ -2,6 +2,8 @@
 and bad values or failures inside the run in one line, never RUNNING."""
 
 import math
+import os
+import signal
 import subprocess
 import sys
 
@@ -125,7 +127,16 @@ def test_two_processes_train_one_adapter_with_the_losses_of_one_accumulating_twi
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     torchrun += ["--master_port", str(free_port()), "-m", "lora_study", "train", *settings, "--batch-size", "2"]
     torchrun += ["--grad-accum", "2"]  # a micro-batch without gradient sync, then one with
-    done = subprocess.run(torchrun, capture_output=True, text=True, timeout=600)
+    # a session of its own: should it hang, the group goes, workers too, and holds no store lock
+    process = subprocess.Popen(
+        torchrun, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    done = subprocess.CompletedProcess(torchrun, process.returncode, stdout, stderr)
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = runs(mlflow_experiment)
     assert run.info.status == "FINISHED" and run.data.params["world_size"] == "2"
