@@ -157,9 +157,22 @@ def one(kind: str, args, previous_tree: str | None = None) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def means(results: dict[str, list[dict]]) -> dict[str, dict]:
+    """Each kind's figures, averaged over its runs."""
+    return {kind: {k: statistics.mean(r[k] for r in runs) for k in runs[0]} for kind, runs in results.items()}
+
+
+def per_run(results: dict[str, list[dict]]) -> str:
+    """Every run's tokens/s, by kind: the spread behind the means."""
+    runs_text = "; ".join(
+        f"{kind} " + ", ".join(f"{r['tokens_per_s']:.0f} tok/s" for r in runs) for kind, runs in results.items()
+    )
+    return f"Per run: {runs_text}."
+
+
 def report_compiled(args, results: dict[str, list[dict]]) -> None:
     """Ours against ours compiled, end to end (compilation included): offered only if 10% faster."""
-    mean = {kind: {k: statistics.mean(r[k] for r in runs) for k in runs[0]} for kind, runs in results.items()}
+    mean = means(results)
     eager, compiled = mean["ours"], mean["compiled"]
     command = (
         f"python benchmarks/train_throughput.py --steps {args.steps} --rounds {args.rounds} "
@@ -182,7 +195,7 @@ def report_compiled(args, results: dict[str, list[dict]]) -> None:
 
 def report_previous(args, results: dict[str, list[dict]]) -> None:
     """Ours against ours at `--previous`: the goal is no more than 3% fewer tokens/s."""
-    mean = {kind: {k: statistics.mean(r[k] for r in runs) for k in runs[0]} for kind, runs in results.items()}
+    mean = means(results)
     ours, before = mean["ours"], mean["previous"]
     command = (
         f"python benchmarks/train_throughput.py --steps {args.steps} --rounds {args.rounds} "
@@ -198,11 +211,7 @@ def report_previous(args, results: dict[str, list[dict]]) -> None:
         f"| now / before | {ours['tokens_per_s'] / before['tokens_per_s']:.3f}x | "
         f"{ours['peak_memory_mb'] / before['peak_memory_mb']:.2f}x | {ours['eval_loss'] / before['eval_loss']:.4f}x |",
         "",
-        "Per run: "
-        + "; ".join(
-            f"{kind} " + ", ".join(f"{r['tokens_per_s']:.0f} tok/s" for r in runs) for kind, runs in results.items()
-        )
-        + ".",
+        per_run(results),
     ]
     record(
         "train throughput: the loop now vs at an earlier commit",
@@ -213,7 +222,7 @@ def report_previous(args, results: dict[str, list[dict]]) -> None:
 
 
 def report(args, results: dict[str, list[dict]]) -> None:
-    mean = {kind: {k: statistics.mean(r[k] for r in runs) for k in runs[0]} for kind, runs in results.items()}
+    mean = means(results)
     ours, base = mean["ours"], mean["baseline"]
     command = (
         f"python benchmarks/train_throughput.py --steps {args.steps} --rounds {args.rounds} "
@@ -229,11 +238,7 @@ def report(args, results: dict[str, list[dict]]) -> None:
         "",
         f"MLflow logging inside our loop: {ours['logging_pct']:.2f}% of its run time.",
         "",
-        "Per run: "
-        + "; ".join(
-            f"{kind} " + ", ".join(f"{r['tokens_per_s']:.0f} tok/s" for r in runs) for kind, runs in results.items()
-        )
-        + ".",
+        per_run(results),
     ]
     record(
         "train throughput: ours vs transformers.Trainer + PEFT",

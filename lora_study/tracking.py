@@ -414,7 +414,12 @@ def study_run(study: str, storage: str):
         f"and tags.`{TAG_STAGE}` = '{STAGE_SWEEP}'",
         output_format="list",
     )
-    return min(found, key=lambda run: (run.info.start_time, run.info.run_id), default=None)
+    return first_made(found)
+
+
+def first_made(runs: list):
+    """The run made first (by start time, then id), or None: the one every process agrees on."""
+    return min(runs, key=lambda run: (run.info.start_time, run.info.run_id), default=None)
 
 
 def elect_study_run(study: str, storage: str, settle_s: float) -> str:
@@ -549,7 +554,7 @@ def groups_run(inputs: str):
         filter_string=f"tags.`{TAG_GROUPS_INPUTS}` = '{inputs}' and tags.`{TAG_STAGE}` = '{STAGE_TRAIN_GROUPS}'",
         output_format="list",
     )
-    return min(found, key=lambda run: (run.info.start_time, run.info.run_id), default=None)
+    return first_made(found)
 
 
 def child_runs(parent_run_id: str) -> list:
