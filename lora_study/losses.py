@@ -2,13 +2,22 @@
 
 `train` optimizes it, evaluations report it (and its exp, perplexity); every target token counts
 once, however the rows are batched or packed.
+
+Where the model's output head is a plain linear layer that takes no gradient (the LoRA case),
+the loss is taken from the last hidden states a chunk of tokens at a time, as Liger's and
+torchtune's chunked losses do: the (tokens x vocabulary) logits, 400 MB in fp32 for 8 rows of
+256 tokens over SmolLM2's 49k words, never exist whole, and each chunk's gradient is taken while
+its logits are at hand, so backward is one multiply. The arithmetic is the plain path's: the
+head's matmul in the autocast dtype, the softmax in fp32.
 """
 
+import contextlib
 import math
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lora_study.packing import IGNORE_INDEX, collate
 
@@ -27,12 +36,97 @@ def logits(model, batch: dict, device: torch.device) -> torch.Tensor:
     ).logits
 
 
+CHUNK_ELEMENTS = 2**23  # logits per chunk (128 rows of SmolLM2's): 32 MB in fp32, in a buffer every chunk reuses
+# config fields by which a model scales or caps its logits after the head: such a model takes the plain path
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+
+
 def loss_sum(model, batch: dict, device: torch.device) -> tuple[torch.Tensor, int]:
     """Summed next-token loss over the batch's target tokens, and how many there are."""
     targets = batch["targets"].to(device)
-    scores = logits(model, batch, device).flatten(0, 1).float()
-    loss = F.cross_entropy(scores, targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    head = chunkable_head(model)
+    if head is None:
+        scores = logits(model, batch, device).flatten(0, 1).float()
+        loss = F.cross_entropy(scores, targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    else:
+        with head_skipped(head):  # the model returns its last hidden states where logits would be
+            hidden = logits(model, batch, device).flatten(0, 1)
+        rows = max(1, CHUNK_ELEMENTS // head.out_features)
+        loss = ChunkedCrossEntropy.apply(hidden, head.weight, head.bias, targets.flatten(), rows)
     return loss, int((targets != IGNORE_INDEX).sum())
+
+
+def chunkable_head(model) -> nn.Linear | None:
+    """The model's output head where the chunked loss applies: an `nn.Linear` that takes no
+    gradient here, whose output the model returns unchanged; else None (a head in training, a
+    quantized or wrapped one, logits capped or scaled after the head)."""
+    inner = getattr(model, "module", model)  # under DistributedDataParallel
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    config = getattr(inner, "config", None)
+    if type(head) is not nn.Linear:
+        return None
+    trained = head.weight.requires_grad or (head.bias is not None and head.bias.requires_grad)
+    if trained and torch.is_grad_enabled():
+        return None
+    if any(getattr(config, name, None) not in (None, 1.0) for name in LOGIT_TRANSFORMS):
+        return None
+    return head
+
+
+@contextlib.contextmanager
+def head_skipped(head: nn.Module):
+    head.forward = _unchanged  # an instance attribute: the class's forward is untouched
+    try:
+        yield
+    finally:
+        del head.forward
+
+
+def _unchanged(hidden: torch.Tensor) -> torch.Tensor:
+    return hidden
+
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `hidden @ weight.T + bias` against `targets` (IGNORE_INDEX: no
+    loss), `rows` tokens at a time, in two buffers reused by every chunk. With a gradient to
+    take, each chunk's gradient for `hidden`, (softmax - one-hot) @ weight, is computed in the
+    forward pass and kept (tokens x hidden size); the weight and bias are frozen and get none."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, rows):
+        dtype = compute_dtype(hidden)  # the head's matmul in the autocast dtype, as the model computes it
+        weight, rows = weight.to(dtype), min(rows, hidden.size(0))
+        logits = torch.empty(rows, weight.size(0), dtype=dtype, device=hidden.device)
+        scores = torch.empty(rows, weight.size(0), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if hidden.requires_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.size(0), rows):
+            chunk, wanted = hidden[start : start + rows].to(dtype), targets[start : start + rows]
+            size, counted = chunk.size(0), (wanted != IGNORE_INDEX).unsqueeze(1)
+            picked = wanted.clamp(min=0).unsqueeze(1)
+            torch.mm(chunk, weight.T, out=logits[:size])
+            chunk_scores = scores[:size].copy_(logits[:size])
+            if bias is not None:
+                chunk_scores.add_(bias)
+            target_scores = chunk_scores.gather(1, picked)
+            top = chunk_scores.amax(1, keepdim=True)
+            sums = chunk_scores.sub_(top).exp_().sum(1, keepdim=True)  # the scores become exp(score - top)
+            total += ((top + sums.log() - target_scores) * counted).sum()
+            if grad_hidden is not None:
+                probs = chunk_scores.mul_(counted / sums).scatter_add_(1, picked, -counted.float())
+                grad_hidden[start : start + size] = torch.mm(logits[:size].copy_(probs), weight)
+        ctx.save_for_backward(grad_hidden)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad_hidden,) = ctx.saved_tensors
+        return grad_hidden * grad_output.to(grad_hidden.dtype), None, None, None, None
+
+
+def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    device = tensor.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else tensor.dtype
 
 
 @torch.no_grad()

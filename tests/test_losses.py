@@ -4,8 +4,9 @@ import math
 
 import torch
 
-from lora_study import models
-from lora_study.losses import loss_sum, mean_loss, perplexity
+from lora_study import lora, losses, models
+from lora_study.config import AdapterConfig
+from lora_study.losses import ChunkedCrossEntropy, chunkable_head, loss_sum, mean_loss, perplexity
 from lora_study.packing import IGNORE_INDEX, collate, pack_records
 
 
@@ -77,3 +78,50 @@ def test_mean_loss_does_not_depend_on_batching_or_padding(tiny, tokenizer):
 def test_perplexity_is_the_exp_of_the_loss_and_does_not_overflow():
     assert perplexity(0.0) == 1.0 and perplexity(2.0) == math.exp(2.0)
     assert perplexity(1e6) == perplexity(700.0) < float("inf")
+
+
+def test_the_chunked_loss_equals_cross_entropy_of_full_logits_in_value_and_gradient():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50)
+    hidden = torch.randn(23, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (23,))
+    targets[[0, 7, 22]] = IGNORE_INDEX
+    full = torch.nn.functional.cross_entropy(head(hidden), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    (expected,) = torch.autograd.grad(full, hidden)
+    chunked = ChunkedCrossEntropy.apply(hidden, head.weight.detach(), head.bias.detach(), targets, 5)  # 5 chunks
+    (got,) = torch.autograd.grad(chunked * 3.0, hidden)
+    torch.testing.assert_close(chunked, full)
+    torch.testing.assert_close(got, 3.0 * expected)
+
+
+def lora_loss_and_gradients(tiny, batch):
+    model = lora.attach(models.load_model(tiny), AdapterConfig(dropout=0.0), seed=0)
+    for name, parameter in model.named_parameters():  # B starts at zero: A would get no gradient
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.1, generator=torch.Generator().manual_seed(1))
+    loss, _ = loss_sum(model, batch, torch.device("cpu"))
+    loss.backward()
+    return loss.detach(), [p.grad for p in model.parameters() if p.requires_grad], chunkable_head(model)
+
+
+def test_a_lora_model_gets_from_the_chunked_loss_the_gradients_of_the_full_logits(tiny, tokenizer, monkeypatch):
+    batch = collate(pack_records(records(tokenizer) * 3, seq_len=24), tokenizer.pad_token_id)
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 7 * 49152)  # chunks of 7 tokens
+    chunked, chunked_grads, head = lora_loss_and_gradients(tiny, batch)
+    assert head is not None
+    with monkeypatch.context() as patched:
+        patched.setattr(losses, "chunkable_head", lambda model: None)
+        plain, plain_grads, _ = lora_loss_and_gradients(tiny, batch)
+    torch.testing.assert_close(chunked, plain)
+    for got, expected in zip(chunked_grads, plain_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_a_head_in_training_or_logits_changed_after_the_head_take_the_full_logits(tiny):
+    model = models.load_model(tiny)  # every weight requires a gradient, the head's too
+    assert chunkable_head(model) is None
+    with torch.no_grad():  # evaluation: the head takes no gradient here
+        assert chunkable_head(model) is model.get_output_embeddings()
+    model.config.final_logit_softcapping = 30.0
+    with torch.no_grad():
+        assert chunkable_head(model) is None
