@@ -230,7 +230,7 @@ def fine_tune(
     tokens_seen, step_time, started = 0, 0.0, time.perf_counter()
     evaluate(0, base_eval_loss)
     model.train()
-    with PeakMemory(s.device) as peak:
+    with PeakMemory(s.device) as peak, lora.inputs_uncast(model, adapter, s.dtype):
         for step in range(1, steps + 1):
             tick = time.perf_counter()
             micro = [next(stream) for _ in range(train.grad_accum)]

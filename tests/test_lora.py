@@ -100,3 +100,37 @@ def test_parameter_counts_of_a_rank_8_qv_adapter(tiny):
     base_params = sum(p.numel() for p in model.parameters())
     peft_model = lora.attach(model, AdapterConfig(rank=8, target_modules="qv"), seed=0)
     assert lora.parameter_counts(peft_model) == (QV_RANK_8_PARAMS, base_params + QV_RANK_8_PARAMS)
+
+
+def test_lora_dropout_drops_the_share_p_and_scales_the_rest_as_nn_dropout_does(tiny):
+    model = lora.attach(models.load_model(tiny), AdapterConfig(dropout=0.2), seed=0)
+    dropouts = [m for m in model.modules() if isinstance(m, lora.Dropout)]
+    assert len(dropouts) == 4 and all(d.p == 0.2 for d in dropouts)  # 2 layers x q_proj, v_proj
+    dropout = dropouts[0].train()
+    x = torch.full((64, 1000), 2.0, dtype=torch.bfloat16, requires_grad=True)
+    torch.manual_seed(3)
+    y = dropout(x)
+    assert set(y.unique().tolist()) == {0.0, 2.5}  # 2 / (1 - 0.2)
+    assert abs((y == 0).float().mean().item() - 0.2) < 0.01
+    y.sum().backward()
+    assert torch.equal(x.grad == 0, y == 0)  # the gradient flows through the kept elements only
+    torch.manual_seed(3)
+    assert torch.equal(dropout(x), y)  # the seed fixes the mask
+    assert dropout.eval()(x) is x
+
+
+def test_lora_inputs_stay_in_the_autocast_dtype_only_where_autocast_casts_them(tiny):
+    model = lora.attach(models.load_model(tiny).to(torch.bfloat16), AdapterConfig(), seed=0)
+    layers = [m for m in model.modules() if hasattr(m, "lora_A")]
+    assert layers[0].lora_A["default"].weight.dtype == torch.float32  # bf16 inputs, fp32 adapter weights
+    with lora.inputs_uncast(model, AdapterConfig(), torch.bfloat16):
+        assert not any(layer.cast_input_dtype_enabled for layer in layers)
+        ids = torch.tensor([[1, 2, 3, 4]])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert model(input_ids=ids).logits.isfinite().all()
+    assert all(layer.cast_input_dtype_enabled for layer in layers)
+    for unsafe in (AdapterConfig(use_dora=True), AdapterConfig(quantization="8bit")):
+        with lora.inputs_uncast(model, unsafe, torch.bfloat16):
+            assert all(layer.cast_input_dtype_enabled for layer in layers)
+    with lora.inputs_uncast(model, AdapterConfig(), None):  # fp32: no autocast to cast
+        assert all(layer.cast_input_dtype_enabled for layer in layers)
