@@ -38,7 +38,13 @@ def logits(model, batch: dict, device: torch.device) -> torch.Tensor:
 
 CHUNK_ELEMENTS = 128 * 49152  # logits per chunk (128 rows of SmolLM2's): 24 MB in fp32, in a buffer every chunk reuses
 # config fields by which a model scales or caps its logits after the head: such a model takes the plain path
-LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+LOGIT_TRANSFORMS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "output_multiplier",
+    "lm_head_multiplier",
+    "logits_scaling",
+)
 
 
 def loss_sum(model, batch: dict, device: torch.device) -> tuple[torch.Tensor, int]:
