@@ -1,25 +1,32 @@
-"""Our `train` loop against a plain transformers.Trainer + PEFT script, alternating, in one run.
+"""Our `train` loop against what a user would otherwise run, alternating, in one run.
 
+    pip install -e ".[bench]"   # TRL, for the SFTTrainer baseline
     python benchmarks/train_throughput.py --steps 20 --rounds 2
     python benchmarks/train_throughput.py --steps 20 --rounds 3 --previous <commit>
 
+Four kinds fine-tune the same base with the same LoRA settings, steps, batch size, learning
+rate, schedule and gradient clipping on the same training documents (python-docs by default):
+- `ours`: `lora-study train`: documents packed into full rows, bf16 autocast on a bf16 base
+  (`--precision auto`), the loss in chunks (lora_study.losses);
+- `trainer-fp32`: transformers.Trainer + PEFT as one would write it: one example per document,
+  truncated to `seq_len`, padded per batch by `DataCollatorForLanguageModeling`, Trainer's CPU
+  default (fp32);
+- `trainer-bf16`: the same with `bf16=True`;
+- `trl`: TRL's SFTTrainer + PEFT, `packing=True` (padding-free) and `bf16=True`.
+The baselines load the base as `from_pretrained` does (fp32 weights), as their defaults do.
+
 With `--previous`, our loop at that commit (a git worktree of it, first on PYTHONPATH) is what
-ours is measured against instead of the baseline: a change to the loop must not cost speed.
+ours is measured against instead: a change to the loop must not cost speed.
 
-Both fine-tune the same base with the same LoRA settings, steps, batch size, learning rate and
-schedule on the same training documents (python-docs by default). The baseline is what a user
-would otherwise write: one example per document, truncated to `seq_len`, padded per batch by
-`DataCollatorForLanguageModeling`, Trainer defaults (fp32 on the CPU). Ours packs the documents
-into full rows and trains under bf16 autocast (`--precision auto`).
-
-Reported per run: real (non-padding) tokens/s of the training loop, peak memory of training
+Reported per run: real (non-padding) tokens/s of the training steps, peak memory of training
 (see lora_study.memory), and the validation loss of the trained adapter measured the same way
-for both (fp32, on the validation rows of `prepare`). Each run is a fresh subprocess, so no
+for all (fp32, on the validation rows of `prepare`). Each run is a fresh subprocess, so no
 run inherits another's allocator state. Results are appended to benchmarks/RESULTS.md.
 """
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import statistics
@@ -75,59 +82,125 @@ def run_ours(args) -> dict:
     }
 
 
-def run_baseline(args) -> dict:
-    from peft import LoraConfig, get_peft_model
+def run_trainer(args, bf16: bool) -> dict:
+    """transformers.Trainer + PEFT as a user would write it: one example per document,
+    truncated to `seq_len`, padded per batch; fp32 (the CPU default) or `bf16=True`."""
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    model, texts, prepared, tokenizer, train = baseline_inputs(args)
+    examples = [tokenizer(text, truncation=True, max_length=args.seq_len) for text in texts]
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    arguments = TrainingArguments(**trainer_arguments(train, bf16))
+    trainer = Trainer(model=model, args=arguments, train_dataset=examples, data_collator=collator)
+    return measure(trainer, train, prepared, tokenizer)
+
+
+def run_trl(args) -> dict:
+    """TRL's SFTTrainer + PEFT with `packing=True` (best-fit decreasing, so padding-free: the
+    rows of a batch are one sequence, documents kept apart by their position ids) and bf16."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    model, texts, prepared, tokenizer, train = baseline_inputs(args, peft=False)
+    config = SFTConfig(**trainer_arguments(train, bf16=True), packing=True, max_length=args.seq_len)
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_dict({"text": texts}),
+        processing_class=tokenizer,
+        peft_config=peft_config(model, AdapterConfig()),
+    )
+    return measure(trainer, train, prepared, tokenizer)
+
+
+def baseline_inputs(args, peft: bool = True):
+    """The base (fp32, as `from_pretrained` loads it) with a fresh adapter unless `peft` is False,
+    the training documents of `prepare`'s split, and the settings ours trains with."""
+    from peft import get_peft_model
 
     data_cfg, base, adapter, train = settings(args)
     ref = models.resolve(base.base_model)
     tokenizer = models.load_tokenizer(ref)
     prepared, documents = data.prepare(data_cfg, ref, tokenizer)
     texts = [documents.frame.iloc[i]["text"] for i in prepared.meta["documents"]["train"]]
-    examples = [tokenizer(text, truncation=True, max_length=data_cfg.seq_len) for text in texts]
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
-    real_tokens = []
-
-    def counting_collator(features):
-        batch = collator(features)
-        real_tokens.append(int(batch["attention_mask"].sum()))
-        return batch
-
     model = models.load_model(ref)
-    peft_config = LoraConfig(
+    torch.manual_seed(0)
+    if peft:
+        model = get_peft_model(model, peft_config(model, adapter))
+    return model, texts, prepared, tokenizer, train
+
+
+def peft_config(model, adapter: AdapterConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(
         r=adapter.rank,
         lora_alpha=adapter.alpha,
         lora_dropout=adapter.dropout,
         target_modules=lora.resolve_targets(model, adapter.target_modules),
         task_type="CAUSAL_LM",
     )
-    torch.manual_seed(0)
-    model = get_peft_model(model, peft_config)
-    arguments = TrainingArguments(
-        output_dir=tempfile.mkdtemp(),
-        max_steps=train.max_steps,
-        per_device_train_batch_size=train.batch_size,
-        learning_rate=train.learning_rate,
-        lr_scheduler_type=train.lr_scheduler,
-        warmup_steps=round(train.warmup_ratio * train.max_steps),
-        save_strategy="no",
-        report_to=[],
-        logging_steps=train.max_steps,
-        seed=0,
-        use_cpu=not torch.cuda.is_available(),
-    )
-    trainer = Trainer(model=model, args=arguments, train_dataset=examples, data_collator=counting_collator)
+
+
+def trainer_arguments(train: TrainConfig, bf16: bool) -> dict:
+    """What Trainer and SFTTrainer are given alike: ours's steps, batch and schedule."""
+    return {
+        "output_dir": tempfile.mkdtemp(),
+        "max_steps": train.max_steps,
+        "per_device_train_batch_size": train.batch_size,
+        "learning_rate": train.learning_rate,
+        "lr_scheduler_type": train.lr_scheduler,
+        "warmup_steps": round(train.warmup_ratio * train.max_steps),
+        "max_grad_norm": 1.0,
+        "save_strategy": "no",
+        "report_to": [],
+        "logging_steps": train.max_steps,
+        "seed": 0,
+        "bf16": bf16,
+        "use_cpu": not torch.cuda.is_available(),
+    }
+
+
+def measure(trainer, train: TrainConfig, prepared, tokenizer) -> dict:
+    """Train, timing the steps from the first one's start to the last one's end (as ours times
+    its loop: batches collated inside, setup outside), counting the real (non-padding) tokens
+    of the batches trained on."""
+    from transformers import TrainerCallback
+
+    real_tokens, marks = [], []
+    collator = trainer.data_collator
+
+    def counting_collator(features):
+        batch = collator(features)
+        mask = batch.get("attention_mask")
+        real_tokens.append(int(mask.sum()) if mask is not None else batch["input_ids"].numel())
+        return batch
+
+    class StepClock(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            marks.append(("begin", time.perf_counter()))
+
+        def on_step_end(self, *_, **__):
+            marks.append(("end", time.perf_counter()))
+
+    trainer.data_collator = counting_collator
+    trainer.add_callback(StepClock())
     with PeakMemory(models.device()) as peak:
-        started = time.perf_counter()
         trainer.train()
-        elapsed = time.perf_counter() - started
-    # the dataloader may collate a batch ahead of the last step: count the batches trained on
-    tokens = sum(real_tokens[: train.max_steps])
+    elapsed = marks[-1][1] - next(t for kind, t in marks if kind == "begin")
+    tokens = sum(real_tokens[: train.max_steps])  # the dataloader may collate a batch ahead of the last step
     return {
         "tokens_per_s": tokens / elapsed,
         "peak_memory_mb": peak.megabytes,
-        "eval_loss": _validation_loss(model, prepared, tokenizer),
+        "eval_loss": _validation_loss(trainer.model, prepared, tokenizer),
     }
+
+
+BASELINES = {
+    "trainer-fp32": lambda args: run_trainer(args, bf16=False),
+    "trainer-bf16": lambda args: run_trainer(args, bf16=True),
+    "trl": run_trl,
+}
 
 
 def _validation_loss(model, prepared, tokenizer) -> float:
@@ -141,7 +214,7 @@ def one(kind: str, args, previous_tree: str | None = None) -> dict:
         sys.executable,
         __file__,
         "--only",
-        "baseline" if kind == "baseline" else "ours",
+        kind if kind in BASELINES else "ours",
         "--steps",
         str(args.steps),
         "--batch-size",
@@ -221,27 +294,41 @@ def report_previous(args, results: dict[str, list[dict]]) -> None:
     )
 
 
+GOALS = {"trl": 1.2, "trainer-bf16": 1.5}  # ours / baseline, real tokens/s, on this CPU
+
+
 def report(args, results: dict[str, list[dict]]) -> None:
     mean = means(results)
-    ours, base = mean["ours"], mean["baseline"]
+    ours = mean["ours"]
     command = (
         f"python benchmarks/train_throughput.py --steps {args.steps} --rounds {args.rounds} "
         f"--batch-size {args.batch_size} --seq-len {args.seq_len} --base-model {args.base_model}"
     )
     lines = [
-        "| | real tokens/s | peak memory MB | validation loss |",
-        "|---|---|---|---|",
-        f"| ours | {ours['tokens_per_s']:.0f} | {ours['peak_memory_mb']:.0f} | {ours['eval_loss']:.4f} |",
-        f"| baseline | {base['tokens_per_s']:.0f} | {base['peak_memory_mb']:.0f} | {base['eval_loss']:.4f} |",
-        f"| ours / baseline | {ours['tokens_per_s'] / base['tokens_per_s']:.2f}x | "
-        f"{ours['peak_memory_mb'] / base['peak_memory_mb']:.2f}x | {ours['eval_loss'] / base['eval_loss']:.3f}x |",
+        "| | real tokens/s | peak memory MB | validation loss | ours: tokens/s | ours: memory | ours: loss | goal |",
+        "|---|---|---|---|---|---|---|---|",
+        *(
+            f"| {kind} | {m['tokens_per_s']:.0f} | {m['peak_memory_mb']:.0f} | {m['eval_loss']:.4f} | "
+            + (
+                "| | | |"
+                if kind == "ours"
+                else f"{ours['tokens_per_s'] / m['tokens_per_s']:.2f}x | "
+                f"{ours['peak_memory_mb'] / m['peak_memory_mb']:.2f}x | "
+                f"{100 * (ours['eval_loss'] / m['eval_loss'] - 1):+.2f}% | "
+                + (f"{GOALS[kind]}x tokens/s |" if kind in GOALS else "|")
+            )
+            for kind, m in mean.items()
+        ),
+        "",
+        "The ours columns: ours divided by the row's kind (tokens/s, memory), and how far ours's",
+        "validation loss is from the row's.",
         "",
         f"MLflow logging inside our loop: {ours['logging_pct']:.2f}% of its run time.",
         "",
         per_run(results),
     ]
     record(
-        "train throughput: ours vs transformers.Trainer + PEFT",
+        "train throughput: ours vs Trainer fp32, Trainer bf16 and TRL SFTTrainer",
         command,
         f" ({args.rounds} alternating rounds, each run a fresh process).",
         lines,
@@ -255,13 +342,14 @@ def main():
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--base-model", default=models.SMOLLM2)
-    parser.add_argument("--previous", help="a git commit: measure ours against our loop at it, not the baseline")
+    parser.add_argument("--previous", help="a git commit: measure ours against our loop at it, not the baselines")
     parser.add_argument("--compile", action="store_true", help="measure ours against ours under torch.compile")
-    parser.add_argument("--only", choices=["ours", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--kinds", default=",".join(["ours", *BASELINES]), help="which of them to run")
+    parser.add_argument("--only", choices=["ours", *BASELINES], help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     if args.only:
-        print(json.dumps(run_ours(args) if args.only == "ours" else run_baseline(args)))
+        print(json.dumps(run_ours(args) if args.only == "ours" else BASELINES[args.only](args)))
         return
     if args.compile:
         report_compiled(args, alternate(args, ("ours", "compiled")))
@@ -271,7 +359,10 @@ def main():
             results = alternate(args, ("ours", "previous"), tree)
         report_previous(args, results)
         return
-    report(args, alternate(args, ("ours", "baseline")))
+    kinds = tuple(args.kinds.split(","))
+    if "trl" in kinds and importlib.util.find_spec("trl") is None:
+        sys.exit('the trl baseline needs TRL: pip install -e ".[bench]", or leave it out of --kinds')
+    report(args, alternate(args, kinds))
 
 
 def alternate(args, kinds: tuple[str, ...], tree: str | None = None) -> dict[str, list[dict]]:
