@@ -179,8 +179,6 @@ def fine_tune(
     loss (a fresh adapter changes nothing); a sweep that measured it already passes
     `base_eval_loss` instead of measuring it again for every trial.
     """
-    from transformers import get_scheduler
-
     prepare_base(s, adapter)
     if train.gradient_checkpointing:
         s.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -212,10 +210,7 @@ def fine_tune(
     }
     tracking.log_metrics(result.metrics)
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train.learning_rate)
-    scheduler = get_scheduler(train.lr_scheduler, optimizer, round(train.warmup_ratio * steps), steps)
-    # fp16 (CUDA only) needs loss scaling against underflow; disabled, the scaler passes through
-    scaler = torch.amp.GradScaler(s.device.type, enabled=s.dtype == torch.float16)
+    update = Update.of(model, s, train, steps, accelerator)
     stream = processes.shard(batches(train_rows, train.batch_size, seed, s.tokenizer.pad_token_id))
 
     def evaluate(step: int, eval_loss: float | None = None) -> None:
@@ -234,21 +229,7 @@ def fine_tune(
         for step in range(1, steps + 1):
             tick = time.perf_counter()
             micro = [next(stream) for _ in range(train.grad_accum)]
-            # the step's loss over every process: all of them stop together on a NaN
-            (step_loss,) = processes.summed(
-                accelerator, [_accumulate_gradients(trained, micro, s, step, scaler, accelerator)]
-            )
-            if not math.isfinite(step_loss):
-                raise UserInputError(
-                    f"train_loss became {step_loss} at step {step}: lower --learning-rate, or "
-                    "train with --precision fp32"
-                )
-            scaler.unscale_(optimizer)
-            accelerator.clip_grad_norm_(trained.parameters(), 1.0)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            step_loss = train_step(trained, micro, s, step, update)
             elapsed = time.perf_counter() - tick
             tokens = sum(b["tokens"] for b in micro)
             tokens_seen, step_time = tokens_seen + tokens, step_time + elapsed
@@ -256,7 +237,7 @@ def fine_tune(
             tracking.log_metrics(
                 {
                     METRIC_TRAIN_LOSS: step_loss,
-                    METRIC_LEARNING_RATE: scheduler.get_last_lr()[0],
+                    METRIC_LEARNING_RATE: update.scheduler.get_last_lr()[0],
                     METRIC_TOKENS_PER_S: step_tokens_per_s,
                 },
                 step=step,
@@ -281,6 +262,43 @@ def fine_tune(
         tracking.set_tag(TAG_PEAK_MEMORY_PER_PROCESS, ", ".join(f"{mb:.0f}" for mb in peaks))
     result.metrics.update(final)
     return result
+
+
+@dataclass
+class Update:
+    """What turns a step's gradients into the adapter's update."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler  # fp16 (CUDA only) needs loss scaling against underflow; else it passes through
+    accelerator: object  # lora_study.processes: one process, or several under torchrun
+
+    @classmethod
+    def of(cls, model, s: Setup, train: TrainConfig, steps: int, accelerator) -> "Update":
+        from transformers import get_scheduler
+
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train.learning_rate)
+        scheduler = get_scheduler(train.lr_scheduler, optimizer, round(train.warmup_ratio * steps), steps)
+        scaler = torch.amp.GradScaler(s.device.type, enabled=s.dtype == torch.float16)
+        return cls(optimizer, scheduler, scaler, accelerator)
+
+
+def train_step(model, micro: list[dict], s: Setup, step: int, update: Update) -> float:
+    """One optimizer step over this process's micro-batches: forward, backward, clipping, the
+    update. Returns the step's loss over every process: all of them stop together on a NaN."""
+    accelerator, optimizer, scaler = update.accelerator, update.optimizer, update.scaler
+    (step_loss,) = processes.summed(accelerator, [_accumulate_gradients(model, micro, s, step, scaler, accelerator)])
+    if not math.isfinite(step_loss):
+        raise UserInputError(
+            f"train_loss became {step_loss} at step {step}: lower --learning-rate, or train with --precision fp32"
+        )
+    scaler.unscale_(optimizer)
+    accelerator.clip_grad_norm_(model.parameters(), 1.0)
+    scaler.step(optimizer)
+    scaler.update()
+    update.scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss
 
 
 def _accumulate_gradients(model, micro: list[dict], s: Setup, step: int, scaler, accelerator) -> float:
