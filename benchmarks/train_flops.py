@@ -255,16 +255,21 @@ def main():
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, where it is not known here")
     args = parser.parse_args()
     torch.set_num_threads(len(os.sched_getaffinity(0)))
+    from transformers import AutoConfig
+
     base = random_llama(args.random_llama) if args.random_llama else args.base_model
+    where = models.device()
+    config = AutoConfig.from_pretrained(models.resolve(base).path)
+    # first, in a fresh process: after training steps the same GEMMs ran up to 20% slower here
+    dtype = models.autocast_dtype(args.precision, where) or torch.float32
+    rates = gemm_rates(config, args.batch_size * args.seq_len, dtype, where)
     adapter = AdapterConfig(rank=args.rank, alpha=2 * args.rank, target_modules=args.target_modules)
     train = TrainConfig(batch_size=args.batch_size, eval_every=0, precision=args.precision)
     s = training.setup(DataConfig(seq_len=args.seq_len), BaseModelConfig(base_model=base), adapter, train)
     model = lora.attach(s.model, adapter, 0)
-    config = model.config
     on_cpu = s.device.type == "cpu"
     step_s, profiler = step_seconds(s, model, adapter, train, profile=on_cpu)
     parts = time_by_part(profiler, config.vocab_size, args.rank, step_s) if on_cpu else None
-    rates = gemm_rates(config, args.batch_size * args.seq_len, s.dtype or torch.float32, s.device)
     flops = flops_per_token(model, config, args.seq_len, args.rank)
     report(args, flops, rates, step_s, parts, s.device, peak_tflops(s.device, args.peak_tflops))
 

@@ -19,6 +19,9 @@ rate, schedule and gradient clipping on the same training documents (python-docs
   padding-free for FlashAttention 2 and 3, which this CPU has not.
 The baselines load the base as `from_pretrained` does (fp32 weights), as their defaults do.
 
+`--kinds ours,ours-tcmalloc` runs ours against ours with tcmalloc preloaded
+(`apt-get install libtcmalloc-minimal4`).
+
 With `--previous`, our loop at that commit (a git worktree of it, first on PYTHONPATH) is what
 ours is measured against instead: a change to the loop must not cost speed.
 
@@ -30,6 +33,7 @@ run inherits another's allocator state. Results are appended to benchmarks/RESUL
 
 import argparse
 import contextlib
+import ctypes.util
 import importlib.util
 import json
 import os
@@ -235,6 +239,8 @@ def one(kind: str, args, previous_tree: str | None = None) -> dict:
         *(["--compile"] if kind == "compiled" else []),
     ]
     env = {**os.environ, "PYTHONPATH": previous_tree} if kind == "previous" else None
+    if kind == "ours-tcmalloc":  # gperftools' allocator in place of glibc's malloc, for the whole process
+        env = {**os.environ, "LD_PRELOAD": ctypes.util.find_library("tcmalloc_minimal") or "libtcmalloc_minimal.so.4"}
     done = subprocess.run(argv, capture_output=True, text=True, check=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
