@@ -113,7 +113,11 @@ def run_trl(args, strategy: str) -> dict:
 
     model, texts, prepared, tokenizer, train = baseline_inputs(args, peft=False)
     config = SFTConfig(
-        **trainer_arguments(train, bf16=True), packing=True, packing_strategy=strategy, max_length=args.seq_len
+        **trainer_arguments(train, bf16=True),
+        packing=True,
+        packing_strategy=strategy,
+        max_length=args.seq_len,
+        gradient_checkpointing=False,  # TRL turns it on by default; ours and Trainer train without it
     )
     trainer = SFTTrainer(
         model=model,
@@ -240,7 +244,10 @@ def one(kind: str, args, previous_tree: str | None = None) -> dict:
     ]
     env = {**os.environ, "PYTHONPATH": previous_tree} if kind == "previous" else None
     if kind == "ours-tcmalloc":  # gperftools' allocator in place of glibc's malloc, for the whole process
-        env = {**os.environ, "LD_PRELOAD": ctypes.util.find_library("tcmalloc_minimal") or "libtcmalloc_minimal.so.4"}
+        library = ctypes.util.find_library("tcmalloc_minimal")
+        if library is None:  # the loader would skip a missing preload and measure glibc's malloc
+            sys.exit("ours-tcmalloc needs tcmalloc: apt-get install libtcmalloc-minimal4")
+        env = {**os.environ, "LD_PRELOAD": library}
     done = subprocess.run(argv, capture_output=True, text=True, check=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -106,7 +106,7 @@ class Dropout(nn.Module):
         count = x.numel()
         draws = torch.randint(-(2**63), 2**63 - 1, (-(-count // 4),), dtype=torch.int64, device=x.device)
         kept = draws.view(torch.int16)[:count].view(x.shape) >= round(self.p * 65536) - 32768
-        return x * kept.to(x.dtype).mul_(1 / (1 - self.p))
+        return x.mul(kept).mul_(1 / (1 - self.p))  # the scale as a Python float: exact, not rounded to bf16
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

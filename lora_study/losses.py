@@ -74,18 +74,25 @@ def chunkable_head(model) -> nn.Linear | None:
     trained = head.weight.requires_grad or (head.bias is not None and head.bias.requires_grad)
     if trained and torch.is_grad_enabled():
         return None
-    if any(getattr(config, name, None) not in (None, 1.0) for name in LOGIT_TRANSFORMS):
+    configs = [config, config.get_text_config()] if hasattr(config, "get_text_config") else [config]
+    if any(getattr(c, name, None) not in (None, 1.0) for c in configs for name in LOGIT_TRANSFORMS):
         return None
     return head
 
 
 @contextlib.contextmanager
 def head_skipped(head: nn.Module):
-    head.forward = _unchanged  # an instance attribute: the class's forward is untouched
+    """The head returns its input, for the span of one forward pass, as an instance attribute:
+    the class's forward is untouched, and an instance's own (accelerate's hooks) is put back."""
+    own = head.__dict__.get("forward")
+    head.forward = _unchanged
     try:
         yield
     finally:
-        del head.forward
+        if own is None:
+            del head.forward
+        else:
+            head.forward = own
 
 
 def _unchanged(hidden: torch.Tensor) -> torch.Tensor:

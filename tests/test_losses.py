@@ -125,3 +125,23 @@ def test_a_head_in_training_or_logits_changed_after_the_head_take_the_full_logit
     model.config.final_logit_softcapping = 30.0
     with torch.no_grad():
         assert chunkable_head(model) is None
+
+
+def test_a_cap_in_the_text_config_takes_the_full_logits_too(tiny):
+    model = models.load_model(tiny)
+    model.config.get_text_config = lambda: type("Text", (), {"final_logit_softcapping": 30.0})()
+    with torch.no_grad():
+        assert chunkable_head(model) is None
+
+
+def test_skipping_the_head_puts_back_a_forward_of_its_own():
+    head = torch.nn.Linear(4, 8)
+    hooked = head.forward  # as accelerate's hooks set one on the instance
+    head.forward = hooked
+    with losses.head_skipped(head):
+        assert head(torch.ones(2, 4)).shape == (2, 4)
+    assert head.__dict__["forward"] is hooked and head(torch.ones(2, 4)).shape == (2, 8)
+    plain = torch.nn.Linear(4, 8)
+    with losses.head_skipped(plain):
+        pass
+    assert "forward" not in plain.__dict__
