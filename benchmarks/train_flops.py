@@ -26,7 +26,6 @@ goes. Results are appended to benchmarks/RESULTS.md.
 import argparse
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import torch
 from results import record
 
 from lora_study import lora, models, processes, training
+from lora_study.cache import build_once, cache_root
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, TrainConfig
 
 # dense bf16 peaks without sparsity, TFLOP/s, from NVIDIA's datasheets (SXM parts)
@@ -45,16 +45,18 @@ RANDOM_LLAMAS = {  # Llama-3.2-1B's shape with SmolLM2's tokenizer; the tiny one
 TIMED_STEPS, WARMUP_STEPS, PROFILED_STEPS = 6, 2, 2
 
 
+def head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def base_gemms(config) -> list[tuple[str, int, int, int]]:
     """(name, in, out, count) of the base's linear layers: each layer's projections, the head."""
-    heads, hidden = config.num_attention_heads, config.hidden_size
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    heads, hidden, layers = config.num_attention_heads, config.hidden_size, config.num_hidden_layers
     kv = getattr(config, "num_key_value_heads", None) or heads
-    layers = config.num_hidden_layers
     return [
-        ("q_proj", hidden, heads * head_dim, layers),
-        ("k_proj, v_proj", hidden, kv * head_dim, 2 * layers),
-        ("o_proj", heads * head_dim, hidden, layers),
+        ("q_proj", hidden, heads * head_dim(config), layers),
+        ("k_proj, v_proj", hidden, kv * head_dim(config), 2 * layers),
+        ("o_proj", heads * head_dim(config), hidden, layers),
         ("gate_proj, up_proj", hidden, config.intermediate_size, 2 * layers),
         ("down_proj", config.intermediate_size, hidden, layers),
         ("lm_head", hidden, config.vocab_size, 1),
@@ -63,13 +65,12 @@ def base_gemms(config) -> list[tuple[str, int, int, int]]:
 
 def flops_per_token(model, config, seq_len: int, rank: int) -> dict[str, float]:
     """The convention's FLOPs per trained token, by term."""
-    heads, hidden = config.num_attention_heads, config.hidden_size
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
     lora_pairs = [m for m in model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
+    attention_width = config.num_attention_heads * head_dim(config)
     return {
         "base matmuls (4N)": sum(4 * fan_in * fan_out * count for _, fan_in, fan_out, count in base_gemms(config)),
         "LoRA": sum(6 * rank * (m.in_features + m.out_features) for m in lora_pairs),
-        "attention": 6 * seq_len * heads * head_dim * config.num_hidden_layers,
+        "attention": 6 * seq_len * attention_width * config.num_hidden_layers,
     }
 
 
@@ -163,26 +164,28 @@ def part_of(name: str, shapes: list, vocab: int, rank: int) -> str:
 
 
 def random_llama(size: str) -> str:
-    """A randomly initialised Llama of `size`, saved with SmolLM2's tokenizer: its folder."""
+    """A randomly initialised Llama of `size`, saved with SmolLM2's tokenizer in the cache (built
+    once, as the tiny test model is): its folder."""
+    return str(build_once(cache_root() / "models" / f"random-llama-{size}", lambda folder: _build_llama(size, folder)))
+
+
+def _build_llama(size: str, out: Path) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = models.load_tokenizer(models.resolve(models.SMOLLM2))
-    folder = Path(tempfile.gettempdir()) / f"random-llama-{size}"
-    if not (folder / "config.json").exists():
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            num_key_value_heads=RANDOM_LLAMAS[size]["num_attention_heads"] // 4,
-            max_position_embeddings=8192,
-            tie_word_embeddings=True,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            **RANDOM_LLAMAS[size],
-        )
-        torch.manual_seed(0)
-        LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-    return str(folder)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        num_key_value_heads=RANDOM_LLAMAS[size]["num_attention_heads"] // 4,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **RANDOM_LLAMAS[size],
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 def peak_tflops(device: torch.device, given: float | None) -> float | None:

@@ -13,7 +13,6 @@ head's matmul in the autocast dtype, the softmax in fp32.
 
 import contextlib
 import math
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +22,7 @@ from lora_study.packing import IGNORE_INDEX, collate
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def logits(model, batch: dict, device: torch.device) -> torch.Tensor:
