@@ -82,11 +82,28 @@ class AdapterReference:
     dtype: str  # of the frozen base weights that are not quantized: float32, bfloat16, float16
     prompt_format: str  # text | instruction | chat: how a user's prompt is wrapped
     merged_from: str | None = None  # for a merged model: the adapter URI it was made from
+    tokenizer_digest: str | None = None  # of the tokenizer it was trained with; None in models logged before
 
     @classmethod
-    def of(cls, ref: models.BaseModelRef, quantization: str, dtype: torch.dtype, prompt_format: str):
+    def of(
+        cls,
+        ref: models.BaseModelRef,
+        quantization: str,
+        dtype: torch.dtype,
+        prompt_format: str,
+        tokenizer_digest: str | None = None,
+    ):
         dtype_name = str(dtype).removeprefix("torch.")
-        return cls(ref.name, ref.sha256, ref.revision, ref.trust_remote_code, quantization, dtype_name, prompt_format)
+        return cls(
+            ref.name,
+            ref.sha256,
+            ref.revision,
+            ref.trust_remote_code,
+            quantization,
+            dtype_name,
+            prompt_format,
+            tokenizer_digest=tokenizer_digest,
+        )
 
     @classmethod
     def read(cls, path) -> "AdapterReference":

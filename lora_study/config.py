@@ -333,6 +333,9 @@ class SweepConfig(BaseModel):
 POSITIONAL = {"positional": True}  # a field given as `lora-study <command> VALUE`, not as a flag
 
 
+ServingTarget = Literal["mlflow", "vllm", "lorax"]  # the servers `servability` knows the limits of
+
+
 class PromoteConfig(BaseModel):
     """Which registered version to promote to which alias, and why."""
 
@@ -341,8 +344,16 @@ class PromoteConfig(BaseModel):
     registered_model: str = Field(description="The registered model.", json_schema_extra=POSITIONAL)
     version: int = Field(gt=0, description="The version to promote.")
     alias: str = Field("champion", min_length=1, description="The alias to move to it.")
-    force: bool = Field(False, description="Move the alias even if the version is not better, or unevaluated.")
+    force: bool = Field(
+        False,
+        description="Move the alias even if the version is not better, unevaluated, or measured on other test data.",
+    )
     reason: str = Field("", description="Why, recorded on the version.")
+    target: ServingTarget = Field(
+        "mlflow",
+        description="The server the alias's version must load on: `mlflow` (mlflow models serve, lora-study serve), "
+        "`vllm` or `lorax`; a version it cannot load is refused, with the reason, even with --force.",
+    )
 
 
 class VersionsConfig(BaseModel):

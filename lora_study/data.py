@@ -349,6 +349,11 @@ def prepare(data: DataConfig, ref: models.BaseModelRef, tokenizer) -> tuple[Prep
         format=fmt,
         seq_len=data.seq_len,
         seed=data.seed,
+        # the split settings besides seq_len and seed: `comparability` names them when two differ
+        val_fraction=data.val_fraction,
+        test_fraction=data.test_fraction,
+        decontaminate_ngram=data.decontaminate_ngram,
+        max_samples=data.max_samples,
         base_model=ref.name,
         tokenizer_digest=tokenizer_digest,
     )

@@ -1,19 +1,27 @@
 """The MLflow Model Registry: versions, their tags, aliases, and promotion between them.
 
-Promotion compares the test perplexity that `evaluate` (or the sweep) recorded on each version:
-an alias moves only to a better version, or with `force`, and the version records why.
+Promotion compares the test perplexity that `evaluate` (or the sweep) recorded on each version,
+measured on the same test data (`comparability`): an alias moves only to a better version, or
+with `force`, and the version records why. Every alias move is kept on the registered model as a
+tag, so `lora-study versions` shows who moved which alias when, from what to what. Every version
+carries a manifest of what a server needs (`servability`), read at registration.
 """
 
 import getpass
 import hashlib
+import json
+import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 
+from lora_study import comparability, servability
 from lora_study.errors import UserInputError
 from lora_study.tracking import (
     METRIC_BASE_TEST_PERPLEXITY,
@@ -28,6 +36,7 @@ from lora_study.tracking import (
     PARAM_QUANTIZATION,
     PARAM_RANK,
     PARAM_TARGET_MODULES,
+    TAG_ALIAS_MOVE_PREFIX,
     TAG_BASE_MODEL,
     TAG_CONFIG_TRIAL,
     TAG_DESCRIPTION_DIGEST,
@@ -40,7 +49,10 @@ from lora_study.tracking import (
     TAG_PROMOTION_COMPARED,
     TAG_PROMOTION_REASON,
     TAG_SEED,
+    TAG_SERVES_ON,
     TAG_STUDY,
+    TAG_TEST_DATA,
+    TAG_TEST_DATA_KEY,
     TAG_TEST_PERPLEXITY_MEAN,
     TAG_TEST_PERPLEXITY_N,
     TAG_TEST_PERPLEXITY_STD,
@@ -54,6 +66,7 @@ from lora_study.tracking import (
 PROMOTION_METRIC = METRIC_TEST_PERPLEXITY
 VERSION_COLUMNS = (PARAM_RANK, PARAM_ALPHA, PARAM_TARGET_MODULES, PARAM_QUANTIZATION)  # from the run that logged it
 VERSION_METRIC_TAGS = (METRIC_TEST_PERPLEXITY, METRIC_BASE_TEST_PERPLEXITY, METRIC_EVAL_PERPLEXITY)
+COLUMN_TEST_DATA = TAG_TEST_DATA_KEY
 
 
 def check_name(name: str, flag: str) -> None:
@@ -87,8 +100,28 @@ def register(model_uri: str, name: str, tags: dict):
         if first.version != version.version:
             client.delete_model_version(name, version.version)
             return client.get_model_version(name, first.version)
+    tag_version(name, version.version, servability.tags(manifest(name, version.version)))
     describe(name, version.version)
     return client.get_model_version(name, version.version)
+
+
+def manifest(name: str, version: str) -> "servability.Manifest | None":
+    """The version's manifest: from its tag, else (a version registered before versions carried
+    one) read from its model; None for a model that is not lora-study's."""
+    mv = mlflow.MlflowClient().get_model_version(name, version)
+    recorded = servability.Manifest.from_tags(mv.tags)
+    if recorded is not None:
+        return recorded
+    location = mlflow.MlflowClient().get_model_version_download_uri(name, version).rstrip("/")
+    with tempfile.TemporaryDirectory() as folder:
+
+        def fetch(path: str) -> Path | None:
+            try:
+                return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/{path}", dst_path=folder))
+            except MlflowException:  # no such file
+                return None
+
+        return servability.read(fetch)
 
 
 def logged_model_uri(model_uri: str) -> str:
@@ -181,22 +214,72 @@ def alias_version(name: str, alias: str):
         return None
 
 
-def set_alias(name: str, alias: str, version: str, attempts: int = 3) -> None:
-    """Point `alias` at `version`. Sweeps on several machines set the same alias at the same
-    moment, and MLflow's store may refuse the second insert (a unique constraint): once it
-    points where this one would, or on a second try, it is done."""
+def set_alias(name: str, alias: str, version: str, why: str, attempts: int = 3) -> None:
+    """Point `alias` at `version`, and record the move (`alias_history`) if it moved. Sweeps on
+    several machines set the same alias at the same moment, and MLflow's store may refuse the
+    second insert (a unique constraint): once it points where this one would, or on a second
+    try, it is done."""
     client = mlflow.MlflowClient()
+    before = alias_version(name, alias)
+    if before is not None and str(before.version) == str(version):
+        return
     for attempt in range(attempts):
         try:
             client.set_registered_model_alias(name, alias, version)
-            return
+            break
         except MlflowException:
             current = alias_version(name, alias)
             if current is not None and str(current.version) == str(version):
-                return
+                return  # another process moved it, and recorded the move
             if attempt == attempts - 1:
                 raise
             time.sleep(0.5)
+    _record_move(name, alias, str(before.version) if before is not None else None, str(version), why)
+
+
+# --- alias history ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    alias: str
+    before: str | None  # the version it pointed at; None: it was new
+    after: str
+    at: str  # UTC, ISO 8601
+    by: str
+    why: str
+
+
+def _record_move(name: str, alias: str, before: str | None, after: str, why: str) -> None:
+    now = datetime.now(timezone.utc)
+    move = AliasMove(alias, before, after, now.isoformat(timespec="seconds"), getpass.getuser(), why)
+    key = f"{TAG_ALIAS_MOVE_PREFIX}{alias}.{int(now.timestamp() * 1000)}"
+    mlflow.MlflowClient().set_registered_model_tag(name, key, json.dumps(move.__dict__))
+
+
+def alias_history(name: str) -> list[AliasMove]:
+    """Every recorded move of the model's aliases, oldest first. Sweeps that set one alias at the
+    same moment may each record the same move: it is listed once."""
+    try:
+        tags = mlflow.MlflowClient().get_registered_model(name).tags
+    except MlflowException as error:
+        raise UserInputError(f"{name}: {error.message}") from None
+    keys = sorted((key for key in tags if key.startswith(TAG_ALIAS_MOVE_PREFIX)), key=_move_time)
+    moves = []
+    for key in keys:
+        move = AliasMove(**json.loads(tags[key]))
+        last = _last_of(moves, move.alias)
+        if last is None or (last.before, last.after) != (move.before, move.after):
+            moves.append(move)
+    return moves
+
+
+def _move_time(key: str) -> int:
+    return int(key.rsplit(".", 1)[1])
+
+
+def _last_of(moves: list[AliasMove], alias: str) -> AliasMove | None:
+    return next((m for m in reversed(moves) if m.alias == alias), None)
 
 
 def get_version(name: str, version: int):
@@ -209,54 +292,125 @@ def get_version(name: str, version: int):
 # --- promotion -------------------------------------------------------------------------------------
 
 
-def promote(name: str, version: int, alias: str, force: bool, reason: str, metric: str = PROMOTION_METRIC) -> str:
-    """Point `alias` at `version` if it beats the alias's holder on `metric` (lower is better), or
-    with `force`; record who, when, why and what was compared on the version. Returns what was done."""
+@dataclass(frozen=True)
+class Comparison:
+    words: str  # what was compared: `test_perplexity 13.1 vs 14.9 of version 1`
+    refusal: str | None  # why the candidate may not take the alias (it follows `<name> version <n>`); None: it may
+
+
+def promote(
+    name: str,
+    version: int,
+    alias: str,
+    force: bool,
+    reason: str,
+    metric: str = PROMOTION_METRIC,
+    target: str = servability.DEFAULT_TARGET,
+) -> str:
+    """Point `alias` at `version` if `target` can serve it and it beats the alias's holder on
+    `metric` (lower is better) measured on the same test data, or with `force`; record who, when,
+    why and what was compared on the version. Returns what was done. `force` overrides the
+    comparison, never what a server cannot load."""
     candidate = get_version(name, version)
+    refused = servability.refusals(manifest(name, candidate.version), target)
+    if refused:
+        raise UserInputError(f"{name} version {version} cannot be served by {target}: {'; '.join(refused)}")
     holder = alias_version(name, alias)
-    if holder is not None and holder.version == candidate.version:
+    if holder is not None and str(holder.version) == str(candidate.version):
         return f"{name}@{alias} is version {version} already"
-    compared = _compare(name, candidate, holder, alias, force, metric)
-    set_alias(name, alias, candidate.version)
+    comparison = compare(candidate, holder, alias, metric)
+    if comparison.refusal and not force:
+        raise UserInputError(f"{name} version {version} {comparison.refusal}; pass --force to move the alias anyway")
+    compared = comparison.words + (" (forced)" if force else "")
+    _move(name, candidate.version, alias, reason or "(none given)", compared)
+    return f"{name}@{alias} -> version {version} ({compared})"
+
+
+def advance(name: str, version: str, alias: str, reason: str, metric: str = PROMOTION_METRIC) -> str:
+    """Move `alias` forward only: to `version` if it beats the holder on `metric`, measured on the
+    same test data. Either way, one line that says what happened."""
+    candidate = get_version(name, int(version))
+    holder = alias_version(name, alias)
+    if holder is not None and str(holder.version) == str(candidate.version):
+        return f"{name}@{alias} is version {candidate.version} already"
+    comparison = compare(candidate, holder, alias, metric)
+    if comparison.refusal:
+        stays = f"stays on version {holder.version}" if holder is not None else "is not set"
+        force = f"`lora-study promote {name} --version {candidate.version} --alias {alias} --force` moves it anyway"
+        return f"{name}@{alias} {stays}: version {candidate.version} {comparison.refusal}; {force}"
+    _move(name, candidate.version, alias, reason, comparison.words)
+    return f"{name}@{alias} -> version {candidate.version} ({comparison.words})"
+
+
+def compare(candidate, holder, alias: str, metric: str) -> Comparison:
+    """`candidate` against the alias's holder on `metric`, if the two were measured on the same
+    test data; a version whose test data is unknown compares with none."""
+    mine = candidate.tags.get(metric)
+    if mine is None:
+        return Comparison(
+            f"{metric} not measured",
+            f"has no {metric} tag: run `lora-study evaluate --model-uri models:/{candidate.name}/{candidate.version}` "
+            "first",
+        )
+    if holder is None:
+        return Comparison(f"{metric} {mine}; no version held @{alias} before", None)
+    theirs = holder.tags.get(metric)
+    words = f"{metric} {mine} vs {theirs} of version {holder.version}"
+    if theirs is None:  # an unmeasured holder (moved there with --force): anything measured beats it
+        return Comparison(words, None)
+    apart = _differences(candidate, holder)
+    if apart:
+        return Comparison(
+            f"{words}, on other test data ({'; '.join(apart)})",
+            f"was measured on other test data than @{alias} (version {holder.version}): {'; '.join(apart)}",
+        )
+    if float(mine) >= float(theirs):
+        return Comparison(words, f"is not better than @{alias} (version {holder.version}): {words}")
+    return Comparison(words, None)
+
+
+def _differences(candidate, holder) -> list[str]:
+    unknown = [v for v in (candidate, holder) if measured_on(v) is None]
+    if unknown:  # registered before versions recorded it
+        return [
+            f"version {v.version} does not record its test data (`lora-study evaluate --model-uri "
+            f"models:/{v.name}/{v.version}` records it)"
+            for v in unknown
+        ]
+    return comparability.differences(measured_on(candidate), measured_on(holder))
+
+
+def measured_on(version) -> "comparability.Basis | None":
+    """What the version's test perplexity was measured on, as its tag records it."""
+    return comparability.Basis.from_json(version.tags.get(TAG_TEST_DATA))
+
+
+def measured_on_tags(basis: "comparability.Basis") -> dict[str, str]:
+    """The tags that go beside a test perplexity on a version."""
+    return {TAG_TEST_DATA: basis.to_json(), TAG_TEST_DATA_KEY: basis.key}
+
+
+def _move(name: str, version: str, alias: str, reason: str, compared: str) -> None:
+    set_alias(name, alias, version, f"{reason}: {compared}")
     tag_version(
         name,
-        candidate.version,
+        version,
         {
             TAG_PROMOTED_ALIAS: alias,
             TAG_PROMOTED_BY: getpass.getuser(),
             TAG_PROMOTED_AT: datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            TAG_PROMOTION_REASON: reason or "(none given)",
+            TAG_PROMOTION_REASON: reason,
             TAG_PROMOTION_COMPARED: compared,
         },
     )
-    return f"{name}@{alias} -> version {version} ({compared})"
-
-
-def _compare(name: str, candidate, holder, alias: str, force: bool, metric: str) -> str:
-    """The comparison, in words; refuses a worse or unevaluated candidate unless `force`."""
-    mine = candidate.tags.get(metric)
-    if mine is None and not force:
-        raise UserInputError(
-            f"{name} version {candidate.version} has no {metric} tag: run `lora-study evaluate "
-            f"--model-uri models:/{name}/{candidate.version}` first, or pass --force"
-        )
-    if holder is None:
-        return f"{metric} {mine}; no version held @{alias} before"
-    theirs = holder.tags.get(metric)
-    words = f"{metric} {mine} vs {theirs} of version {holder.version}"
-    if mine is not None and theirs is not None and float(mine) >= float(theirs) and not force:
-        raise UserInputError(
-            f"{name} version {candidate.version} is not better than @{alias} (version {holder.version}): "
-            f"{words}; pass --force to move the alias anyway"
-        )
-    return words + (" (forced)" if force else "")
 
 
 # --- the versions table ----------------------------------------------------------------------------
 
 
 def versions_table(name: str) -> pd.DataFrame:
-    """One row per version: aliases, base model, adapter shape and headline metrics."""
+    """One row per version: aliases, base model, adapter shape, headline metrics, the key of the
+    test data they were measured on, and the serving targets that can load it."""
     client = mlflow.MlflowClient()
     try:
         aliases = client.get_registered_model(name).aliases
@@ -272,9 +426,21 @@ def versions_table(name: str) -> pd.DataFrame:
                 TAG_BASE_MODEL: mv.tags.get(TAG_BASE_MODEL, params.get(PARAM_BASE_MODEL, "")),
                 **{column: params.get(column, "") for column in VERSION_COLUMNS},
                 **{metric: mv.tags.get(metric, "") for metric in VERSION_METRIC_TAGS},
+                COLUMN_TEST_DATA: mv.tags.get(TAG_TEST_DATA_KEY, ""),
+                TAG_SERVES_ON: mv.tags.get(TAG_SERVES_ON, ""),
             }
         )
     return pd.DataFrame(rows)
+
+
+def measurement_bases(name: str) -> dict[str, str]:
+    """Each test-data key the model's versions carry -> what that test data is, in words."""
+    found = {}
+    for mv in mlflow.MlflowClient().search_model_versions(f"name = '{name}'"):
+        basis = measured_on(mv)
+        if basis is not None:
+            found[basis.key] = basis.describe()
+    return found
 
 
 # --- the description ------------------------------------------------------------------------------
@@ -285,7 +451,7 @@ def version_description(mv, run) -> str:
     its base, what it forgets, and the run (and study report) it came from."""
     params = {key: param_value(value) for key, value in run.data.params.items()} if run else {}
     metrics = {**(run.data.metrics if run else {}), **{k: float(v) for k, v in mv.tags.items() if _number(v)}}
-    parts = [_what(mv.tags, params), _measured(mv, metrics)]
+    parts = [_what(mv.tags, params), _measured(mv, metrics), _serving(mv.tags)]
     if METRIC_FORGETTING_KL in metrics and METRIC_FORGETTING_LOSS_DELTA in metrics:
         parts.append(
             f"Forgetting: KL(base || adapter) {metrics[METRIC_FORGETTING_KL]:.4g} nats per token; loss on text "
@@ -327,7 +493,18 @@ def _measured(mv, metrics: dict) -> str:
         text += f", against the base's {metrics[METRIC_BASE_TEST_PERPLEXITY]:.6g}"
         if METRIC_PERPLEXITY_IMPROVEMENT_PCT in metrics:
             text += f" ({metrics[METRIC_PERPLEXITY_IMPROVEMENT_PCT]:.1f}% better)"
+    basis = measured_on(mv)
+    if basis is not None:
+        text += f", on the test data `{basis.key}`: {basis.describe()}"
     return text + "."
+
+
+def _serving(tags: dict) -> str:
+    """Which servers load it, and why the others do not."""
+    text = f"Serves on: {tags.get(TAG_SERVES_ON) or 'mlflow'}."
+    for target, reasons in servability.not_served(servability.Manifest.from_tags(tags)).items():
+        text += f" Not on {target}: {'; '.join(reasons)}."
+    return text
 
 
 def _source(tags: dict, run) -> str:

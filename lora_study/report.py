@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from lora_study import findings, plots
+from lora_study import comparability, findings, plots
 from lora_study.recommendation import BEST, CHEAPEST_WITHIN_SE
 from lora_study.search_space import ALPHA_PER_RANK
 from lora_study.tracking import (
@@ -72,6 +72,7 @@ from lora_study.tracking import (
     TAG_RECOMMENDATION,
     TAG_RETRY_OF,
     TAG_SEED,
+    TAG_TEST_DATA,
     TAG_TRIAL_NUMBER,
     TAG_TRIAL_STATE,
     ui_run_link,
@@ -151,6 +152,8 @@ class StudyRuns:
     environment: dict  # {machine, packages}, as the sweep recorded them
     command: str  # the command that ran the sweep
     wall_s: float  # wall-clock time of the sweep's parent run(s)
+    # the versions @champion and @challenger point at now, in the registered model of the study's versions
+    holders: dict[str, Version] = field(default_factory=dict)
 
 
 # --- the document ------------------------------------------------------------------------------
@@ -231,6 +234,7 @@ def answer(s: StudyRuns) -> Section:
         "adapter size": f"{runs[METRIC_ADAPTER_SIZE_MB].mean():.2f} MB "
         f"({int(recommended[METRIC_TRAINABLE_PARAMS]):,} trainable parameters)",
         "registered as": _version_text(s, config),
+        "against the registry": _standing(s, _version_of(s, config)),
     }
     table = pd.DataFrame({"": list(rows), "value": list(rows.values())})
     return Section(
@@ -282,7 +286,9 @@ def _unconfirmed(s: StudyRuns) -> list:
             for v in s.versions
         ]
     )
-    return [text, Table(versions)] if s.versions else [text]
+    if not s.versions:
+        return [text]
+    return [text, Table(versions), f"Against the registry, {s.versions[0].uri}: {_standing(s, s.versions[0])}."]
 
 
 def _why(s: StudyRuns) -> str:
@@ -322,12 +328,40 @@ def _forgetting_text(runs: pd.DataFrame) -> str:
     )
 
 
+def _version_of(s: StudyRuns, config: int) -> Version | None:
+    return next((v for v in s.versions if v.tags.get(TAG_CONFIG_TRIAL) == str(config)), None)
+
+
 def _version_text(s: StudyRuns, config: int) -> str:
-    version = next((v for v in s.versions if v.tags.get(TAG_CONFIG_TRIAL) == str(config)), None)
+    version = _version_of(s, config)
     if version is None:
         return "not registered"
     aliases = ", ".join(f"@{alias}" for alias in version.aliases)
     return f"{version.uri} ({aliases})" if aliases else version.uri
+
+
+def _standing(s: StudyRuns, version: Version | None) -> str:
+    """A version of the study against the registered model's @champion and @challenger: compared
+    only when measured on the same test data (`comparability`)."""
+    if version is None or not s.holders:
+        return "no @champion or @challenger to compare with"
+    mine = comparability.Basis.from_json(version.tags.get(TAG_TEST_DATA))
+    parts = []
+    for alias, holder in s.holders.items():
+        if holder.uri == version.uri:
+            parts.append(f"it is @{alias}")
+            continue
+        theirs = comparability.Basis.from_json(holder.tags.get(TAG_TEST_DATA))
+        apart = ["the test data of one is not recorded"] if mine is None or theirs is None else []
+        apart = apart or comparability.differences(mine, theirs)
+        if apart:
+            parts.append(f"@{alias} ({holder.uri}) was measured on other test data ({'; '.join(apart)}): not compared")
+        else:
+            parts.append(
+                f"@{alias} ({holder.uri}) has test perplexity {holder.tags.get(METRIC_TEST_PERPLEXITY)} on the same "
+                f"test data, against this version's {version.tags.get(METRIC_TEST_PERPLEXITY)}"
+            )
+    return "; ".join(parts)
 
 
 def _config_text(row) -> str:

@@ -5,6 +5,7 @@ data, so spawned workers get it too). A trial whose worker died is failed by hea
 MLflow run with it.
 """
 
+import hashlib
 import re
 import time
 import warnings
@@ -18,7 +19,7 @@ from optuna.trial import TrialState
 from lora_study import search_space, tracking
 from lora_study.config import BaseModelConfig, DataConfig, SweepConfig
 from lora_study.errors import UserInputError
-from lora_study.tracking import HEARTBEAT_S, TAG_TRIAL_STATE
+from lora_study.tracking import ALIAS_STUDY_PREFIX, HEARTBEAT_S, TAG_TRIAL_STATE
 
 # Heartbeats and multivariate TPE are marked experimental in Optuna; both are what a sweep needs.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -59,6 +60,15 @@ def default_study_name(cfg: SweepConfig, data: DataConfig, base: BaseModelConfig
     """The same command names the same study, so running it again resumes it."""
     dataset = Path(data.dataset).stem if Path(data.dataset).suffix else data.dataset
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{Path(cfg.config).stem}-{base.base_model}-{dataset}")
+
+
+def study_alias(name: str) -> str:
+    """The registry alias of a study's answer: `study-<name>`, in the characters an alias takes
+    (letters, digits, `_`, `-`); a name that had others gets its digest, so two stay apart."""
+    alias = re.sub(r"[^\w-]+", "-", name, flags=re.ASCII)
+    if alias != name:
+        alias += "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return (ALIAS_STUDY_PREFIX + alias)[:255]
 
 
 def default_storage() -> str:

@@ -254,6 +254,7 @@ OBJECTIVE_METRICS = {
 # --- the registry --------------------------------------------------------------------------
 ALIAS_CHALLENGER = "challenger"
 ALIAS_CHAMPION = "champion"
+ALIAS_STUDY_PREFIX = "study-"  # a study's own alias: its answer (`study.study_alias`)
 # version tags, besides the headline metrics (under their metric names) and TAG_STUDY/TAG_TRIAL_NUMBER
 TAG_BASE_MODEL = "base_model"
 TAG_BASE_MODEL_SHA256 = PARAM_BASE_MODEL_SHA256
@@ -264,6 +265,12 @@ TAG_PROMOTED_AT = "promoted_at"  # UTC, ISO 8601
 TAG_PROMOTION_REASON = "promotion_reason"
 TAG_PROMOTION_COMPARED = "promotion_compared"  # the two values compared, in words
 TAG_DESCRIPTION_DIGEST = "lora_study.description_sha256"  # of the description lora-study wrote: an edited one differs
+TAG_TEST_DATA = "lora_study.test_data"  # beside a test perplexity: what it was measured on (`comparability`), JSON
+TAG_TEST_DATA_KEY = "test_data"  # ... its short key: versions with the same one compare
+TAG_MANIFEST = "lora_study.manifest"  # what a server needs to know to load the version (`servability`), JSON
+TAG_SERVES_ON = "serves_on"  # the serving targets that can load the version, e.g. `mlflow, vllm`
+# On a registered model: one tag per alias move, `<prefix><alias>.<epoch ms>` -> JSON (from, to, at, by, why).
+TAG_ALIAS_MOVE_PREFIX = "lora_study.alias_move."
 
 # --- artifacts -----------------------------------------------------------------------------
 ARTIFACT_DATA = "data"  # the prepared splits, as `prepare` wrote them

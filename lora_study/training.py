@@ -345,5 +345,8 @@ def log_inputs(s: Setup, data_cfg: DataConfig, base: BaseModelConfig) -> None:
 
 def log_trained_adapter(s: Setup, model, adapter: AdapterConfig):
     """The adapter as the MLflow model `adapter`, with the reference to the base it was trained on."""
-    reference = adapters.AdapterReference.of(s.ref, adapter.quantization, s.weights_dtype, s.prepared.meta["format"])
+    meta = s.prepared.meta
+    reference = adapters.AdapterReference.of(
+        s.ref, adapter.quantization, s.weights_dtype, meta["format"], meta["tokenizer_digest"]
+    )
     return adapters.log_adapter(model, reference)

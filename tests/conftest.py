@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lora_study import adapters, evaluation, models, registry, training
+from lora_study import adapters, comparability, evaluation, models, registry, training
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,8 +77,29 @@ class Echo(mlflow.pyfunc.PythonModel):
         return model_input
 
 
-def register_echo(name: str, **tags) -> str:
-    """A version of `name` from a run with adapter params, tagged like `evaluate` tags it."""
+# The test data `register_echo` says its versions were measured on, unless told otherwise.
+ECHO_TEST_DATA = comparability.Basis(
+    base_model="tiny",
+    base_weights="0" * 64,
+    quantization="none",
+    dataset="python-docs",
+    dataset_digest="1" * 64,
+    group="",
+    seq_len=32,
+    seed=0,
+    val_fraction=0.1,
+    test_fraction=0.1,
+    decontaminate_ngram=50,
+    max_samples=15,
+    prepared_digest="2" * 64,
+)
+
+
+def register_echo(name: str, test_data: comparability.Basis | None = ECHO_TEST_DATA, **tags) -> str:
+    """A version of `name` from a run with adapter params, tagged like `evaluate` tags it: with
+    its metrics and the test data they were measured on (`test_data`; None: not recorded)."""
+    if test_data is not None:
+        tags = {**tags, **registry.measured_on_tags(test_data)}
     with mlflow.start_run() as run:
         mlflow.log_params(
             {"rank": 8, "alpha": 16.0, "target_modules": "qv", "quantization": "none", "base_model": "tiny"}
@@ -181,8 +202,7 @@ def trained_adapter(adapter=AdapterConfig()):
     s = training.setup(TINY_DATA, TINY_BASE, adapter, train)
     with mlflow.start_run() as run:
         model = training.fine_tune(s, adapter, train, seed=0).model
-        reference = adapters.AdapterReference.of(s.ref, adapter.quantization, s.weights_dtype, "text")
-        info = adapters.log_adapter(model, reference)
+        info = training.log_trained_adapter(s, model, adapter)
     return model, s, run.info.run_id, info
 
 
@@ -201,7 +221,7 @@ def two_registered_adapters(name: str) -> tuple[str, str]:
     _, _, second, _ = trained_adapter(AdapterConfig(rank=16, alpha=64, target_modules="all-linear"))
     for run_id in (first, second):
         registry.register(f"runs:/{run_id}/adapter", name, {})
-    registry.set_alias(name, "champion", "1")
+    registry.set_alias(name, "champion", "1", "two_registered_adapters")
     return first, second
 
 

@@ -49,6 +49,7 @@ def test_the_model_holds_the_adapter_and_a_base_reference_only(tiny, tiny_adapte
         "quantization": "none",
         "dtype": str(s.weights_dtype).removeprefix("torch."),
         "prompt_format": "text",
+        "tokenizer_digest": s.prepared.meta["tokenizer_digest"],
     }
     assert info.metadata["base_model"]["sha256"] == tiny.sha256
     signature = info.signature

@@ -1,10 +1,12 @@
-"""The registry: promotion's guard and record, and the versions table, against a real registry."""
+"""The registry: promotion's guard and record, comparisons on equal terms, alias history, and the
+versions table, against a real registry."""
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
 import mlflow
 import pytest
-from conftest import register_echo
+from conftest import ECHO_TEST_DATA, register_echo
 
 from lora_study import registry
 from lora_study.errors import UserInputError
@@ -37,7 +39,7 @@ def test_a_study_trial_registered_by_several_sweeps_at_once_is_one_version():
 def test_sweeps_setting_one_alias_at_once_all_succeed():
     version = register_echo("alias-together")
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda _: registry.set_alias("alias-together", "challenger", version), range(8)))
+        list(pool.map(lambda _: registry.set_alias("alias-together", "challenger", version, "together"), range(8)))
     assert str(registry.alias_version("alias-together", "challenger").version) == version
 
 
@@ -50,8 +52,8 @@ def test_a_missing_version_is_one_line():
 def test_versions_lists_aliases_shape_and_metrics(capsys):
     first = register_echo("versions-list", test_perplexity="14.9", base_test_perplexity="18.7")
     second = register_echo("versions-list", test_perplexity="13.1")
-    registry.set_alias("versions-list", "champion", first)
-    registry.set_alias("versions-list", "challenger", second)
+    registry.set_alias("versions-list", "champion", first, "test")
+    registry.set_alias("versions-list", "challenger", second, "test")
     table = registry.versions_table("versions-list")
     assert list(table.version) == [int(first), int(second)]
     assert list(table.aliases) == ["champion", "challenger"]
@@ -66,6 +68,8 @@ def test_versions_lists_aliases_shape_and_metrics(capsys):
         "test_perplexity": "14.9",
         "base_test_perplexity": "18.7",
         "eval_perplexity": "",
+        "test_data": ECHO_TEST_DATA.key,
+        "serves_on": "mlflow",
     }
 
 
@@ -83,7 +87,13 @@ def test_a_version_is_registered_from_its_logged_model_with_a_description_of_it(
     assert version.description.splitlines() == [
         "A LoRA adapter on `tiny`: rank 8, alpha 16.0, target modules `qv`.",
         "",
-        "Test perplexity 13.1, against the base's 18.7 (30.0% better).",
+        "Test perplexity 13.1, against the base's 18.7 (30.0% better), on the test data "
+        f"`{ECHO_TEST_DATA.key}`: python-docs (sha256 11111111), seq_len 32, seed 0, val/test 0.1/0.1, "
+        "decontaminate_ngram 50, max_samples 15; base tiny (sha256 00000000), quantization none.",
+        "",
+        "Serves on: mlflow. Not on vllm: not a lora-study adapter (its model holds no adapter_config.json and "
+        "base_model.json). Not on lorax: not a lora-study adapter (its model holds no adapter_config.json and "
+        "base_model.json).",
         "",
         f"Logged by the run [{run.info.run_name}](#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}).",
     ]
@@ -93,7 +103,7 @@ def test_a_description_a_person_edited_is_kept_and_one_lora_study_wrote_is_renew
     number = register_echo("described-edited")
     registry.tag_version("described-edited", number, {"test_perplexity": "13.1"})
     registry.describe("described-edited", number)  # as `evaluate` does once it has measured
-    assert "Test perplexity 13.1." in registry.get_version("described-edited", int(number)).description
+    assert "Test perplexity 13.1," in registry.get_version("described-edited", int(number)).description
     mlflow.MlflowClient().update_model_version("described-edited", number, description="Ship this one.")
     registry.tag_version("described-edited", number, {"test_perplexity": "12.9"})
     registry.describe("described-edited", number)
@@ -104,3 +114,62 @@ def test_an_unmeasured_version_says_how_to_measure_it():
     number = register_echo("described-unmeasured")
     description = registry.get_version("described-unmeasured", int(number)).description
     assert f"`lora-study evaluate --model-uri models:/described-unmeasured/{number}`" in description
+
+
+def test_promote_refuses_a_version_measured_on_other_test_data_unless_forced(capsys):
+    first = register_echo("promote-apart", test_perplexity="14.9")
+    registry.promote("promote-apart", int(first), "champion", False, "")
+    longer = dataclasses.replace(ECHO_TEST_DATA, seq_len=64, prepared_digest="3" * 64)
+    other = register_echo("promote-apart", test_data=longer, test_perplexity="9.0")
+    with pytest.raises(UserInputError) as refused:
+        registry.promote("promote-apart", int(other), "champion", False, "")
+    assert refused.value.problems == [
+        f"promote-apart version {other} was measured on other test data than @champion (version {first}): "
+        "seq_len 64 vs 32; pass --force to move the alias anyway"
+    ]
+    assert str(champion("promote-apart").version) == first
+    done = registry.promote("promote-apart", int(other), "champion", True, "new sequence length")
+    compared = f"test_perplexity 9.0 vs 14.9 of version {first}, on other test data (seq_len 64 vs 32) (forced)"
+    assert done.endswith(f"({compared})")
+    unrecorded = register_echo("promote-apart", test_data=None, test_perplexity="8.0")
+    with pytest.raises(UserInputError, match=f"version {unrecorded} does not record its test data"):
+        registry.promote("promote-apart", int(unrecorded), "champion", False, "")
+
+
+def test_advance_moves_an_alias_only_forward_and_says_so_in_one_line():
+    first = register_echo("advance", test_perplexity="14.9")
+    assert registry.advance("advance", first, "challenger", "sweep a") == (
+        f"advance@challenger -> version {first} (test_perplexity 14.9; no version held @challenger before)"
+    )
+    worse = register_echo("advance", test_perplexity="17.5")
+    line = registry.advance("advance", worse, "challenger", "sweep b")
+    assert line == (
+        f"advance@challenger stays on version {first}: version {worse} is not better than @challenger (version "
+        f"{first}): test_perplexity 17.5 vs 14.9 of version {first}; `lora-study promote advance --version {worse} "
+        "--alias challenger --force` moves it anyway"
+    )
+    other = register_echo("advance", test_data=dataclasses.replace(ECHO_TEST_DATA, seed=1), test_perplexity="9")
+    assert "was measured on other test data than @challenger" in registry.advance("advance", other, "challenger", "c")
+    better = register_echo("advance", test_perplexity="13.2")
+    moved = registry.advance("advance", better, "challenger", "sweep d")
+    assert moved.startswith(f"advance@challenger -> version {better}")
+    assert str(registry.alias_version("advance", "challenger").version) == better
+
+
+def test_alias_history_lists_each_move_once_with_who_when_and_why():
+    first = register_echo("history", test_perplexity="14.9")
+    second = register_echo("history", test_perplexity="13.1")
+    registry.set_alias("history", "challenger", first, "sweep a")
+    registry.set_alias("history", "challenger", first, "sweep a, again")  # no move: nothing recorded
+    registry.promote("history", int(first), "champion", False, "first evaluated")
+    registry.set_alias("history", "challenger", second, "sweep b")
+    registry.promote("history", int(second), "champion", False, "sweep b won")
+    moves = registry.alias_history("history")
+    assert [(m.alias, m.before, m.after) for m in moves] == [
+        ("challenger", None, first),
+        ("champion", None, first),
+        ("challenger", first, second),
+        ("champion", first, second),
+    ]
+    assert moves[3].why == f"sweep b won: test_perplexity 13.1 vs 14.9 of version {first}"
+    assert moves[0].by and moves[0].at.endswith("+00:00") and moves[0].at <= moves[3].at

@@ -1,10 +1,12 @@
 """The report's sections, built from a constructed study: the answer and its rule, the fronts,
 the findings, the time pruning saved, the trials table with only what varies, and both renderings."""
 
+import dataclasses
 import re
 
 import pandas as pd
 import pytest
+from conftest import ECHO_TEST_DATA
 
 from lora_study import report
 from lora_study.report import StudyRuns, Version
@@ -254,3 +256,26 @@ def test_html_is_one_self_contained_page_and_markdown_its_twin():
 )
 def test_cells_read_as_numbers_a_person_reads(value, text):
     assert report._cell(value) == text
+
+
+def test_the_answer_stands_against_champion_and_challenger_only_on_the_same_test_data():
+    def version(number, aliases, test_perplexity, test_data, **tags):
+        tags = {"test_perplexity": test_perplexity, "lora_study.test_data": test_data.to_json(), **tags}
+        return Version(f"models:/lora-study-smollm2-135m/{number}", aliases, tags)
+
+    def standing(champion):
+        holders = {"champion": champion, "challenger": answer}
+        frame = report.answer(study(versions=[answer], holders=holders)).blocks[1].frame
+        return dict(zip(frame[""], frame["value"]))["against the registry"]
+
+    answer = version(2, ("challenger",), "10.2", ECHO_TEST_DATA, config_trial="3")
+    assert standing(version(1, ("champion",), "10.9", ECHO_TEST_DATA)) == (
+        "@champion (models:/lora-study-smollm2-135m/1) has test perplexity 10.9 on the same test data, against this "
+        "version's 10.2; it is @challenger"
+    )
+    longer = dataclasses.replace(ECHO_TEST_DATA, seq_len=64, prepared_digest="3" * 64)
+    assert standing(version(1, ("champion",), "9.1", longer)) == (
+        "@champion (models:/lora-study-smollm2-135m/1) was measured on other test data (seq_len 32 vs 64): not "
+        "compared; it is @challenger"
+    )
+    assert report.answer(study()).blocks[1].frame["value"].iloc[-1] == "no @champion or @challenger to compare with"

@@ -28,7 +28,7 @@ def test_adapter_entries_from_a_list_or_a_yaml_file(tmp_path):
 def test_an_alias_pattern_names_every_alias_it_matches():
     """`--adapters name@group-*` serves every group's adapter (aliases `group-<value>`)."""
     for alias in ("group-fr", "group-de", "champion"):
-        registry.set_alias("grouped", alias, register_echo("grouped"))
+        registry.set_alias("grouped", alias, register_echo("grouped"), "test")
     expected = [("grouped@group-de", "models:/grouped@group-de"), ("grouped@group-fr", "models:/grouped@group-fr")]
     assert serving.adapter_entries("grouped@group-*") == expected
     assert serving.adapter_entries("models:/grouped@group-*,grouped@champion") == [

@@ -7,7 +7,8 @@ applied -> take the test split the adapter was trained on (or `--data`) and the 
 forgetting on text outside the training data -> perplexity with the adapter and, on the same
 tokens, with it switched off -> greedy generation on the prompts, both ways, timed -> with
 `--merged`, merge the adapter into the base and compare -> log it all to a run linked to the
-model, and tag a registered version with the headline metrics. Bad input fails before the run starts.
+model, and tag a registered version with the headline metrics and the test data they were
+measured on. Bad input fails before the run starts.
 """
 
 import os
@@ -15,7 +16,7 @@ import os
 import mlflow
 import torch
 
-from lora_study import adapters, evaluation, forgetting, models, registry, tracking
+from lora_study import adapters, comparability, evaluation, forgetting, models, registry, tracking
 from lora_study.config import EvaluateConfig
 from lora_study.memory import PeakMemory
 from lora_study.tracking import (
@@ -90,8 +91,12 @@ def run_evaluate(cfg: EvaluateConfig) -> str:
         mlflow.log_table(result.table, ARTIFACT_GENERATIONS)
         if source.registered_model:
             headline = {key: f"{metrics[key]:.4g}" for key in HEADLINE_METRICS if key in metrics}
+            quantization = source.reference.quantization if source.is_adapter else "none"
+            measured_on = comparability.Basis.of(held_out.prepared.meta, loaded.base, quantization)
             registry.tag_version(
-                source.registered_model, source.version, {**headline, TAG_EVALUATION_RUN_ID: run.info.run_id}
+                source.registered_model,
+                source.version,
+                {**headline, TAG_EVALUATION_RUN_ID: run.info.run_id, **registry.measured_on_tags(measured_on)},
             )
             registry.describe(source.registered_model, source.version)  # now with its test perplexity
 

@@ -24,6 +24,8 @@ from lora_study import model_uris, plots, registry, report, search_space, tracki
 from lora_study.config import ReportConfig
 from lora_study.errors import UserInputError
 from lora_study.tracking import (
+    ALIAS_CHALLENGER,
+    ALIAS_CHAMPION,
     ARTIFACT_CONFIRMED,
     ARTIFACT_ENVIRONMENT,
     ARTIFACT_IMPORTANCES,
@@ -141,6 +143,8 @@ def read_study(parent_run_id: str) -> report.StudyRuns:
     confirmations = _trial_runs(experiment_id, name, STAGE_CONFIRM)
     run_ids = set(trials["run_id"]) | set(confirmations["run_id"])
     environment = _load_dict(parent_run_id, ARTIFACT_ENVIRONMENT)
+    # registered from this study's runs, not a namesake's
+    versions = [v for v in registry.study_versions(name) if v.run_id in run_ids]
     return report.StudyRuns(
         name=name,
         experiment_id=experiment_id,
@@ -151,11 +155,7 @@ def read_study(parent_run_id: str) -> report.StudyRuns:
         trials=trials,
         confirmations=confirmations,
         confirmed=_confirmed(experiment_id, parent_run_id),
-        versions=[
-            report.Version(f"models:/{v.name}/{v.version}", tuple(sorted(v.aliases)), dict(v.tags))
-            for v in registry.study_versions(name)
-            if v.run_id in run_ids  # registered from this study's runs, not a namesake's
-        ],
+        versions=[_version(v) for v in versions],
         importances=_load_dict(parent_run_id, ARTIFACT_IMPORTANCES),
         searched=searched,
         ranges=ranges,
@@ -164,7 +164,21 @@ def read_study(parent_run_id: str) -> report.StudyRuns:
         environment=environment,
         command=parent.data.tags.get(TAG_COMMAND, ""),
         wall_s=_wall_s(experiment_id, name, parent_run_id),
+        holders=_holders(versions),
     )
+
+
+def _version(mv) -> report.Version:
+    return report.Version(f"models:/{mv.name}/{mv.version}", tuple(sorted(mv.aliases)), dict(mv.tags))
+
+
+def _holders(versions: list) -> dict[str, report.Version]:
+    """The versions @champion and @challenger point at in the registered model of the study's
+    versions (the first's, should there be several)."""
+    if not versions:
+        return {}
+    found = {alias: registry.alias_version(versions[0].name, alias) for alias in (ALIAS_CHAMPION, ALIAS_CHALLENGER)}
+    return {alias: _version(registry.get_version(mv.name, mv.version)) for alias, mv in found.items() if mv}
 
 
 # Besides `plots.trials_frame`'s columns: what the report reads of a trial or confirmation run.

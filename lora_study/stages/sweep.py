@@ -5,8 +5,10 @@
 The procedure, top to bottom: read and check the search space -> load the base model and the
 prepared data once, and check the space against the base -> open (or resume) the study -> start
 the parent run and log the study's settings -> run trials here and in `--n-workers - 1` more
-processes -> register the best adapters with their test perplexity (alias `challenger`;
-`champion` with `--promote`) -> log counts, best values, plots and the trials table on the
+processes -> register the best adapters with their test perplexity and the test data it was
+measured on; point the study's own alias (`study-<name>`) at its answer, and move `challenger`
+(and `champion`, with `--promote`) only to an answer that beats its holder on the same test
+data -> log counts, best values, plots and the trials table on the
 parent -> write the report (`stages/report.py`) on it -> say where to look. Bad input fails before any run starts.
 """
 
@@ -22,9 +24,8 @@ import mlflow
 import optuna
 import pandas as pd
 
-from lora_study import console, environment, plots, registry, search_space, tracking, training
+from lora_study import comparability, console, environment, plots, registry, search_space, tracking, training
 from lora_study.config import BaseModelConfig, DataConfig, SweepConfig
-from lora_study.errors import UserInputError
 from lora_study.recommendation import Confirmed, pooled_std, recommend
 from lora_study.stages.report import write_report
 from lora_study.study import (
@@ -44,6 +45,7 @@ from lora_study.study import (
     lost,
     masked,
     open_study,
+    study_alias,
     to_confirm,
     trials_of,
     wait_for_explore,
@@ -87,6 +89,7 @@ from lora_study.tracking import (
     PARAM_BEST,
     PARAM_DECONTAMINATION,
     PARAM_DETECTED_FORMAT,
+    PARAM_QUANTIZATION,
     PARAM_SAMPLER,
     PARAM_STORAGE,
     PARAM_STUDY_NAME,
@@ -101,6 +104,7 @@ from lora_study.tracking import (
     TAG_MLFLOW_NOTE,
     TAG_RECOMMENDATION,
     TAG_SEED,
+    TAG_SERVES_ON,
     TAG_STAGE,
     TAG_STUDY,
     TAG_TEST_PERPLEXITY_MEAN,
@@ -317,10 +321,8 @@ def register_confirmed(plan: Plan, worker: Worker, study: optuna.Study, confirme
             }
             version = registry.register(f"runs:/{chosen.user_attrs[ATTR_RUN_ID]}/{ARTIFACT_ADAPTER}", name, tags)
         versions[c.config] = version
-    chosen_version = versions[recommended.chosen.config]
-    registry.set_alias(name, ALIAS_CHALLENGER, chosen_version.version)
-    if plan.sweep.promote:  # on the test split: the champion may come from another budget
-        promote_champion(name, chosen_version, METRIC_TEST_PERPLEXITY)
+    # on the test split: the champion may come from another budget
+    point_aliases(plan, name, versions[recommended.chosen.config], METRIC_TEST_PERPLEXITY)
     return versions
 
 
@@ -368,10 +370,18 @@ def register_best(plan: Plan, worker: Worker, study: optuna.Study) -> list:
             version = registry.register(f"runs:/{run_id}/{ARTIFACT_ADAPTER}", name, tags)
         versions.append(version)
     if versions:
-        registry.set_alias(name, ALIAS_CHALLENGER, versions[0].version)
-        if plan.sweep.promote:
-            promote_champion(name, versions[0], OBJECTIVE_METRICS[plan.sweep.objective_names[0]])
+        point_aliases(plan, name, versions[0], OBJECTIVE_METRICS[plan.sweep.objective_names[0]])
     return versions
+
+
+def point_aliases(plan: Plan, name: str, answer, champion_metric: str) -> None:
+    """The study's own alias goes to its answer, whatever it is; `challenger` (and `champion`,
+    with --promote, on `champion_metric`) only forward, each said in one line."""
+    why = f"sweep of study {plan.study_name}"
+    registry.set_alias(name, study_alias(plan.study_name), answer.version, f"{why}: its answer")
+    print(registry.advance(name, answer.version, ALIAS_CHALLENGER, why, METRIC_TEST_PERPLEXITY))
+    if plan.sweep.promote:
+        print(registry.advance(name, answer.version, ALIAS_CHAMPION, f"{why} --promote", champion_metric))
 
 
 def _version_tags(plan: Plan, worker: Worker, trial) -> dict:
@@ -380,12 +390,15 @@ def _version_tags(plan: Plan, worker: Worker, trial) -> dict:
         OBJECTIVE_METRICS[objective]: f"{value:.6g}"
         for objective, value in zip(plan.sweep.objective_names, trial.values)
     }
+    quantization = tracking.run_params(trial.user_attrs[ATTR_RUN_ID])[PARAM_QUANTIZATION]
+    measured_on = comparability.Basis.of(worker.setup.prepared.meta, worker.setup.ref, quantization)
     return {
         TAG_STUDY: plan.study_name,
         TAG_TRIAL_NUMBER: trial.number,
         TAG_BASE_MODEL: plan.base.base_model,
         TAG_BASE_MODEL_SHA256: worker.setup.ref.sha256 or "",
         **objective_tags,
+        **registry.measured_on_tags(measured_on),
     }
 
 
@@ -405,23 +418,6 @@ def describe_parent(parent, versions: list, statement: str | None) -> None:
     page = tracking.report_link(parent.info.experiment_id, parent.info.run_id)
     lines.append(f"\nThe whole answer, with its evidence: [the report]({page}).")
     mlflow.set_tag(TAG_MLFLOW_NOTE, "\n".join(lines))
-
-
-def promote_champion(name: str, challenger, metric: str) -> None:
-    """`champion` moves only to a challenger that beats it on `metric` (a version tag)."""
-    try:
-        print(
-            registry.promote(
-                name,
-                int(challenger.version),
-                ALIAS_CHAMPION,
-                force=False,
-                reason="sweep --promote",
-                metric=metric,
-            )
-        )
-    except UserInputError as refused:
-        print(f"champion stays: {refused}")
 
 
 def summarize(plan: Plan, study: optuna.Study, confirmed: pd.DataFrame | None = None) -> None:
@@ -470,9 +466,7 @@ def _print_recommendation(recommended, versions: dict) -> None:
     print(recommended.statement())
     print(f"  params: {recommended.chosen.params}")
     base = version.tags.get(METRIC_BASE_TEST_PERPLEXITY)
-    print(
-        f"  base test perplexity {base}; registered as models:/{version.name}/{version.version} (@{ALIAS_CHALLENGER})"
-    )
+    print(f"  base test perplexity {base}; registered as models:/{version.name}/{version.version}")
     kl, delta = version.tags.get(METRIC_FORGETTING_KL), version.tags.get(METRIC_FORGETTING_LOSS_DELTA)
     if kl is not None:
         print(f"  forgetting: KL(base || adapter) {kl} nats/token, loss on general text {float(delta):+.4f}")
@@ -490,18 +484,22 @@ def _print_where_to_look(plan: Plan, parent, versions, recommended) -> None:
     experiment = mlflow.get_experiment(plan.experiment_id)
     if recommended:
         _print_recommendation(recommended, versions)
-        challenger, versions = versions[recommended.chosen.config], list(versions.values())
+        answer, versions = versions[recommended.chosen.config], list(versions.values())
     else:
-        challenger = versions[0] if versions else None
+        answer = versions[0] if versions else None
     print(f"study {plan.study_name}: {len(versions)} adapter(s) registered")
     for version in versions:
         print(
             f"  models:/{version.name}/{version.version} (trial {version.tags.get(TAG_TRIAL_NUMBER)}, "
             f"test perplexity {version.tags.get(METRIC_TEST_PERPLEXITY)} vs base "
-            f"{version.tags.get(METRIC_BASE_TEST_PERPLEXITY)})"
+            f"{version.tags.get(METRIC_BASE_TEST_PERPLEXITY)}; serves on {version.tags.get(TAG_SERVES_ON)})"
         )
-    if challenger:
-        print(f"  alias: models:/{challenger.name}@{ALIAS_CHALLENGER} (version {challenger.version})")
+    if answer:
+        alias = study_alias(plan.study_name)
+        print(f"  this study's answer: models:/{answer.name}@{alias} (version {answer.version})")
+        challenger = registry.alias_version(answer.name, ALIAS_CHALLENGER)
+        if challenger is not None:
+            print(f"  models:/{answer.name}@{ALIAS_CHALLENGER} is version {challenger.version}")
     print(f"experiment `{experiment.name}` (id {plan.experiment_id}), parent run {parent.info.run_id}")
     print(f"see it: mlflow ui --backend-store-uri {plan.tracking_uri}")
     ui = plan.tracking_uri if plan.tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"

@@ -26,7 +26,19 @@ import time
 import mlflow
 import torch
 
-from lora_study import console, evaluation, forgetting, groups, lora, plots, processes, registry, tracking, training
+from lora_study import (
+    comparability,
+    console,
+    evaluation,
+    forgetting,
+    groups,
+    lora,
+    plots,
+    processes,
+    registry,
+    tracking,
+    training,
+)
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, GroupsConfig, TrainConfig, flag
 from lora_study.errors import UserInputError
 from lora_study.losses import mean_loss, perplexity
@@ -183,7 +195,8 @@ def _train_groups(
                         f"{test[METRIC_BASE_TEST_PERPLEXITY]:.3f})  {time.perf_counter() - started:.0f} s"
                     )
             if key in finished:  # registered as soon as trained: a later failure leaves it served
-                versions[key] = _registered(name, finished[key], group["value"], key, base)
+                measured_on = comparability.Basis.of(prepared.group(key).meta, s.ref, adapter.quantization)
+                versions[key] = _registered(name, finished[key], group["value"], key, base, measured_on)
             progress.update(1)
         progress.close()
         _log_cross_group(finished, measured, data_cfg.group_by)
@@ -283,8 +296,9 @@ def _train_group(s: training.Setup, key: str, value: str, recipe: Recipe, measur
     return mlflow.get_run(run.info.run_id)
 
 
-def _registered(name: str, run, value: str, key: str, base: BaseModelConfig) -> str:
-    """The group's adapter as a version of `name`, registered once per run, with the alias `group-<key>`."""
+def _registered(name: str, run, value: str, key: str, base: BaseModelConfig, measured_on) -> str:
+    """The group's adapter as a version of `name`, registered once per run, with the alias `group-<key>`;
+    its test perplexity was measured on its own group's test split (`measured_on`)."""
     version = registry.run_version(name, run.info.run_id)
     if version is None:
         metrics = run.data.metrics
@@ -293,9 +307,10 @@ def _registered(name: str, run, value: str, key: str, base: BaseModelConfig) -> 
             TAG_BASE_MODEL: base.base_model,
             METRIC_TEST_PERPLEXITY: f"{metrics[METRIC_TEST_PERPLEXITY]:.6g}",
             METRIC_BASE_TEST_PERPLEXITY: f"{metrics[METRIC_BASE_TEST_PERPLEXITY]:.6g}",
+            **registry.measured_on_tags(measured_on),
         }
         version = registry.register(f"runs:/{run.info.run_id}/{ARTIFACT_ADAPTER}", name, tags)
-    registry.set_alias(name, groups.alias(key), version.version)
+    registry.set_alias(name, groups.alias(key), version.version, f"train --group-by: group {value}")
     return version.version
 
 

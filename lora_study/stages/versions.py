@@ -1,5 +1,6 @@
-"""`versions`: a registered model's versions, one row each: aliases, base model, adapter shape
-and the metrics their tags hold.
+"""`versions`: a registered model's versions, grouped by the test data their perplexities were
+measured on (only numbers within a group compare), one row each: aliases, base model, adapter
+shape, metrics and serving targets; then the history of its aliases.
 
     lora-study versions lora-study-smollm2-135m
 """
@@ -9,6 +10,20 @@ from lora_study.config import VersionsConfig
 
 
 def run_versions(cfg: VersionsConfig) -> None:
-    """The `versions` command: prints the table."""
-    table = registry.versions_table(cfg.registered_model)
-    print(table.to_string(index=False) if not table.empty else f"{cfg.registered_model} has no versions")
+    """The `versions` command: prints the tables and the alias history."""
+    name = cfg.registered_model
+    table = registry.versions_table(name)
+    if table.empty:
+        print(f"{name} has no versions")
+        return
+    bases = registry.measurement_bases(name)
+    for key, group in table.groupby(registry.COLUMN_TEST_DATA, sort=False):
+        where = f"test data {key}: {bases[key]}" if key else "test data not recorded (evaluate them to compare them)"
+        print(where)
+        print(group.drop(columns=registry.COLUMN_TEST_DATA).to_string(index=False))
+        print()
+    moves = registry.alias_history(name)
+    print("alias history:" if moves else "alias history: no moves recorded")
+    for move in moves:
+        before = f"version {move.before}" if move.before else "(new)"
+        print(f"  {move.at}  @{move.alias}  {before} -> version {move.after}  by {move.by}: {move.why}")

@@ -8,17 +8,17 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import mlflow
 import optuna
 import pytest
-from conftest import Echo, runs
+from conftest import runs
 
-from lora_study import cli, tracking, training
+from lora_study import cli, registry, tracking, training
 from lora_study import study as sweep_study
 from lora_study.errors import UserInputError
 from lora_study.stages import sweep as sweep_stage
-from lora_study.stages.sweep import promote_champion
 from lora_study.study import ATTR_RUN_ID
 
 TINY = ["--base-model", "tiny", "--max-samples", "15", "--seq-len", "32"]
@@ -360,21 +360,56 @@ def test_sweeps_started_together_take_one_parent_run(mlflow_experiment):
     assert all(r.info.status == "FINISHED" for r in pointers)
 
 
-def test_promote_moves_champion_only_to_a_better_challenger(mlflow_experiment):
-    from lora_study import registry
+ONE_POINT = "sampler: grid\nspace:\n  rank: [4]\n  target_modules: [qv]\n  learning_rate: [{lr}]\n  batch_size: 4\n"
 
-    with mlflow.start_run() as run:
-        mlflow.pyfunc.log_model(name="adapter", python_model=Echo(), pip_requirements=[])
-    uri = f"runs:/{run.info.run_id}/adapter"
-    first = registry.register(uri, "promote-test", {"eval_perplexity": "10"})
-    promote_champion("promote-test", first, "eval_perplexity")
-    assert registry.alias_version("promote-test", "champion").version == first.version
-    worse = registry.register(uri, "promote-test", {"eval_perplexity": "12"})
-    promote_champion("promote-test", worse, "eval_perplexity")
-    assert registry.alias_version("promote-test", "champion").version == first.version
-    better = registry.register(uri, "promote-test", {"eval_perplexity": "9.5"})
-    promote_champion("promote-test", better, "eval_perplexity")
-    assert registry.alias_version("promote-test", "champion").version == better.version
+
+@pytest.mark.slow  # four one-trial sweeps
+def test_challenger_moves_only_to_a_better_study_on_the_same_test_data(tmp_path, mlflow_experiment, capsys):
+    name = registered(tmp_path)
+    for lr in ("0.02", "0.000001"):
+        (tmp_path / f"lr{lr}.yaml").write_text(ONE_POINT.format(lr=lr))
+
+    def sweep(study: str, lr: str, *extra) -> str:
+        capsys.readouterr()
+        argv = sweep_argv(tmp_path, "--study-name", study, *extra, n_trials=1, config=str(tmp_path / f"lr{lr}.yaml"))
+        assert cli.main(argv) == 0
+        return capsys.readouterr().out
+
+    sweep("poor", "0.000001")  # version 1, the first challenger
+    assert f"{name}@challenger -> version 2 (test_perplexity" in sweep("good", "0.02")
+    out = sweep("poor-again", "0.000001")  # worse, later: registered, the alias stays
+    assert f"{name}@challenger stays on version 2: version 3 is not better than @challenger (version 2)" in out
+    out = sweep("longer", "0.02", "--seq-len", "48")  # on other test data: not compared
+    assert (
+        f"{name}@challenger stays on version 2: version 4 was measured on other test data than @challenger "
+        "(version 2): seq_len 48 vs 32;" in out
+    )
+    client = mlflow.MlflowClient()
+    aliases = client.get_registered_model(name).aliases
+    assert {alias: int(v) for alias, v in aliases.items()} == {
+        "challenger": 2,
+        "study-poor": 1,
+        "study-good": 2,
+        "study-poor-again": 3,
+        "study-longer": 4,
+    }
+    versions = {v: client.get_model_version(name, str(v)).tags for v in range(1, 5)}
+    assert float(versions[2]["test_perplexity"]) < float(versions[3]["test_perplexity"])
+    assert len({tags["test_data"] for tags in versions.values()}) == 2  # seq_len 48 is the other
+    moves = [(m.alias, m.before, m.after) for m in registry.alias_history(name) if m.alias == "challenger"]
+    assert moves == [("challenger", None, "1"), ("challenger", "1", "2")]
+    assert "this study's answer: models:/" + f"{name}@study-longer (version 4)" in out
+    (longer,) = [
+        r
+        for r in runs(mlflow_experiment)
+        if r.data.tags.get("lora_study.study") == "longer" and r.data.tags["lora_study.stage"] == "sweep"
+    ]
+    page = Path(mlflow.artifacts.download_artifacts(run_id=longer.info.run_id, artifact_path="report/report.md"))
+    assert (
+        f"Against the registry, models:/{name}/4: @champion" not in page.read_text()
+        and f"@challenger (models:/{name}/2) was measured on other test data (seq_len 48 vs 32): not compared"
+        in page.read_text()
+    )
 
 
 def test_a_bad_search_space_or_target_fails_before_any_run(tmp_path, mlflow_experiment, capsys):
