@@ -36,12 +36,19 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from lora_study import batching, model_uris, models, registry, serving
 from lora_study.cache import build_once, cache_root
 from lora_study.errors import UserInputError
-from lora_study.tracking import ARTIFACT_ADAPTER, ARTIFACT_MERGED, METRIC_ADAPTER_SIZE_MB
+from lora_study.tracking import (
+    ARTIFACT_ADAPTER,
+    ARTIFACT_MERGED,
+    METRIC_ADAPTER_SIZE_MB,
+    MODEL_BASE_REFERENCE,
+    MODEL_KEY_ADAPTER,
+    MODEL_KEY_ADAPTERS,
+    MODEL_KEY_BASE,
+    MODEL_KEY_MERGED,
+)
 
-BASE_REFERENCE = "base_model.json"
+BASE_REFERENCE = MODEL_BASE_REFERENCE
 ADAPTERS_MANIFEST = "adapters.json"
-# The pyfunc model's artifact keys, which tell its three kinds apart (see above).
-KEY_ADAPTER, KEY_ADAPTERS, KEY_MERGED, KEY_BASE = "adapter", "adapters", "merged", "base_model"
 # "Models from code" (https://mlflow.org/docs/latest/ml/model/models-from-code/): MLflow keeps
 # this file with each model and runs it to rebuild the model, instead of unpickling an object.
 MODEL_CODE = "import mlflow\nfrom lora_study.adapters import AdapterModel\n\nmlflow.models.set_model(AdapterModel())\n"
@@ -107,14 +114,17 @@ class AdapterReference:
 
     @classmethod
     def read(cls, path) -> "AdapterReference":
-        return cls(**json.loads(Path(path).read_text()))
+        """The reference in `path`; keys a later lora-study added are left out."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in json.loads(Path(path).read_text()).items() if key in known})
 
     def write(self, path) -> None:
         Path(path).write_text(json.dumps(self.as_dict(), indent=1))
 
     def as_dict(self) -> dict:
         fields = dataclasses.asdict(self)
-        return {key: value for key, value in fields.items() if key != "merged_from" or value is not None}
+        optional = ("merged_from", "tokenizer_digest")  # left out when unknown, as before they existed
+        return {key: value for key, value in fields.items() if key not in optional or value is not None}
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -186,13 +196,13 @@ def resolve(uri: str, flag: str = "--model-uri") -> ModelSource:
         raise UserInputError(f"{flag} {uri}: no MLflow model there (no MLmodel file)")
     model = Model.load(local)
     artifacts = model.flavors.get("python_function", {}).get("artifacts", {})
-    if KEY_ADAPTER not in artifacts or KEY_BASE not in artifacts:
+    if MODEL_KEY_ADAPTER not in artifacts or MODEL_KEY_BASE not in artifacts:
         raise UserInputError(
             f"{flag} {uri}: not a lora-study adapter (its MLmodel names no adapter and base "
             "model); pass the `adapter` model of a `train` or `sweep` run"
         )
-    reference = AdapterReference.read(local / artifacts[KEY_BASE]["path"])
-    adapter_dir = local / artifacts[KEY_ADAPTER]["path"]
+    reference = AdapterReference.read(local / artifacts[MODEL_KEY_BASE]["path"])
+    adapter_dir = local / artifacts[MODEL_KEY_ADAPTER]["path"]
     return ModelSource(
         uri, reference.name, reference, adapter_dir, model.run_id, model.model_id, parsed.registered_model, version
     )
@@ -206,7 +216,7 @@ def load(source: ModelSource, device: torch.device, dtype: torch.dtype | None, o
         ref = models.resolve(source.base_model)
         model, _ = models.load_base(ref, "none", dtype, device)
         return LoadedModel(model.eval(), models.load_tokenizer(ref), ref, source)
-    model, tokenizer, ref = load_with_adapters(source.reference, {KEY_ADAPTER: source.adapter_dir}, onto)
+    model, tokenizer, ref = load_with_adapters(source.reference, {MODEL_KEY_ADAPTER: source.adapter_dir}, onto)
     if source.reference.quantization == "none":
         model.to(device)
     return LoadedModel(model, tokenizer, ref, source)
@@ -239,23 +249,23 @@ def load_merged(folder: str, reference: AdapterReference):
 def log_adapter(peft_model, reference: AdapterReference):
     """Log the adapter under the active run as the MLflow model `adapter`, and its size."""
     with tempfile.TemporaryDirectory() as folder:
-        adapter_dir = Path(folder) / KEY_ADAPTER
+        adapter_dir = Path(folder) / MODEL_KEY_ADAPTER
         peft_model.save_pretrained(adapter_dir)
         mlflow.log_metric(
             METRIC_ADAPTER_SIZE_MB, sum(f.stat().st_size for f in adapter_dir.glob("*.safetensors")) / 2**20
         )
-        return _log(ARTIFACT_ADAPTER, folder, {KEY_ADAPTER: str(adapter_dir)}, reference, SIGNATURE)
+        return _log(ARTIFACT_ADAPTER, folder, {MODEL_KEY_ADAPTER: str(adapter_dir)}, reference, SIGNATURE)
 
 
 def log_merged(model, tokenizer, reference: AdapterReference, output: Path | None):
     """Log a merged model under the active run as the MLflow model `merged`; copy it to `output`."""
     with tempfile.TemporaryDirectory() as folder:
-        merged_dir = Path(folder) / KEY_MERGED
+        merged_dir = Path(folder) / MODEL_KEY_MERGED
         model.save_pretrained(merged_dir)
         tokenizer.save_pretrained(merged_dir)
         if output is not None:
             shutil.copytree(merged_dir, output, dirs_exist_ok=True)
-        return _log(ARTIFACT_MERGED, folder, {KEY_MERGED: str(merged_dir)}, reference, SIGNATURE)
+        return _log(ARTIFACT_MERGED, folder, {MODEL_KEY_MERGED: str(merged_dir)}, reference, SIGNATURE)
 
 
 def _log(name: str, folder: str, artifacts: dict, reference: AdapterReference, signature):
@@ -264,7 +274,7 @@ def _log(name: str, folder: str, artifacts: dict, reference: AdapterReference, s
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=_model_code(folder),
-            artifacts={**artifacts, KEY_BASE: str(Path(folder) / BASE_REFERENCE)},
+            artifacts={**artifacts, MODEL_KEY_BASE: str(Path(folder) / BASE_REFERENCE)},
             signature=signature,
             pip_requirements=requirements(reference.quantization),
             metadata={"base_model": reference.as_dict()},
@@ -343,8 +353,8 @@ def save_multi_adapter_model(entries: list[tuple[str, str]]) -> Path:
                 folder / "model",
                 python_model=_model_code(str(folder)),
                 artifacts={
-                    KEY_ADAPTERS: str(folder / ADAPTERS_MANIFEST),
-                    KEY_BASE: str(folder / BASE_REFERENCE),
+                    MODEL_KEY_ADAPTERS: str(folder / ADAPTERS_MANIFEST),
+                    MODEL_KEY_BASE: str(folder / BASE_REFERENCE),
                     **{entry["artifact"]: str(source.adapter_dir) for entry, source in zip(manifest, sources)},
                 },
                 signature=MULTI_ADAPTER_SIGNATURE,
@@ -368,10 +378,10 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         max_rows, wait_s = serving.batching_settings()
         _widen_request_threads(max_rows)
         artifacts = context.artifacts
-        self.reference = AdapterReference.read(artifacts[KEY_BASE])
-        if KEY_MERGED in artifacts:
+        self.reference = AdapterReference.read(artifacts[MODEL_KEY_BASE])
+        if MODEL_KEY_MERGED in artifacts:
             self.adapters = {}
-            self.model, self.tokenizer = load_merged(artifacts[KEY_MERGED], self.reference)
+            self.model, self.tokenizer = load_merged(artifacts[MODEL_KEY_MERGED], self.reference)
         else:
             self.adapters = _served_adapters(artifacts, self.reference)
             folders = {adapter.key: artifacts[adapter.key] for adapter in self.adapters.values()}
@@ -478,7 +488,7 @@ def _accept_prompt_dict() -> None:
 
 def _served_adapters(artifacts: dict, reference: AdapterReference) -> dict[str, serving.ServedAdapter]:
     """Request name -> adapter, in the order served; the first is the default."""
-    if KEY_ADAPTER in artifacts:  # one adapter, as `train` logs it
-        return {KEY_ADAPTER: serving.ServedAdapter(KEY_ADAPTER, reference.prompt_format)}
-    manifest = json.loads(Path(artifacts[KEY_ADAPTERS]).read_text())
+    if MODEL_KEY_ADAPTER in artifacts:  # one adapter, as `train` logs it
+        return {MODEL_KEY_ADAPTER: serving.ServedAdapter(MODEL_KEY_ADAPTER, reference.prompt_format)}
+    manifest = json.loads(Path(artifacts[MODEL_KEY_ADAPTERS]).read_text())
     return {entry["name"]: serving.ServedAdapter(entry["artifact"], entry["prompt_format"]) for entry in manifest}

@@ -21,7 +21,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 
-from lora_study import comparability, servability
+from lora_study import comparability, servability, tracking
 from lora_study.errors import UserInputError
 from lora_study.tracking import (
     METRIC_BASE_TEST_PERPLEXITY,
@@ -32,6 +32,7 @@ from lora_study.tracking import (
     METRIC_TEST_PERPLEXITY,
     PARAM_ALPHA,
     PARAM_BASE_MODEL,
+    PARAM_DATASET_DIGEST,
     PARAM_LEARNING_RATE,
     PARAM_QUANTIZATION,
     PARAM_RANK,
@@ -40,7 +41,9 @@ from lora_study.tracking import (
     TAG_BASE_MODEL,
     TAG_CONFIG_TRIAL,
     TAG_DESCRIPTION_DIGEST,
+    TAG_EVALUATION_RUN_ID,
     TAG_GROUP,
+    TAG_GROUP_KEY,
     TAG_MERGED_FROM,
     TAG_MLFLOW_PARENT_RUN,
     TAG_PROMOTED_ALIAS,
@@ -64,6 +67,9 @@ from lora_study.tracking import (
 
 # What promotion compares: the test perplexity `evaluate` (or the sweep) recorded on a version.
 PROMOTION_METRIC = METRIC_TEST_PERPLEXITY
+# Sweeps on several machines stamp alias moves with their own clocks: moves this much before a
+# sweep read the holder count as made at the same moment (`_settle`).
+CLOCK_SKEW_MS = 2000
 VERSION_COLUMNS = (PARAM_RANK, PARAM_ALPHA, PARAM_TARGET_MODULES, PARAM_QUANTIZATION)  # from the run that logged it
 VERSION_METRIC_TAGS = (METRIC_TEST_PERPLEXITY, METRIC_BASE_TEST_PERPLEXITY, METRIC_EVAL_PERPLEXITY)
 COLUMN_TEST_DATA = TAG_TEST_DATA_KEY
@@ -214,11 +220,13 @@ def alias_version(name: str, alias: str):
         return None
 
 
-def set_alias(name: str, alias: str, version: str, why: str, attempts: int = 3) -> None:
-    """Point `alias` at `version`, and record the move (`alias_history`) if it moved. Sweeps on
-    several machines set the same alias at the same moment, and MLflow's store may refuse the
-    second insert (a unique constraint): once it points where this one would, or on a second
-    try, it is done."""
+def set_alias(
+    name: str, alias: str, version: str, why: str, target: str = servability.DEFAULT_TARGET, attempts: int = 3
+) -> None:
+    """Point `alias` at `version`, and record the move (`alias_history`), with why and the server
+    `target` it was checked for, if it moved. Sweeps on several machines set the same alias at
+    the same moment, and MLflow's store may refuse the second insert (a unique constraint): once
+    it points where this one would, or on a second try, it is done."""
     client = mlflow.MlflowClient()
     before = alias_version(name, alias)
     if before is not None and str(before.version) == str(version):
@@ -234,7 +242,8 @@ def set_alias(name: str, alias: str, version: str, why: str, attempts: int = 3) 
             if attempt == attempts - 1:
                 raise
             time.sleep(0.5)
-    _record_move(name, alias, str(before.version) if before is not None else None, str(version), why)
+    before_version = str(before.version) if before is not None else None
+    _record_move(name, AliasMove(alias, before_version, str(version), _now(), getpass.getuser(), why, target))
 
 
 # --- alias history ----------------------------------------------------------------------------------
@@ -248,13 +257,18 @@ class AliasMove:
     at: str  # UTC, ISO 8601
     by: str
     why: str
+    target: str = servability.DEFAULT_TARGET  # the server the version was checked for
+    ms: int = 0  # when, in ms since the epoch (from the tag's key)
 
 
-def _record_move(name: str, alias: str, before: str | None, after: str, why: str) -> None:
-    now = datetime.now(timezone.utc)
-    move = AliasMove(alias, before, after, now.isoformat(timespec="seconds"), getpass.getuser(), why)
-    key = f"{TAG_ALIAS_MOVE_PREFIX}{alias}.{int(now.timestamp() * 1000)}"
-    mlflow.MlflowClient().set_registered_model_tag(name, key, json.dumps(move.__dict__))
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _record_move(name: str, move: AliasMove) -> None:
+    key = f"{TAG_ALIAS_MOVE_PREFIX}{move.alias}.{time.time_ns() // 1_000_000}"
+    fields = {field: value for field, value in move.__dict__.items() if field != "ms"}
+    mlflow.MlflowClient().set_registered_model_tag(name, key, json.dumps(fields))
 
 
 def alias_history(name: str) -> list[AliasMove]:
@@ -264,22 +278,23 @@ def alias_history(name: str) -> list[AliasMove]:
         tags = mlflow.MlflowClient().get_registered_model(name).tags
     except MlflowException as error:
         raise UserInputError(f"{name}: {error.message}") from None
-    keys = sorted((key for key in tags if key.startswith(TAG_ALIAS_MOVE_PREFIX)), key=_move_time)
+    keys = [key for key in tags if key.startswith(TAG_ALIAS_MOVE_PREFIX) and key.rsplit(".", 1)[1].isdigit()]
     moves = []
-    for key in keys:
-        move = AliasMove(**json.loads(tags[key]))
-        last = _last_of(moves, move.alias)
+    for key in sorted(keys, key=lambda key: int(key.rsplit(".", 1)[1])):
+        try:
+            move = AliasMove(**json.loads(tags[key]), ms=int(key.rsplit(".", 1)[1]))
+        except (ValueError, TypeError):  # a tag of that name that lora-study did not write
+            continue
+        last = next((m for m in reversed(moves) if m.alias == move.alias), None)
         if last is None or (last.before, last.after) != (move.before, move.after):
             moves.append(move)
     return moves
 
 
-def _move_time(key: str) -> int:
-    return int(key.rsplit(".", 1)[1])
-
-
-def _last_of(moves: list[AliasMove], alias: str) -> AliasMove | None:
-    return next((m for m in reversed(moves) if m.alias == alias), None)
+def alias_target(name: str, alias: str) -> str:
+    """The server the alias's holder was last checked for (`promote --target`); mlflow if none."""
+    moves = [move for move in alias_history(name) if move.alias == alias]
+    return moves[-1].target if moves else servability.DEFAULT_TARGET
 
 
 def get_version(name: str, version: int):
@@ -309,42 +324,65 @@ def promote(
 ) -> str:
     """Point `alias` at `version` if `target` can serve it and it beats the alias's holder on
     `metric` (lower is better) measured on the same test data, or with `force`; record who, when,
-    why and what was compared on the version. Returns what was done. `force` overrides the
-    comparison, never what a server cannot load."""
+    why and what was compared on the version. Returns what was done, and what `target` needs to
+    serve it. `force` overrides the comparison, never what a server cannot load."""
     candidate = get_version(name, version)
-    refused = servability.refusals(manifest(name, candidate.version), target)
+    found = manifest(name, candidate.version)
+    refused = servability.refusals(found, target)
     if refused:
         raise UserInputError(f"{name} version {version} cannot be served by {target}: {'; '.join(refused)}")
+    needs = servability.requirements(found, target)
+    needed = f"; {target} needs {'; '.join(needs)}" if needs else ""
     holder = alias_version(name, alias)
     if holder is not None and str(holder.version) == str(candidate.version):
-        return f"{name}@{alias} is version {version} already"
+        return f"{name}@{alias} is version {version} already{needed}"
     comparison = compare(candidate, holder, alias, metric)
     if comparison.refusal and not force:
         raise UserInputError(f"{name} version {version} {comparison.refusal}; pass --force to move the alias anyway")
     compared = comparison.words + (" (forced)" if force else "")
-    _move(name, candidate.version, alias, reason or "(none given)", compared)
-    return f"{name}@{alias} -> version {version} ({compared})"
+    _move(name, candidate.version, alias, reason or "(none given)", compared, target)
+    return f"{name}@{alias} -> version {version} ({compared}){needed}"
 
 
 def advance(name: str, version: str, alias: str, reason: str, metric: str = PROMOTION_METRIC) -> str:
     """Move `alias` forward only: to `version` if it beats the holder on `metric`, measured on the
-    same test data. Either way, one line that says what happened."""
+    same test data, and the server the alias was last promoted for can load it. Either way, one
+    line that says what happened."""
+    read_ms = time.time_ns() // 1_000_000
     candidate = get_version(name, int(version))
     holder = alias_version(name, alias)
     if holder is not None and str(holder.version) == str(candidate.version):
         return f"{name}@{alias} is version {candidate.version} already"
+    target = alias_target(name, alias)
+    refused = servability.refusals(manifest(name, candidate.version), target)
     comparison = compare(candidate, holder, alias, metric)
-    if comparison.refusal:
+    refusal = f"cannot be served by {target}: {'; '.join(refused)}" if refused else comparison.refusal
+    if refusal:
         stays = f"stays on version {holder.version}" if holder is not None else "is not set"
         force = f"`lora-study promote {name} --version {candidate.version} --alias {alias} --force` moves it anyway"
-        return f"{name}@{alias} {stays}: version {candidate.version} {comparison.refusal}; {force}"
-    _move(name, candidate.version, alias, reason, comparison.words)
+        return f"{name}@{alias} {stays}: version {candidate.version} {refusal}; {force}"
+    _move(name, candidate.version, alias, reason, comparison.words, target)
+    _settle(name, alias, metric, read_ms - CLOCK_SKEW_MS, target)
     return f"{name}@{alias} -> version {candidate.version} ({comparison.words})"
+
+
+def _settle(name: str, alias: str, metric: str, since_ms: int, target: str) -> None:
+    """Sweeps that moved `alias` at the same moment each compared with the holder they read, and
+    the last to write wins: of the versions it was moved to since `since_ms`, the best (on the
+    same test data) takes it back. Each sweep looks after its own write, so one sees the other."""
+    holder = best = alias_version(name, alias)
+    for move in alias_history(name):
+        if move.alias == alias and move.ms >= since_ms and move.after != str(best.version):
+            other = get_version(name, int(move.after))
+            if compare(other, best, alias, metric).refusal is None:
+                best = other
+    if str(best.version) != str(holder.version):
+        set_alias(name, alias, best.version, f"the best of the moves made at the same moment ({metric})", target)
 
 
 def compare(candidate, holder, alias: str, metric: str) -> Comparison:
     """`candidate` against the alias's holder on `metric`, if the two were measured on the same
-    test data; a version whose test data is unknown compares with none."""
+    test data (`comparability`)."""
     mine = candidate.tags.get(metric)
     if mine is None:
         return Comparison(
@@ -355,10 +393,18 @@ def compare(candidate, holder, alias: str, metric: str) -> Comparison:
     if holder is None:
         return Comparison(f"{metric} {mine}; no version held @{alias} before", None)
     theirs = holder.tags.get(metric)
-    words = f"{metric} {mine} vs {theirs} of version {holder.version}"
     if theirs is None:  # an unmeasured holder (moved there with --force): anything measured beats it
-        return Comparison(words, None)
-    apart = _differences(candidate, holder)
+        return Comparison(f"{metric} {mine} vs version {holder.version}, unmeasured", None)
+    words = f"{metric} {mine} vs {theirs} of version {holder.version}"
+    apart = comparability.differences(measured_on(candidate), measured_on(holder))
+    if apart == [comparability.NOT_RECORDED]:
+        unknown = holder if measured_on(holder) is None else candidate
+        return Comparison(
+            f"{words}, test data unknown",
+            f"cannot be compared with @{alias} (version {holder.version}): the test data of version "
+            f"{unknown.version} is not recorded (`lora-study evaluate --model-uri models:/{unknown.name}/"
+            f"{unknown.version}` records it)",
+        )
     if apart:
         return Comparison(
             f"{words}, on other test data ({'; '.join(apart)})",
@@ -369,20 +415,20 @@ def compare(candidate, holder, alias: str, metric: str) -> Comparison:
     return Comparison(words, None)
 
 
-def _differences(candidate, holder) -> list[str]:
-    unknown = [v for v in (candidate, holder) if measured_on(v) is None]
-    if unknown:  # registered before versions recorded it
-        return [
-            f"version {v.version} does not record its test data (`lora-study evaluate --model-uri "
-            f"models:/{v.name}/{v.version}` records it)"
-            for v in unknown
-        ]
-    return comparability.differences(measured_on(candidate), measured_on(holder))
-
-
 def measured_on(version) -> "comparability.Basis | None":
-    """What the version's test perplexity was measured on, as its tag records it."""
-    return comparability.Basis.from_json(version.tags.get(TAG_TEST_DATA))
+    """What the version's test perplexity was measured on: as its tag records it, else (a version
+    registered before versions recorded it) as the runs that logged and measured it did."""
+    recorded = comparability.Basis.from_json(version.tags.get(TAG_TEST_DATA))
+    if recorded is not None or not version.run_id or METRIC_TEST_PERPLEXITY not in version.tags:
+        return recorded
+    params = tracking.run_params(version.run_id)
+    evaluation = version.tags.get(TAG_EVALUATION_RUN_ID)
+    if evaluation:  # `evaluate` measured it last, perhaps on other data (`--data`)
+        measured = tracking.run_params(evaluation)
+        if measured.get(PARAM_DATASET_DIGEST) != params.get(PARAM_DATASET_DIGEST):
+            params = {PARAM_QUANTIZATION: params.get(PARAM_QUANTIZATION, "none"), **measured}  # its settings unknown
+    group = mlflow.MlflowClient().get_run(version.run_id).data.tags.get(TAG_GROUP_KEY, "")
+    return comparability.Basis.from_params(params, group)
 
 
 def measured_on_tags(basis: "comparability.Basis") -> dict[str, str]:
@@ -390,15 +436,15 @@ def measured_on_tags(basis: "comparability.Basis") -> dict[str, str]:
     return {TAG_TEST_DATA: basis.to_json(), TAG_TEST_DATA_KEY: basis.key}
 
 
-def _move(name: str, version: str, alias: str, reason: str, compared: str) -> None:
-    set_alias(name, alias, version, f"{reason}: {compared}")
+def _move(name: str, version: str, alias: str, reason: str, compared: str, target: str) -> None:
+    set_alias(name, alias, version, f"{reason}: {compared}", target)
     tag_version(
         name,
         version,
         {
             TAG_PROMOTED_ALIAS: alias,
             TAG_PROMOTED_BY: getpass.getuser(),
-            TAG_PROMOTED_AT: datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            TAG_PROMOTED_AT: _now(),
             TAG_PROMOTION_REASON: reason,
             TAG_PROMOTION_COMPARED: compared,
         },
@@ -426,7 +472,7 @@ def versions_table(name: str) -> pd.DataFrame:
                 TAG_BASE_MODEL: mv.tags.get(TAG_BASE_MODEL, params.get(PARAM_BASE_MODEL, "")),
                 **{column: params.get(column, "") for column in VERSION_COLUMNS},
                 **{metric: mv.tags.get(metric, "") for metric in VERSION_METRIC_TAGS},
-                COLUMN_TEST_DATA: mv.tags.get(TAG_TEST_DATA_KEY, ""),
+                COLUMN_TEST_DATA: basis.key if (basis := measured_on(mv)) else "",
                 TAG_SERVES_ON: mv.tags.get(TAG_SERVES_ON, ""),
             }
         )
@@ -501,9 +547,15 @@ def _measured(mv, metrics: dict) -> str:
 
 def _serving(tags: dict) -> str:
     """Which servers load it, and why the others do not."""
-    text = f"Serves on: {tags.get(TAG_SERVES_ON) or 'mlflow'}."
-    for target, reasons in servability.not_served(servability.Manifest.from_tags(tags)).items():
-        text += f" Not on {target}: {'; '.join(reasons)}."
+    manifest = servability.Manifest.from_tags(tags)
+    text = f"Serves on: {tags.get(TAG_SERVES_ON) or servability.DEFAULT_TARGET}."
+    for target in servability.TARGETS:
+        reasons = servability.refusals(manifest, target)
+        needs = servability.requirements(manifest, target)
+        if reasons:
+            text += f" Not on {target}: {'; '.join(reasons)}."
+        elif needs:
+            text += f" On {target}, with {'; '.join(needs)}."
     return text
 
 

@@ -13,6 +13,11 @@ Targets:
 - `lorax`: LoRAX (predibase/lorax), as `LIMITS_LORAX` cites.
 
 Reading a manifest imports no torch: `promote` checks a version without loading a model.
+
+Not checked: the architecture (both servers take LoRA on Llama-family models, which lora-study's
+bases are; vLLM refuses others that do not implement `SupportsLoRA`), and LoRAX's padding of ranks
+below 16 (`config.r = padded_rank` in adapters/lora.py may scale later layer types by alpha over the
+padded rank: read in its code, not confirmed by a run, so not refused).
 """
 
 import json
@@ -24,11 +29,20 @@ from typing import get_args
 import yaml
 
 from lora_study.config import PromoteConfig, ServingTarget
-from lora_study.tracking import TAG_MANIFEST, TAG_SERVES_ON
+from lora_study.tracking import (
+    MODEL_BASE_REFERENCE,
+    MODEL_KEY_ADAPTER,
+    MODEL_KEY_BASE,
+    MODEL_KEY_MERGED,
+    TAG_MANIFEST,
+    TAG_SERVES_ON,
+)
 
 TARGETS = get_args(ServingTarget)
 DEFAULT_TARGET = PromoteConfig.model_fields["target"].default
-ADAPTER, MERGED = "adapter", "merged"  # what a lora-study model holds (the pyfunc's artifact key)
+ADAPTER, MERGED = MODEL_KEY_ADAPTER, MODEL_KEY_MERGED  # a manifest's kinds: what the model holds
+MLMODEL, PYFUNC = "MLmodel", "python_function"  # MLflow's own: a model's description, its pyfunc flavour
+PEFT_CONFIG = "adapter_config.json"  # PEFT's
 
 
 @dataclass(frozen=True)
@@ -67,7 +81,7 @@ class Manifest:
             known = {f.name for f in fields(cls)}
             values = {key: tuple(v) if isinstance(v, list) else v for key, v in values.items() if key in known}
             return cls(**values)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, AttributeError):
             return None
 
 
@@ -76,13 +90,14 @@ def read(fetch: Callable[[str], Path | None]) -> Manifest | None:
     downloads one file of the model and says where it is, or None if there is none
     (`registry.manifest` passes MLflow's). None for a model that is not a lora-study adapter or
     merged model."""
-    mlmodel = fetch("MLmodel")
+    mlmodel = fetch(MLMODEL)
     if mlmodel is None:
         return None
-    artifacts = yaml.safe_load(mlmodel.read_text()).get("flavors", {}).get("python_function", {}).get("artifacts", {})
-    if "base_model" not in artifacts or not ({ADAPTER, MERGED} & set(artifacts)):
+    artifacts = yaml.safe_load(mlmodel.read_text()).get("flavors", {}).get(PYFUNC, {}).get("artifacts", {})
+    reference = fetch(artifacts[MODEL_KEY_BASE]["path"]) if MODEL_KEY_BASE in artifacts else None
+    if reference is None or not ({ADAPTER, MERGED} & set(artifacts)):
         return None
-    base = json.loads(fetch(artifacts["base_model"]["path"]).read_text())
+    base = json.loads(reference.read_text())
     common = dict(
         base_model=base["name"],
         base_sha256=base.get("sha256"),
@@ -94,7 +109,7 @@ def read(fetch: Callable[[str], Path | None]) -> Manifest | None:
     )
     if ADAPTER not in artifacts:
         return Manifest(kind=MERGED, **common)
-    config = json.loads(fetch(f"{artifacts[ADAPTER]['path']}/adapter_config.json").read_text())
+    config = json.loads(fetch(f"{artifacts[ADAPTER]['path']}/{PEFT_CONFIG}").read_text())
     return Manifest(kind=ADAPTER, **common, **_peft_options(config))
 
 
@@ -218,9 +233,12 @@ def refusals(manifest: Manifest | None, target: str) -> list[str]:
     if target == "mlflow":
         return []  # its own pyfunc model: whatever MLflow logged, it serves
     if manifest is None:
-        return ["not a lora-study adapter (its model holds no adapter_config.json and base_model.json)"]
+        return [f"not a lora-study adapter (its model holds no {PEFT_CONFIG} and {MODEL_BASE_REFERENCE})"]
     if manifest.kind == MERGED:
-        return [f"a merged model is a whole model, not a LoRA adapter: serve its weights as {target}'s base model"]
+        return [
+            f"a merged model is a whole model, not a LoRA adapter: {target} serves it as a plain model, "
+            "which this check does not cover"
+        ]
     return [reason for check in LIMITS[target] if (reason := check(manifest))]
 
 
@@ -249,8 +267,3 @@ def tags(manifest: Manifest | None) -> dict[str, str]:
     """The version tags: the manifest, and the targets that can load it."""
     serves_on = ", ".join(target for target in TARGETS if not refusals(manifest, target))
     return {TAG_MANIFEST: manifest.to_json(), TAG_SERVES_ON: serves_on} if manifest else {TAG_SERVES_ON: serves_on}
-
-
-def not_served(manifest: Manifest | None) -> dict[str, list[str]]:
-    """Each target that cannot load the version -> why."""
-    return {target: found for target in TARGETS if (found := refusals(manifest, target))}

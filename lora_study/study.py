@@ -34,6 +34,9 @@ ATTR_LABEL = "label"  # the trial's adapter in a few characters (`r32 qkvo lr1.9
 ATTR_RETRIES = "retries"  # ... and how many times its configuration has been lost so far
 MAX_RETRIES = 3  # a configuration whose worker dies more often than this stays FAIL
 EXPLORE, CONFIRM = "explore", "confirm"
+# A study alias's length after its prefix: the alias-history tag key (`lora_study.alias_move.<alias>.<ms>`)
+# stays within MLflow's 250 characters.
+STUDY_ALIAS_LENGTH = 250 - len(tracking.TAG_ALIAS_MOVE_PREFIX) - len(".") - 13 - len(tracking.ALIAS_STUDY_PREFIX)
 UNUSED = "unused"  # a trial Optuna made in the confirm phase when the queue was empty: counts nowhere
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 UNFINISHED_OR_DONE = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
@@ -64,11 +67,13 @@ def default_study_name(cfg: SweepConfig, data: DataConfig, base: BaseModelConfig
 
 def study_alias(name: str) -> str:
     """The registry alias of a study's answer: `study-<name>`, in the characters an alias takes
-    (letters, digits, `_`, `-`); a name that had others gets its digest, so two stay apart."""
+    (ASCII letters, digits, `_`, `-`) and short enough for the alias-history tag's key (MLflow takes
+    250 characters); a name that had to change gets its digest, so two names stay apart."""
     alias = re.sub(r"[^\w-]+", "-", name, flags=re.ASCII)
-    if alias != name:
-        alias += "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
-    return (ALIAS_STUDY_PREFIX + alias)[:255]
+    if alias == name and len(alias) <= STUDY_ALIAS_LENGTH:
+        return ALIAS_STUDY_PREFIX + alias
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{ALIAS_STUDY_PREFIX}{alias[: STUDY_ALIAS_LENGTH - len(digest) - 1]}-{digest}"
 
 
 def default_storage() -> str:

@@ -273,6 +273,10 @@ TAG_SERVES_ON = "serves_on"  # the serving targets that can load the version, e.
 TAG_ALIAS_MOVE_PREFIX = "lora_study.alias_move."
 
 # --- artifacts -----------------------------------------------------------------------------
+# A lora-study pyfunc model's artifact keys, which its MLmodel names and which tell its kinds
+# apart (`adapters`): one adapter, many adapters on one base, a merged model; each with its base.
+MODEL_KEY_ADAPTER, MODEL_KEY_ADAPTERS, MODEL_KEY_MERGED, MODEL_KEY_BASE = "adapter", "adapters", "merged", "base_model"
+MODEL_BASE_REFERENCE = "base_model.json"  # the file MODEL_KEY_BASE names: `adapters.AdapterReference`
 ARTIFACT_DATA = "data"  # the prepared splits, as `prepare` wrote them
 ARTIFACT_PREVIEW = "preview.json"  # an MLflow table: a few decoded rows per split
 ARTIFACT_ADAPTER = "adapter"  # the adapter as an MLflow model (lora_study.adapters)

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import mlflow
 import pytest
-from conftest import ECHO_TEST_DATA, register_echo
+from conftest import ECHO_TEST_DATA, Echo, register_echo
 
 from lora_study import registry
 from lora_study.errors import UserInputError
@@ -132,7 +132,7 @@ def test_promote_refuses_a_version_measured_on_other_test_data_unless_forced(cap
     compared = f"test_perplexity 9.0 vs 14.9 of version {first}, on other test data (seq_len 64 vs 32) (forced)"
     assert done.endswith(f"({compared})")
     unrecorded = register_echo("promote-apart", test_data=None, test_perplexity="8.0")
-    with pytest.raises(UserInputError, match=f"version {unrecorded} does not record its test data"):
+    with pytest.raises(UserInputError, match=f"the test data of version {unrecorded} is not recorded"):
         registry.promote("promote-apart", int(unrecorded), "champion", False, "")
 
 
@@ -148,7 +148,8 @@ def test_advance_moves_an_alias_only_forward_and_says_so_in_one_line():
         f"{first}): test_perplexity 17.5 vs 14.9 of version {first}; `lora-study promote advance --version {worse} "
         "--alias challenger --force` moves it anyway"
     )
-    other = register_echo("advance", test_data=dataclasses.replace(ECHO_TEST_DATA, seed=1), test_perplexity="9")
+    other_data = dataclasses.replace(ECHO_TEST_DATA, seed=1, prepared_digest="4" * 64)
+    other = register_echo("advance", test_data=other_data, test_perplexity="9")
     assert "was measured on other test data than @challenger" in registry.advance("advance", other, "challenger", "c")
     better = register_echo("advance", test_perplexity="13.2")
     moved = registry.advance("advance", better, "challenger", "sweep d")
@@ -173,3 +174,51 @@ def test_alias_history_lists_each_move_once_with_who_when_and_why():
     ]
     assert moves[3].why == f"sweep b won: test_perplexity 13.1 vs 14.9 of version {first}"
     assert moves[0].by and moves[0].at.endswith("+00:00") and moves[0].at <= moves[3].at
+
+
+def test_sweeps_advancing_one_alias_at_once_leave_it_on_the_best():
+    """Two sweeps finish together, each beats the holder it read; the last to write must not leave
+    the alias on the worse one."""
+    first = register_echo("advance-together", test_perplexity="14.9")
+    registry.advance("advance-together", first, "challenger", "sweep a")
+    for attempt in range(3):  # a race: try it a few times
+        better = register_echo("advance-together", test_perplexity=f"{12 - attempt}")
+        worse = register_echo("advance-together", test_perplexity=f"{13 - attempt}.5")
+        with ThreadPoolExecutor(2) as pool:
+            list(
+                pool.map(lambda v: registry.advance("advance-together", v, "challenger", f"sweep {v}"), (worse, better))
+            )
+        assert str(registry.alias_version("advance-together", "challenger").version) == better
+
+
+def test_a_version_registered_before_test_data_was_recorded_compares_by_its_run(mlflow_experiment):
+    """Its trial run logged the prepared data's digest and settings: the registry reads them."""
+    params = {
+        "base_model": "tiny",
+        "base_model_sha256": ECHO_TEST_DATA.base_weights,
+        "quantization": "none",
+        "dataset": "python-docs",
+        "dataset_digest": ECHO_TEST_DATA.prepared_digest,
+        **{name: getattr(ECHO_TEST_DATA, name) for name in ("seq_len", "seed", "val_fraction", "test_fraction")},
+        "decontaminate_ngram": 50,
+        "max_samples": 15,
+    }
+    with mlflow.start_run() as run:
+        mlflow.log_params(params)
+        mlflow.pyfunc.log_model(name="adapter", python_model=Echo(), pip_requirements=[])
+    old = str(
+        registry.register(f"runs:/{run.info.run_id}/adapter", "before-records", {"test_perplexity": "14.9"}).version
+    )
+    registry.set_alias("before-records", "champion", old, "set by an earlier lora-study")
+    assert registry.measured_on(registry.get_version("before-records", int(old))).key == ECHO_TEST_DATA.key
+    new = register_echo("before-records", test_perplexity="13.0")
+    assert "vs 14.9 of version" in registry.promote("before-records", int(new), "champion", False, "compares")
+
+
+def test_the_sweep_keeps_the_server_an_alias_was_promoted_for(tmp_path):
+    """@champion promoted for vLLM: a sweep's --promote does not move it to what vLLM cannot load."""
+    first = register_echo("keeps-target", test_perplexity="14.9")
+    registry.set_alias("keeps-target", "champion", first, "promoted for vllm", target="vllm")
+    better = register_echo("keeps-target", test_perplexity="9.0")  # not an adapter: vLLM cannot load it
+    line = registry.advance("keeps-target", better, "champion", "sweep --promote")
+    assert f"keeps-target@champion stays on version {first}: version {better} cannot be served by vllm" in line

@@ -3,7 +3,7 @@
 import optuna
 from optuna.trial import TrialState
 
-from lora_study.study import taken_by, wait_for_confirmations
+from lora_study.study import study_alias, taken_by, wait_for_confirmations
 
 JOB = {"phase": "confirm", "config_trial": 0, "seed": 1, "steps": 12}
 
@@ -31,3 +31,16 @@ def test_a_confirmation_queued_earlier_but_still_waiting_does_not_take_it():
 def test_waiting_for_confirmations_ends_when_none_runs_or_one_is_queued():
     assert wait_for_confirmations(study_with((TrialState.COMPLETE, JOB))) is False
     assert wait_for_confirmations(study_with((TrialState.COMPLETE, JOB), (TrialState.WAITING, JOB))) is True
+
+
+def test_a_study_alias_is_one_mlflow_takes_and_tells_studies_apart():
+    from mlflow.utils.validation import _validate_model_alias_name  # MLflow's own rule
+
+    assert study_alias("default-smollm2-135m-python-docs") == "study-default-smollm2-135m-python-docs"
+    names = ["rank.v2", "rank-v2", "räng", "x" * 300, "x" * 300 + "y", "a." * 130, "a." * 130 + "b"]
+    aliases = [study_alias(name) for name in names]
+    assert len(set(aliases)) == len(names)
+    for alias in aliases:
+        _validate_model_alias_name(alias)
+        # the alias-history tag key stays within MLflow's 250 characters
+        assert len(f"lora_study.alias_move.{alias}.{'9' * 13}") <= 250

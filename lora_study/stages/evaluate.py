@@ -49,6 +49,25 @@ HEADLINE_METRICS = (
 )
 
 
+def _tag_version(source, run_id: str, metrics: dict, measured_on: comparability.Basis) -> None:
+    """The version's headline metrics and the test data they were measured on, as its tags; a
+    version whose test perplexity was measured on other test data keeps its tags (promotion
+    compares them), and this evaluation stays on its run."""
+    version = registry.get_version(source.registered_model, int(source.version))
+    before = registry.measured_on(version)
+    apart = comparability.differences(measured_on, before) if before is not None else []
+    if apart:
+        print(
+            f"models:/{source.registered_model}/{source.version} keeps its tags, measured on other test data "
+            f"({'; '.join(apart)}): this evaluation is on run {run_id} only"
+        )
+        return
+    headline = {key: f"{metrics[key]:.6g}" for key in HEADLINE_METRICS if key in metrics}
+    tags = {**headline, TAG_EVALUATION_RUN_ID: run_id, **registry.measured_on_tags(measured_on)}
+    registry.tag_version(source.registered_model, source.version, tags)
+    registry.describe(source.registered_model, source.version)  # now with its test perplexity
+
+
 def run_evaluate(cfg: EvaluateConfig) -> str:
     """The `evaluate` entry point; returns the MLflow run id."""
     torch.set_num_threads(len(os.sched_getaffinity(0)))
@@ -90,15 +109,8 @@ def run_evaluate(cfg: EvaluateConfig) -> str:
         mlflow.set_tag(TAG_MEMORY_KIND, peak.kind)
         mlflow.log_table(result.table, ARTIFACT_GENERATIONS)
         if source.registered_model:
-            headline = {key: f"{metrics[key]:.4g}" for key in HEADLINE_METRICS if key in metrics}
-            quantization = source.reference.quantization if source.is_adapter else "none"
-            measured_on = comparability.Basis.of(held_out.prepared.meta, loaded.base, quantization)
-            registry.tag_version(
-                source.registered_model,
-                source.version,
-                {**headline, TAG_EVALUATION_RUN_ID: run.info.run_id, **registry.measured_on_tags(measured_on)},
-            )
-            registry.describe(source.registered_model, source.version)  # now with its test perplexity
+            measured_on = comparability.Basis.of(held_out.prepared.meta, loaded.base, source.reference.quantization)
+            _tag_version(source, run.info.run_id, metrics, measured_on)
 
     print(
         f"test perplexity {metrics[METRIC_TEST_PERPLEXITY]:.3f} (base {metrics[METRIC_BASE_TEST_PERPLEXITY]:.3f}, "

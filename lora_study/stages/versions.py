@@ -18,7 +18,11 @@ def run_versions(cfg: VersionsConfig) -> None:
         return
     bases = registry.measurement_bases(name)
     for key, group in table.groupby(registry.COLUMN_TEST_DATA, sort=False):
-        where = f"test data {key}: {bases[key]}" if key else "test data not recorded (evaluate them to compare them)"
+        where = (
+            f"test data {key}: {bases.get(key, '')}"
+            if key
+            else "test data not recorded (`lora-study evaluate` records it)"
+        )
         print(where)
         print(group.drop(columns=registry.COLUMN_TEST_DATA).to_string(index=False))
         print()

@@ -8,7 +8,8 @@ import mlflow
 import pytest
 from conftest import Echo, loaded_adapter, runs
 
-from lora_study import cli
+from lora_study import cli, comparability, data
+from lora_study.config import DataConfig
 
 EVALUATE_METRICS = {
     "test_loss",
@@ -79,6 +80,29 @@ def test_a_registered_version_is_tagged_with_the_headline_metrics(adapter_run, m
     assert tags["evaluation_run_id"] == run.info.run_id
     assert float(tags["test_perplexity"]) == pytest.approx(run.data.metrics["test_perplexity"], rel=1e-3)
     assert "perplexity_improvement_pct" in tags and "gen_tokens_per_s" not in tags  # no prompts, no speed
+    # ... and the test data they were measured on: the data the adapter trained on, by its base
+    measured_on = comparability.Basis.from_json(tags["lora_study.test_data"])
+    trained_on = loaded_adapter(adapter_run)[1].prepared
+    assert measured_on.prepared_digest == trained_on.meta["digest"] and measured_on.seq_len == 128
+    assert measured_on.quantization == "none" and tags["test_data"] == measured_on.key
+
+
+def test_a_version_measured_on_other_test_data_keeps_its_tags(adapter_run, mlflow_experiment, tokenizer, tiny, capsys):
+    """`evaluate --data` on other data: the measurement stays on its run, the version's tags (which
+    promotion compares) stay as they were."""
+    version = str(mlflow.register_model(f"runs:/{adapter_run}/adapter", "evaluate-other").version)
+    argv = ["evaluate", "--model-uri", f"models:/evaluate-other/{version}", "--max-prompts", "0"]
+    assert cli.main(argv) == 0
+    before = mlflow.MlflowClient().get_model_version("evaluate-other", version).tags
+    trained_on = loaded_adapter(adapter_run)[1].prepared.meta["dataset"]
+    shorter, _ = data.prepare(DataConfig(dataset=trained_on, seq_len=64), tiny, tokenizer)
+    capsys.readouterr()
+    assert cli.main([*argv, "--data", str(shorter.path)]) == 0
+    assert mlflow.MlflowClient().get_model_version("evaluate-other", version).tags == before
+    assert (
+        f"models:/evaluate-other/{version} keeps its tags, measured on other test data (seq_len 64 vs 128): this "
+        "evaluation is on run "
+    ) in capsys.readouterr().out
 
 
 def test_a_base_model_alone_is_its_own_baseline(adapter_run, mlflow_experiment):
