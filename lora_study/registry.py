@@ -73,6 +73,7 @@ CLOCK_SKEW_MS = 2000
 VERSION_COLUMNS = (PARAM_RANK, PARAM_ALPHA, PARAM_TARGET_MODULES, PARAM_QUANTIZATION)  # from the run that logged it
 VERSION_METRIC_TAGS = (METRIC_TEST_PERPLEXITY, METRIC_BASE_TEST_PERPLEXITY, METRIC_EVAL_PERPLEXITY)
 COLUMN_TEST_DATA = TAG_TEST_DATA_KEY
+COLUMN_TEST_DATA_DESCRIPTION = "test_data_description"  # what COLUMN_TEST_DATA's key stands for, in words
 
 
 def check_name(name: str, flag: str) -> None:
@@ -106,19 +107,18 @@ def register(model_uri: str, name: str, tags: dict):
         if first.version != version.version:
             client.delete_model_version(name, version.version)
             return client.get_model_version(name, first.version)
-    tag_version(name, version.version, servability.tags(manifest(name, version.version)))
+    tag_version(name, version.version, servability.tags(manifest(version)))
     describe(name, version.version)
     return client.get_model_version(name, version.version)
 
 
-def manifest(name: str, version: str) -> "servability.Manifest | None":
-    """The version's manifest: from its tag, else (a version registered before versions carried
-    one) read from its model; None for a model that is not lora-study's."""
-    mv = mlflow.MlflowClient().get_model_version(name, version)
+def manifest(mv) -> "servability.Manifest | None":
+    """The manifest of the version `mv`: from its tag, else (a version registered before versions
+    carried one) read from its model; None for a model that is not lora-study's."""
     recorded = servability.Manifest.from_tags(mv.tags)
     if recorded is not None:
         return recorded
-    location = mlflow.MlflowClient().get_model_version_download_uri(name, version).rstrip("/")
+    location = mlflow.MlflowClient().get_model_version_download_uri(mv.name, mv.version).rstrip("/")
     with tempfile.TemporaryDirectory() as folder:
 
         def fetch(path: str) -> Path | None:
@@ -327,7 +327,7 @@ def promote(
     why and what was compared on the version. Returns what was done, and what `target` needs to
     serve it. `force` overrides the comparison, never what a server cannot load."""
     candidate = get_version(name, version)
-    found = manifest(name, candidate.version)
+    found = manifest(candidate)
     refused = servability.refusals(found, target)
     if refused:
         raise UserInputError(f"{name} version {version} cannot be served by {target}: {'; '.join(refused)}")
@@ -354,7 +354,7 @@ def advance(name: str, version: str, alias: str, reason: str, metric: str = PROM
     if holder is not None and str(holder.version) == str(candidate.version):
         return f"{name}@{alias} is version {candidate.version} already"
     target = alias_target(name, alias)
-    refused = servability.refusals(manifest(name, candidate.version), target)
+    refused = servability.refusals(manifest(candidate), target)
     comparison = compare(candidate, holder, alias, metric)
     refusal = f"cannot be served by {target}: {'; '.join(refused)}" if refused else comparison.refusal
     if refusal:
@@ -396,15 +396,16 @@ def compare(candidate, holder, alias: str, metric: str) -> Comparison:
     if theirs is None:  # an unmeasured holder (moved there with --force): anything measured beats it
         return Comparison(f"{metric} {mine} vs version {holder.version}, unmeasured", None)
     words = f"{metric} {mine} vs {theirs} of version {holder.version}"
-    apart = comparability.differences(measured_on(candidate), measured_on(holder))
-    if apart == [comparability.NOT_RECORDED]:
-        unknown = holder if measured_on(holder) is None else candidate
+    mine_on, theirs_on = measured_on(candidate), measured_on(holder)
+    if mine_on is None or theirs_on is None:
+        unknown = candidate if mine_on is None else holder
         return Comparison(
             f"{words}, test data unknown",
             f"cannot be compared with @{alias} (version {holder.version}): the test data of version "
             f"{unknown.version} is not recorded (`lora-study evaluate --model-uri models:/{unknown.name}/"
             f"{unknown.version}` records it)",
         )
+    apart = comparability.differences(mine_on, theirs_on)
     if apart:
         return Comparison(
             f"{words}, on other test data ({'; '.join(apart)})",
@@ -456,7 +457,8 @@ def _move(name: str, version: str, alias: str, reason: str, compared: str, targe
 
 def versions_table(name: str) -> pd.DataFrame:
     """One row per version: aliases, base model, adapter shape, headline metrics, the key of the
-    test data they were measured on, and the serving targets that can load it."""
+    test data they were measured on (and what it is, in words), and the serving targets that can
+    load it."""
     client = mlflow.MlflowClient()
     try:
         aliases = client.get_registered_model(name).aliases
@@ -473,20 +475,11 @@ def versions_table(name: str) -> pd.DataFrame:
                 **{column: params.get(column, "") for column in VERSION_COLUMNS},
                 **{metric: mv.tags.get(metric, "") for metric in VERSION_METRIC_TAGS},
                 COLUMN_TEST_DATA: basis.key if (basis := measured_on(mv)) else "",
+                COLUMN_TEST_DATA_DESCRIPTION: basis.describe() if basis else "",
                 TAG_SERVES_ON: mv.tags.get(TAG_SERVES_ON, ""),
             }
         )
     return pd.DataFrame(rows)
-
-
-def measurement_bases(name: str) -> dict[str, str]:
-    """Each test-data key the model's versions carry -> what that test data is, in words."""
-    found = {}
-    for mv in mlflow.MlflowClient().search_model_versions(f"name = '{name}'"):
-        basis = measured_on(mv)
-        if basis is not None:
-            found[basis.key] = basis.describe()
-    return found
 
 
 # --- the description ------------------------------------------------------------------------------

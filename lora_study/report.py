@@ -352,8 +352,7 @@ def _standing(s: StudyRuns, version: Version | None) -> str:
             parts.append(f"it is @{alias}")
             continue
         theirs = comparability.Basis.from_json(holder.tags.get(TAG_TEST_DATA))
-        apart = ["the test data of one is not recorded"] if mine is None or theirs is None else []
-        apart = apart or comparability.differences(mine, theirs)
+        apart = comparability.differences(mine, theirs)
         if apart:
             parts.append(f"@{alias} ({holder.uri}) was measured on other test data ({'; '.join(apart)}): not compared")
         else:

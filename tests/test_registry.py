@@ -69,6 +69,7 @@ def test_versions_lists_aliases_shape_and_metrics(capsys):
         "base_test_perplexity": "18.7",
         "eval_perplexity": "",
         "test_data": ECHO_TEST_DATA.key,
+        "test_data_description": ECHO_TEST_DATA.describe(),
         "serves_on": "mlflow",
     }
 

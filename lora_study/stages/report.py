@@ -178,7 +178,7 @@ def _holders(versions: list) -> dict[str, report.Version]:
     if not versions:
         return {}
     found = {alias: registry.alias_version(versions[0].name, alias) for alias in (ALIAS_CHAMPION, ALIAS_CHALLENGER)}
-    return {alias: _version(registry.get_version(mv.name, mv.version)) for alias, mv in found.items() if mv}
+    return {alias: _version(mv) for alias, mv in found.items() if mv}
 
 
 # Besides `plots.trials_frame`'s columns: what the report reads of a trial or confirmation run.

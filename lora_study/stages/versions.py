@@ -16,15 +16,13 @@ def run_versions(cfg: VersionsConfig) -> None:
     if table.empty:
         print(f"{name} has no versions")
         return
-    bases = registry.measurement_bases(name)
     for key, group in table.groupby(registry.COLUMN_TEST_DATA, sort=False):
-        where = (
-            f"test data {key}: {bases.get(key, '')}"
-            if key
-            else "test data not recorded (`lora-study evaluate` records it)"
-        )
-        print(where)
-        print(group.drop(columns=registry.COLUMN_TEST_DATA).to_string(index=False))
+        if key:
+            print(f"test data {key}: {group[registry.COLUMN_TEST_DATA_DESCRIPTION].iloc[0]}")
+        else:
+            print("test data not recorded (`lora-study evaluate` records it)")
+        shown = group.drop(columns=[registry.COLUMN_TEST_DATA, registry.COLUMN_TEST_DATA_DESCRIPTION])
+        print(shown.to_string(index=False))
         print()
     moves = registry.alias_history(name)
     print("alias history:" if moves else "alias history: no moves recorded")
