@@ -87,8 +87,8 @@ def audit(tracking_uri: str, storage: str, study_name: str, n_trials: int) -> di
     import mlflow
     import optuna
 
-    from lora_study import study as sweep_study
-    from lora_study.tracking import STAGE_CONFIRM, STAGE_SWEEP, STAGE_TRIAL, TAG_STAGE, TAG_STUDY, TAG_TRIAL_NUMBER
+    from lora_study.names import STAGE_CONFIRM, STAGE_SWEEP, STAGE_TRIAL, TAG_STAGE, TAG_STUDY, TAG_TRIAL_NUMBER
+    from lora_study.sweep import study as sweep_study
 
     study = optuna.load_study(study_name=study_name, storage=storage)
     trials = study.get_trials(deepcopy=False)

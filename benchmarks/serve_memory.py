@@ -43,7 +43,7 @@ def make_adapters(count: int, args) -> None:
     dtype = models.weights_dtype("none", models.autocast_dtype("auto", torch.device("cpu")))
     base = models.load_model(ref, "none", dtype)
     adapter = AdapterConfig(rank=args.rank, alpha=2 * args.rank, target_modules=args.target_modules)
-    reference = adapters.AdapterReference.of(ref, "none", dtype, "text")
+    reference = models.AdapterReference.of(ref, "none", dtype, "text")
     for seed in range(count):
         model = lora.attach(base, adapter, seed)
         for name, parameter in model.named_parameters():

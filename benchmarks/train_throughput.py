@@ -138,7 +138,7 @@ def baseline_inputs(args, peft: bool = True):
     ref = models.resolve(base.base_model)
     tokenizer = models.load_tokenizer(ref)
     prepared, documents = data.prepare(data_cfg, ref, tokenizer)
-    texts = [documents.frame.iloc[i]["text"] for i in prepared.meta["documents"]["train"]]
+    texts = [documents.frame.iloc[i]["text"] for i in prepared.meta.documents["train"]]
     model = models.load_model(ref)
     torch.manual_seed(0)
     if peft:

@@ -2,23 +2,20 @@
 
 `mlflow.transformers.log_model` on a PEFT model over a local base copies the whole base
 (~500 MB for SmolLM2) and reloads it with the LoRA keys unmatched, so its answers are noise.
-Here the model holds the adapter (a few MB) and `base_model.json`, an `AdapterReference`: the
+Here the model holds the adapter (a few MB) and `base_model.json`, a `models.AdapterReference`: the
 base's name, sha256 or hub revision, quantization and dtype. Loading resolves the base the way
 `--base-model` does (cache, bundled GGUF or hub), checks it is the same weights, and applies the
 adapter.
 
-The same model class (`AdapterModel`) serves three folders, told apart by their artifacts:
+The same model class (`serving.AdapterModel`) serves three folders, told apart by their artifacts:
 - `adapter` + `base_model`: one adapter, as `train` and `sweep` log it;
 - `adapters` (a manifest) + `adapter-<i>` + `base_model`: many adapters on one base, as
   `lora-study serve --adapters` saves it; a request picks one with `adapter`;
 - `merged` + `base_model`: the base with an adapter merged in, as `lora-study merge` logs it.
 """
 
-import dataclasses
-import functools
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import warnings
@@ -27,16 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-from lora_study import batching, model_uris, models, registry, serving
+from lora_study import model_uris, models, registry, serving
 from lora_study.cache import build_once, cache_root
 from lora_study.errors import UserInputError
-from lora_study.tracking import (
+from lora_study.models import AdapterReference, load_with_adapters
+from lora_study.names import (
     ARTIFACT_ADAPTER,
     ARTIFACT_MERGED,
     METRIC_ADAPTER_SIZE_MB,
@@ -47,11 +44,15 @@ from lora_study.tracking import (
     MODEL_KEY_MERGED,
 )
 
+# Models logged by lora-study 0.1 rebuild themselves with `from lora_study.adapters import
+# AdapterModel`: the served model's class is named here too, so they still load.
+from lora_study.serving import AdapterModel  # noqa: F401
+
 BASE_REFERENCE = MODEL_BASE_REFERENCE
 ADAPTERS_MANIFEST = "adapters.json"
 # "Models from code" (https://mlflow.org/docs/latest/ml/model/models-from-code/): MLflow keeps
 # this file with each model and runs it to rebuild the model, instead of unpickling an object.
-MODEL_CODE = "import mlflow\nfrom lora_study.adapters import AdapterModel\n\nmlflow.models.set_model(AdapterModel())\n"
+MODEL_CODE = "import mlflow\nfrom lora_study.serving import AdapterModel\n\nmlflow.models.set_model(AdapterModel())\n"
 GENERATION_PARAMS = [
     ParamSpec(name, "long" if name == "max_new_tokens" else "double", value)
     for name, value in serving.DEFAULT_PARAMS.items()
@@ -59,7 +60,7 @@ GENERATION_PARAMS = [
 # One unnamed string column, as MLflow's transformers text-generation flavour has: only then does
 # `predict(["..."])` pass MLflow's schema check (a named column refuses a list). MLflow then keeps
 # only a frame's first column, and its scoring server refuses `{"inputs": {"prompt": [...]}}`;
-# `_accept_prompt_dict` keeps that request working.
+# `accept_prompt_dict` keeps that request working.
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string")]),
     outputs=Schema([ColSpec("string")]),
@@ -70,84 +71,9 @@ MULTI_ADAPTER_SIGNATURE = ModelSignature(
     outputs=Schema([ColSpec("string")]),
     params=ParamSchema([*GENERATION_PARAMS, ParamSpec(serving.ADAPTER_FIELD, "string", "")]),
 )
-# What must be the same for adapters to share one loaded base model.
-SHARED_BASE_FIELDS = ("name", "sha256", "revision", "trust_remote_code", "quantization", "dtype")
 
 
 # --- the reference to the base -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AdapterReference:
-    """What an adapter was trained on, as `base_model.json` holds it."""
-
-    name: str  # the `--base-model` value
-    sha256: str | None  # of the source weights (bundled and local models)
-    revision: str | None  # hub commit (hub models)
-    trust_remote_code: bool
-    quantization: str  # none | 8bit | 4bit
-    dtype: str  # of the frozen base weights that are not quantized: float32, bfloat16, float16
-    prompt_format: str  # text | instruction | chat: how a user's prompt is wrapped
-    merged_from: str | None = None  # for a merged model: the adapter URI it was made from
-    tokenizer_digest: str | None = None  # of the tokenizer it was trained with; None in models logged before
-
-    @classmethod
-    def of(
-        cls,
-        ref: models.BaseModelRef,
-        quantization: str,
-        dtype: torch.dtype,
-        prompt_format: str,
-        tokenizer_digest: str | None = None,
-    ):
-        dtype_name = str(dtype).removeprefix("torch.")
-        return cls(
-            ref.name,
-            ref.sha256,
-            ref.revision,
-            ref.trust_remote_code,
-            quantization,
-            dtype_name,
-            prompt_format,
-            tokenizer_digest=tokenizer_digest,
-        )
-
-    @classmethod
-    def read(cls, path) -> "AdapterReference":
-        """The reference in `path`; keys a later lora-study added are left out."""
-        known = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in json.loads(Path(path).read_text()).items() if key in known})
-
-    def write(self, path) -> None:
-        Path(path).write_text(json.dumps(self.as_dict(), indent=1))
-
-    def as_dict(self) -> dict:
-        fields = dataclasses.asdict(self)
-        optional = ("merged_from", "tokenizer_digest")  # left out when unknown, as before they existed
-        return {key: value for key, value in fields.items() if key not in optional or value is not None}
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return getattr(torch, self.dtype)
-
-    @property
-    def weights(self) -> str:
-        """`quantized`, or the weights' dtype: what sets a merge's tolerance."""
-        return "quantized" if self.quantization != "none" else self.dtype
-
-    def base(self) -> models.BaseModelRef:
-        """The base this names, resolved and checked to be the same weights."""
-        ref = models.resolve(self.name, self.trust_remote_code)
-        if self.sha256 and ref.sha256 != self.sha256:
-            raise ValueError(
-                f"base model `{self.name}` resolves to weights with sha256 {ref.sha256}, but "
-                f"the adapter was trained on {self.sha256}"
-            )
-        return dataclasses.replace(ref, revision=self.revision) if self.revision else ref
-
-    def differences(self, other: "AdapterReference") -> list[str]:
-        """The fields that keep two adapters from sharing one loaded base."""
-        return [field for field in SHARED_BASE_FIELDS if getattr(self, field) != getattr(other, field)]
 
 
 # --- from a model URI to a loaded model --------------------------------------------------------------
@@ -220,27 +146,6 @@ def load(source: ModelSource, device: torch.device, dtype: torch.dtype | None, o
     if source.reference.quantization == "none":
         model.to(device)
     return LoadedModel(model, tokenizer, ref, source)
-
-
-def load_with_adapters(reference: AdapterReference, folders: dict[str, str], onto=None):
-    """The base `reference` names, resolved once and loaded (or `onto`, already loaded), with every
-    adapter (PEFT name -> folder) beside it, the first active; its tokenizer; the resolved base."""
-    from peft import PeftModel
-
-    ref = reference.base()
-    base = onto if onto is not None else models.load_model(ref, reference.quantization, reference.torch_dtype)
-    (first, folder), *others = folders.items()
-    model = PeftModel.from_pretrained(base, folder, adapter_name=first)
-    for name, other in others:
-        model.load_adapter(other, adapter_name=name)
-    model.set_adapter(first)
-    return model.eval(), models.load_tokenizer(ref), ref
-
-
-def load_merged(folder: str, reference: AdapterReference):
-    """A merged model, a plain transformers folder, loaded as a base model is; and its tokenizer."""
-    ref = models.BaseModelRef(reference.name, folder, trust_remote_code=reference.trust_remote_code)
-    return models.load_model(ref, "none", reference.torch_dtype).eval(), models.load_tokenizer(ref)
 
 
 # --- logging and saving models ---------------------------------------------------------------------
@@ -366,129 +271,3 @@ def save_multi_adapter_model(entries: list[tuple[str, str]]) -> Path:
 
 
 # --- the served model --------------------------------------------------------------------------------
-
-
-class AdapterModel(mlflow.pyfunc.PythonModel):
-    """Generates text with the base model plus an adapter (or a merged model); temperature 0 is greedy."""
-
-    def load_context(self, context):
-        # loaded in a scoring server: its requests too are checked, and parsed as promised
-        _refuse_deep_json()
-        _accept_prompt_dict()
-        max_rows, wait_s = serving.batching_settings()
-        _widen_request_threads(max_rows)
-        artifacts = context.artifacts
-        self.reference = AdapterReference.read(artifacts[MODEL_KEY_BASE])
-        if MODEL_KEY_MERGED in artifacts:
-            self.adapters = {}
-            self.model, self.tokenizer = load_merged(artifacts[MODEL_KEY_MERGED], self.reference)
-        else:
-            self.adapters = _served_adapters(artifacts, self.reference)
-            folders = {adapter.key: artifacts[adapter.key] for adapter in self.adapters.values()}
-            self.model, self.tokenizer, _ = load_with_adapters(self.reference, folders)
-        # The server runs requests in threads; one thread generates, for the requests that came together.
-        generate = functools.partial(serving.generate_mixed, self.model, self.tokenizer)
-        self.batcher = batching.Batcher(generate, max_rows, wait_s)
-
-    # A DataFrame is what MLflow passes for a column schema. The hint stops MLflow's "Add type
-    # hints" warning at class definition; MLflow neither validates nor infers a schema from it
-    # (`mlflow.types.type_hints.type_hints_no_signature_inference`), the signature stays in charge.
-    def predict(self, context, model_input: pd.DataFrame, params=None):
-        """Answers, one per prompt. A bad request raises an MLflow INVALID_PARAMETER_VALUE error,
-        which `mlflow models serve` answers with HTTP 400 and keeps serving."""
-        try:
-            return serving.answer(
-                self.model,
-                self.tokenizer,
-                self.adapters,
-                self.reference.prompt_format,
-                model_input,
-                params,
-                run=self.batcher.submit,
-            )
-        except serving.BadRequest as error:
-            raise MlflowException.invalid_parameter_value(str(error)) from None
-
-
-def _wrap_scoring_server(name: str, wrap) -> None:
-    """Replace MLflow's scoring-server function `name` with `wrap(it)`, once per process; a server
-    of another MLflow version without that function is left as it is."""
-    from mlflow.pyfunc import scoring_server
-
-    original = getattr(scoring_server, name, None)
-    if original is None or getattr(original, "wrapped_by_lora_study", False):
-        return
-    wrapped = wrap(original)
-    wrapped.wrapped_by_lora_study = True
-    setattr(scoring_server, name, wrapped)
-
-
-def _refuse_deep_json() -> None:
-    """Make MLflow's scoring server answer 400, not 500, to JSON nested deeper than Python's
-    recursion limit: it turns a request's JSONDecodeError into a 400 but lets the RecursionError
-    of `[[[[...` through (mlflow#4897 is that class of bug)."""
-
-    def wrap(decode):
-        def decode_json_input(json_input):
-            try:
-                return decode(json_input)
-            except RecursionError:
-                raise MlflowException.invalid_parameter_value("the request's JSON is nested too deeply") from None
-
-        return decode_json_input
-
-    _wrap_scoring_server("_decode_json_input", wrap)
-
-
-def _widen_request_threads(max_rows: int) -> None:
-    """Let enough requests in at once to fill a batch. MLflow's scoring server runs each request
-    with `asyncio.to_thread`, in the event loop's default pool: min(32, cores + 4) threads, 6 on 2
-    cores, so no batch could gather more than 6. Give it a pool of twice the batch (a batch
-    generating, the next one gathering), never fewer threads than the default."""
-    import asyncio
-    import concurrent.futures
-    import contextvars
-    import types
-
-    from mlflow.pyfunc import scoring_server
-
-    if getattr(scoring_server.asyncio, "widened_by_lora_study", False):
-        return
-    pool = concurrent.futures.ThreadPoolExecutor(
-        max(2 * max_rows, min(32, (os.cpu_count() or 1) + 4)), thread_name_prefix="lora-study-request"
-    )
-
-    async def to_thread(func, /, *args, **kwargs):  # asyncio.to_thread, on `pool`
-        call = functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(pool, call)
-
-    widened = types.SimpleNamespace(**vars(asyncio))
-    widened.to_thread, widened.widened_by_lora_study = to_thread, True
-    scoring_server.asyncio = widened
-
-
-def _accept_prompt_dict() -> None:
-    """Keep `{"inputs": {"prompt": [...]}}` working for a model whose input is one unnamed string
-    column (`SIGNATURE`): MLflow's scoring server refuses a dict for such a schema, so give it the
-    prompts as a list, as `{"inputs": [...]}` sends them. Models with named columns (many adapters,
-    or logged before) parse as they did."""
-
-    def wrap(parse):
-        def infer_and_parse_data(data, schema=None):
-            inputs = data.get("inputs") if isinstance(data, dict) else None
-            unnamed = schema is not None and not schema.has_input_names()
-            if unnamed and isinstance(inputs, dict) and list(inputs) == [serving.PROMPT_FIELD]:
-                data = {**data, "inputs": inputs[serving.PROMPT_FIELD]}
-            return parse(data, schema)
-
-        return infer_and_parse_data
-
-    _wrap_scoring_server("infer_and_parse_data", wrap)
-
-
-def _served_adapters(artifacts: dict, reference: AdapterReference) -> dict[str, serving.ServedAdapter]:
-    """Request name -> adapter, in the order served; the first is the default."""
-    if MODEL_KEY_ADAPTER in artifacts:  # one adapter, as `train` logs it
-        return {MODEL_KEY_ADAPTER: serving.ServedAdapter(MODEL_KEY_ADAPTER, reference.prompt_format)}
-    manifest = json.loads(Path(artifacts[MODEL_KEY_ADAPTERS]).read_text())
-    return {entry["name"]: serving.ServedAdapter(entry["artifact"], entry["prompt_format"]) for entry in manifest}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from lora_study import console, processes, tracking
+from lora_study import console, processes
 from lora_study.config import (
     AdapterConfig,
     BaseModelConfig,
@@ -30,7 +30,7 @@ from lora_study.config import (
     parse_sections,
 )
 from lora_study.errors import UserInputError
-from lora_study.tracking import EXPERIMENT_NAME
+from lora_study.names import EXPERIMENT_NAME
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         configs = parse_sections(command.sections, args)
         if command.makes_runs and processes.is_main():  # under torchrun, only the main process logs
+            from lora_study import tracking  # MLflow, once the arguments are good: `--help` answers without it
+
             tracking.use_experiment(experiment_name)
         run_id = command.run(*configs)
     except UserInputError as error:

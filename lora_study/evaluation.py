@@ -10,14 +10,15 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from lora_study import data, groups, models, tracking
+from lora_study import data, models, tracking
 from lora_study.adapters import ModelSource
 from lora_study.config import DataConfig
+from lora_study.data import groups
+from lora_study.data.packing import collate
 from lora_study.errors import UserInputError
 from lora_study.generation import Prompt, generate_timed, mean_rouge_l, prompts_from_rows, read_prompts
 from lora_study.losses import mean_loss, perplexity, target_logprobs
-from lora_study.packing import collate
-from lora_study.tracking import (
+from lora_study.names import (
     BASE_PREFIX,
     COLUMN_ADAPTER_OUTPUT,
     COLUMN_BASE_OUTPUT,
@@ -182,7 +183,7 @@ def held_out(
     from `prompts_file`, else cut from the test rows."""
     prepared = _test_data(data_uri, source, ref, tokenizer)
     rows = prepared.rows("test")
-    fmt = prepared.meta["format"]
+    fmt = prepared.meta.format
     prompt_format = source.reference.prompt_format if source.is_adapter else fmt
     if max_prompts == 0:
         prompts = []
@@ -211,11 +212,11 @@ def _training_data(run_id: str, ref, tokenizer) -> data.PreparedData:
         return _group_of(data.load_prepared(params[PARAM_DATA]), params)
     data_cfg = DataConfig.model_validate({key: params[key] for key in DataConfig.model_fields if key in params})
     prepared = _group_of(data.prepare(data_cfg, ref, tokenizer)[0], params)
-    logged = params.get(PARAM_DATASET_DIGEST, prepared.meta["digest"])
-    if prepared.meta["digest"] != logged:
+    logged = params.get(PARAM_DATASET_DIGEST, prepared.meta.digest)
+    if prepared.meta.digest != logged:
         raise UserInputError(
             f"the data of run {run_id} ({data_cfg.dataset}) no longer prepares to the rows it trained on "
-            f"(dataset_digest {prepared.meta['digest'][:12]}, the run has {logged[:12]}); "
+            f"(dataset_digest {prepared.meta.digest[:12]}, the run has {logged[:12]}); "
             "pass --data with that data's `prepare` run or folder"
         )
     return prepared
@@ -225,5 +226,5 @@ def _group_of(prepared: data.PreparedData, params: dict) -> data.PreparedData:
     """The data a run trained on: of a group's run (`train --group-by`), its group's own splits."""
     if not params.get(PARAM_GROUP):
         return prepared
-    (key,) = groups.select(prepared.groups, [params[PARAM_GROUP]], prepared.meta.get("group_by", ""))
+    (key,) = groups.select(prepared.groups, [params[PARAM_GROUP]], prepared.meta.group_by)
     return prepared.group(key)

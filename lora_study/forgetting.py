@@ -17,10 +17,10 @@ import torch
 
 from lora_study import cache, data, models
 from lora_study.config import DataConfig
+from lora_study.data.packing import IGNORE_INDEX, collate
 from lora_study.errors import UserInputError
 from lora_study.losses import autocast, logits
-from lora_study.packing import IGNORE_INDEX, collate
-from lora_study.tracking import METRIC_FORGETTING_KL, METRIC_FORGETTING_LOSS_DELTA
+from lora_study.names import METRIC_FORGETTING_KL, METRIC_FORGETTING_LOSS_DELTA
 
 SELF = "self"  # text sampled from the base model
 NONE = "none"  # no forgetting measurement

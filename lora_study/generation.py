@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
+from lora_study.data.packing import IGNORE_INDEX, records
+from lora_study.data.templates import user_prompt
 from lora_study.errors import UserInputError
 from lora_study.losses import autocast
-from lora_study.packing import IGNORE_INDEX, records
-from lora_study.templates import user_prompt
-from lora_study.tracking import (
+from lora_study.names import (
     METRIC_FIRST_TOKEN_LATENCY_MS,
     METRIC_GEN_LATENCY_P50_MS,
     METRIC_GEN_LATENCY_P95_MS,

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lora_study.packing import IGNORE_INDEX, collate
+from lora_study.data.packing import IGNORE_INDEX, collate
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

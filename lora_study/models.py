@@ -11,8 +11,10 @@ Names a user can give:
 Every resolved model carries what identifies its weights exactly: a sha256 or a hub revision.
 """
 
+import dataclasses
 import hashlib
 import importlib.util
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,3 +264,101 @@ def _resolve_hub(repo_id: str, trust_remote_code: bool) -> BaseModelRef:
             f"offline, use `{SMOLLM2}` or a local checkpoint directory"
         ) from None
     return BaseModelRef(name=repo_id, path=repo_id, revision=revision, trust_remote_code=trust_remote_code)
+
+
+# What must be the same for adapters to share one loaded base model.
+SHARED_BASE_FIELDS = ("name", "sha256", "revision", "trust_remote_code", "quantization", "dtype")
+
+
+@dataclass(frozen=True)
+class AdapterReference:
+    """What an adapter was trained on, as `base_model.json` holds it."""
+
+    name: str  # the `--base-model` value
+    sha256: str | None  # of the source weights (bundled and local models)
+    revision: str | None  # hub commit (hub models)
+    trust_remote_code: bool
+    quantization: str  # none | 8bit | 4bit
+    dtype: str  # of the frozen base weights that are not quantized: float32, bfloat16, float16
+    prompt_format: str  # text | instruction | chat: how a user's prompt is wrapped
+    merged_from: str | None = None  # for a merged model: the adapter URI it was made from
+    tokenizer_digest: str | None = None  # of the tokenizer it was trained with; None in models logged before
+
+    @classmethod
+    def of(
+        cls,
+        ref: BaseModelRef,
+        quantization: str,
+        dtype: torch.dtype,
+        prompt_format: str,
+        tokenizer_digest: str | None = None,
+    ):
+        dtype_name = str(dtype).removeprefix("torch.")
+        return cls(
+            ref.name,
+            ref.sha256,
+            ref.revision,
+            ref.trust_remote_code,
+            quantization,
+            dtype_name,
+            prompt_format,
+            tokenizer_digest=tokenizer_digest,
+        )
+
+    @classmethod
+    def read(cls, path) -> "AdapterReference":
+        """The reference in `path`; keys a later lora-study added are left out."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in json.loads(Path(path).read_text()).items() if key in known})
+
+    def write(self, path) -> None:
+        Path(path).write_text(json.dumps(self.as_dict(), indent=1))
+
+    def as_dict(self) -> dict:
+        fields = dataclasses.asdict(self)
+        optional = ("merged_from", "tokenizer_digest")  # left out when unknown, as before they existed
+        return {key: value for key, value in fields.items() if key not in optional or value is not None}
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    @property
+    def weights(self) -> str:
+        """`quantized`, or the weights' dtype: what sets a merge's tolerance."""
+        return "quantized" if self.quantization != "none" else self.dtype
+
+    def base(self) -> BaseModelRef:
+        """The base this names, resolved and checked to be the same weights."""
+        ref = resolve(self.name, self.trust_remote_code)
+        if self.sha256 and ref.sha256 != self.sha256:
+            raise ValueError(
+                f"base model `{self.name}` resolves to weights with sha256 {ref.sha256}, but "
+                f"the adapter was trained on {self.sha256}"
+            )
+        return dataclasses.replace(ref, revision=self.revision) if self.revision else ref
+
+    def differences(self, other: "AdapterReference") -> list[str]:
+        """The fields that keep two adapters from sharing one loaded base."""
+        return [field for field in SHARED_BASE_FIELDS if getattr(self, field) != getattr(other, field)]
+
+
+def load_with_adapters(reference: AdapterReference, folders: dict[str, str], onto=None):
+    """The base `reference` names, resolved once and loaded (or `onto`, already loaded), with every
+    adapter (PEFT name -> folder) beside it, the first active; its tokenizer; the resolved base."""
+    from peft import PeftModel
+
+    ref = reference.base()
+    base = onto if onto is not None else load_model(ref, reference.quantization, reference.torch_dtype)
+    (first, folder), *others = folders.items()
+    model = PeftModel.from_pretrained(base, folder, adapter_name=first)
+    for name, other in others:
+        model.load_adapter(other, adapter_name=name)
+    model.set_adapter(first)
+    return model.eval(), load_tokenizer(ref), ref
+
+
+def load_merged(folder: str, reference: AdapterReference):
+    """A merged model, a plain transformers folder, loaded as a base model is; and its tokenizer."""
+    ref = BaseModelRef(reference.name, folder, trust_remote_code=reference.trust_remote_code)
+    return load_model(ref, "none", reference.torch_dtype).eval(), load_tokenizer(ref)

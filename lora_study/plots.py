@@ -13,8 +13,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure  # figures as objects: no pyplot state, no GUI backend
 
-from lora_study.groups import BASE_ROW
-from lora_study.tracking import (
+from lora_study.data.groups import BASE_ROW
+from lora_study.names import (
     COLUMN_KIND,
     COLUMN_LAYER,
     COLUMN_TEST_PERPLEXITY_MEAN,

@@ -1,288 +1,40 @@
-"""MLflow names, and the runs of stages and trials.
+"""The run context and logging: the experiment, a stage's or trial's run, links into the UI, params,
+metrics, datasets, and reading runs back.
 
-Every metric, param, tag and artifact path lora-study writes is named here, once, so that
-`train`, `evaluate`, `sweep` and `registry` read exactly what the others wrote. Components log
-through the functions at the bottom; only stages, `registry` and `adapters` call MLflow directly.
-Params that are config fields are logged under the field's name (`rank`, `seq_len`); the ones
-other modules read back by name have a constant here, and `tests/test_tracking.py` checks that
-each is still a field.
+Components log through these functions; only stages, `tracking`, `runs`, `registry`, `adapters`
+and `serving` call MLflow directly. The names logged are in `names`; a study's parent run (its
+election, heartbeats, dead runs) is `runs`'s.
 """
 
 import json
 import os
 import posixpath
 import shlex
-import sys
 import tempfile
-import threading
-import time
 from contextlib import contextmanager
 
 import mlflow
 
 from lora_study import processes
 from lora_study.errors import UserInputError
-
-SPLITS = ("train", "validation", "test")
-
-# --- the experiment ------------------------------------------------------------------------
-# Where runs go when neither `--experiment-name`, MLFLOW_EXPERIMENT_NAME/_ID nor `mlflow run
-# --experiment-name` says (`mlflow run` without it puts its run in `Default`, which stays so).
-EXPERIMENT_NAME = "lora-study"
-# The experiment's kind: "custom_model_development" is what MLflow's UI itself writes when a user
-# picks "Machine learning" (runs, metrics, models) over "GenAI apps & agents" (traces, judges).
-TAG_MLFLOW_EXPERIMENT_KIND = "mlflow.experimentKind"
-EXPERIMENT_KIND_TRAINING = "custom_model_development"
-# MLflow 3.17.2's UI does not read that tag to pick its view (a feature flag, fixed on in its
-# bundle, has it read the browser's choice instead): it opens the GenAI view unless the address
-# says `?workflowType=machine_learning` or the user flipped its switch in that browser. The
-# addresses lora-study prints say so.
-UI_TRAINING_VIEW = "workflowType=machine_learning"
-
-# --- run names: what each run is, as the UI lists it ------------------------------------------
-RUN_NAME_PREPARE = "prepare {dataset} for {base_model}"
-RUN_NAME_TRAIN = "train {adapter}"
-RUN_NAME_EVALUATE = "evaluate {model_uri}"
-RUN_NAME_MERGE = "merge {model_uri}"
-RUN_NAME_REPORT = "report {study}"
-RUN_NAME_SWEEP = "sweep {study}"
-RUN_NAME_TRIAL = "trial-{number} {adapter}"
-
-# --- tags ----------------------------------------------------------------------------------
-TAG_STAGE = "lora_study.stage"  # one of the STAGE_ values below
-TAG_ERROR = "lora_study.error"  # why a run FAILED or was KILLED, in one line
-STAGE_PREPARE, STAGE_TRAIN, STAGE_EVALUATE, STAGE_MERGE = "prepare", "train", "evaluate", "merge"
-STAGE_TRAIN_GROUPS = "train_groups"  # the parent of `train --group-by`: a nested `train` run per group
-STAGE_TRAIN_GROUPS_INVOCATION = "train_groups_invocation"  # a run `mlflow run` made for one that continued its parent
-RUN_NAME_TRAIN_GROUPS = "train {adapter} by {group_by}"
-STAGE_INSPECT = "inspect"  # what an adapter's update is, module by module (lora_study.updates)
-RUN_NAME_INSPECT = "inspect {model_uri}"
-ARTIFACT_UPDATES = "updates.json"  # an MLflow table: one row per adapted module, the COLUMN_ names below
-ARTIFACT_SIMILARITY = "subspace_similarity.json"  # with --compare: one row per module both adapters adapt
-ARTIFACT_UPDATE_PLOT = "plots/{name}_by_layer.png"  # relative_norm_by_layer, effective_rank_by_layer, ...
-COLUMN_MODULE, COLUMN_LAYER, COLUMN_KIND = "module", "layer", "kind"
-COLUMN_RANK, COLUMN_NORM, COLUMN_RELATIVE_NORM = "rank", "norm", "relative_norm"  # ||dW||_F, and over ||W||_F
-COLUMN_EFFECTIVE_RANK, COLUMN_ENERGY_RANK = "effective_rank", "energy_rank_90"
-COLUMN_SINGULAR_VALUES, COLUMN_INTRUDERS, COLUMN_SIMILARITY = "singular_values", "intruders", "subspace_similarity"
-COLUMN_SIMILARITY_TOP1 = "subspace_similarity_top1"  # of the two updates' single top directions
-COLUMN_SIMILARITY_CHANCE = "subspace_similarity_chance"  # what random subspaces of those sizes share: k / d_out
-METRIC_UPDATE_EFFECTIVE_RANK = "update_effective_rank_median"  # over modules; on inspect runs and trials
-METRIC_UPDATE_ENERGY_RANK = "update_energy_rank_90_median"
-METRIC_UPDATE_RELATIVE_NORM_MAX = "update_relative_norm_max"
-METRIC_UPDATE_RELATIVE_NORM_MEDIAN = "update_relative_norm_median"
-METRIC_INTRUDERS = "intruder_dimensions"  # with --intruders: summed over modules
-METRIC_SUBSPACE_SIMILARITY = "subspace_similarity_mean"  # with --compare: over the modules both adapt
-RUN_NAME_GROUP = "group {group} {adapter}"
-TAG_GROUPS_INPUTS = "lora_study.groups_inputs"  # on that parent: a digest of what trains (data, base, settings)
-TAG_GROUP = "lora_study.group"  # on a group's run and registered version: the group's value
-TAG_GROUP_KEY = "lora_study.group_key"  # ... and its key (`lora_study.groups`)
-PARAM_GROUP = "group"  # on a group's run: its value (which of the prepared data's groups it trained on)
-ARTIFACT_GROUP_ROW = "cross_group_row.json"  # on a group's run: its adapter's test perplexity on every group
-ARTIFACT_CROSS_GROUP = "cross_group_perplexity.json"  # on the parent, a table: adapters x groups' test splits
-ARTIFACT_CROSS_GROUP_PLOT = "plots/cross_group_improvement.png"  # ... as % better than the base, a heatmap
-METRIC_TRAINED_GROUPS = "trained_groups"  # on that parent: groups with a finished run
-METRIC_FAILED_GROUPS = "failed_groups"  # ... and those whose run failed this time
-METRIC_OWN_GROUP_IMPROVEMENT_PCT = "own_group_improvement_pct"  # on the parent: mean over adapters, own group
-METRIC_OTHER_GROUPS_IMPROVEMENT_PCT = "other_groups_improvement_pct"  # ... and on the other groups' test splits
-STAGE_SWEEP = "sweep"  # a sweep's parent run: one per study, continued by every sweep of it
-STAGE_SWEEP_INVOCATION = "sweep_invocation"  # a run `mlflow run` made for a sweep that continued its study's
-TAG_STUDY_RUN = "lora_study.study_run"  # ... on it: the parent run it continued
-TAG_HEARTBEAT = "lora_study.heartbeat"  # on a sweep's runs: when its process last said it was alive (epoch s)
-# A process (a sweep, or a trial's worker) that sends no heartbeat for 2 intervals is taken for dead.
-HEARTBEAT_S = int(os.environ.get("LORA_STUDY_HEARTBEAT_S", "10"))
-TAG_STUDY_STORAGE = "lora_study.optuna_storage"  # on a parent: its study's storage (masked), with TAG_STUDY its key
-STAGE_TRIAL = "trial"  # one explore trial's run, nested under its sweep
-STAGE_CONFIRM = "confirm"  # one confirmation run (a configuration again, with a seed), nested too
-RUN_NAME_CONFIRM = "confirm-trial-{config}-seed-{seed} {adapter}"
-
-# --- params (besides the config fields, which are logged under their own names) -------------
-PARAM_BASE_MODEL_SHA256 = "base_model_sha256"
-PARAM_BASE_MODEL_REVISION = "base_model_revision"
-PARAM_TOKENIZER_DIGEST = "tokenizer_digest"
-PARAM_DATASET_DIGEST = "dataset_digest"  # of the prepared token rows: same digest, same data
-PARAM_SOURCE_DIGEST = "source_digest"  # of the raw documents read
-PARAM_DETECTED_FORMAT = "detected_format"
-PARAM_DECONTAMINATION = "decontamination"  # how shared spans left the training side
-PARAM_PROMPT_COUNT = "prompt_count"  # prompts an evaluation generated for
-# config fields that other modules read back from a run by name
-PARAM_BASE_MODEL = "base_model"
-PARAM_DATA = "data"
-PARAM_RANK = "rank"
-PARAM_ALPHA = "alpha"
-PARAM_DROPOUT = "dropout"
-PARAM_TARGET_MODULES = "target_modules"
-PARAM_QUANTIZATION = "quantization"
-PARAM_USE_RSLORA = "use_rslora"
-PARAM_USE_DORA = "use_dora"
-PARAM_LEARNING_RATE = "learning_rate"
-PARAM_DATASET = "dataset"
-PARAM_FORMAT = "format"
-PARAM_SEQ_LEN = "seq_len"
-PARAM_SEED = "seed"
-PARAM_DECONTAMINATE_NGRAM = "decontaminate_ngram"
-PARAM_MAX_STEPS = "max_steps"
-PARAM_OBJECTIVES = "objectives"  # of a sweep, as are the next three
-PARAM_PRUNER = "pruner"
-PARAM_RECOMMEND = "recommend"
-PARAM_WITHIN_SE = "within_se"
-
-# --- metrics of `prepare`, one per split ----------------------------------------------------
-METRIC_DOCUMENTS = "{split}_documents"
-METRIC_TOKENS = "{split}_tokens"  # tokens in the packed rows
-METRIC_LOSS_TOKENS = "{split}_loss_tokens"  # of those, the tokens that carry loss
-METRIC_ROWS = "{split}_rows"
-METRIC_TRUNCATED_DOCUMENTS = "truncated_documents"
-METRIC_DROPPED_DOCUMENTS = "dropped_documents"
-METRIC_CONTAMINATED_DOCUMENTS = "contaminated_documents"  # training documents that shared a held-out span
-METRIC_REMOVED_TRAIN_TOKENS = "removed_train_tokens"  # tokens taken out of training for it
-METRIC_GROUPS = "groups"  # with --group-by, on `prepare` runs: groups with data enough to train
-METRIC_SKIPPED_GROUPS = "skipped_groups"  # ... and those without
-
-# --- metrics of `train` ----------------------------------------------------------------------
-# over steps
-METRIC_TRAIN_LOSS = "train_loss"
-METRIC_LEARNING_RATE = "learning_rate"
-METRIC_TOKENS_PER_S = "tokens_per_s"  # real (non-padding) tokens of the step over its time
-# at every `eval_every` steps and at the end
-METRIC_EVAL_LOSS = "eval_loss"  # token-weighted mean over the validation split
-METRIC_EVAL_PERPLEXITY = "eval_perplexity"
-# once, at the end
-METRIC_TRAIN_TOKENS_PER_S = "train_tokens_per_s"  # real tokens over the time of the steps
-METRIC_PEAK_MEMORY_MB = "peak_memory_mb"  # see TAG_MEMORY_KIND and lora_study.memory
-METRIC_MODEL_MEMORY_MB = "model_memory_mb"  # the loaded base with its adapter
-METRIC_TRAINABLE_PARAMS = "trainable_params"
-METRIC_TOTAL_PARAMS = "total_params"
-# how far the adapter moved the base on text outside the training data (lora_study.forgetting)
-METRIC_FORGETTING_LOSS_DELTA = "forgetting_loss_delta"  # mean token loss, adapter minus base
-METRIC_FORGETTING_KL = "forgetting_kl"  # mean per-token KL(base || adapter), nats
-PARAM_FORGETTING_SET = "forgetting_set"  # what those were measured on
-METRIC_TRAINABLE_PERCENT = "trainable_percent"
-METRIC_ADAPTER_SIZE_MB = "adapter_size_mb"
-METRIC_TRAIN_RUNTIME_S = "train_runtime_s"  # the training loop, evaluations included
-TAG_MEMORY_KIND = "memory_kind"
-PARAM_STEPS = "steps"  # optimizer steps actually planned (from max_steps or epochs)
-PARAM_AUTOCAST_DTYPE = "autocast_dtype"
-PARAM_DEVICE = "device"
-PARAM_WORLD_SIZE = "world_size"  # processes that trained the adapter together (torchrun, accelerate launch)
-TAG_PEAK_MEMORY_PER_PROCESS = "peak_memory_mb_per_process"  # with several: each one's, by rank
-
-# --- metrics of `evaluate` ---------------------------------------------------------------------
-# perplexity over the test split, with the adapter and, on the same tokens, without it
-METRIC_TEST_LOSS = "test_loss"
-METRIC_TEST_PERPLEXITY = "test_perplexity"
-METRIC_BASE_TEST_PERPLEXITY = "base_test_perplexity"
-METRIC_PERPLEXITY_IMPROVEMENT_PCT = "perplexity_improvement_pct"  # 100 * (1 - ppl / base ppl)
-# greedy generation over the prompt suite, one request at a time
-METRIC_GEN_TOKENS_PER_S = "gen_tokens_per_s"  # new tokens over the time of the requests
-METRIC_GEN_LATENCY_P50_MS = "gen_latency_p50_ms"
-METRIC_GEN_LATENCY_P95_MS = "gen_latency_p95_ms"
-METRIC_FIRST_TOKEN_LATENCY_MS = "first_token_latency_ms"  # median
-METRIC_ROUGE_L = "rougeL"  # mean ROUGE-L F1 against the references, where there are any
-METRIC_BASE_ROUGE_L = "base_rougeL"
-BASE_PREFIX = "base_"  # the generation metrics again, of the base model: base_gen_tokens_per_s
-# with --merged (and in `merge`): the adapter merged into the base weights, against the unmerged adapter
-MERGED_PREFIX = "merged_"  # the generation metrics again, merged: merged_gen_tokens_per_s
-METRIC_MERGED_MAX_LOGPROB_DIFF = "merged_max_logprob_diff"  # of the target tokens of a test batch
-METRIC_MERGED_LOSS_DIFF_PCT = "merged_loss_diff_pct"  # of the test loss
-METRIC_MERGED_MATCHES = "merged_matches"  # 1 when the loss difference is within tolerance
-METRIC_MERGED_OUTPUTS_MATCH_PCT = "merged_outputs_match_pct"  # identical greedy answers
-METRIC_MERGED_SPEEDUP = "merged_speedup"  # merged gen_tokens_per_s over the unmerged one
-METRIC_EVAL_PEAK_MEMORY_MB = "eval_peak_memory_mb"  # same kinds as peak_memory_mb
-# an evaluate (or merge) run names what it evaluated; a registered version names its evaluate run
-TAG_EVALUATED_MODEL_URI = "lora_study.model_uri"
-TAG_EVALUATED_RUN_ID = "lora_study.source_run_id"
-TAG_EVALUATED_REGISTERED_MODEL = "lora_study.registered_model"
-TAG_EVALUATED_VERSION = "lora_study.model_version"
-TAG_EVALUATION_RUN_ID = "evaluation_run_id"
-# the columns of the generations table
-COLUMN_PROMPT, COLUMN_REFERENCE = "prompt", "reference"
-COLUMN_BASE_OUTPUT, COLUMN_ADAPTER_OUTPUT, COLUMN_MERGED_OUTPUT = "base_output", "adapter_output", "merged_output"
-
-# --- `sweep`: a parent run per invocation, a nested run per trial ---------------------------
-TAG_STUDY = "lora_study.study"  # on the parent, every trial run and every registered version
-TAG_TRIAL_NUMBER = "trial_number"  # on trial runs (and registered versions)
-TAG_TRIAL_STATE = "trial_state"  # COMPLETE | PRUNED | FAIL, on trial runs
-TAG_CONFIG_TRIAL = "config_trial"  # on confirmation runs and versions: the explore trial they repeat
-TAG_SEED = "seed"  # on confirmation runs and versions
-TAG_RETRY_OF = "retry_of"  # on the run of a trial queued again because its worker died: the trial it repeats
-TAG_RECOMMENDATION = "lora_study.recommendation"  # on the parent: the answer, in one sentence
-# on versions of confirmed configurations: their seeds' test perplexity
-TAG_TEST_PERPLEXITY_MEAN = "test_perplexity_mean"
-TAG_TEST_PERPLEXITY_STD = "test_perplexity_std"
-TAG_TEST_PERPLEXITY_N = "test_perplexity_n"
-METRIC_SEED_STD = "seed_std_test_perplexity"  # on the parent: the seed noise, pooled over configurations
-METRIC_SEED_STD_OF = "seed_std_test_perplexity_trial_{config}"  # ... and per confirmed configuration
-METRIC_RECOMMENDED_MEAN = "recommended_test_perplexity_mean"
-METRIC_RECOMMENDED_STD = "recommended_test_perplexity_std"
-ARTIFACT_BEST_PER_LEVEL = "best_per_level.json"  # per factor and level: its best trial (learning rate)
-COLUMN_FACTOR = "factor"
-ARTIFACT_CONFIRMED = "confirmed.json"  # the confirmed configurations, one row each, with:
-COLUMN_CONFIG_TRIAL, COLUMN_SEEDS, COLUMN_STDERR = "config_trial", "seeds", "test_perplexity_stderr"
-COLUMN_RECOMMENDED, COLUMN_VERSION = "recommended", "version"
-COLUMN_STEPS = PARAM_STEPS  # the confirmations' budget (also in the report's tables of runs)
-COLUMN_TEST_PERPLEXITY_MEAN, COLUMN_TEST_PERPLEXITY_STD = TAG_TEST_PERPLEXITY_MEAN, TAG_TEST_PERPLEXITY_STD
-PARAM_STUDY_NAME = "study_name"
-PARAM_SAMPLER = "sampler"
-PARAM_STORAGE = "optuna_storage"  # the Optuna storage URL the sweep used, password masked
-METRIC_TRIALS = "{state}_trials"  # complete_trials, pruned_trials, failed_trials, lost_trials on the parent
-METRIC_BEST = "best_{objective}"  # best_perplexity ... on the parent
-PARAM_BEST = "best_{param}"  # the best trial's params, on the parent (single objective)
-ARTIFACT_TRIALS = "trials.json"  # an MLflow table: one row per trial
-ARTIFACT_SWEEP_CONFIG = "sweep_config"  # the folder holding the search-space file the study ran on
-ARTIFACT_PLOT = "plots/{name}.png"  # perplexity_by_rank, perplexity_vs_memory, ... on the parent
-ARTIFACT_IMPORTANCES = "importances.json"  # fANOVA importance of each searched param, on the parent
-ARTIFACT_ENVIRONMENT = "environment.json"  # {machine, packages}: what the sweep ran on
-TAG_COMMAND = "lora_study.command"  # on the parent: the command line that ran the sweep
-# MLflow's own tags: a nested run's parent, and what `mlflow run` ran from where
-TAG_MLFLOW_PARENT_RUN = "mlflow.parentRunId"
-TAG_MLFLOW_ENTRY_POINT, TAG_MLFLOW_SOURCE = "mlflow.project.entryPoint", "mlflow.source.name"
-TAG_MLFLOW_NOTE = "mlflow.note.content"  # a run's description, in Markdown, first on its page in the UI
-TAG_MLFLOW_PROJECT_ENV = "mlflow.project.env"  # on a run `mlflow run` made: local, conda, virtualenv, ...
-TAG_MLFLOW_COMMIT = "mlflow.source.git.commit"
-# `report`: the study's answer as one page, on the sweep's parent run
-ARTIFACT_REPORT = "report"  # the folder: report.html (self-contained), report.md and figures/*.svg
-REPORT_HTML, REPORT_MARKDOWN, REPORT_FIGURES = "report.html", "report.md", "figures"
-STAGE_REPORT = "report"  # the run `mlflow run -e report` makes, which holds a copy
-# What each sweep objective minimizes: the metric of a trial run, also its registered version's tag.
-OBJECTIVE_METRICS = {
-    "perplexity": METRIC_EVAL_PERPLEXITY,
-    "peak_memory_mb": METRIC_PEAK_MEMORY_MB,
-    "trainable_params": METRIC_TRAINABLE_PARAMS,
-    "forgetting": METRIC_FORGETTING_KL,
-}
-
-# --- the registry --------------------------------------------------------------------------
-ALIAS_CHALLENGER = "challenger"
-ALIAS_CHAMPION = "champion"
-ALIAS_STUDY_PREFIX = "study-"  # a study's own alias: its answer (`study.study_alias`)
-# version tags, besides the headline metrics (under their metric names) and TAG_STUDY/TAG_TRIAL_NUMBER
-TAG_BASE_MODEL = "base_model"
-TAG_BASE_MODEL_SHA256 = PARAM_BASE_MODEL_SHA256
-TAG_MERGED_FROM = "merged_from"  # the adapter URI a merged model was made from
-TAG_PROMOTED_ALIAS = "promoted_alias"
-TAG_PROMOTED_BY = "promoted_by"
-TAG_PROMOTED_AT = "promoted_at"  # UTC, ISO 8601
-TAG_PROMOTION_REASON = "promotion_reason"
-TAG_PROMOTION_COMPARED = "promotion_compared"  # the two values compared, in words
-TAG_DESCRIPTION_DIGEST = "lora_study.description_sha256"  # of the description lora-study wrote: an edited one differs
-TAG_TEST_DATA = "lora_study.test_data"  # beside a test perplexity: what it was measured on (`comparability`), JSON
-TAG_TEST_DATA_KEY = "test_data"  # ... its short key: versions with the same one compare
-TAG_MANIFEST = "lora_study.manifest"  # what a server needs to know to load the version (`servability`), JSON
-TAG_SERVES_ON = "serves_on"  # the serving targets that can load the version, e.g. `mlflow, vllm`
-# On a registered model: one tag per alias move, `<prefix><alias>.<epoch ms>` -> JSON (from, to, at, by, why).
-TAG_ALIAS_MOVE_PREFIX = "lora_study.alias_move."
-
-# --- artifacts -----------------------------------------------------------------------------
-# A lora-study pyfunc model's artifact keys, which its MLmodel names and which tell its kinds
-# apart (`adapters`): one adapter, many adapters on one base, a merged model; each with its base.
-MODEL_KEY_ADAPTER, MODEL_KEY_ADAPTERS, MODEL_KEY_MERGED, MODEL_KEY_BASE = "adapter", "adapters", "merged", "base_model"
-MODEL_BASE_REFERENCE = "base_model.json"  # the file MODEL_KEY_BASE names: `adapters.AdapterReference`
-ARTIFACT_DATA = "data"  # the prepared splits, as `prepare` wrote them
-ARTIFACT_PREVIEW = "preview.json"  # an MLflow table: a few decoded rows per split
-ARTIFACT_ADAPTER = "adapter"  # the adapter as an MLflow model (lora_study.adapters)
-ARTIFACT_MERGED = "merged"  # the base with the adapter merged in, as an MLflow model (lora_study.adapters)
-ARTIFACT_GENERATIONS = "generations.json"  # an MLflow table: prompt, reference, base and adapter outputs
-
+from lora_study.names import (
+    ARTIFACT_REPORT,
+    EXPERIMENT_KIND_TRAINING,
+    EXPERIMENT_NAME,
+    PARAM_FORGETTING_SET,
+    REPORT_HTML,
+    STAGE_TRIAL,
+    TAG_ERROR,
+    TAG_EVALUATED_MODEL_URI,
+    TAG_EVALUATED_REGISTERED_MODEL,
+    TAG_EVALUATED_RUN_ID,
+    TAG_EVALUATED_VERSION,
+    TAG_MLFLOW_EXPERIMENT_KIND,
+    TAG_MLFLOW_PARENT_RUN,
+    TAG_STAGE,
+    TAG_TRIAL_STATE,
+    UI_TRAINING_VIEW,
+)
 
 # --- the experiment and its runs ----------------------------------------------------------------
 
@@ -414,87 +166,6 @@ def evaluated_model_tags(source) -> dict[str, str]:
     return tags
 
 
-def study_run(study: str, storage: str):
-    """The parent run of the study `study` in `storage` (the masked URL) in the experiment this
-    process logs to: the first one made (by start time, then id), or None. Every sweep of a
-    study continues it."""
-    experiment_id = mlflow.tracking.fluent._get_experiment_id()  # where a new run would go (no public API)
-    found = mlflow.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_STUDY_STORAGE}` = '{storage}' "
-        f"and tags.`{TAG_STAGE}` = '{STAGE_SWEEP}'",
-        output_format="list",
-    )
-    return first_made(found)
-
-
-def first_made(runs: list):
-    """The run made first (by start time, then id), or None: the one every process agrees on."""
-    return min(runs, key=lambda run: (run.info.start_time, run.info.run_id), default=None)
-
-
-def elect_study_run(study: str, storage: str, settle_s: float) -> str:
-    """The parent run of a study that has none. Sweeps that start the study together (a machine
-    each) each make a candidate, wait `settle_s` for the others' to land, and all take the first
-    made (`study_run`); a losing candidate becomes a pointer to the winner, ended FINISHED."""
-    experiment_id = mlflow.tracking.fluent._get_experiment_id()
-    tags = {TAG_STUDY: study, TAG_STUDY_STORAGE: storage, TAG_STAGE: STAGE_SWEEP}
-    mine = mlflow.MlflowClient().create_run(experiment_id, tags=tags, run_name=RUN_NAME_SWEEP.format(study=study))
-    mine = mine.info.run_id
-    time.sleep(settle_s)
-    elected = study_run(study, storage)
-    if elected is None or elected.info.run_id == mine:  # None: the others' were deleted meanwhile
-        return mine
-    mark_invocation(mine, elected.info.run_id)
-    mlflow.MlflowClient().set_terminated(mine, "FINISHED")
-    return elected.info.run_id
-
-
-def run_age_s(run) -> float:
-    """Seconds since the run started (by the clock of the process that made it)."""
-    return time.time() - run.info.start_time / 1000
-
-
-def heartbeat_age_s(run) -> float | None:
-    """Seconds since the run's sweep last said it was alive; None if it never did."""
-    beat = run.data.tags.get(TAG_HEARTBEAT)
-    return time.time() - float(beat) if beat else None
-
-
-@contextmanager
-def heartbeat(run_id: str | None, interval_s: float):
-    """Tag the run (if any) with the time every `interval_s` while the block runs: a later sweep
-    tells a live sweep from a dead one by it."""
-    if run_id is None:
-        yield
-        return
-    stop = threading.Event()
-
-    def beat() -> None:
-        client = mlflow.MlflowClient()
-        while True:
-            try:
-                client.set_tag(run_id, TAG_HEARTBEAT, f"{time.time():.0f}")
-            except Exception as error:  # a store that did not answer this time: beat again next time
-                print(f"lora-study: warning: heartbeat on run {run_id} not recorded ({error})", file=sys.stderr)
-            if stop.wait(interval_s):
-                return
-
-    thread = threading.Thread(target=beat, name="sweep-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-def _builds_no_env(run) -> bool:
-    """`mlflow run` with a conda, virtualenv or docker environment makes its run before building
-    it, minutes before the sweep can beat: such a run is judged by its heartbeats alone."""
-    return run.data.tags.get(TAG_MLFLOW_PROJECT_ENV, "local") == "local"
-
-
 def log_table_replacing(frame, artifact_file: str) -> None:
     """Log `frame` as the active run's table `artifact_file`, replacing the one an earlier sweep
     of the study logged there (`mlflow.log_table` would append to it)."""
@@ -507,65 +178,6 @@ def log_table_replacing(frame, artifact_file: str) -> None:
         path = os.path.join(temporary, posixpath.basename(artifact_file))
         frame.to_json(path, orient="split", index=False, date_format="iso")  # as log_table writes it
         mlflow.log_artifact(path, folder)
-
-
-def mark_invocation(run_id: str, parent_run_id: str, stage: str = STAGE_SWEEP_INVOCATION) -> None:
-    """A run made for a sweep that continues its study's parent (`mlflow run` made it, or it lost
-    to another candidate for the parent), or for a `train --group-by` that continues its parent:
-    say where its work went."""
-    client = mlflow.MlflowClient()
-    client.set_tag(run_id, TAG_STAGE, stage)
-    client.set_tag(run_id, TAG_STUDY_RUN, parent_run_id)
-
-
-def fail_run(run_id: str, reason: str, **tags: str) -> None:
-    """End another process's run FAILED, with the reason: its process died."""
-    client = mlflow.MlflowClient()
-    client.set_tag(run_id, TAG_ERROR, reason)
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
-    client.set_terminated(run_id, "FAILED")
-
-
-def end_dead_run(run_id: str, reason: str) -> None:
-    """End a sweep run KILLED, with the reason: its process died (a sweep was killed)."""
-    client = mlflow.MlflowClient()
-    client.set_tag(run_id, TAG_ERROR, reason)
-    client.set_terminated(run_id, "KILLED")
-
-
-def dead_sweep_runs(experiment_id: str, interval_s: float, grace_s: float) -> list[tuple[str, str]]:
-    """(run id, why) of each sweep run in the experiment left RUNNING by a process that died: no
-    heartbeat for two intervals of `interval_s`, or none at all `grace_s` after it started (`mlflow run` makes
-    its run before the sweep's Python starts, so a kill then leaves one that never beat)."""
-    found = {}
-    for condition in (f"tags.`{TAG_MLFLOW_ENTRY_POINT}` = '{STAGE_SWEEP}'", f"tags.`{TAG_STAGE}` = '{STAGE_SWEEP}'"):
-        for run in mlflow.search_runs(
-            [experiment_id], filter_string=f"{condition} and attributes.status = 'RUNNING'", output_format="list"
-        ):
-            found[run.info.run_id] = run
-    dead = []
-    for run_id, run in found.items():
-        age = heartbeat_age_s(run)
-        if age is not None and age > 2 * interval_s:
-            dead.append((run_id, f"its sweep died: no heartbeat for {age:.0f} s"))
-        elif age is None and _builds_no_env(run) and run_age_s(run) > grace_s:
-            dead.append(
-                (run_id, f"its sweep died before it started (no heartbeat {grace_s:.0f} s after the run began)")
-            )
-    return dead
-
-
-def groups_run(inputs: str):
-    """The parent run of a `train --group-by` of these inputs (`TAG_GROUPS_INPUTS`) in the
-    experiment this process logs to, the first made; or None. A rerun continues it."""
-    experiment_id = mlflow.tracking.fluent._get_experiment_id()
-    found = mlflow.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{TAG_GROUPS_INPUTS}` = '{inputs}' and tags.`{TAG_STAGE}` = '{STAGE_TRAIN_GROUPS}'",
-        output_format="list",
-    )
-    return first_made(found)
 
 
 def child_runs(parent_run_id: str) -> list:

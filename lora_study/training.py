@@ -16,11 +16,11 @@ import torch
 
 from lora_study import adapters, console, data, lora, models, processes, tracking, updates
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, TrainConfig
+from lora_study.data.packing import IGNORE_INDEX, collate
 from lora_study.errors import UserInputError
 from lora_study.losses import autocast, loss_sum, mean_loss, perplexity
 from lora_study.memory import PeakMemory
-from lora_study.packing import IGNORE_INDEX, collate
-from lora_study.tracking import (
+from lora_study.names import (
     METRIC_EVAL_LOSS,
     METRIC_EVAL_PERPLEXITY,
     METRIC_LEARNING_RATE,
@@ -112,7 +112,7 @@ def setup(data_cfg: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, t
     model, weights_dtype = models.load_base(ref, adapter.quantization, dtype, where)
     lora.resolve_targets(model, adapter.target_modules)  # an unknown name fails before the run
     # said once all is well: bad input stays one line
-    rows = ", ".join(f"{prepared.meta['counts'][METRIC_ROWS.format(split=split)]} {split}" for split in SPLITS)
+    rows = ", ".join(f"{prepared.meta.counts[METRIC_ROWS.format(split=split)]} {split}" for split in SPLITS)
     console.say(f"data {train.data or data_cfg.dataset}: rows of {data_cfg.seq_len} tokens: {rows}  {data_s:.0f} s")
     loaded = f"loaded on {where.type}, quantization {adapter.quantization}"
     console.say(f"base {base.base_model}: {loaded}  {resolve_s + time.perf_counter() - started:.0f} s")
@@ -122,12 +122,12 @@ def setup(data_cfg: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, t
 def check_prepared(prepared, data_cfg: DataConfig, tokenizer_digest: str, base_model: str) -> None:
     data.check_tokenizer(prepared, tokenizer_digest, base_model)
     seq_len, group_by = data_cfg.seq_len, data_cfg.group_by
-    if prepared.meta["seq_len"] != seq_len:
+    if prepared.meta.seq_len != seq_len:
         raise UserInputError(
-            f"--seq-len {seq_len} differs from the prepared data's {prepared.meta['seq_len']}: pass "
-            f"--seq-len {prepared.meta['seq_len']} or prepare the data again"
+            f"--seq-len {seq_len} differs from the prepared data's {prepared.meta.seq_len}: pass "
+            f"--seq-len {prepared.meta.seq_len} or prepare the data again"
         )
-    held = prepared.meta.get("group_by", "")
+    held = prepared.meta.group_by
     if group_by and held != group_by:  # without --group-by, grouped data trains as one data set
         how = f"with --group-by {held}" if held else "without --group-by"
         raise UserInputError(
@@ -337,16 +337,16 @@ def log_inputs(s: Setup, data_cfg: DataConfig, base: BaseModelConfig) -> None:
             **base.model_dump(),
             PARAM_BASE_MODEL_SHA256: s.ref.sha256 or "",
             PARAM_BASE_MODEL_REVISION: s.ref.revision or "",
-            PARAM_DATASET_DIGEST: s.prepared.meta["digest"],
+            PARAM_DATASET_DIGEST: s.prepared.meta.digest,
         }
     )
-    tracking.log_training_rows(str(s.prepared.path), data_cfg.dataset, s.prepared.meta["digest"])
+    tracking.log_training_rows(str(s.prepared.path), data_cfg.dataset, s.prepared.meta.digest)
 
 
 def log_trained_adapter(s: Setup, model, adapter: AdapterConfig):
     """The adapter as the MLflow model `adapter`, with the reference to the base it was trained on."""
     meta = s.prepared.meta
-    reference = adapters.AdapterReference.of(
-        s.ref, adapter.quantization, s.weights_dtype, meta["format"], meta["tokenizer_digest"]
+    reference = models.AdapterReference.of(
+        s.ref, adapter.quantization, s.weights_dtype, meta.format, meta.tokenizer_digest
     )
     return adapters.log_adapter(model, reference)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from lora_study.tracking import (
+from lora_study.names import (
     COLUMN_EFFECTIVE_RANK,
     COLUMN_ENERGY_RANK,
     COLUMN_INTRUDERS,

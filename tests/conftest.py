@@ -20,8 +20,9 @@ import pandas as pd
 import pytest
 import torch
 
-from lora_study import adapters, comparability, evaluation, models, registry, training
+from lora_study import adapters, evaluation, models, registry, training
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, TrainConfig
+from lora_study.registry import comparability
 
 REPO = Path(__file__).resolve().parents[1]
 

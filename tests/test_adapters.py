@@ -16,8 +16,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from lora_study import adapters, serving
+from lora_study import adapters, models, serving
 from lora_study.errors import UserInputError
+from lora_study.serving import server
 
 
 def test_the_logged_adapter_reproduces_the_in_process_logits(tiny_adapter):
@@ -49,7 +50,7 @@ def test_the_model_holds_the_adapter_and_a_base_reference_only(tiny, tiny_adapte
         "quantization": "none",
         "dtype": str(s.weights_dtype).removeprefix("torch."),
         "prompt_format": "text",
-        "tokenizer_digest": s.prepared.meta["tokenizer_digest"],
+        "tokenizer_digest": s.prepared.meta.tokenizer_digest,
     }
     assert info.metadata["base_model"]["sha256"] == tiny.sha256
     signature = info.signature
@@ -80,7 +81,7 @@ def test_a_list_of_prompts_gets_the_answers_of_a_prompt_column(tiny_adapter):
 
 def test_logging_an_adapter_warns_of_nothing_a_user_could_act_on(tiny_adapter):
     model, s, _, _ = tiny_adapter
-    reference = adapters.AdapterReference.of(s.ref, "none", s.weights_dtype, "text")
+    reference = models.AdapterReference.of(s.ref, "none", s.weights_dtype, "text")
     with mlflow.start_run(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         adapters.log_adapter(model, reference)
@@ -147,7 +148,7 @@ def test_many_adapters_on_one_base_answer_as_each_adapter_alone():
 def test_adapters_on_different_bases_are_refused(tiny_adapter):
     model, s, _, _ = tiny_adapter
     with mlflow.start_run() as run:
-        reference = adapters.AdapterReference.of(s.ref, "8bit", s.weights_dtype, "text")
+        reference = models.AdapterReference.of(s.ref, "8bit", s.weights_dtype, "text")
         adapters.log_adapter(model, reference)
     _, _, plain, _ = tiny_adapter
     entries = [("plain", f"runs:/{plain}/adapter"), ("eight", f"runs:/{run.info.run_id}/adapter")]
@@ -174,13 +175,25 @@ def test_the_one_loader_applies_an_adapter_onto_a_loaded_base_as_onto_a_fresh_on
     assert detached.keys() == untouched.keys() and all(torch.equal(detached[k], untouched[k]) for k in untouched)
 
 
+def test_a_model_logged_by_0_1_with_the_class_in_adapters_still_loads(tmp_path, tiny_adapter):
+    """lora-study 0.1 wrote `from lora_study.adapters import AdapterModel` into a model's code file."""
+    _, _, run_id, _ = tiny_adapter
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/adapter", dst_path=str(tmp_path)))
+    code = folder / "adapter_model.py"
+    code.write_text(
+        "import mlflow\nfrom lora_study.adapters import AdapterModel\n\nmlflow.models.set_model(AdapterModel())\n"
+    )
+    old = mlflow.pyfunc.load_model(str(folder))
+    assert old.predict(PROMPTS, params={"max_new_tokens": 8}) == answers(f"runs:/{run_id}/adapter")
+
+
 def test_a_model_logged_before_the_adapters_module_still_loads(tmp_path, tiny_adapter):
     """Older models' code file imports AdapterModel from lora_study.serving, and their input is a
     named `prompt` column."""
     _, _, run_id, _ = tiny_adapter
     folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/adapter", dst_path=str(tmp_path)))
     code = folder / "adapter_model.py"  # MLflow keeps the model's code file beside its MLmodel
-    assert "from lora_study.adapters import AdapterModel" in code.read_text()
+    assert "from lora_study.serving import AdapterModel" in code.read_text()
     code.write_text(
         "import mlflow\nfrom lora_study.serving import AdapterModel\n\nmlflow.models.set_model(AdapterModel())\n"
     )
@@ -196,12 +209,12 @@ def test_a_model_logged_before_the_adapters_module_still_loads(tmp_path, tiny_ad
 
 
 def test_a_reference_reads_back_as_written_and_names_what_keeps_bases_apart(tmp_path, tiny):
-    reference = adapters.AdapterReference.of(tiny, "none", torch.bfloat16, "chat")
+    reference = models.AdapterReference.of(tiny, "none", torch.bfloat16, "chat")
     reference.write(tmp_path / "base_model.json")
-    assert adapters.AdapterReference.read(tmp_path / "base_model.json") == reference
+    assert models.AdapterReference.read(tmp_path / "base_model.json") == reference
     assert "merged_from" not in json.loads((tmp_path / "base_model.json").read_text())
     assert reference.torch_dtype is torch.bfloat16 and reference.weights == "bfloat16"
-    quantized = adapters.AdapterReference.of(tiny, "4bit", torch.float32, "text")
+    quantized = models.AdapterReference.of(tiny, "4bit", torch.float32, "text")
     assert quantized.weights == "quantized"
     assert quantized.differences(reference) == ["quantization", "dtype"]  # the prompt format may differ
 
@@ -216,7 +229,7 @@ def test_the_scoring_server_lets_in_as_many_requests_as_two_batches_hold(monkeyp
     from mlflow.pyfunc import scoring_server
 
     monkeypatch.setattr(scoring_server, "asyncio", asyncio)  # MLflow's own, restored after the test
-    adapters._widen_request_threads(8)
+    server.widen_request_threads(8)
     barrier = threading.Barrier(16, timeout=20)
 
     async def sixteen_at_once():

@@ -6,9 +6,10 @@ import pytest
 import torch
 from conftest import loaded_adapter
 
-from lora_study import evaluation, packing
+from lora_study import evaluation
+from lora_study.data import packing
+from lora_study.data.packing import IGNORE_INDEX
 from lora_study.generation import prompts_from_rows
-from lora_study.packing import IGNORE_INDEX
 
 
 def direct_perplexity(model, rows):

@@ -7,9 +7,9 @@ from conftest import TINY_BASE, TINY_DATA, text_docs, write_jsonl
 
 from lora_study import forgetting, lora, training
 from lora_study.config import AdapterConfig, TrainConfig
+from lora_study.data.packing import collate
 from lora_study.errors import UserInputError
-from lora_study.packing import collate
-from lora_study.tracking import METRIC_FORGETTING_KL, METRIC_FORGETTING_LOSS_DELTA
+from lora_study.names import METRIC_FORGETTING_KL, METRIC_FORGETTING_LOSS_DELTA
 
 TRAIN = TrainConfig(max_steps=4, batch_size=4, eval_every=0)
 

@@ -15,7 +15,7 @@ def test_prompts_from_instruction_rows_are_the_prompt_and_its_answer(tmp_path, t
     dataset = write_jsonl(tmp_path / "alpaca.jsonl", alpaca_records(40))
     prepared = data.prepare(DataConfig(dataset=str(dataset), seq_len=128), tiny, tokenizer)[0]
     prompts = generation.prompts_from_rows(prepared.rows("test"), "instruction", tokenizer, 100, 16)
-    assert len(prompts) == prepared.meta["counts"]["test_documents"]
+    assert len(prompts) == prepared.meta.counts["test_documents"]
     for prompt in prompts:
         assert prompt.text.startswith("Below is an instruction") and prompt.text.endswith("### Response:\n")
         assert re.fullmatch(r"Animal \d+ is a \w+\.", prompt.reference)

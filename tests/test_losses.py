@@ -6,8 +6,8 @@ import torch
 
 from lora_study import lora, losses, models
 from lora_study.config import AdapterConfig
+from lora_study.data.packing import IGNORE_INDEX, collate, pack_records
 from lora_study.losses import ChunkedCrossEntropy, chunkable_head, loss_sum, mean_loss, perplexity
-from lora_study.packing import IGNORE_INDEX, collate, pack_records
 
 
 def per_token_losses(model, rows, pad_id):
@@ -113,8 +113,10 @@ def test_a_lora_model_gets_from_the_chunked_loss_the_gradients_of_the_full_logit
         patched.setattr(losses, "chunkable_head", lambda model: None)
         plain, plain_grads, _ = lora_loss_and_gradients(tiny, batch)
     torch.testing.assert_close(chunked, plain)
+    # fp32 sums taken in chunks round apart from the whole: on AMD EPYC's kernels one element in 256
+    # differed by 5.8e-6 (gradients here are ~1e-2), past an absolute tolerance of 1e-6
     for got, expected in zip(chunked_grads, plain_grads, strict=True):
-        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_a_head_in_training_or_logits_changed_after_the_head_take_the_full_logits(tiny):

@@ -1,51 +1,11 @@
-"""Stage and trial runs end in the state they earned; params and MLflow names stay consistent."""
-
-from collections import defaultdict
+"""Stage and trial runs end in the state they earned; runs go to the experiment chosen; params read back as given."""
 
 import mlflow
 import pytest
 from conftest import runs
-from pydantic import ValidationError
 
-from lora_study import tracking
-from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, SweepConfig, TrainConfig
+from lora_study import names, tracking
 from lora_study.errors import UserInputError
-
-CONFIG_FIELDS = {
-    name
-    for config in (DataConfig, BaseModelConfig, AdapterConfig, TrainConfig, SweepConfig)
-    for name in config.model_fields
-}
-CONFIG_PARAMS = [
-    "PARAM_BASE_MODEL",
-    "PARAM_DATA",
-    "PARAM_RANK",
-    "PARAM_ALPHA",
-    "PARAM_DROPOUT",
-    "PARAM_TARGET_MODULES",
-    "PARAM_QUANTIZATION",
-    "PARAM_USE_RSLORA",
-    "PARAM_USE_DORA",
-    "PARAM_LEARNING_RATE",
-    "PARAM_DATASET",
-    "PARAM_FORMAT",
-    "PARAM_SEQ_LEN",
-    "PARAM_SEED",
-    "PARAM_DECONTAMINATE_NGRAM",
-    "PARAM_MAX_STEPS",
-    "PARAM_OBJECTIVES",
-    "PARAM_PRUNER",
-    "PARAM_RECOMMEND",
-    "PARAM_WITHIN_SE",
-]
-# Names that are the same MLflow key on purpose: one constant defined as the other's alias.
-ALIASES = {
-    frozenset({"TAG_BASE_MODEL_SHA256", "PARAM_BASE_MODEL_SHA256"}),
-    frozenset({"METRIC_LEARNING_RATE", "PARAM_LEARNING_RATE"}),
-    frozenset({"TAG_BASE_MODEL", "PARAM_BASE_MODEL"}),
-    frozenset({"PARAM_DATA", "ARTIFACT_DATA"}),  # the `data` param names what the `data` artifact holds
-    frozenset({"PARAM_SEED", "TAG_SEED"}),  # a confirmation's seed (tag) replaces the config's (param)
-}
 
 
 class Pruned(Exception):
@@ -58,35 +18,35 @@ def the_run(experiment_id: str):
 
 
 def test_a_stage_run_that_raises_ends_failed_with_the_error(mlflow_experiment):
-    with pytest.raises(ValueError), tracking.stage_run(tracking.STAGE_TRAIN):
+    with pytest.raises(ValueError), tracking.stage_run(names.STAGE_TRAIN):
         raise ValueError("seq_len too long")
     run = the_run(mlflow_experiment)
     assert run.info.status == "FAILED"
-    assert run.data.tags[tracking.TAG_ERROR] == "ValueError: seq_len too long"
-    assert run.data.tags[tracking.TAG_STAGE] == "train"
+    assert run.data.tags[names.TAG_ERROR] == "ValueError: seq_len too long"
+    assert run.data.tags[names.TAG_STAGE] == "train"
     assert mlflow.active_run() is None
 
 
 def test_ctrl_c_ends_a_stage_run_killed(mlflow_experiment):
-    with pytest.raises(KeyboardInterrupt), tracking.stage_run(tracking.STAGE_PREPARE):
+    with pytest.raises(KeyboardInterrupt), tracking.stage_run(names.STAGE_PREPARE):
         raise KeyboardInterrupt
     run = the_run(mlflow_experiment)
     assert run.info.status == "KILLED"
-    assert run.data.tags[tracking.TAG_ERROR] == "interrupted (Ctrl-C)"
+    assert run.data.tags[names.TAG_ERROR] == "interrupted (Ctrl-C)"
 
 
 def test_a_stage_run_that_returns_ends_finished_with_its_tags(mlflow_experiment):
-    with tracking.stage_run(tracking.STAGE_EVALUATE, **{"extra": "yes"}) as started:
+    with tracking.stage_run(names.STAGE_EVALUATE, **{"extra": "yes"}) as started:
         assert mlflow.active_run().info.run_id == started.info.run_id
     run = the_run(mlflow_experiment)
     assert run.info.status == "FINISHED"
-    assert run.data.tags[tracking.TAG_STAGE] == "evaluate" and run.data.tags["extra"] == "yes"
-    assert tracking.TAG_ERROR not in run.data.tags
+    assert run.data.tags[names.TAG_STAGE] == "evaluate" and run.data.tags["extra"] == "yes"
+    assert names.TAG_ERROR not in run.data.tags
 
 
 def run_trial(experiment_id: str, parent_run_id: str, error: BaseException | None) -> str:
     """A trial under the active parent run that raises `error` (if any); the trial's run id."""
-    trial_tags = {tracking.TAG_TRIAL_NUMBER: "3"}
+    trial_tags = {names.TAG_TRIAL_NUMBER: "3"}
     with tracking.trial_run("trial-3", experiment_id, parent_run_id, trial_tags, pruned=Pruned) as run_id:
         if error is not None:
             raise error
@@ -116,11 +76,11 @@ def test_a_trial_run_ends_with_its_trial_state(mlflow_experiment, error, state, 
     trial = client.get_run(trial_id)
     assert trial.info.status == status
     assert trial.info.run_name == "trial-3"
-    assert trial.data.tags[tracking.TAG_TRIAL_STATE] == state
-    assert trial.data.tags[tracking.TAG_STAGE] == tracking.STAGE_TRIAL
-    assert trial.data.tags[tracking.TAG_TRIAL_NUMBER] == "3"
+    assert trial.data.tags[names.TAG_TRIAL_STATE] == state
+    assert trial.data.tags[names.TAG_STAGE] == names.STAGE_TRIAL
+    assert trial.data.tags[names.TAG_TRIAL_NUMBER] == "3"
     assert trial.data.tags["mlflow.parentRunId"] == parent_id
-    assert trial.data.tags.get(tracking.TAG_ERROR) == reason
+    assert trial.data.tags.get(names.TAG_ERROR) == reason
     assert client.get_run(parent_id).info.status == "FINISHED"
 
 
@@ -200,38 +160,3 @@ def test_log_params_keeps_what_the_run_already_holds(mlflow_experiment):
 @pytest.mark.parametrize("text, value", [("''", ""), ("'a b'", "a b"), ("plain", "plain"), ("a b", "a b")])
 def test_param_value_undoes_shell_quoting(text, value):
     assert tracking.param_value(text) == value
-
-
-def test_fail_run_ends_another_run_failed_with_the_reason(mlflow_experiment):
-    client = mlflow.MlflowClient()
-    run_id = client.create_run(mlflow_experiment).info.run_id
-    tracking.fail_run(run_id, "worker 2 died", **{tracking.TAG_TRIAL_STATE: "FAIL"})
-    run = client.get_run(run_id)
-    assert run.info.status == "FAILED"
-    assert run.data.tags[tracking.TAG_ERROR] == "worker 2 died"
-    assert run.data.tags[tracking.TAG_TRIAL_STATE] == "FAIL"
-
-
-@pytest.mark.parametrize("constant", CONFIG_PARAMS)
-def test_config_params_are_config_fields(constant):
-    assert getattr(tracking, constant) in CONFIG_FIELDS
-
-
-@pytest.mark.parametrize("objective", list(tracking.OBJECTIVE_METRICS))
-def test_every_objective_is_a_sweep_objective(objective):
-    assert SweepConfig(objectives=objective).objective_names == [objective]
-
-
-def test_an_unknown_objective_is_refused():
-    with pytest.raises(ValidationError, match="objectives"):
-        SweepConfig(objectives="perplexity,latency")
-
-
-def test_no_two_mlflow_names_share_a_key_unless_aliased():
-    by_value = defaultdict(set)
-    for name, value in vars(tracking).items():
-        if name.isupper() and isinstance(value, str) and name.startswith(("METRIC_", "PARAM_", "TAG_", "ARTIFACT_")):
-            by_value[value].add(name)
-    shared = {frozenset(names) for names in by_value.values() if len(names) > 1}
-    assert shared - ALIASES == set()
-    assert ALIASES <= shared  # an alias that no longer is one is dropped from ALIASES

@@ -16,10 +16,10 @@ import os
 import mlflow
 import torch
 
-from lora_study import adapters, comparability, evaluation, forgetting, models, registry, tracking
+from lora_study import adapters, evaluation, forgetting, models, registry, tracking
 from lora_study.config import EvaluateConfig
 from lora_study.memory import PeakMemory
-from lora_study.tracking import (
+from lora_study.names import (
     ARTIFACT_GENERATIONS,
     METRIC_BASE_TEST_PERPLEXITY,
     METRIC_EVAL_PEAK_MEMORY_MB,
@@ -38,6 +38,7 @@ from lora_study.tracking import (
     TAG_EVALUATION_RUN_ID,
     TAG_MEMORY_KIND,
 )
+from lora_study.registry import comparability
 
 # What a registered version shows of its evaluation, as version tags.
 HEADLINE_METRICS = (
@@ -62,10 +63,9 @@ def _tag_version(source, run_id: str, metrics: dict, measured_on: comparability.
             f"({'; '.join(apart)}): this evaluation is on run {run_id} only"
         )
         return
-    headline = {key: f"{metrics[key]:.6g}" for key in HEADLINE_METRICS if key in metrics}
-    tags = {**headline, TAG_EVALUATION_RUN_ID: run_id, **registry.measured_on_tags(measured_on)}
-    registry.tag_version(source.registered_model, source.version, tags)
-    registry.describe(source.registered_model, source.version)  # now with its test perplexity
+    headline = {key: metrics[key] for key in HEADLINE_METRICS if key in metrics}
+    tags = {TAG_EVALUATION_RUN_ID: run_id}
+    registry.tag_measured(source.registered_model, source.version, headline, measured_on, tags)
 
 
 def run_evaluate(cfg: EvaluateConfig) -> str:
@@ -79,9 +79,9 @@ def run_evaluate(cfg: EvaluateConfig) -> str:
     held_out = evaluation.held_out(
         source, cfg.data, cfg.prompts, cfg.max_prompts, cfg.max_new_tokens, loaded.base, tokenizer
     )
-    seq_len = held_out.prepared.meta["seq_len"]
+    seq_len = held_out.prepared.meta.seq_len
     forgetting_data = cfg.forgetting_data if source.is_adapter else forgetting.NONE  # a base forgets nothing
-    trained_on = held_out.prepared.meta["dataset"]
+    trained_on = held_out.prepared.meta.dataset
     general_text = forgetting.load(forgetting_data, loaded.base, tokenizer, model, seq_len, trained_on)
 
     name = RUN_NAME_EVALUATE.format(model_uri=cfg.model_uri)
@@ -91,7 +91,7 @@ def run_evaluate(cfg: EvaluateConfig) -> str:
                 **cfg.model_dump(),
                 PARAM_BASE_MODEL: loaded.base.name,
                 PARAM_BASE_MODEL_SHA256: loaded.base.sha256 or "",
-                PARAM_DATASET_DIGEST: held_out.prepared.meta["digest"],
+                PARAM_DATASET_DIGEST: held_out.prepared.meta.digest,
                 PARAM_PROMPT_COUNT: len(held_out.prompts),
             }
         )

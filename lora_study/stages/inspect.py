@@ -19,7 +19,7 @@ import torch
 from lora_study import adapters, console, plots, tracking, updates
 from lora_study.config import InspectConfig
 from lora_study.errors import UserInputError
-from lora_study.tracking import (
+from lora_study.names import (
     ARTIFACT_SIMILARITY,
     ARTIFACT_UPDATE_PLOT,
     ARTIFACT_UPDATES,

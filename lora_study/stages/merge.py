@@ -22,7 +22,7 @@ import torch
 from lora_study import adapters, evaluation, models, registry, tracking
 from lora_study.config import MergeConfig
 from lora_study.errors import UserInputError
-from lora_study.tracking import (
+from lora_study.names import (
     ARTIFACT_GENERATIONS,
     ARTIFACT_MERGED,
     METRIC_MERGED_LOSS_DIFF_PCT,
@@ -59,7 +59,7 @@ def run_merge(cfg: MergeConfig) -> str:
             {
                 **cfg.model_dump(),
                 PARAM_BASE_MODEL: loaded.base.name,
-                PARAM_DATASET_DIGEST: held_out.prepared.meta["digest"],
+                PARAM_DATASET_DIGEST: held_out.prepared.meta.digest,
             }
         )
         measure = (tokenizer, held_out.rows, held_out.prompts, cfg.batch_size, cfg.max_new_tokens, dtype)

@@ -12,7 +12,7 @@ import mlflow
 
 from lora_study import data, models, tracking
 from lora_study.config import BaseModelConfig, DataConfig
-from lora_study.tracking import (
+from lora_study.names import (
     ARTIFACT_DATA,
     ARTIFACT_PREVIEW,
     PARAM_BASE_MODEL_REVISION,
@@ -39,20 +39,20 @@ def run_prepare(data_cfg: DataConfig, base: BaseModelConfig) -> str:
         tracking.log_params({**data_cfg.model_dump(), **base.model_dump()})
         tracking.log_params(
             {
-                PARAM_DETECTED_FORMAT: prepared.meta["format"],
-                PARAM_DECONTAMINATION: prepared.meta["decontamination"],
-                PARAM_DATASET_DIGEST: prepared.meta["digest"],
+                PARAM_DETECTED_FORMAT: prepared.meta.format,
+                PARAM_DECONTAMINATION: prepared.meta.decontamination,
+                PARAM_DATASET_DIGEST: prepared.meta.digest,
                 PARAM_SOURCE_DIGEST: documents.digest,
-                PARAM_TOKENIZER_DIGEST: prepared.meta["tokenizer_digest"],
+                PARAM_TOKENIZER_DIGEST: prepared.meta.tokenizer_digest,
                 PARAM_BASE_MODEL_SHA256: ref.sha256 or "",
                 PARAM_BASE_MODEL_REVISION: ref.revision or "",
             }
         )
-        mlflow.log_metrics(prepared.meta["counts"])
+        mlflow.log_metrics(prepared.meta.counts)
         # one MLflow dataset input per split: the documents it holds, with their digest
         source = tracking.dataset_source(**documents.source)
         for split in SPLITS:
-            indices = prepared.meta["documents"][split]
+            indices = prepared.meta.documents[split]
             digest = hashlib.sha256(f"{documents.digest}:{indices}".encode()).hexdigest()[:16]
             frame = documents.frame.iloc[indices].reset_index(drop=True)
             tracking.log_dataset_input(frame, source, documents.name, digest, split)

@@ -27,12 +27,11 @@ import mlflow
 import torch
 
 from lora_study import (
-    comparability,
     console,
     evaluation,
     forgetting,
-    groups,
     lora,
+    parent_runs,
     plots,
     processes,
     registry,
@@ -40,14 +39,14 @@ from lora_study import (
     training,
 )
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, GroupsConfig, TrainConfig, flag
+from lora_study.data import groups
 from lora_study.errors import UserInputError
 from lora_study.losses import mean_loss, perplexity
-from lora_study.tracking import (
+from lora_study.names import (
     ARTIFACT_ADAPTER,
     ARTIFACT_CROSS_GROUP,
     ARTIFACT_CROSS_GROUP_PLOT,
     ARTIFACT_GROUP_ROW,
-    HEARTBEAT_S,
     METRIC_BASE_TEST_PERPLEXITY,
     METRIC_FAILED_GROUPS,
     METRIC_OTHER_GROUPS_IMPROVEMENT_PCT,
@@ -67,6 +66,8 @@ from lora_study.tracking import (
     TAG_GROUP_KEY,
     TAG_GROUPS_INPUTS,
 )
+from lora_study.parent_runs import HEARTBEAT_S
+from lora_study.registry import comparability
 
 TEST_BATCH_SIZE = 8  # rows per forward pass for test losses, which batching does not change
 
@@ -161,10 +162,10 @@ def _train_groups(
         tracking.stage_run(
             STAGE_TRAIN_GROUPS, run_id=parent_id, name=run_name, **{TAG_GROUPS_INPUTS: inputs}
         ) as parent,
-        tracking.heartbeat(parent.info.run_id, HEARTBEAT_S),
+        parent_runs.heartbeat(parent.info.run_id, HEARTBEAT_S),
     ):
         if invocation and invocation != parent.info.run_id:
-            tracking.mark_invocation(invocation, parent.info.run_id, STAGE_TRAIN_GROUPS_INVOCATION)
+            parent_runs.mark_invocation(invocation, parent.info.run_id, STAGE_TRAIN_GROUPS_INVOCATION)
         training.log_inputs(s, data_cfg, base)
         tracking.log_params({**adapter.model_dump(), **train.model_dump()})
         finished = _finished_groups(parent.info.run_id)
@@ -226,7 +227,7 @@ def _one_line(error: Exception) -> str:
 def _inputs_digest(s: training.Setup, adapter: AdapterConfig, train: TrainConfig, data_cfg: DataConfig) -> str:
     """What a group's adapter depends on: the same digest, the same adapters (a rerun continues)."""
     inputs = {
-        "data": s.prepared.meta["digest"],
+        "data": s.prepared.meta.digest,
         "base": s.ref.sha256 or s.ref.name,
         "revision": s.ref.revision or "",
         "seed": data_cfg.seed,
@@ -239,10 +240,10 @@ def _inputs_digest(s: training.Setup, adapter: AdapterConfig, train: TrainConfig
 def _parent_to_continue(inputs: str) -> str | None:
     """The parent run an earlier `train --group-by` of these inputs made; one whose process is
     alive (it beat lately) is refused, one left RUNNING by a process that died is continued."""
-    run = tracking.groups_run(inputs)
+    run = parent_runs.groups_run(inputs)
     if run is None:
         return None
-    age = tracking.heartbeat_age_s(run)
+    age = parent_runs.heartbeat_age_s(run)
     if run.info.status == "RUNNING" and age is not None and age <= 2 * HEARTBEAT_S:
         raise UserInputError(
             f"run {run.info.run_id} is training these groups now (it said so {age:.0f} s ago); wait for it to end, "
@@ -250,7 +251,7 @@ def _parent_to_continue(inputs: str) -> str | None:
         )
     for child in tracking.child_runs(run.info.run_id):
         if child.info.status == "RUNNING":
-            tracking.end_dead_run(child.info.run_id, "its process died: this group is trained again")
+            parent_runs.end_dead_run(child.info.run_id, "its process died: this group is trained again")
     return run.info.run_id
 
 
@@ -301,15 +302,10 @@ def _registered(name: str, run, value: str, key: str, base: BaseModelConfig, mea
     its test perplexity was measured on its own group's test split (`measured_on`)."""
     version = registry.run_version(name, run.info.run_id)
     if version is None:
-        metrics = run.data.metrics
-        tags = {
-            TAG_GROUP: value,
-            TAG_BASE_MODEL: base.base_model,
-            METRIC_TEST_PERPLEXITY: f"{metrics[METRIC_TEST_PERPLEXITY]:.6g}",
-            METRIC_BASE_TEST_PERPLEXITY: f"{metrics[METRIC_BASE_TEST_PERPLEXITY]:.6g}",
-            **registry.measured_on_tags(measured_on),
-        }
-        version = registry.register(f"runs:/{run.info.run_id}/{ARTIFACT_ADAPTER}", name, tags)
+        measured = {key: run.data.metrics[key] for key in (METRIC_TEST_PERPLEXITY, METRIC_BASE_TEST_PERPLEXITY)}
+        tags = {TAG_GROUP: value, TAG_BASE_MODEL: base.base_model}
+        uri = f"runs:/{run.info.run_id}/{ARTIFACT_ADAPTER}"
+        version = registry.register_measured(uri, name, measured, measured_on, tags)
     registry.set_alias(name, groups.alias(key), version.version, f"train --group-by: group {value}")
     return version.version
 

@@ -8,8 +8,9 @@ import mlflow
 import pytest
 from conftest import Echo, loaded_adapter, runs
 
-from lora_study import cli, comparability, data
+from lora_study import cli, data
 from lora_study.config import DataConfig
+from lora_study.registry import comparability
 
 EVALUATE_METRICS = {
     "test_loss",
@@ -83,7 +84,7 @@ def test_a_registered_version_is_tagged_with_the_headline_metrics(adapter_run, m
     # ... and the test data they were measured on: the data the adapter trained on, by its base
     measured_on = comparability.Basis.from_json(tags["lora_study.test_data"])
     trained_on = loaded_adapter(adapter_run)[1].prepared
-    assert measured_on.prepared_digest == trained_on.meta["digest"] and measured_on.seq_len == 128
+    assert measured_on.prepared_digest == trained_on.meta.digest and measured_on.seq_len == 128
     assert measured_on.quantization == "none" and tags["test_data"] == measured_on.key
 
 
@@ -94,7 +95,7 @@ def test_a_version_measured_on_other_test_data_keeps_its_tags(adapter_run, mlflo
     argv = ["evaluate", "--model-uri", f"models:/evaluate-other/{version}", "--max-prompts", "0"]
     assert cli.main(argv) == 0
     before = mlflow.MlflowClient().get_model_version("evaluate-other", version).tags
-    trained_on = loaded_adapter(adapter_run)[1].prepared.meta["dataset"]
+    trained_on = loaded_adapter(adapter_run)[1].prepared.meta.dataset
     shorter, _ = data.prepare(DataConfig(dataset=trained_on, seq_len=64), tiny, tokenizer)
     capsys.readouterr()
     assert cli.main([*argv, "--data", str(shorter.path)]) == 0

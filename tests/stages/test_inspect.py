@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import runs, trained_adapter
 
-from lora_study import cli, tracking, updates
+from lora_study import cli, names, updates
 from lora_study.config import AdapterConfig
 
 
@@ -20,7 +20,7 @@ def inspected(*argv: str, capsys=None) -> tuple[object, str]:
     assert cli.main(["inspect", *argv]) == 0
     said = capsys.readouterr().err if capsys else ""
     (run,) = [
-        r for r in runs(mlflow.tracking.fluent._get_experiment_id()) if r.data.tags.get(tracking.TAG_STAGE) == "inspect"
+        r for r in runs(mlflow.tracking.fluent._get_experiment_id()) if r.data.tags.get(names.TAG_STAGE) == "inspect"
     ]
     return run, said
 
@@ -28,8 +28,8 @@ def inspected(*argv: str, capsys=None) -> tuple[object, str]:
 def test_every_figure_equals_a_dense_computation_of_the_delta_weights(tiny_adapter, mlflow_experiment, capsys):
     model, _, run_id, _ = tiny_adapter
     run, said = inspected(f"runs:/{run_id}/adapter", capsys=capsys)
-    assert run.info.status == "FINISHED" and run.data.tags[tracking.TAG_EVALUATED_RUN_ID] == run_id
-    table = logged_table(run.info.run_id, tracking.ARTIFACT_UPDATES).set_index("module")
+    assert run.info.status == "FINISHED" and run.data.tags[names.TAG_EVALUATED_RUN_ID] == run_id
+    table = logged_table(run.info.run_id, names.ARTIFACT_UPDATES).set_index("module")
     layers = updates.lora_layers(model)
     assert list(table.index) == list(layers) and len(layers) == 4  # q_proj and v_proj of 2 layers
     for name, layer in layers.items():
@@ -59,21 +59,21 @@ def test_compare_is_one_for_an_adapter_with_itself_and_less_for_another_seed(tin
     _, _, run_id, _ = tiny_adapter
     uri = f"runs:/{run_id}/adapter"
     run, _ = inspected(uri, "--compare", uri)
-    same = logged_table(run.info.run_id, tracking.ARTIFACT_SIMILARITY)
+    same = logged_table(run.info.run_id, names.ARTIFACT_SIMILARITY)
     assert same["subspace_similarity"].tolist() == pytest.approx([1.0] * 4)
     assert same["subspace_similarity_chance"].tolist() == [8 / 64, 8 / 32] * 2  # rank 8 in q_proj's 64, v_proj's 32
     assert run.data.metrics["subspace_similarity_mean"] == pytest.approx(1.0)
     _, _, other_id, _ = trained_adapter(AdapterConfig(rank=4))  # another rank, and other initial weights
     mlflow.delete_run(run.info.run_id)
     run, _ = inspected(uri, "--compare", f"runs:/{other_id}/adapter")
-    other = logged_table(run.info.run_id, tracking.ARTIFACT_SIMILARITY)
+    other = logged_table(run.info.run_id, names.ARTIFACT_SIMILARITY)
     assert len(other) == 4 and all(0 <= value < 0.99 for value in other["subspace_similarity"])
 
 
 def test_intruders_are_counted_when_asked(tiny_adapter, mlflow_experiment):
     _, _, run_id, _ = tiny_adapter
     run, _ = inspected(f"runs:/{run_id}/adapter", "--intruders", "--intruder-top-k", "4")
-    table = logged_table(run.info.run_id, tracking.ARTIFACT_UPDATES)
+    table = logged_table(run.info.run_id, names.ARTIFACT_UPDATES)
     assert all(0 <= count <= 4 for count in table["intruders"])
     assert run.data.metrics["intruder_dimensions"] == table["intruders"].sum()
 

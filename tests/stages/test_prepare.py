@@ -31,7 +31,7 @@ def test_run_prepare_logs_params_counts_inputs_and_the_splits(tmp_path, tiny, ml
     assert all(d.name == "alpaca.jsonl" and str(path) in d.source for d in inputs.values())
     assert len({d.digest for d in inputs.values()}) == 3
     fetched = data.load_prepared(f"runs:/{run_id}")
-    assert fetched.meta["digest"] == params["dataset_digest"]
+    assert fetched.meta.digest == params["dataset_digest"]
     assert fetched.rows("test") == data.load_prepared(str(fetched.path)).rows("test")
     preview = mlflow.load_table("preview.json", run_ids=[run_id])
     assert set(preview["split"]) == {"train", "validation", "test"}

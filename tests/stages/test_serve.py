@@ -115,7 +115,7 @@ def test_a_request_picks_its_adapter_by_the_adapter_field(multi_server):
 
 @pytest.mark.slow
 def test_requests_for_different_adapters_at_once_get_the_answers_each_gets_alone(multi_server):
-    """Sent together, they are generated in shared batches (`lora_study.batching`); greedy, in
+    """Sent together, they are generated in shared batches (`lora_study.serving.batching`); greedy, in
     fp32, each answer is the one its adapter gives the prompt alone."""
     url, alone, _ = multi_server
     requests = [

@@ -15,11 +15,10 @@ import optuna
 import pytest
 from conftest import runs
 
-from lora_study import cli, registry, tracking, training
-from lora_study import study as sweep_study
+from lora_study import cli, parent_runs, registry, tracking, training
 from lora_study.errors import UserInputError
-from lora_study.stages import sweep as sweep_stage
-from lora_study.study import ATTR_RUN_ID
+from lora_study.sweep import study as sweep_study
+from lora_study.sweep.study import ATTR_RUN_ID
 
 TINY = ["--base-model", "tiny", "--max-samples", "15", "--seq-len", "32"]
 SPACE = """
@@ -66,7 +65,7 @@ def load_study(tmp_path, name="s"):
 def test_a_sweep_is_a_parent_run_with_a_nested_run_per_trial(tmp_path, mlflow_experiment, capsys):
     assert cli.main(sweep_argv(tmp_path, "--pruner", "none")) == 0
     (parent,), trials = parent_and_trials(mlflow_experiment)
-    assert parent.info.status == "FINISHED" and parent.data.tags["lora_study.study"] == "s"
+    assert parent.info.status == "FINISHED" and parent.data.tags["lora_study.sweep.study"] == "s"
     assert [int(t.data.tags["trial_number"]) for t in trials] == [0, 1, 2, 3]
     for trial in trials:
         assert trial.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -100,7 +99,7 @@ def test_a_sweep_is_a_parent_run_with_a_nested_run_per_trial(tmp_path, mlflow_ex
     version = mlflow.MlflowClient().get_model_version_by_alias(registered(tmp_path), "challenger")
     assert version.run_id == best.info.run_id
     tags = version.tags
-    assert tags["lora_study.study"] == "s" and tags["trial_number"] == best.data.tags["trial_number"]
+    assert tags["lora_study.sweep.study"] == "s" and tags["trial_number"] == best.data.tags["trial_number"]
     assert float(tags["test_perplexity"]) < float(tags["base_test_perplexity"])
     assert tags["base_model"] == "tiny" and len(tags["base_model_sha256"]) == 64
     assert "champion" not in mlflow.MlflowClient().get_registered_model(registered(tmp_path)).aliases
@@ -202,7 +201,7 @@ def test_the_best_configurations_are_confirmed_with_seeds_and_the_rule_picks_one
     (recommended,) = table[table.recommended].to_dict("records")
     challenger = client.get_model_version_by_alias(registered(tmp_path), "challenger")
     assert int(challenger.version) == recommended["version"]
-    assert parent.data.tags["lora_study.recommendation"].startswith("recommended: the configuration of trial")
+    assert parent.data.tags["lora_study.sweep.recommendation"].startswith("recommended: the configuration of trial")
     stds = [statistics.stdev(r.data.metrics["test_perplexity"] for r in seeded) for seeded in by_config.values()]
     assert parent.data.metrics["seed_std_test_perplexity"] == pytest.approx(
         (sum(s**2 for s in stds) / 2) ** 0.5, rel=1e-5
@@ -227,7 +226,7 @@ def test_the_best_configurations_are_confirmed_with_seeds_and_the_rule_picks_one
         (data_input,) = run.inputs.dataset_inputs
         assert data_input.dataset.digest == p["dataset_digest"][:16] and data_input.tags[0].value == "training"
     note = parent.data.tags["mlflow.note.content"]
-    assert note.startswith(parent.data.tags["lora_study.recommendation"])
+    assert note.startswith(parent.data.tags["lora_study.sweep.recommendation"])
     for version in versions:
         assert f"(#/models/{version.name}/versions/{version.version})" in note
         run = mlflow.get_run(version.run_id)
@@ -319,8 +318,8 @@ def test_running_again_resumes_after_a_killed_worker(tmp_path, mlflow_experiment
     orphan = mlflow.MlflowClient().create_run(mlflow_experiment, tags=tags).info.run_id
     time.sleep(3)  # past the grace period of two heartbeats
     monkeypatch.setattr(sweep_study, "HEARTBEAT_S", 1)
-    monkeypatch.setattr(sweep_stage, "HEARTBEAT_S", 1)
-    monkeypatch.setattr(sweep_stage, "ORPHAN_GRACE_S", 2)
+    monkeypatch.setattr(parent_runs, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(parent_runs, "ORPHAN_GRACE_S", 2)
     assert cli.main(argv) == 0
     assert "left RUNNING by a sweep that died" in capsys.readouterr().out
     assert cli.main(argv) == 0  # once more: the study is done, nothing new runs or registers
@@ -349,7 +348,9 @@ def test_sweeps_started_together_take_one_parent_run(mlflow_experiment):
     """The first sweeps of a study, started at once (a machine each), each propose a parent run;
     all take the first made, and the others' proposals point at it."""
     with ThreadPoolExecutor(4) as pool:
-        elected = list(pool.map(lambda _: tracking.elect_study_run("together", "sqlite:///optuna.db", 2.0), range(4)))
+        elected = list(
+            pool.map(lambda _: parent_runs.elect_study_run("together", "sqlite:///optuna.db", 2.0), range(4))
+        )
     assert len(set(elected)) == 1
     every = runs(mlflow_experiment)
     sweeps = [r for r in every if r.data.tags["lora_study.stage"] == "sweep"]
@@ -402,7 +403,7 @@ def test_challenger_moves_only_to_a_better_study_on_the_same_test_data(tmp_path,
     (longer,) = [
         r
         for r in runs(mlflow_experiment)
-        if r.data.tags.get("lora_study.study") == "longer" and r.data.tags["lora_study.stage"] == "sweep"
+        if r.data.tags.get("lora_study.sweep.study") == "longer" and r.data.tags["lora_study.stage"] == "sweep"
     ]
     page = Path(mlflow.artifacts.download_artifacts(run_id=longer.info.run_id, artifact_path="report/report.md"))
     assert (

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import TINY_BASE, TINY_DATA, free_port, runs
 
-from lora_study import cli, tracking, training
+from lora_study import cli, names, training
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, TrainConfig
 from lora_study.stages.prepare import run_prepare
 
@@ -23,7 +23,7 @@ def test_train_logs_every_name_the_study_reads(mlflow_experiment, monkeypatch):
     argv = ["train", "--base-model", "tiny"] + [f"--{k.replace('_', '-')}={v}" for k, v in values.items()]
     assert cli.main(argv) == 0
     (run,) = runs(mlflow_experiment)
-    assert run.info.status == "FINISHED" and run.data.tags[tracking.TAG_MEMORY_KIND] == "cpu_peak_rss_increase"
+    assert run.info.status == "FINISHED" and run.data.tags[names.TAG_MEMORY_KIND] == "cpu_peak_rss_increase"
     params = run.data.params
     for section in (DataConfig, BaseModelConfig, AdapterConfig, TrainConfig):
         assert set(section.model_fields) <= set(params)
@@ -58,7 +58,7 @@ def test_data_from_a_prepare_run_is_taken_by_runs_uri(mlflow_experiment):
     prepare_id = run_prepare(TINY_DATA, TINY_BASE)
     train = TrainConfig(max_steps=3, batch_size=4, eval_every=0, data=f"runs:/{prepare_id}")
     s = training.setup(TINY_DATA, TINY_BASE, AdapterConfig(), train)
-    assert s.prepared.meta["digest"] == mlflow.get_run(prepare_id).data.params["dataset_digest"]
+    assert s.prepared.meta.digest == mlflow.get_run(prepare_id).data.params["dataset_digest"]
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from conftest import GROUPED_TOPICS, PROMPTS, answers, runs, write_grouped_topics
 
-from lora_study import adapters, cli, registry, serving, tracking, training
+from lora_study import adapters, cli, names, registry, serving, tracking, training
 from lora_study.config import EvaluateConfig
 from lora_study.errors import UserInputError
 from lora_study.stages.evaluate import run_evaluate
@@ -41,8 +41,8 @@ def grouped(tracking_uri, tmp_path_factory):
         patch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
         code, said = grouped_train(write_grouped_topics(folder / "topics.jsonl"))
     assert code == 0, said
-    (parent,) = [run for run in runs(experiment_id) if run.data.tags[tracking.TAG_STAGE] == "train_groups"]
-    children = {run.data.tags[tracking.TAG_GROUP]: run for run in tracking.child_runs(parent.info.run_id)}
+    (parent,) = [run for run in runs(experiment_id) if run.data.tags[names.TAG_STAGE] == "train_groups"]
+    children = {run.data.tags[names.TAG_GROUP]: run for run in tracking.child_runs(parent.info.run_id)}
     return parent, children, said
 
 
@@ -53,7 +53,7 @@ def test_each_group_trains_in_a_nested_run_and_says_so_in_a_line(grouped):
     assert sorted(children) == sorted(GROUPED_TOPICS)
     for value, run in children.items():
         assert run.info.status == "FINISHED" and run.data.params["group"] == value
-        assert run.data.tags[tracking.TAG_STAGE] == "train" and run.info.run_name.startswith(f"group {value} r8 qv")
+        assert run.data.tags[names.TAG_STAGE] == "train" and run.info.run_name.startswith(f"group {value} r8 qv")
         assert run.data.params["dataset_digest"] != parent.data.params["dataset_digest"]  # its own split
         assert run.data.metrics["test_perplexity"] != run.data.metrics["base_test_perplexity"]
     lines = said.splitlines()
@@ -64,7 +64,7 @@ def test_each_group_trains_in_a_nested_run_and_says_so_in_a_line(grouped):
 
 def test_the_cross_group_matrix_puts_each_adapter_on_every_groups_test_split(grouped):
     parent, children, _ = grouped
-    table = mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/{tracking.ARTIFACT_CROSS_GROUP}")
+    table = mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/{names.ARTIFACT_CROSS_GROUP}")
     matrix = pd.DataFrame(table["data"], columns=table["columns"]).set_index("adapter")
     assert matrix.shape == (5, 4) and list(matrix.index) == ["base", *GROUPED_TOPICS]
     assert list(matrix.columns) == list(GROUPED_TOPICS)
@@ -73,7 +73,7 @@ def test_the_cross_group_matrix_puts_each_adapter_on_every_groups_test_split(gro
         assert matrix.loc["base", value] == pytest.approx(run.data.metrics["base_test_perplexity"], rel=1e-9)
     own = sum(1 - matrix.loc[g, g] / matrix.loc["base", g] for g in GROUPED_TOPICS) / 4
     assert parent.data.metrics["own_group_improvement_pct"] == pytest.approx(100 * own)
-    plot = mlflow.artifacts.download_artifacts(f"runs:/{parent.info.run_id}/{tracking.ARTIFACT_CROSS_GROUP_PLOT}")
+    plot = mlflow.artifacts.download_artifacts(f"runs:/{parent.info.run_id}/{names.ARTIFACT_CROSS_GROUP_PLOT}")
     assert open(plot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
@@ -83,7 +83,7 @@ def test_every_groups_adapter_is_registered_and_one_pattern_serves_them_all(grou
     assert [name for name, _ in entries] == sorted(f"{NAME}@group-{value}" for value in GROUPED_TOPICS)
     for value, run in children.items():
         version = registry.alias_version(NAME, f"group-{value}")
-        assert version.run_id == run.info.run_id and version.tags[tracking.TAG_GROUP] == value
+        assert version.run_id == run.info.run_id and version.tags[names.TAG_GROUP] == value
         assert f"trained on the group `{value}`" in version.description
     assert f"serve them all: lora-study serve --adapters 'models:/{NAME}@group-*'" in said
     model = mlflow.pyfunc.load_model(str(adapters.save_multi_adapter_model(entries)))
@@ -108,20 +108,20 @@ def test_a_rerun_trains_only_the_groups_not_finished_and_recovers_a_killed_one(m
         dataset, "--groups", "debugger,string-methods", "--forgetting-data", "none", name="rerun"
     )
     assert code == 0, said
-    (parent,) = [run for run in runs(mlflow_experiment) if run.data.tags.get(tracking.TAG_STAGE) == "train_groups"]
-    first = {run.data.tags[tracking.TAG_GROUP]: run.info.run_id for run in tracking.child_runs(parent.info.run_id)}
+    (parent,) = [run for run in runs(mlflow_experiment) if run.data.tags.get(names.TAG_STAGE) == "train_groups"]
+    first = {run.data.tags[names.TAG_GROUP]: run.info.run_id for run in tracking.child_runs(parent.info.run_id)}
     assert sorted(first) == ["debugger", "string-methods"]
 
     # a process killed while training `formatstrings`: its runs left RUNNING, its heartbeat stopped
     client = mlflow.MlflowClient()
     client.update_run(parent.info.run_id, "RUNNING")
-    client.set_tag(parent.info.run_id, tracking.TAG_HEARTBEAT, f"{time.time() - 600:.0f}")
+    client.set_tag(parent.info.run_id, names.TAG_HEARTBEAT, f"{time.time() - 600:.0f}")
     dead = client.create_run(
         mlflow_experiment,
         tags={
-            tracking.TAG_MLFLOW_PARENT_RUN: parent.info.run_id,
-            tracking.TAG_GROUP: "formatstrings",
-            tracking.TAG_GROUP_KEY: "formatstrings",
+            names.TAG_MLFLOW_PARENT_RUN: parent.info.run_id,
+            names.TAG_GROUP: "formatstrings",
+            names.TAG_GROUP_KEY: "formatstrings",
         },
     )
 
@@ -130,12 +130,12 @@ def test_a_rerun_trains_only_the_groups_not_finished_and_recovers_a_killed_one(m
     assert "groups topic: 4 with data enough, 1 without; 5 chosen, 2 trained before" in said
     assert f"group debugger  2/5  trained before (run {first['debugger']})" in said
     children = tracking.child_runs(parent.info.run_id)
-    finished = {run.data.tags[tracking.TAG_GROUP]: run.info.run_id for run in children if run.info.status == "FINISHED"}
+    finished = {run.data.tags[names.TAG_GROUP]: run.info.run_id for run in children if run.info.status == "FINISHED"}
     assert sorted(finished) == sorted(GROUPED_TOPICS)
     assert {key: finished[key] for key in first} == first  # not trained again
     assert client.get_run(dead.info.run_id).info.status == "KILLED"
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
-    assert len([r for r in runs(mlflow_experiment) if r.data.tags.get(tracking.TAG_STAGE) == "train_groups"]) == 1
+    assert len([r for r in runs(mlflow_experiment) if r.data.tags.get(names.TAG_STAGE) == "train_groups"]) == 1
     versions = client.search_model_versions("name = 'rerun'")
     assert len([v for v in versions if v.run_id in finished.values()]) == 4  # one version per group's run
 
@@ -144,10 +144,10 @@ def test_a_run_training_the_same_groups_now_is_not_joined(mlflow_experiment, tmp
     dataset = write_grouped_topics(tmp_path / "topics.jsonl", per_group=10)
     code, said = grouped_train(dataset, "--groups", "debugger", "--forgetting-data", "none", name="live")
     assert code == 0, said
-    (parent,) = [run for run in runs(mlflow_experiment) if run.data.tags.get(tracking.TAG_STAGE) == "train_groups"]
+    (parent,) = [run for run in runs(mlflow_experiment) if run.data.tags.get(names.TAG_STAGE) == "train_groups"]
     client = mlflow.MlflowClient()
     client.update_run(parent.info.run_id, "RUNNING")
-    client.set_tag(parent.info.run_id, tracking.TAG_HEARTBEAT, f"{time.time():.0f}")  # alive
+    client.set_tag(parent.info.run_id, names.TAG_HEARTBEAT, f"{time.time():.0f}")  # alive
     code, said = grouped_train(dataset, "--forgetting-data", "none", name="live")
     assert code == 2
     assert (
@@ -204,7 +204,7 @@ def test_a_group_that_fails_is_named_and_the_others_go_on(mlflow_experiment, tmp
     fine_tune = training.fine_tune
 
     def failing_for_debugger(s, *args, **kwargs):  # a NaN loss in one group, on purpose
-        if s.prepared.meta["group"] == "debugger":
+        if s.prepared.meta.group == "debugger":
             raise UserInputError("train_loss became nan at step 2: lower --learning-rate")
         return fine_tune(s, *args, **kwargs)
 
@@ -220,11 +220,11 @@ def test_a_group_that_fails_is_named_and_the_others_go_on(mlflow_experiment, tmp
     errors = [line for line in lines if line.startswith("lora-study: error: ")]
     assert errors[0] == "lora-study: error: group debugger: train_loss became nan at step 2: lower --learning-rate"
     assert errors[1].startswith("lora-study: error: 1 group(s) failed (their runs say why)") and len(errors) == 2
-    (parent,) = [run for run in runs(mlflow_experiment) if run.data.tags.get(tracking.TAG_STAGE) == "train_groups"]
+    (parent,) = [run for run in runs(mlflow_experiment) if run.data.tags.get(names.TAG_STAGE) == "train_groups"]
     assert parent.info.status == "FINISHED" and parent.data.metrics["failed_groups"] == 1
     assert parent.data.metrics["trained_groups"] == 1
-    children = {run.data.tags[tracking.TAG_GROUP]: run for run in tracking.child_runs(parent.info.run_id)}
+    children = {run.data.tags[names.TAG_GROUP]: run for run in tracking.child_runs(parent.info.run_id)}
     assert children["debugger"].info.status == "FAILED"
-    assert "train_loss became nan" in children["debugger"].data.tags[tracking.TAG_ERROR]
+    assert "train_loss became nan" in children["debugger"].data.tags[names.TAG_ERROR]
     version = registry.alias_version("failing", "group-string-methods")
     assert version.run_id == children["string-methods"].info.run_id  # registered although another failed

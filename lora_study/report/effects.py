@@ -1,0 +1,161 @@
+"""The report's section on each factor's effect: per searched factor, its levels' best trials side
+by side with the confirmed figures, and the finding each comparison supports (`findings`)."""
+
+import pandas as pd
+
+from lora_study import plots
+from lora_study.names import (
+    COLUMN_CONFIG_TRIAL,
+    COLUMN_SEEDS,
+    COLUMN_TEST_PERPLEXITY_MEAN,
+    COLUMN_TEST_PERPLEXITY_STD,
+    METRIC_EVAL_PERPLEXITY,
+    METRIC_PEAK_MEMORY_MB,
+    METRIC_SEED_STD,
+    METRIC_TRAINABLE_PARAMS,
+    METRIC_UPDATE_ENERGY_RANK,
+    PARAM_ALPHA,
+    PARAM_DROPOUT,
+    PARAM_LEARNING_RATE,
+    PARAM_QUANTIZATION,
+    PARAM_RANK,
+    PARAM_TARGET_MODULES,
+    PARAM_USE_DORA,
+    PARAM_USE_RSLORA,
+    TAG_TRIAL_NUMBER,
+    TAG_TRIAL_STATE,
+)
+from lora_study.report import findings
+from lora_study.report.answer import confirmed_configs, with_alpha_per_rank
+from lora_study.report.read import StudyRuns
+from lora_study.report.render import Heading, Section, Table
+from lora_study.sweep.search_space import ALPHA_PER_RANK
+
+COLUMN_UPDATE_DIRECTIONS = "update: 90%-energy directions"  # of a level's best trial, median over its modules
+
+
+# Factors read level by level, and factors read as a trend (as is a numeric one with more than
+# MAX_LEVELS levels); alpha / rank and rsLoRA change no cost, so their levels cost the same.
+LEVEL_FACTORS = (
+    PARAM_RANK,
+    PARAM_TARGET_MODULES,
+    PARAM_QUANTIZATION,
+    PARAM_USE_DORA,
+    PARAM_USE_RSLORA,
+    ALPHA_PER_RANK,
+    PARAM_ALPHA,
+)
+TREND_FACTORS = (PARAM_LEARNING_RATE, PARAM_DROPOUT)
+COST_NEUTRAL = (ALPHA_PER_RANK, PARAM_USE_RSLORA)
+MAX_LEVELS = 6
+
+
+def factors(s: StudyRuns) -> Section:
+    complete = with_alpha_per_rank(s.trials[s.trials[TAG_TRIAL_STATE] == plots.COMPLETE])
+    seed_std = _seed_std(s)
+    noise = (
+        f"seed std {seed_std:.3f}, pooled over the confirmed configurations (test split, confirm budget)"
+        if seed_std
+        else "no seed spread (no configuration was confirmed with two seeds or more)"
+    )
+    blocks = [
+        "Each factor the search space varied, read from the best complete explore trial at each level: its "
+        f"validation perplexity at the explore budget. Noise: {noise}. Two single runs differ by about 1.41 "
+        "seed std from noise alone: a level behind the best by less is a tie, and the cheapest tie suffices; "
+        "by more than twice that, it is beaten; in between, undecided. Rank is read per target-module preset "
+        "when those vary. A factor searched over a range is read by the Spearman correlation of its value with "
+        "perplexity (a trend when a permutation test gives p < 0.05) and by where its best value lies in the range."
+    ]
+    found = 0
+    for factor in LEVEL_FACTORS + TREND_FACTORS:
+        if factor not in complete or not _searched(s, factor) or complete[factor].nunique() < 2:
+            continue
+        numeric = pd.api.types.is_numeric_dtype(complete[factor])
+        for heading, rows in _groups(complete, factor):
+            if factor in TREND_FACTORS or (numeric and complete[factor].nunique() > MAX_LEVELS):
+                ppl = rows[METRIC_EVAL_PERPLEXITY]
+                finding, table = findings.trend(factor, rows[factor], ppl, s.ranges.get(factor)), None
+            else:
+                finding, table = _levels(s, rows, factor, seed_std)
+            blocks += [Heading(heading), finding.text + "."]
+            if factor == PARAM_RANK and table is not None and COLUMN_UPDATE_DIRECTIONS in table:
+                blocks.append(_directions_used(table))
+            blocks += [Table(table)] if table is not None else []
+            found += 1
+    if not found:
+        blocks.append("No searched factor varied among the complete trials: there is no effect to read.")
+    return Section("factors", "Effects of each factor", blocks)
+
+
+def _searched(s: StudyRuns, factor: str) -> bool:
+    """Whether the search space varied `factor` (every factor that varies, if the space is unknown):
+    alpha / rank varies with rank when alpha is fixed, and is not a factor then."""
+    return factor in s.searched if s.searched else factor != ALPHA_PER_RANK
+
+
+def _groups(complete: pd.DataFrame, factor: str) -> list[tuple[str, pd.DataFrame]]:
+    """Rank per target-module preset when those vary (their trade-off differs); else one group."""
+    if factor == PARAM_RANK and PARAM_TARGET_MODULES in complete and complete[PARAM_TARGET_MODULES].nunique() > 1:
+        return [(f"rank, with {preset}", rows) for preset, rows in complete.groupby(PARAM_TARGET_MODULES)]
+    return [(findings.label(factor), complete)]
+
+
+def _levels(s: StudyRuns, complete: pd.DataFrame, factor: str, seed_std: float | None):
+    """The finding of a factor with few levels, and its table: the best trial per level, with the
+    confirmed configurations' test perplexity at that level."""
+    best = complete.loc[complete.groupby(factor)[METRIC_EVAL_PERPLEXITY].idxmin()]
+    cost = METRIC_PEAK_MEMORY_MB if factor == PARAM_QUANTIZATION else METRIC_TRAINABLE_PARAMS
+    levels = [
+        findings.Level(
+            row[factor],
+            row[METRIC_EVAL_PERPLEXITY],
+            0.0 if factor in COST_NEUTRAL else row[cost],
+            row[METRIC_PEAK_MEMORY_MB],
+        )
+        for _, row in best.iterrows()
+    ]
+    table = pd.DataFrame(
+        {
+            "level": [findings.level_name(factor, level) for level in best[factor]],
+            "best validation perplexity": best[METRIC_EVAL_PERPLEXITY].to_numpy(),
+            "its trial": best[TAG_TRIAL_NUMBER].to_numpy(),
+            "its learning rate": best[PARAM_LEARNING_RATE].to_numpy() if PARAM_LEARNING_RATE in best else None,
+            "trials at level": complete.groupby(factor).size().loc[best[factor]].to_numpy(),
+            "confirmed: test perplexity": [_confirmed_at(s, complete, factor, level) for level in best[factor]],
+            METRIC_TRAINABLE_PARAMS: best[METRIC_TRAINABLE_PARAMS].to_numpy(),
+            METRIC_PEAK_MEMORY_MB: best[METRIC_PEAK_MEMORY_MB].to_numpy(),
+        }
+    )
+    if METRIC_UPDATE_ENERGY_RANK in best and best[METRIC_UPDATE_ENERGY_RANK].notna().all():  # older trials lack it
+        table[COLUMN_UPDATE_DIRECTIONS] = best[METRIC_UPDATE_ENERGY_RANK].to_numpy()
+    return findings.compare_levels(factor, levels, seed_std), table
+
+
+def _directions_used(table: pd.DataFrame) -> str:
+    """How much of its rank each level's best adapter used, read off its weights (`lora-study inspect`)."""
+    used = [f"{level} in {directions:g}" for level, directions in zip(table["level"], table[COLUMN_UPDATE_DIRECTIONS])]
+    return (
+        "Of their rank, the best adapters at each level put 90% of their update's energy (median over modules) "
+        f"in this many directions: {'; '.join(used)}."
+    )
+
+
+def _confirmed_at(s: StudyRuns, trials: pd.DataFrame, factor: str, level) -> str:
+    """The best confirmed configuration of `trials` at this level: mean +- std (n seeds), or empty."""
+    table = confirmed_configs(s)
+    if table is None or factor not in table:
+        return ""
+    at = table[(table[factor] == level) & table[COLUMN_CONFIG_TRIAL].isin(trials[TAG_TRIAL_NUMBER])]
+    if at.empty:
+        return ""
+    row = at.loc[at[COLUMN_TEST_PERPLEXITY_MEAN].idxmin()]
+    return (
+        f"{row[COLUMN_TEST_PERPLEXITY_MEAN]:.3f} +- {row[COLUMN_TEST_PERPLEXITY_STD]:.3f} (n={int(row[COLUMN_SEEDS])})"
+    )
+
+
+def _seed_std(s: StudyRuns) -> float | None:
+    """The seed noise, when some confirmed configuration had two seeds or more."""
+    if s.confirmed is None or s.confirmed.empty or (s.confirmed[COLUMN_SEEDS] < 2).all():
+        return None
+    return s.metrics.get(METRIC_SEED_STD)

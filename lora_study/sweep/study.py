@@ -1,0 +1,285 @@
+"""The Optuna study of a sweep: where it is stored, how it samples and prunes, and its best trials.
+
+Every worker, in this process or another, opens the study the same way from a `Plan` (plain
+data, so spawned workers get it too). A trial whose worker died is failed by heartbeat, and its
+MLflow run with it.
+"""
+
+import hashlib
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.trial import TrialState
+
+from lora_study import names, parent_runs, tracking
+from lora_study.config import BaseModelConfig, DataConfig, SweepConfig
+from lora_study.errors import UserInputError
+from lora_study.names import ALIAS_STUDY_PREFIX, TAG_TRIAL_STATE
+from lora_study.parent_runs import HEARTBEAT_S
+from lora_study.sweep import search_space
+
+# Heartbeats and multivariate TPE are marked experimental in Optuna; both are what a sweep needs.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+ATTR_RUN_ID = "mlflow_run_id"  # Optuna user attribute: the trial's MLflow run
+ATTR_PHASE = "phase"  # EXPLORE (sampled, pruned) or CONFIRM (enqueued: a configuration again, seeded)
+ATTR_CONFIG = "config_trial"  # of a CONFIRM trial: the explore trial whose configuration it repeats
+ATTR_SEED = "seed"  # of a CONFIRM trial
+ATTR_STEPS = "steps"  # of a CONFIRM trial: its budget; a confirmation at another one is not reused
+ATTR_RETRY_OF = "retry_of"  # of a trial queued again because its worker died: the trial it repeats
+ATTR_LABEL = "label"  # the trial's adapter in a few characters (`r32 qkvo lr1.9e-3`), as its run is named
+ATTR_RETRIES = "retries"  # ... and how many times its configuration has been lost so far
+MAX_RETRIES = 3  # a configuration whose worker dies more often than this stays FAIL
+EXPLORE, CONFIRM = "explore", "confirm"
+# A study alias's length after its prefix: the alias-history tag key (`lora_study.alias_move.<alias>.<ms>`)
+# stays within MLflow's 250 characters.
+STUDY_ALIAS_LENGTH = 250 - len(names.TAG_ALIAS_MOVE_PREFIX) - len(".") - 13 - len(names.ALIAS_STUDY_PREFIX)
+UNUSED = "unused"  # a trial Optuna made in the confirm phase when the queue was empty: counts nowhere
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+UNFINISHED_OR_DONE = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
+# A trial whose worker sends no heartbeat for 2 intervals (parent_runs.HEARTBEAT_S) is failed by
+# the next worker to look.
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a worker needs to join the study; plain data, so spawned workers get it too."""
+
+    data: DataConfig
+    base: BaseModelConfig
+    sweep: SweepConfig
+    space: search_space.SearchSpace
+    study_name: str
+    storage: str
+    tracking_uri: str = ""
+    experiment_id: str = ""
+    parent_run_id: str = ""
+
+
+def default_study_name(cfg: SweepConfig, data: DataConfig, base: BaseModelConfig) -> str:
+    """The same command names the same study, so running it again resumes it."""
+    dataset = Path(data.dataset).stem if Path(data.dataset).suffix else data.dataset
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{Path(cfg.config).stem}-{base.base_model}-{dataset}")
+
+
+def study_alias(name: str) -> str:
+    """The registry alias of a study's answer: `study-<name>`, in the characters an alias takes
+    (ASCII letters, digits, `_`, `-`) and short enough for the alias-history tag's key (MLflow takes
+    250 characters); a name that had to change gets its digest, so two names stay apart."""
+    alias = re.sub(r"[^\w-]+", "-", name, flags=re.ASCII)
+    if alias == name and len(alias) <= STUDY_ALIAS_LENGTH:
+        return ALIAS_STUDY_PREFIX + alias
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{ALIAS_STUDY_PREFIX}{alias[: STUDY_ALIAS_LENGTH - len(digest) - 1]}-{digest}"
+
+
+def default_storage() -> str:
+    """SQLite beside the MLflow store (or in this folder when the store is not a local file)."""
+    uri = tracking.tracking_uri()
+    folder = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else Path.cwd()
+    return f"sqlite:///{folder / 'optuna.db'}"
+
+
+def masked(storage: str) -> str:
+    """The storage URL with its password, if any, replaced by ***."""
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", storage)
+
+
+def open_study(plan: Plan, worker: int = 0) -> optuna.Study:
+    """Create the study, or load it to resume; every worker opens it the same way."""
+    storage = _storage(plan.storage)
+    names = plan.sweep.objective_names
+    try:
+        return optuna.create_study(
+            study_name=plan.study_name,
+            storage=storage,
+            load_if_exists=True,
+            sampler=_sampler(plan, worker),
+            pruner=_pruner(plan.sweep),
+            directions=["minimize"] * len(names),
+        )
+    except ValueError as error:  # an existing study with other directions
+        raise UserInputError(f"--study-name {plan.study_name}: {error}; pass another --study-name") from None
+
+
+def _storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """Optuna's storage at `url`. Workers started together on an empty database each create its
+    tables, and all but one fail on what the first made (PostgreSQL: a duplicate type or
+    table); a second look finds the tables there."""
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_S,
+                heartbeat_stale_trial_callback=_fail_stale_trial_run,
+                engine_kwargs={"pool_pre_ping": True},
+            )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1 + attempt)
+
+
+def _sampler(plan: Plan, worker: int):
+    seed = plan.data.seed + worker  # workers draw different trials from the same seed
+    if plan.space.sampler == "grid":
+        return optuna.samplers.GridSampler(plan.space.grid(), seed=seed)
+    if plan.space.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    startup = min(10, max(3, plan.sweep.n_trials // 2))  # random trials before TPE models the space
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
+
+
+def _pruner(cfg: SweepConfig):
+    if cfg.pruner == "none" or len(cfg.objective_names) > 1:  # Optuna prunes single objectives only
+        return optuna.pruners.NopPruner()
+    if cfg.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=cfg.eval_every, max_resource=cfg.max_steps, reduction_factor=3
+        )
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+
+
+def _fail_stale_trial_run(study: optuna.Study, trial) -> None:
+    """A trial whose worker died: its MLflow run is ended FAILED, not left RUNNING, and the trial
+    is queued again (`retry`)."""
+    run_id = trial.user_attrs.get(ATTR_RUN_ID)
+    if run_id:
+        reason = "its worker stopped sending heartbeats (killed or crashed)"
+        parent_runs.fail_run(run_id, reason, **{TAG_TRIAL_STATE: TrialState.FAIL.name})
+    retry(study, trial)
+
+
+def retry(study: optuna.Study, trial) -> None:
+    """Queue a trial lost with its worker again, with its params and phase, naming the trial it
+    repeats; the lost one then counts nowhere. A trial that failed on its own (NaN, out of
+    memory) is a result and is not retried; nor is one lost `MAX_RETRIES` times already."""
+    retries = trial.user_attrs.get(ATTR_RETRIES, 0) + 1
+    if phase(trial) == UNUSED or retries > MAX_RETRIES:
+        return
+    attrs = {key: value for key, value in trial.user_attrs.items() if key != ATTR_RUN_ID}  # not its run
+    attrs.update({ATTR_RETRY_OF: trial.number, ATTR_RETRIES: retries})
+    study.add_trial(
+        optuna.create_trial(
+            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions, user_attrs=attrs
+        )
+    )
+
+
+def lost(study: optuna.Study) -> set[int]:
+    """Trials lost with their worker and queued again: neither a result nor a failure."""
+    return {t.user_attrs[ATTR_RETRY_OF] for t in study.get_trials(deepcopy=False) if ATTR_RETRY_OF in t.user_attrs}
+
+
+def phase(trial) -> str:
+    return trial.user_attrs.get(ATTR_PHASE, EXPLORE)
+
+
+def trials_of(study: optuna.Study, of_phase: str, states=None) -> list:
+    return [t for t in study.get_trials(deepcopy=False, states=states) if phase(t) == of_phase]
+
+
+def finished(study: optuna.Study) -> int:
+    """Finished explore trials, those lost with their worker left out: what `--n-trials` counts."""
+    gone = lost(study)
+    return len([t for t in trials_of(study, EXPLORE, FINISHED) if t.number not in gone])
+
+
+def best_trials(study: optuna.Study) -> list:
+    """The best explore trial, or for several objectives their Pareto front, best first objective first."""
+    complete = sorted(trials_of(study, EXPLORE, (TrialState.COMPLETE,)), key=lambda t: t.values)
+    if len(study.directions) == 1:
+        return complete[:1]
+    return [t for t in complete if not any(_dominates(other, t) for other in complete)]
+
+
+def _dominates(a, b) -> bool:
+    return all(x <= y for x, y in zip(a.values, b.values)) and a.values != b.values
+
+
+def to_confirm(study: optuna.Study, top: int) -> list:
+    """The `top` distinct configurations of complete explore trials, best first objective first."""
+    chosen = []
+    for trial in sorted(trials_of(study, EXPLORE, (TrialState.COMPLETE,)), key=lambda t: t.values[0]):
+        if len(chosen) < top and all(trial.params != other.params for other in chosen):
+            chosen.append(trial)
+    return chosen
+
+
+def wait_for_explore(study: optuna.Study) -> None:
+    """Return once no explore trial runs, here or on another machine (a dead worker's is failed
+    by heartbeat): the configurations to confirm are chosen from a finished explore phase."""
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        if not trials_of(study, EXPLORE, (TrialState.RUNNING,)):
+            return
+        time.sleep(HEARTBEAT_S)
+
+
+def wait_for_confirmations(study: optuna.Study) -> bool:
+    """Wait while confirmations run on other workers; True once one is queued (again: its worker
+    died), False once none runs. Registration then sees every seed of every configuration."""
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return True
+        if not trials_of(study, CONFIRM, (TrialState.RUNNING,)):
+            return False
+        time.sleep(HEARTBEAT_S)
+
+
+def enqueue_confirmations(study: optuna.Study, configs: list, seeds: list[int], steps: int) -> int:
+    """Queue each (configuration, seed) not yet confirmed, queued or running at `steps`; how many
+    were queued. Stale trials are failed first, so a confirmation whose worker was killed is
+    queued again."""
+    optuna.storages.fail_stale_trials(study)
+    held = {_job(t) for t in trials_of(study, CONFIRM, UNFINISHED_OR_DONE)}
+    missing = [(config, seed) for config in configs for seed in seeds if (config.number, seed, steps) not in held]
+    for config, seed in missing:
+        attrs = {ATTR_PHASE: CONFIRM, ATTR_CONFIG: config.number, ATTR_SEED: seed, ATTR_STEPS: steps}
+        study.enqueue_trial(config.params, user_attrs=attrs)
+    return len(missing)
+
+
+def taken_by(study: optuna.Study, trial) -> int | None:
+    """The earlier confirmation of the same job (configuration, seed, steps) that finished or runs,
+    if any: sweeps on several machines queue the same ones at once, and one run of each is enough."""
+    job = _job(trial)
+    for other in trials_of(study, CONFIRM, UNFINISHED_OR_DONE):
+        if other.number < trial.number and other.state != TrialState.WAITING and _job(other) == job:
+            return other.number
+    return None
+
+
+def _job(trial) -> tuple[int, int, int]:
+    return trial.user_attrs[ATTR_CONFIG], trial.user_attrs[ATTR_SEED], trial.user_attrs.get(ATTR_STEPS)
+
+
+def confirmations(study: optuna.Study, config: int, steps: int) -> list:
+    """The complete confirmations of the configuration of explore trial `config` at `steps`, one
+    per seed (should two workers on two machines have queued the same one)."""
+    done = {}
+    for trial in trials_of(study, CONFIRM, (TrialState.COMPLETE,)):
+        number, seed, at = _job(trial)
+        if number == config and at == steps:
+            done.setdefault(seed, trial)
+    return list(done.values())
+
+
+def importances(study: optuna.Study) -> dict[str, float]:
+    """fANOVA importances of the first objective; none until two complete trials differ."""
+    complete = trials_of(study, EXPLORE, (TrialState.COMPLETE,))
+    if len(complete) < 2 or not any(t.params != complete[0].params for t in complete):
+        return {}
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a study the user needs told of
+    explored = optuna.create_study(directions=study.directions)  # in memory: confirmations left out
+    optuna.logging.set_verbosity(verbosity)
+    explored.add_trials(complete)
+    return optuna.importance.get_param_importances(explored, evaluator=evaluator, target=lambda t: t.values[0])

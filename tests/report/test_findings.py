@@ -1,0 +1,126 @@
+"""The finding rules, driven with constructed results: ties, wins, equal costs, trends, edges,
+and the cases where the study lacks the data to decide."""
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lora_study.report.findings import Level, compare_levels, level_name, spearman, trend
+
+RANK_16 = Level(16, perplexity=10.00, cost=1_000, memory_mb=500)
+RANK_64 = Level(64, perplexity=9.96, cost=4_000, memory_mb=520)
+
+
+def test_a_cheaper_level_within_one_seed_std_suffices():
+    finding = compare_levels("rank", [RANK_16, RANK_64], seed_std=0.07)
+    assert finding.decided
+    assert finding.text == "rank 64 is within noise of rank 16 (0.040 ppl apart; seed std 0.070): rank 16 suffices"
+
+
+def test_a_win_beyond_the_noise_is_called_with_its_cost():
+    qv = Level("qv", perplexity=11.0, cost=100, memory_mb=500)
+    all_linear = Level("all-linear", perplexity=10.0, cost=900, memory_mb=900)
+    finding = compare_levels("target_modules", [qv, all_linear], seed_std=0.07)
+    assert finding.decided
+    assert finding.text == "all-linear beats qv by 9.1% perplexity (1.000 ppl; seed std 0.070) at 1.80x peak memory"
+
+
+def test_the_best_level_suffices_when_the_ties_cost_more():
+    cheap_best = Level(8, perplexity=10.0, cost=500, memory_mb=400)
+    finding = compare_levels("rank", [cheap_best, Level(32, 10.05, 2_000, 450)], seed_std=0.1)
+    assert finding.decided and finding.text.endswith("cost as much or more: rank 8 suffices")
+
+
+def test_ties_at_the_same_cost_make_no_difference():
+    off, on = Level(False, 10.0, 1_000, 400), Level(True, 10.02, 1_000, 400)
+    finding = compare_levels("use_rslora", [on, off], seed_std=0.05)
+    assert finding.decided
+    assert finding.text.startswith("rsLoRA off, rsLoRA on are within noise of each other (0.020 ppl apart")
+    assert finding.text.endswith("the choice makes no measurable difference here")
+
+
+def test_quantization_is_costed_by_memory_by_the_caller_and_a_cheaper_tie_wins():
+    none = Level("none", 10.0, cost=900, memory_mb=900)  # cost = peak memory for quantization
+    four = Level("4bit", 10.03, cost=300, memory_mb=300)
+    finding = compare_levels("quantization", [none, four], seed_std=0.05)
+    assert finding.text.endswith("quantization 4bit suffices")
+
+
+def test_without_a_seed_spread_the_rule_says_it_cannot_decide():
+    finding = compare_levels("rank", [RANK_16, RANK_64], seed_std=None)
+    assert not finding.decided
+    assert "rank 64 has the best perplexity (9.960), 0.040 ahead of rank 16" in finding.text
+    assert "cannot tell whether that is more than noise" in finding.text
+    assert not compare_levels("rank", [RANK_16, RANK_64], seed_std=0.0).decided  # one seed: std 0
+
+
+def test_one_level_is_nothing_to_compare():
+    finding = compare_levels("rank", [RANK_16], seed_std=0.1)
+    assert not finding.decided and finding.text == "rank: only rank 16 has a complete trial; nothing to compare"
+
+
+def test_a_lead_between_one_and_two_noise_widths_is_not_decided():
+    # seed std 0.1: two runs differ by about 0.141 from noise; 0.2 is more than that, less than 0.283
+    finding = compare_levels("rank", [Level(8, 10.2, 100, 400), Level(32, 10.0, 400, 450)], seed_std=0.1)
+    assert not finding.decided
+    assert finding.text.startswith("rank 32 beats rank 8 by 2.0% perplexity (0.200 ppl; seed std 0.100)")
+    assert finding.text.endswith("likely, not decided; more seeds or trials would decide it")
+
+
+def test_a_win_is_said_without_a_memory_ratio_when_none_was_measured():
+    finding = compare_levels("rank", [Level(8, 11.0, 100, 0.0), Level(32, 10.0, 400, 0.0)], seed_std=0.1)
+    assert finding.decided and finding.text == "rank 32 beats rank 8 by 9.1% perplexity (1.000 ppl; seed std 0.100)"
+
+
+LR = pd.Series([1e-4, 2e-4, 3e-4, 6e-4, 1e-3, 2e-3])
+
+
+def test_a_trend_is_named_with_its_correlation_and_permutation_p():
+    finding = trend("learning_rate", LR, pd.Series([14.0, 13.5, 13.0, 12.5, 12.0, 11.5]), searched=(1e-5, 1e-1))
+    assert finding.decided
+    assert re.fullmatch(
+        r"learning rate: lower perplexity at higher values \(Spearman rho -1.00, permutation p 0.00\d, over 6 "
+        r"trials\); best at 0.002",
+        finding.text,
+    )
+
+
+def test_the_permutation_p_is_that_of_the_exact_distribution():
+    # 6 values in order: 2 of the 720 orderings reach |rho| = 1
+    rho, p = spearman(np.arange(6.0), np.arange(6.0))
+    assert rho == pytest.approx(1.0) and p == pytest.approx(2 / 720, abs=0.001)
+    rho, p = spearman(np.arange(6.0), np.array([3.0, 1.0, 5.0, 0.0, 4.0, 2.0]))
+    assert abs(rho) < 0.3 and p > 0.5
+
+
+def test_a_best_value_at_the_edge_of_the_range_says_to_widen_it():
+    high = LR.replace(2e-3, 2.8e-3)
+    finding = trend("learning_rate", high, pd.Series([14.0, 13.5, 13.0, 12.5, 12.0, 11.5]), searched=(1e-4, 3e-3))
+    assert "the best value, 0.0028, lies at the upper edge of the searched range 0.0001 to 0.003" in finding.text
+    assert finding.text.endswith("widen the range upward")
+    low = trend("learning_rate", LR, pd.Series([11.0, 13.0, 12.5, 14.0, 13.2, 12.8]), searched=(1e-4, 3e-3))
+    assert "lower edge" in low.text and low.text.endswith("downward")
+
+
+def test_a_correlation_the_permutation_test_does_not_support_is_not_a_trend():
+    finding = trend("dropout", pd.Series([0.0, 0.05, 0.1, 0.2, 0.3]), pd.Series([12.0, 11.0, 13.0, 11.5, 12.2]), None)
+    assert not finding.decided
+    assert finding.text.startswith("dropout: no trend shown (Spearman rho")
+    assert "a trend needs p < 0.05" in finding.text
+
+
+def test_too_few_trials_for_a_trend_says_so():
+    finding = trend("learning_rate", pd.Series([1e-4, 1e-3]), pd.Series([12.0, 11.0]), (1e-5, 1e-2))
+    assert not finding.decided
+    assert finding.text == (
+        "learning rate: 2 complete trials at 2 values; the trend rule needs 5 trials at 3 or more values"
+    )
+
+
+def test_levels_are_named_as_a_sentence_names_them():
+    assert level_name("rank", 16) == "rank 16"
+    assert level_name("target_modules", "qkvo") == "qkvo"
+    assert level_name("use_dora", "True") == "DoRA on"
+    assert level_name("alpha_per_rank", 2.0) == "alpha 2x rank"

@@ -1,0 +1,53 @@
+"""The recommendation rule on constructed results."""
+
+import math
+
+from lora_study.sweep.recommendation import BEST, Confirmed, pooled_std, recommend
+
+
+def config(number: int, perplexities, trainable: float, memory: float = 1000.0) -> Confirmed:
+    return Confirmed(number, {"rank": trainable}, tuple(perplexities), trainable, memory)
+
+
+def test_mean_std_and_standard_error_of_the_seeds():
+    c = config(0, [10.0, 12.0, 14.0], 100)
+    assert (c.n, c.mean, c.std) == (3, 12.0, 2.0)
+    assert math.isclose(c.stderr, 2.0 / math.sqrt(3))
+    assert config(1, [10.0], 100).std == 0.0
+
+
+def test_the_cheapest_within_one_standard_error_is_recommended():
+    best = config(0, [10.0, 10.4], trainable=800)  # mean 10.2, stderr 0.2
+    close_and_cheap = config(1, [10.3, 10.3], trainable=100)  # 10.3 <= 10.4
+    far_and_cheaper = config(2, [10.5, 10.5], trainable=50)  # 10.5 > 10.4
+    result = recommend([best, close_and_cheap, far_and_cheaper])
+    assert result.chosen is close_and_cheap and result.best is best
+    assert math.isclose(result.threshold, 10.4)
+    assert "cheapest within 1 standard error" in result.statement() and "trial 0" in result.statement()
+
+
+def test_a_tie_goes_to_the_cheaper_adapter_then_to_less_memory():
+    large = config(0, [10.0, 10.0], trainable=800, memory=900)
+    small = config(1, [10.0, 10.0], trainable=100, memory=900)
+    small_less_memory = config(2, [10.0, 10.0], trainable=100, memory=800)
+    assert recommend([large, small]).chosen is small
+    assert recommend([large, small, small_less_memory]).chosen is small_less_memory
+    assert recommend([large, small], rule=BEST).chosen is small  # a tie on the mean: the cheaper one
+
+
+def test_the_best_rule_and_a_zero_threshold_take_the_best_mean():
+    best = config(0, [10.0, 10.4], trainable=800)
+    cheap = config(1, [10.3, 10.3], trainable=100)
+    assert recommend([best, cheap], rule=BEST).chosen is best
+    assert recommend([best, cheap], within_se=0).chosen is best
+    assert recommend([best, cheap], rule=BEST).statement().endswith("the best mean")
+
+
+def test_the_pooled_seed_noise():
+    configs = [config(0, [10.0, 12.0], 1), config(1, [10.0, 10.0], 1), config(2, [9.0], 1)]
+    assert math.isclose(pooled_std(configs), math.sqrt((2.0 + 0.0) / 2))
+
+
+def test_a_single_seed_says_the_rule_had_no_standard_error_to_allow():
+    result = recommend([config(0, [10.0], trainable=800), config(1, [10.1], trainable=100)])
+    assert result.chosen.config == 0 and "one seed: no standard error" in result.statement()
