@@ -44,8 +44,9 @@ from lora_study.names import (
     MODEL_KEY_MERGED,
 )
 
-# Models logged by lora-study 0.1 rebuild themselves with `from lora_study.adapters import
-# AdapterModel`: the served model's class is named here too, so they still load.
+# Models logged before the `serving` package (up to commit 51035ae) rebuild themselves with
+# `from lora_study.adapters import AdapterModel`: the served model's class is named here too, so
+# they still load.
 from lora_study.serving import AdapterModel  # noqa: F401
 
 BASE_REFERENCE = MODEL_BASE_REFERENCE
@@ -71,9 +72,6 @@ MULTI_ADAPTER_SIGNATURE = ModelSignature(
     outputs=Schema([ColSpec("string")]),
     params=ParamSchema([*GENERATION_PARAMS, ParamSpec(serving.ADAPTER_FIELD, "string", "")]),
 )
-
-
-# --- the reference to the base -----------------------------------------------------------------------
 
 
 # --- from a model URI to a loaded model --------------------------------------------------------------
@@ -268,6 +266,3 @@ def save_multi_adapter_model(entries: list[tuple[str, str]]) -> Path:
             )
 
     return build_once(cache_root() / "served" / key, save) / "model"
-
-
-# --- the served model --------------------------------------------------------------------------------

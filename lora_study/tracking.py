@@ -1,9 +1,9 @@
 """The run context and logging: the experiment, a stage's or trial's run, links into the UI, params,
 metrics, datasets, and reading runs back.
 
-Components log through these functions; only stages, `tracking`, `runs`, `registry`, `adapters`
-and `serving` call MLflow directly. The names logged are in `names`; a study's parent run (its
-election, heartbeats, dead runs) is `runs`'s.
+Components log through these functions; the modules that call MLflow directly are listed in
+`tests/test_architecture.py` (`MLFLOW_CALLERS`). The names logged are in `names`; a study's parent
+run (its election, heartbeats, dead runs) is `parent_runs`'s.
 """
 
 import json

@@ -1,7 +1,7 @@
 """Typed configuration, one pydantic model per concern, validated at the edge.
 
 A field's name is its CLI flag (`seq_len` -> `--seq-len`), its MLproject parameter and its
-MLflow param; `tests/test_config.py` checks that MLproject, the CLI and these classes agree.
+MLflow param; `tests/config/test_config.py` checks that MLproject, the CLI and these classes agree.
 Every problem in a set of values is reported at once, each naming its flag (`fields`). What trains
 is in `training`, what measures adapters in `study`, the commands on what a study made in
 `registered`; every config is offered here.

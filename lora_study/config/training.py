@@ -1,9 +1,5 @@
-"""Typed configuration, one pydantic model per concern, validated at the edge.
-
-A field's name is its CLI flag (`seq_len` -> `--seq-len`), its MLproject parameter and its
-MLflow param; `tests/test_config.py` checks that MLproject, the CLI and these classes agree.
-Every problem in a set of values is reported at once, each naming its flag.
-"""
+"""The settings of what trains: the base model, the data, the adapter, the optimization, and
+one adapter per group (`--group-by`)."""
 
 from typing import Literal
 

@@ -70,7 +70,14 @@ class PreparedMeta:
     @classmethod
     def read(cls, path: Path) -> "PreparedMeta":
         recorded = json.loads(path.read_text())
-        return cls(**{f.name: recorded[f.name] for f in dataclasses.fields(cls) if f.name in recorded})
+        fields = dataclasses.fields(cls)
+        required = [
+            f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        missing = [name for name in required if name not in recorded]
+        if missing:
+            raise UserInputError(f"--data: {path} lacks {', '.join(missing)}; prepare the data again")
+        return cls(**{f.name: recorded[f.name] for f in fields if f.name in recorded})
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=1))

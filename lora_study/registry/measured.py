@@ -38,7 +38,7 @@ def measured_on_tags(basis: "comparability.Basis") -> dict[str, str]:
     return {TAG_TEST_DATA: basis.to_json(), TAG_TEST_DATA_KEY: basis.key}
 
 
-def measured_tags(metrics: dict, measured_on: comparability.Basis) -> dict[str, str]:
+def measured_tags(metrics: dict, basis: comparability.Basis) -> dict[str, str]:
     """A version's tags for what was measured on it: each metric to 6 significant digits, and the
     test data they were measured on. The one rule for `train`, `sweep` and `evaluate`."""
-    return {**{key: f"{float(value):.6g}" for key, value in metrics.items()}, **measured_on_tags(measured_on)}
+    return {**{key: f"{float(value):.6g}" for key, value in metrics.items()}, **measured_on_tags(basis)}

@@ -1,10 +1,6 @@
-"""The MLflow Model Registry: versions, their tags, aliases, and promotion between them.
-
-Promotion compares the test perplexity that `evaluate` (or the sweep) recorded on each version,
-measured on the same test data (`comparability`): an alias moves only to a better version, or
-with `force`, and the version records why. Every alias move is kept on the registered model as a
-tag, so `lora-study versions` shows who moved which alias when, from what to what. Every version
-carries a manifest of what a server needs (`servability`), read at registration.
+"""Registered versions: found by name, number, alias, study trial or run; registered once, with
+what was measured on them (`register_measured`, the one rule for `train`, `sweep` and
+`evaluate`), the manifest of what a server needs (`servability`) and a description.
 """
 
 import tempfile
@@ -148,9 +144,6 @@ def version_of_uri(uri) -> object:
         raise UserInputError(f"{uri.uri}: {error.message}") from None
 
 
-# --- alias history ----------------------------------------------------------------------------------
-
-
 def get_version(name: str, version: int):
     try:
         return mlflow.MlflowClient().get_model_version(name, str(version))
@@ -158,10 +151,4 @@ def get_version(name: str, version: int):
         raise UserInputError(f"{name} version {version}: {error.message}") from None
 
 
-# --- promotion -------------------------------------------------------------------------------------
-
-
 # --- the versions table ----------------------------------------------------------------------------
-
-
-# --- the description ------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ from lora_study.names import (
 from lora_study.registry import comparability
 from lora_study.report import findings
 from lora_study.report.read import StudyRuns, Version
-from lora_study.report.render import Section, Table, _cell
+from lora_study.report.render import Section, Table, cell_text
 from lora_study.sweep.recommendation import BEST, CHEAPEST_WITHIN_SE
 from lora_study.sweep.search_space import ALPHA_PER_RANK
 
@@ -232,7 +232,7 @@ def _config_text(row) -> str:
         elif name in (PARAM_USE_DORA, PARAM_USE_RSLORA, PARAM_QUANTIZATION, PARAM_DROPOUT):
             parts.append(findings.level_name(name, value))
         else:
-            parts.append(f"{name} {_cell(value)}")
+            parts.append(f"{name} {cell_text(value)}")
     return ", ".join(parts)
 
 

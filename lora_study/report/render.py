@@ -100,7 +100,7 @@ def _html_table(table: Table) -> str:
     for i, (_, row) in enumerate(table.frame.iterrows()):
         cells = []
         for column, value in row.items():
-            text = html.escape(_cell(value))
+            text = html.escape(cell_text(value))
             if column in table.links:
                 text = f'<a href="{html.escape(table.links[column][i])}">{text}</a>'
             numeric = isinstance(value, numbers.Real) and not isinstance(value, bool)
@@ -133,7 +133,7 @@ def to_markdown(study: StudyRuns, sections: list[Section], figures_dir: str) -> 
 
 def _markdown_table(table: Table) -> list[str]:
     def cell(column, i, value) -> str:
-        text = _cell(value).replace("|", "\\|")
+        text = cell_text(value).replace("|", "\\|")
         return f"[{text}]({table.links[column][i]})" if column in table.links else text
 
     columns = list(table.frame.columns)
@@ -144,7 +144,7 @@ def _markdown_table(table: Table) -> list[str]:
     return ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns), *rows]
 
 
-def _cell(value) -> str:
+def cell_text(value) -> str:
     """A table cell: numbers to 4 significant digits, counts whole, missing values empty."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -157,6 +157,6 @@ def _cell(value) -> str:
     return str(value)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = float(seconds or 0)
     return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"

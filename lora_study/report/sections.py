@@ -1,9 +1,8 @@
 """The report of a study: its answer as one page, every sentence derived from its runs.
 
-`build` turns what a study left in MLflow (a `StudyRuns`, read back by the `report` stage) into
-six sections, in this order: the answer, trade-offs, effects of each factor, how the study ran,
-every trial, provenance. `to_html` renders them as one self-contained file (CSS and SVG figures
-inline, no script, no network) and `to_markdown` as its twin, beside the same figures as files.
+`build` turns what a study left in MLflow (a `StudyRuns`, read back by `read`) into six sections,
+in this order: the answer (`answer`), trade-offs, effects of each factor (`effects`), how the study
+ran, every trial, provenance. `render` makes them one self-contained HTML file and its Markdown twin.
 """
 
 import pandas as pd
@@ -44,7 +43,7 @@ from lora_study.names import (
 from lora_study.report.answer import CONFIG_PARAMS, answer
 from lora_study.report.effects import factors
 from lora_study.report.read import COLUMN_DURATION_S, StudyRuns
-from lora_study.report.render import Code, Figure, Heading, Items, Section, Table, _duration
+from lora_study.report.render import Code, Figure, Heading, Items, Section, Table, duration
 from lora_study.tracking import ui_run_link
 
 COLUMN_PHASE = "phase"
@@ -64,9 +63,6 @@ def build(study: StudyRuns, ui_url: str = DEFAULT_UI_URL) -> list[Section]:
         every_trial(study, ui_url),
         provenance(study, ui_url),
     ]
-
-
-# --- 1. the answer --------------------------------------------------------------------------------
 
 
 # --- 2. trade-offs ----------------------------------------------------------------------------------
@@ -99,9 +95,6 @@ def tradeoffs(s: StudyRuns) -> Section:
     )
 
 
-# --- 3. effects of each factor -----------------------------------------------------------------------
-
-
 # --- 4. how the study ran -------------------------------------------------------------------------
 
 
@@ -120,8 +113,8 @@ def how_it_ran(s: StudyRuns) -> Section:
                 f"{p.get(PARAM_SAMPLER, '?')}, pruner {p.get(PARAM_PRUNER, '?')}, "
                 f"objectives {p.get(PARAM_OBJECTIVES, '?')}.",
                 _confirm_text(s),
-                f"Time: {_duration(s.wall_s)} wall-clock; {_duration(s.trials[COLUMN_DURATION_S].sum())} in explore "
-                f"trials, {_duration(s.confirmations[COLUMN_DURATION_S].sum())} in confirmations.",
+                f"Time: {duration(s.wall_s)} wall-clock; {duration(s.trials[COLUMN_DURATION_S].sum())} in explore "
+                f"trials, {duration(s.confirmations[COLUMN_DURATION_S].sum())} in confirmations.",
                 _pruning_text(s.trials),
             )
         )
@@ -176,9 +169,9 @@ def _pruning_text(trials: pd.DataFrame) -> str:
     full = complete[COLUMN_DURATION_S].mean()
     saved = (full - pruned[COLUMN_DURATION_S]).clip(lower=0).sum()
     return (
-        f"Pruning: {len(pruned)} trials stopped early, taking {_duration(pruned[COLUMN_DURATION_S].sum())}; at the "
-        f"mean duration of a complete trial ({_duration(full)}) they would have taken {_duration(full * len(pruned))}: "
-        f"about {_duration(saved)} saved."
+        f"Pruning: {len(pruned)} trials stopped early, taking {duration(pruned[COLUMN_DURATION_S].sum())}; at the "
+        f"mean duration of a complete trial ({duration(full)}) they would have taken {duration(full * len(pruned))}: "
+        f"about {duration(saved)} saved."
     )
 
 
@@ -252,6 +245,3 @@ def provenance(s: StudyRuns, ui_url: str) -> Section:
         "Provenance",
         [Table(pd.DataFrame({"": list(rows), "value": list(rows.values())})), Code("\n\n".join(commands))],
     )
-
-
-# --- rendering ------------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
     # (`mlflow.types.type_hints.type_hints_no_signature_inference`), the signature stays in charge.
     def predict(self, context, model_input: pd.DataFrame, params=None):
         """Answers, one per prompt. A bad request raises an MLflow INVALID_PARAMETER_VALUE error,
-        which `mlflow models serve` answers with HTTP 400 and keeps contract."""
+        which `mlflow models serve` answers with HTTP 400 and keeps serving."""
         try:
             return contract.answer(
                 self.model,

@@ -84,6 +84,3 @@ def find_parent(study: str):
             "printed, runs:/<sweep run id> or models:/<name>@<alias>"
         )
     return next((run for run in found if run.info.status == "FINISHED"), found[0])
-
-
-# --- reading a study back from MLflow ---------------------------------------------------------------

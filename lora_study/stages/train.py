@@ -66,7 +66,6 @@ from lora_study.names import (
     TAG_GROUP_KEY,
     TAG_GROUPS_INPUTS,
 )
-from lora_study.parent_runs import HEARTBEAT_S
 from lora_study.registry import comparability
 
 TEST_BATCH_SIZE = 8  # rows per forward pass for test losses, which batching does not change
@@ -162,7 +161,7 @@ def _train_groups(
         tracking.stage_run(
             STAGE_TRAIN_GROUPS, run_id=parent_id, name=run_name, **{TAG_GROUPS_INPUTS: inputs}
         ) as parent,
-        parent_runs.heartbeat(parent.info.run_id, HEARTBEAT_S),
+        parent_runs.heartbeat(parent.info.run_id, parent_runs.HEARTBEAT_S),
     ):
         if invocation and invocation != parent.info.run_id:
             parent_runs.mark_invocation(invocation, parent.info.run_id, STAGE_TRAIN_GROUPS_INVOCATION)
@@ -244,7 +243,7 @@ def _parent_to_continue(inputs: str) -> str | None:
     if run is None:
         return None
     age = parent_runs.heartbeat_age_s(run)
-    if run.info.status == "RUNNING" and age is not None and age <= 2 * HEARTBEAT_S:
+    if run.info.status == "RUNNING" and age is not None and age <= 2 * parent_runs.HEARTBEAT_S:
         raise UserInputError(
             f"run {run.info.run_id} is training these groups now (it said so {age:.0f} s ago); wait for it to end, "
             "or stop it"

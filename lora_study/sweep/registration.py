@@ -1,7 +1,7 @@
 """The registration of a study's answer: one version per confirmed configuration (or per best
 explore trial when none was confirmed), tagged with where it came from, its measurements and the
 test data they were measured on; the study's own alias on its answer, and `challenger` (and
-`champion` with --promote) moved only forward (`registry.aliases.advance`)."""
+`champion` with --promote) moved only forward (`registry.advance`)."""
 
 import optuna
 

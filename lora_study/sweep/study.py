@@ -16,11 +16,10 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
-from lora_study import names, parent_runs, tracking
+from lora_study import parent_runs, tracking
 from lora_study.config import BaseModelConfig, DataConfig, SweepConfig
 from lora_study.errors import UserInputError
-from lora_study.names import ALIAS_STUDY_PREFIX, TAG_TRIAL_STATE
-from lora_study.parent_runs import HEARTBEAT_S
+from lora_study.names import ALIAS_STUDY_PREFIX, TAG_ALIAS_MOVE_PREFIX, TAG_TRIAL_STATE
 from lora_study.sweep import search_space
 
 # Heartbeats and multivariate TPE are marked experimental in Optuna; both are what a sweep needs.
@@ -38,7 +37,7 @@ MAX_RETRIES = 3  # a configuration whose worker dies more often than this stays 
 EXPLORE, CONFIRM = "explore", "confirm"
 # A study alias's length after its prefix: the alias-history tag key (`lora_study.alias_move.<alias>.<ms>`)
 # stays within MLflow's 250 characters.
-STUDY_ALIAS_LENGTH = 250 - len(names.TAG_ALIAS_MOVE_PREFIX) - len(".") - 13 - len(names.ALIAS_STUDY_PREFIX)
+STUDY_ALIAS_LENGTH = 250 - len(TAG_ALIAS_MOVE_PREFIX) - len(".") - 13 - len(ALIAS_STUDY_PREFIX)
 UNUSED = "unused"  # a trial Optuna made in the confirm phase when the queue was empty: counts nowhere
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 UNFINISHED_OR_DONE = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
@@ -93,7 +92,7 @@ def masked(storage: str) -> str:
 def open_study(plan: Plan, worker: int = 0) -> optuna.Study:
     """Create the study, or load it to resume; every worker opens it the same way."""
     storage = _storage(plan.storage)
-    names = plan.sweep.objective_names
+    objectives = plan.sweep.objective_names
     try:
         return optuna.create_study(
             study_name=plan.study_name,
@@ -101,7 +100,7 @@ def open_study(plan: Plan, worker: int = 0) -> optuna.Study:
             load_if_exists=True,
             sampler=_sampler(plan, worker),
             pruner=_pruner(plan.sweep),
-            directions=["minimize"] * len(names),
+            directions=["minimize"] * len(objectives),
         )
     except ValueError as error:  # an existing study with other directions
         raise UserInputError(f"--study-name {plan.study_name}: {error}; pass another --study-name") from None
@@ -115,7 +114,7 @@ def _storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
         try:
             return optuna.storages.RDBStorage(
                 url,
-                heartbeat_interval=HEARTBEAT_S,
+                heartbeat_interval=parent_runs.HEARTBEAT_S,
                 heartbeat_stale_trial_callback=_fail_stale_trial_run,
                 engine_kwargs={"pool_pre_ping": True},
             )
@@ -218,7 +217,7 @@ def wait_for_explore(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
         if not trials_of(study, EXPLORE, (TrialState.RUNNING,)):
             return
-        time.sleep(HEARTBEAT_S)
+        time.sleep(parent_runs.HEARTBEAT_S)
 
 
 def wait_for_confirmations(study: optuna.Study) -> bool:
@@ -230,7 +229,7 @@ def wait_for_confirmations(study: optuna.Study) -> bool:
             return True
         if not trials_of(study, CONFIRM, (TrialState.RUNNING,)):
             return False
-        time.sleep(HEARTBEAT_S)
+        time.sleep(parent_runs.HEARTBEAT_S)
 
 
 def enqueue_confirmations(study: optuna.Study, configs: list, seeds: list[int], steps: int) -> int:

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from lora_study import data
 from lora_study.config import DataConfig
-from lora_study.data import contamination, packing, prepared
+from lora_study.data import contamination, packing
+from lora_study.data import prepared as prepared_module
 from lora_study.data.documents import check_records, detect_format
 from lora_study.data.packing import IGNORE_INDEX
 from lora_study.errors import UserInputError
@@ -313,7 +314,7 @@ def test_an_instruction_record_sharing_a_span_is_dropped(tmp_path, tiny, tokeniz
 def test_the_same_inputs_reuse_the_cached_result(tmp_path, tiny, tokenizer, monkeypatch):
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": d} for d in text_docs()])
     first = prepare(tiny, tokenizer, dataset=str(path), seq_len=16)
-    monkeypatch.setattr(prepared, "_write_prepared", lambda *a: pytest.fail("rebuilt a cached result"))
+    monkeypatch.setattr(prepared_module, "_write_prepared", lambda *a: pytest.fail("rebuilt a cached result"))
     assert prepare(tiny, tokenizer, dataset=str(path), seq_len=16).path == first.path
     monkeypatch.undo()
     assert prepare(tiny, tokenizer, dataset=str(path), seq_len=17).path != first.path

@@ -29,7 +29,7 @@ def test_force_moves_the_alias_to_a_worse_or_unevaluated_version():
 def test_a_study_trial_registered_by_several_sweeps_at_once_is_one_version():
     """Sweeps on four machines finish together and each registers the study's trial 3: one
     version stands, and every one of them is handed that version."""
-    tags = {"lora_study.sweep.study": "together", "trial_number": "3"}
+    tags = {"lora_study.study": "together", "trial_number": "3"}
     with ThreadPoolExecutor(4) as pool:
         handed = set(pool.map(lambda _: register_echo("registered-together", **tags), range(4)))
     versions = mlflow.MlflowClient().search_model_versions("name = 'registered-together'")

@@ -96,7 +96,7 @@ def study(**changes) -> StudyRuns:
             "dataset_digest": "d1g3st",
         },
         metrics={"seed_std_test_perplexity": 0.1414, "train_tokens": 96000, "train_documents": 50},
-        tags={"lora_study.sweep.recommendation": STATEMENT},
+        tags={"lora_study.recommendation": STATEMENT},
         trials=TRIALS,
         confirmations=CONFIRMATIONS,
         confirmed=CONFIRMED,
@@ -257,7 +257,7 @@ def test_html_is_one_self_contained_page_and_markdown_its_twin():
     [(None, ""), (float("nan"), ""), (True, "yes"), (12345, "12,345"), (0.000123456, "0.0001235"), (96000.4, "96,000")],
 )
 def test_cells_read_as_numbers_a_person_reads(value, text):
-    assert render._cell(value) == text
+    assert render.cell_text(value) == text
 
 
 def test_the_answer_stands_against_champion_and_challenger_only_on_the_same_test_data():

@@ -54,7 +54,7 @@ def test_the_sweep_leaves_its_report_on_the_parent_run_and_a_browser_shows_it(sw
     assert "report/figures/tradeoffs.svg" in figures
     page = mlflow.artifacts.download_artifacts(f"runs:/{swept.info.run_id}/report/report.html", dst_path=str(tmp_path))
     dom = chromium(tmp_path / "report.html", tmp_path / "report.png")
-    assert swept.data.tags["lora_study.sweep.recommendation"] in dom
+    assert swept.data.tags["lora_study.recommendation"] in dom
     assert all(f'<section id="{section}">' in dom for section in SECTIONS)
     assert dom.count("<svg") >= 2
     pixels = np.asarray(Image.open(tmp_path / "report.png").convert("L"), dtype=float)

@@ -17,7 +17,6 @@ from conftest import runs
 
 from lora_study import cli, parent_runs, registry, tracking, training
 from lora_study.errors import UserInputError
-from lora_study.sweep import study as sweep_study
 from lora_study.sweep.study import ATTR_RUN_ID
 
 TINY = ["--base-model", "tiny", "--max-samples", "15", "--seq-len", "32"]
@@ -65,7 +64,7 @@ def load_study(tmp_path, name="s"):
 def test_a_sweep_is_a_parent_run_with_a_nested_run_per_trial(tmp_path, mlflow_experiment, capsys):
     assert cli.main(sweep_argv(tmp_path, "--pruner", "none")) == 0
     (parent,), trials = parent_and_trials(mlflow_experiment)
-    assert parent.info.status == "FINISHED" and parent.data.tags["lora_study.sweep.study"] == "s"
+    assert parent.info.status == "FINISHED" and parent.data.tags["lora_study.study"] == "s"
     assert [int(t.data.tags["trial_number"]) for t in trials] == [0, 1, 2, 3]
     for trial in trials:
         assert trial.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -99,7 +98,7 @@ def test_a_sweep_is_a_parent_run_with_a_nested_run_per_trial(tmp_path, mlflow_ex
     version = mlflow.MlflowClient().get_model_version_by_alias(registered(tmp_path), "challenger")
     assert version.run_id == best.info.run_id
     tags = version.tags
-    assert tags["lora_study.sweep.study"] == "s" and tags["trial_number"] == best.data.tags["trial_number"]
+    assert tags["lora_study.study"] == "s" and tags["trial_number"] == best.data.tags["trial_number"]
     assert float(tags["test_perplexity"]) < float(tags["base_test_perplexity"])
     assert tags["base_model"] == "tiny" and len(tags["base_model_sha256"]) == 64
     assert "champion" not in mlflow.MlflowClient().get_registered_model(registered(tmp_path)).aliases
@@ -201,7 +200,7 @@ def test_the_best_configurations_are_confirmed_with_seeds_and_the_rule_picks_one
     (recommended,) = table[table.recommended].to_dict("records")
     challenger = client.get_model_version_by_alias(registered(tmp_path), "challenger")
     assert int(challenger.version) == recommended["version"]
-    assert parent.data.tags["lora_study.sweep.recommendation"].startswith("recommended: the configuration of trial")
+    assert parent.data.tags["lora_study.recommendation"].startswith("recommended: the configuration of trial")
     stds = [statistics.stdev(r.data.metrics["test_perplexity"] for r in seeded) for seeded in by_config.values()]
     assert parent.data.metrics["seed_std_test_perplexity"] == pytest.approx(
         (sum(s**2 for s in stds) / 2) ** 0.5, rel=1e-5
@@ -226,7 +225,7 @@ def test_the_best_configurations_are_confirmed_with_seeds_and_the_rule_picks_one
         (data_input,) = run.inputs.dataset_inputs
         assert data_input.dataset.digest == p["dataset_digest"][:16] and data_input.tags[0].value == "training"
     note = parent.data.tags["mlflow.note.content"]
-    assert note.startswith(parent.data.tags["lora_study.sweep.recommendation"])
+    assert note.startswith(parent.data.tags["lora_study.recommendation"])
     for version in versions:
         assert f"(#/models/{version.name}/versions/{version.version})" in note
         run = mlflow.get_run(version.run_id)
@@ -266,7 +265,7 @@ def test_a_sweep_killed_while_confirming_resumes_without_training_anything_twice
     worker.wait()
     (finished,), (killed,) = done, running
     time.sleep(3)  # past the grace period of two heartbeats
-    monkeypatch.setattr(sweep_study, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(parent_runs, "HEARTBEAT_S", 1)
     assert cli.main(argv) == 0
     assert cli.main(argv) == 0  # once more: nothing left to do
     confirm = [t for t in load_study(tmp_path).trials if t.user_attrs.get("phase") == "confirm"]
@@ -317,7 +316,6 @@ def test_running_again_resumes_after_a_killed_worker(tmp_path, mlflow_experiment
     tags = {"mlflow.project.entryPoint": "sweep"}
     orphan = mlflow.MlflowClient().create_run(mlflow_experiment, tags=tags).info.run_id
     time.sleep(3)  # past the grace period of two heartbeats
-    monkeypatch.setattr(sweep_study, "HEARTBEAT_S", 1)
     monkeypatch.setattr(parent_runs, "HEARTBEAT_S", 1)
     monkeypatch.setattr(parent_runs, "ORPHAN_GRACE_S", 2)
     assert cli.main(argv) == 0
@@ -403,7 +401,7 @@ def test_challenger_moves_only_to_a_better_study_on_the_same_test_data(tmp_path,
     (longer,) = [
         r
         for r in runs(mlflow_experiment)
-        if r.data.tags.get("lora_study.sweep.study") == "longer" and r.data.tags["lora_study.stage"] == "sweep"
+        if r.data.tags.get("lora_study.study") == "longer" and r.data.tags["lora_study.stage"] == "sweep"
     ]
     page = Path(mlflow.artifacts.download_artifacts(run_id=longer.info.run_id, artifact_path="report/report.md"))
     assert (

@@ -79,10 +79,7 @@ def test_two_workers_on_postgresql_complete_the_study_without_lost_or_duplicate_
     (version,) = client.search_model_versions("name = 'shared-adapters'")
     assert version.tags["test_perplexity_n"] == "2"
     report = mlflow.artifacts.load_text(f"runs:/{parent_id}/report/report.md")  # read from MLflow alone
-    assert (
-        f"| study | {client.get_run(parent_id).data.tags['lora_study.sweep.study']}, Optuna storage postgresql"
-        in report
-    )
+    assert f"| study | {client.get_run(parent_id).data.tags['lora_study.study']}, Optuna storage postgresql" in report
 
 
 def test_workers_opening_an_empty_database_together_all_open_it():
