@@ -1,6 +1,8 @@
 """The report's section on each factor's effect: per searched factor, its levels' best trials side
 by side with the confirmed figures, and the finding each comparison supports (`findings`)."""
 
+import math
+
 import pandas as pd
 
 from lora_study import plots
@@ -48,6 +50,24 @@ LEVEL_FACTORS = (
 TREND_FACTORS = (PARAM_LEARNING_RATE, PARAM_DROPOUT)
 COST_NEUTRAL = (ALPHA_PER_RANK, PARAM_USE_RSLORA)
 MAX_LEVELS = 6
+# The settings a configuration is: two figures compare one factor only when all the others match
+# (alpha is alpha / rank x rank, so it is not one more). A learning rate searched at every level is
+# matched by its best value.
+MATCH_PARAMS = (
+    PARAM_RANK,
+    ALPHA_PER_RANK,
+    PARAM_TARGET_MODULES,
+    PARAM_LEARNING_RATE,
+    PARAM_QUANTIZATION,
+    PARAM_USE_DORA,
+    PARAM_USE_RSLORA,
+    PARAM_DROPOUT,
+)
+MIN_LEARNING_RATES = 3  # values searched at a level for its best learning rate to count as found
+EXPLORE_NOISE = (
+    "no run measured the noise at the explore budget (the seed std is the confirm budget's, on the test "
+    "split), so the study cannot tell whether that is more than noise"
+)
 
 
 def factors(s: StudyRuns) -> Section:
@@ -59,12 +79,17 @@ def factors(s: StudyRuns) -> Section:
         else "no seed spread (no configuration was confirmed with two seeds or more)"
     )
     blocks = [
-        "Each factor the search space varied, read from the best complete explore trial at each level: its "
-        f"validation perplexity at the explore budget. Noise: {noise}. Two single runs differ by about 1.41 "
-        "seed std from noise alone: a level behind the best by less is a tie, and the cheapest tie suffices; "
-        "by more than twice that, it is beaten; in between, undecided. Rank is read per target-module preset "
-        "when those vary. A factor searched over a range is read by the Spearman correlation of its value with "
-        "perplexity (a trend when a permutation test gives p < 0.05) and by where its best value lies in the range."
+        f"Each factor the search space varied. Noise: {noise}. A finding is decided only from figures that "
+        "differ in that factor alone, with the noise measured at their budget and split: confirmed "
+        "configurations (test split, confirm budget) that differ in the factor alone, against the seeds' noise. "
+        "Two means of n seeds differ by about seed std x sqrt(2/n) from noise alone: a level behind the best "
+        "by less is a tie, and the cheapest tie suffices; by more than twice that, it is beaten; in between, "
+        "undecided. Otherwise the best complete explore trial at each level is shown (validation perplexity "
+        "at the explore budget, where no run measured the noise), undecided, with what else differs between "
+        f"them (a learning rate searched at {MIN_LEARNING_RATES} or more values at every level, its best inside "
+        "them, counts as matched). Rank is read per target-module preset when those vary. A factor searched "
+        "over a range is read by the Spearman correlation of its value with perplexity (a trend when a "
+        "permutation test gives p < 0.05) and by where its best value lies in the range."
     ]
     found = 0
     for factor in LEVEL_FACTORS + TREND_FACTORS:
@@ -102,7 +127,10 @@ def _groups(complete: pd.DataFrame, factor: str) -> list[tuple[str, pd.DataFrame
 
 def _levels(s: StudyRuns, complete: pd.DataFrame, factor: str, seed_std: float | None):
     """The finding of a factor with few levels, and its table: the best trial per level, with the
-    confirmed configurations' test perplexity at that level."""
+    confirmed configurations' test perplexity at that level. The strongest matched evidence decides:
+    confirmed configurations that differ in this factor alone, with the seeds' noise; else the best
+    explore trials, which decide nothing (no noise was measured at their budget) and name what else
+    differs between them."""
     best = complete.loc[complete.groupby(factor)[METRIC_EVAL_PERPLEXITY].idxmin()]
     cost = METRIC_PEAK_MEMORY_MB if factor == PARAM_QUANTIZATION else METRIC_TRAINABLE_PARAMS
     levels = [
@@ -128,7 +156,67 @@ def _levels(s: StudyRuns, complete: pd.DataFrame, factor: str, seed_std: float |
     )
     if METRIC_UPDATE_ENERGY_RANK in best and best[METRIC_UPDATE_ENERGY_RANK].notna().all():  # older trials lack it
         table[COLUMN_UPDATE_DIRECTIONS] = best[METRIC_UPDATE_ENERGY_RANK].to_numpy()
-    return findings.compare_levels(factor, levels, seed_std), table
+    confirmed = _matched_confirmed(s, complete, factor, cost)
+    if confirmed is not None and seed_std:
+        matched, seeds = confirmed
+        difference_std = seed_std * math.sqrt(2 / seeds)  # of two means of `seeds` seeds each (at least)
+        return findings.compare_levels(factor, matched, seed_std, difference_std), table
+    differing = findings.confounders(best, factor, _present(best, MATCH_PARAMS))
+    if differing and _learning_rate_found_at_every_level(complete, best, factor):
+        differing = [text for text in differing if not text.startswith(findings.label(PARAM_LEARNING_RATE))]
+    if differing:
+        what = "validation perplexity at the explore budget"
+        return findings.undecided_by_confounders(factor, levels, differing, what), table
+    return findings.compare_levels(factor, levels, None, no_noise=EXPLORE_NOISE), table
+
+
+def _present(frame: pd.DataFrame, columns) -> tuple[str, ...]:
+    return tuple(c for c in columns if c in frame)
+
+
+def _matched_confirmed(s: StudyRuns, trials: pd.DataFrame, factor: str, cost: str):
+    """Confirmed configurations of `trials` at two levels or more that differ in `factor` alone, as
+    levels measured by their seeds' mean test perplexity, and the fewest seeds among them; or None.
+    Of several such sets, the one holding the best confirmed mean."""
+    table = confirmed_configs(s)
+    if table is None or factor not in table:
+        return None
+    table = table[table[COLUMN_CONFIG_TRIAL].isin(trials[TAG_TRIAL_NUMBER]) & (table[COLUMN_SEEDS] >= 2)]
+    others = [p for p in _present(table, MATCH_PARAMS) if not findings.confounders_ignore(factor, p)]
+    sets = [rows for _, rows in table.groupby(others, dropna=False) if rows[factor].nunique() > 1] if others else []
+    if not others and table[factor].nunique() > 1:
+        sets = [table]
+    if not sets:
+        return None
+    chosen = min(sets, key=lambda rows: rows[COLUMN_TEST_PERPLEXITY_MEAN].min())
+    chosen = chosen.loc[chosen.groupby(factor)[COLUMN_TEST_PERPLEXITY_MEAN].idxmin()]
+    levels = [
+        findings.Level(
+            row[factor],
+            row[COLUMN_TEST_PERPLEXITY_MEAN],
+            0.0 if factor in COST_NEUTRAL else row[cost],
+            row[METRIC_PEAK_MEMORY_MB],
+        )
+        for _, row in chosen.iterrows()
+    ]
+    return levels, int(chosen[COLUMN_SEEDS].min())
+
+
+def _learning_rate_found_at_every_level(complete: pd.DataFrame, best: pd.DataFrame, factor: str) -> bool:
+    """Whether each level's best trial has the best of `MIN_LEARNING_RATES` or more learning rates
+    tried with everything else as it has, and not at the edge of those tried."""
+    if PARAM_LEARNING_RATE not in complete or factor == PARAM_LEARNING_RATE:
+        return False
+    others = [p for p in _present(complete, MATCH_PARAMS) if p != PARAM_LEARNING_RATE and p != factor]
+    for _, row in best.iterrows():
+        alike = complete[(complete[factor] == row[factor])]
+        for param in others:
+            if not findings.confounders_ignore(factor, param):
+                alike = alike[alike[param] == row[param]]
+        tried = sorted(alike[PARAM_LEARNING_RATE].unique())
+        if len(tried) < MIN_LEARNING_RATES or row[PARAM_LEARNING_RATE] in (tried[0], tried[-1]):
+            return False
+    return True
 
 
 def _directions_used(table: pd.DataFrame) -> str:

@@ -3,12 +3,15 @@
 Two rules, each of which says so when the study lacks the data to decide:
 
 `compare_levels` reads a factor with few levels (rank, target modules, quantization, DoRA, ...)
-from the best trial at each level. Noise is the seeds' spread: the pooled standard deviation of
-the confirmed configurations' test perplexity (`seed_std`). Two single runs then differ by about
-sqrt(2) x seed_std from noise alone, so a level less than that behind the best is a tie, and
-among ties the cheapest level is the answer ("rank 16 suffices"); a level more than twice that
-behind is beaten; in between the rule does not decide. Without a seed spread (one seed, or no
-confirm phase) no difference can be called real, and the rule says only what was measured.
+from figures that differ in that factor alone (`confounders` names what else differs; the caller
+decides only on matched figures). Noise is measured where the comparison is made: for confirmed
+configurations, the seeds' spread at the confirm budget on the test split (`seed_std`, pooled),
+so two means of n1 and n2 seeds differ by about seed_std x sqrt(1/n1 + 1/n2) from noise alone
+(`difference_std`). A level less than that behind the best is a tie, and among ties the cheapest
+level is the answer ("rank 16 suffices"); a level more than twice that behind is beaten; in
+between the rule does not decide. Without noise measured at the figures' budget and split (one
+seed, no confirm phase, or explore-budget figures, whose noise no run measured) no difference can
+be called real, and the rule says only what was measured.
 Cost is trainable parameters, and peak memory for quantization (it shrinks the frozen base, not
 the adapter); a factor that changes neither (alpha / rank, rsLoRA) is compared at equal cost.
 
@@ -61,8 +64,52 @@ def level_name(factor: str, level) -> str:
     return f"{factor.replace('_', ' ')} {_number(level) if isinstance(level, numbers.Real) else level}"
 
 
-def compare_levels(factor: str, levels: list[Level], seed_std: float | None) -> Finding:
-    """The finding of a factor with a few levels, each measured by its best trial."""
+def confounders(rows: pd.DataFrame, factor: str, params: tuple[str, ...]) -> list[str]:
+    """What besides `factor` differs among `rows` (one per level), in words: `learning rate (rank 8:
+    0.001; rank 32: 0.0005)`. Alpha follows rank through alpha / rank, so it is not counted when
+    either varies (`confounders_ignore`)."""
+    found = []
+    for param in params:
+        if confounders_ignore(factor, param) or param not in rows or rows[param].nunique(dropna=False) < 2:
+            continue
+        values = "; ".join(f"{level_name(factor, level)}: {_short(v)}" for level, v in zip(rows[factor], rows[param]))
+        found.append(f"{label(param)} ({values})")
+    return found
+
+
+def confounders_ignore(factor: str, param: str) -> bool:
+    """Whether `param` moves with `factor` by definition: the factor itself; alpha with rank or
+    alpha / rank (alpha = alpha / rank x rank); alpha / rank with alpha."""
+    if param == factor:
+        return True
+    if factor in ("rank", "alpha_per_rank"):
+        return param == "alpha"
+    return factor == "alpha" and param == "alpha_per_rank"
+
+
+def undecided_by_confounders(factor: str, levels: list[Level], differing: list[str], what: str) -> Finding:
+    """The numbers of levels whose figures also differ in other settings: no decision."""
+    ordered = sorted(levels, key=lambda x: x.perplexity)
+    best, runner_up = ordered[0], ordered[1]
+    return Finding(
+        factor,
+        f"{level_name(factor, best.level)} has the best {what} ({best.perplexity:.3f}), "
+        f"{runner_up.perplexity - best.perplexity:.3f} ahead of {level_name(factor, runner_up.level)}; not decided: "
+        f"those figures also differ in {'; '.join(differing)}, so they do not isolate {label(factor)}",
+        False,
+    )
+
+
+def compare_levels(
+    factor: str,
+    levels: list[Level],
+    seed_std: float | None,
+    difference_std: float | None = None,
+    no_noise: str = "without a seed spread (--confirm-seeds 2 or more) the study cannot tell whether that is more "
+    "than noise",
+) -> Finding:
+    """The finding of a factor with a few levels, measured alike (matched figures). `difference_std`
+    is the noise of a difference of two of their figures (sqrt(2) x `seed_std` for single runs)."""
     if len(levels) < 2:
         only = level_name(factor, levels[0].level) if levels else "no level"
         return Finding(factor, f"{label(factor)}: only {only} has a complete trial; nothing to compare", False)
@@ -77,10 +124,10 @@ def compare_levels(factor: str, levels: list[Level], seed_std: float | None) -> 
         return Finding(
             factor,
             f"{name(best)} has the best perplexity ({best.perplexity:.3f}), {gap:.3f} ahead of {name(runner_up)}; "
-            "without a seed spread (--confirm-seeds 2 or more) the study cannot tell whether that is more than noise",
+            + no_noise,
             False,
         )
-    noise = math.sqrt(2) * seed_std  # the spread of a difference of two single runs
+    noise = difference_std or math.sqrt(2) * seed_std  # the spread of a difference of two figures
     ties = [x for x in ordered if x.perplexity - best.perplexity <= noise]
     cheapest = min(ties, key=lambda x: (x.cost, x.perplexity))
     if not _same_cost(cheapest.cost, best.cost) and cheapest.cost < best.cost:
@@ -186,6 +233,11 @@ def _same_cost(a: float, b: float) -> bool:
 
 def _number(value) -> str:
     return f"{value:g}" if isinstance(value, numbers.Real) else str(value)
+
+
+def _short(value) -> str:
+    """A setting's value in a sentence: 3 significant digits for a fraction (a learning rate)."""
+    return f"{value:.3g}" if isinstance(value, numbers.Real) and not isinstance(value, bool) else str(value)
 
 
 def _truthy(value) -> bool:

@@ -7,7 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lora_study.report.findings import Level, compare_levels, level_name, spearman, trend
+from lora_study.report.findings import (
+    Level,
+    compare_levels,
+    confounders,
+    level_name,
+    spearman,
+    trend,
+    undecided_by_confounders,
+)
 
 RANK_16 = Level(16, perplexity=10.00, cost=1_000, memory_mb=500)
 RANK_64 = Level(64, perplexity=9.96, cost=4_000, memory_mb=520)
@@ -124,3 +132,32 @@ def test_levels_are_named_as_a_sentence_names_them():
     assert level_name("target_modules", "qkvo") == "qkvo"
     assert level_name("use_dora", "True") == "DoRA on"
     assert level_name("alpha_per_rank", 2.0) == "alpha 2x rank"
+
+
+def test_what_else_differs_between_levels_is_named_per_level():
+    rows = pd.DataFrame(
+        {"rank": [8, 32], "alpha": [16.0, 32.0], "alpha_per_rank": [2.0, 1.0], "learning_rate": [3.7e-4, 2.1e-3]}
+    )
+    differing = confounders(rows, "rank", ("rank", "alpha_per_rank", "alpha", "learning_rate"))
+    # alpha moves with rank by definition; alpha / rank and the learning rate do not
+    assert differing == ["alpha / rank (rank 8: 2; rank 32: 1)", "learning rate (rank 8: 0.00037; rank 32: 0.0021)"]
+    assert confounders(rows.assign(learning_rate=1e-3, alpha_per_rank=2.0), "rank", ("alpha_per_rank",)) == []
+
+
+def test_a_learning_rate_confounded_pair_is_undecided_with_its_numbers():
+    all_linear = Level("all-linear", perplexity=14.80, cost=4_000, memory_mb=900)
+    qkvo = Level("qkvo", perplexity=13.72, cost=1_500, memory_mb=700)
+    differing = ["learning rate (all-linear: 0.00037; qkvo: 0.0021)"]
+    finding = undecided_by_confounders("target_modules", [all_linear, qkvo], differing, "validation perplexity")
+    assert not finding.decided
+    assert finding.text == (
+        "qkvo has the best validation perplexity (13.720), 1.080 ahead of all-linear; not decided: those figures "
+        "also differ in learning rate (all-linear: 0.00037; qkvo: 0.0021), so they do not isolate target modules"
+    )
+
+
+def test_two_means_of_two_seeds_are_judged_by_the_noise_of_their_difference():
+    """seed std 0.3: a difference of two 2-seed means has std 0.3; of two single runs, 0.42."""
+    qv, qkvo = Level("qv", 16.40, 1_000, 700), Level("qkvo", 15.75, 2_000, 750)
+    assert compare_levels("target_modules", [qv, qkvo], seed_std=0.3, difference_std=0.3).decided
+    assert not compare_levels("target_modules", [qv, qkvo], seed_std=0.3).decided  # 0.65 < 2 x 0.42
