@@ -130,6 +130,7 @@ METRIC_EVAL_LOSS = "eval_loss"  # token-weighted mean over the validation split
 METRIC_EVAL_PERPLEXITY = "eval_perplexity"
 # once, at the end
 METRIC_TRAIN_TOKENS_PER_S = "train_tokens_per_s"  # real tokens over the time of the steps
+METRIC_TRAINED_TOKENS = "trained_tokens"  # real (non-padding) tokens the adapter trained on, all processes
 METRIC_PEAK_MEMORY_MB = "peak_memory_mb"  # see TAG_MEMORY_KIND and lora_study.memory
 METRIC_MODEL_MEMORY_MB = "model_memory_mb"  # the loaded base with its adapter
 METRIC_TRAINABLE_PARAMS = "trainable_params"
@@ -188,6 +189,7 @@ TAG_CONFIG_TRIAL = "config_trial"  # on confirmation runs and versions: the expl
 TAG_SEED = "seed"  # on confirmation runs and versions
 TAG_RETRY_OF = "retry_of"  # on the run of a trial queued again because its worker died: the trial it repeats
 TAG_RECOMMENDATION = "lora_study.recommendation"  # on the parent: the answer, in one sentence
+TAG_HORIZON = "lora_study.horizon"  # ... and the training budget it holds for, in one sentence
 # on versions of confirmed configurations: their seeds' test perplexity
 TAG_TEST_PERPLEXITY_MEAN = "test_perplexity_mean"
 TAG_TEST_PERPLEXITY_STD = "test_perplexity_std"

@@ -34,6 +34,7 @@ from lora_study.names import (
     METRIC_TRAIN_TOKENS_PER_S,
     METRIC_TRAINABLE_PARAMS,
     METRIC_TRAINABLE_PERCENT,
+    METRIC_TRAINED_TOKENS,
     PARAM_AUTOCAST_DTYPE,
     PARAM_BASE_MODEL_REVISION,
     PARAM_BASE_MODEL_SHA256,
@@ -251,6 +252,7 @@ def fine_tune(
     tokens_per_s = processes.summed(accelerator, [tokens_seen / step_time])[0]
     final = {
         METRIC_TRAIN_TOKENS_PER_S: tokens_per_s,
+        METRIC_TRAINED_TOKENS: processes.summed(accelerator, [tokens_seen])[0],
         METRIC_TRAIN_RUNTIME_S: time.perf_counter() - started,
         METRIC_PEAK_MEMORY_MB: max(peaks),
     }

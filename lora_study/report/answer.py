@@ -37,6 +37,7 @@ from lora_study.names import (
     PARAM_USE_RSLORA,
     PARAM_WITHIN_SE,
     TAG_CONFIG_TRIAL,
+    TAG_HORIZON,
     TAG_RECOMMENDATION,
     TAG_TEST_DATA,
     TAG_TRIAL_NUMBER,
@@ -91,6 +92,8 @@ def answer(s: StudyRuns) -> Section:
         "registered as": _version_text(s, config),
         "against the registry": _standing(s, _version_of(s, config)),
     }
+    if TAG_HORIZON in s.tags:  # studies made before it was recorded say nothing of it
+        rows["holds for"] = s.tags[TAG_HORIZON]
     table = pd.DataFrame({"": list(rows), "value": list(rows.values())})
     return Section(
         "answer",

@@ -34,20 +34,23 @@ from lora_study.names import (
     METRIC_FORGETTING_LOSS_DELTA,
     METRIC_PEAK_MEMORY_MB,
     METRIC_TEST_PERPLEXITY,
+    METRIC_TOKENS,
     METRIC_TRAINABLE_PARAMS,
+    METRIC_TRAINED_TOKENS,
     PARAM_SAMPLER,
     PARAM_STORAGE,
     PARAM_STUDY_NAME,
     REPORT_HTML,
     RUN_NAME_SWEEP,
     STAGE_SWEEP,
+    TAG_HORIZON,
     TAG_SERVES_ON,
     TAG_STUDY,
     TAG_TRIAL_NUMBER,
 )
 from lora_study.report.publish import write_report
 from lora_study.sweep import search_space
-from lora_study.sweep.recommendation import Confirmed, recommend
+from lora_study.sweep.recommendation import Confirmed, horizon, recommend
 from lora_study.sweep.registration import register_best, register_confirmed
 from lora_study.sweep.study import (
     CONFIRM,
@@ -117,7 +120,7 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
         if top:
             wait_for_explore(study)
         configs = to_confirm(study, top)
-        recommended, confirmed_table = None, None
+        recommended, confirmed_table, budget = None, None, None
         if configs:
             seeds = [data.seed + k for k in range(cfg.confirm_seeds)]
             enqueue_confirmations(study, configs, seeds, cfg.steps_to_confirm)
@@ -127,6 +130,8 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
         if recommended:
             versions = register_confirmed(plan, worker, study, confirmed, recommended)
             confirmed_table = log_confirmation(confirmed, recommended, versions, cfg.steps_to_confirm)
+            budget = _horizon(study, worker, recommended.chosen.config, cfg.steps_to_confirm)
+            mlflow.set_tag(TAG_HORIZON, budget)
             registered = list(versions.values())
         else:
             versions = registered = register_best(plan, worker, study)
@@ -135,7 +140,7 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
         page = _report(parent.info.run_id)
         parent_runs.end_dead_sweeps(parent.info.experiment_id, parent.info.run_id, invocation)  # those killed meanwhile
 
-    _print_where_to_look(plan, parent, versions, recommended)
+    _print_where_to_look(plan, parent, versions, recommended, budget)
     if page:
         print(f"report: runs:/{parent.info.run_id}/{ARTIFACT_REPORT}/{REPORT_HTML}, stored at {page}")
     return parent.info.run_id
@@ -191,10 +196,20 @@ def _confirmed(study: optuna.Study, configs: list, steps: int) -> list[Confirmed
     return confirmed
 
 
-def _print_recommendation(recommended, versions: dict) -> None:
-    """The answer first: the rule's statement, against the base, with what it forgets."""
+def _horizon(study: optuna.Study, worker: Worker, config: int, steps: int) -> str:
+    """The budget the answer holds for: the recommended configuration's confirmations' training."""
+    runs = confirmations(study, config, steps)
+    trained = statistics.fmean(t.user_attrs.get(METRIC_TRAINED_TOKENS, float("nan")) for t in runs)
+    split = worker.setup.prepared.meta.counts.get(METRIC_TOKENS.format(split="train"), 0)
+    return horizon(steps, trained, split)
+
+
+def _print_recommendation(recommended, versions: dict, budget: str) -> None:
+    """The answer first: the rule's statement and the budget it holds for, against the base, with
+    what it forgets."""
     version = versions[recommended.chosen.config]
     print(recommended.statement())
+    print(f"  {budget}")
     print(f"  params: {recommended.chosen.params}")
     base = version.tags.get(METRIC_BASE_TEST_PERPLEXITY)
     print(f"  base test perplexity {base}; registered as models:/{version.name}/{version.version}")
@@ -211,10 +226,10 @@ def _config_path(config: str) -> str:
     return str(shipped) if shipped.is_file() else config
 
 
-def _print_where_to_look(plan: Plan, parent, versions, recommended) -> None:
+def _print_where_to_look(plan: Plan, parent, versions, recommended, budget: str | None) -> None:
     experiment = mlflow.get_experiment(plan.experiment_id)
     if recommended:
-        _print_recommendation(recommended, versions)
+        _print_recommendation(recommended, versions, budget)
         answer, versions = versions[recommended.chosen.config], list(versions.values())
     else:
         answer = versions[0] if versions else None

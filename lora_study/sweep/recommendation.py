@@ -88,3 +88,13 @@ def pooled_std(confirmed: list[Confirmed]) -> float:
 
 def _cost(c: Confirmed) -> tuple[float, float]:
     return (c.trainable_params, c.peak_memory_mb)
+
+
+def horizon(steps: int, trained_tokens: float, train_split_tokens: float) -> str:
+    """The training budget an answer holds for, in one sentence: a configuration that wins at a few
+    thousand tokens need not win at an epoch (the best learning rate moves with the budget)."""
+    share = trained_tokens / train_split_tokens if train_split_tokens else float("nan")
+    return (
+        f"This answer holds for a training of {steps} steps ({trained_tokens:,.0f} tokens, {share:.1%} of an epoch "
+        "of the training split); a longer training may prefer another configuration, another learning rate first."
+    )

@@ -27,6 +27,7 @@ from lora_study.names import (
     METRIC_TEST_PERPLEXITY,
     METRIC_TRAIN_TOKENS_PER_S,
     METRIC_TRAINABLE_PARAMS,
+    METRIC_TRAINED_TOKENS,
     OBJECTIVE_METRICS,
     RUN_NAME_CONFIRM,
     RUN_NAME_TRIAL,
@@ -59,7 +60,7 @@ from lora_study.sweep.study import (
     wait_for_confirmations,
 )
 
-TRIAL_ATTRS = (METRIC_PEAK_MEMORY_MB, METRIC_TRAINABLE_PARAMS, METRIC_TRAIN_TOKENS_PER_S)  # kept on each trial
+TRIAL_ATTRS = (METRIC_PEAK_MEMORY_MB, METRIC_TRAINABLE_PARAMS, METRIC_TRAIN_TOKENS_PER_S, METRIC_TRAINED_TOKENS)  # kept
 TEST_BATCH_SIZE = 8  # rows per forward pass for the test loss, which batching does not change
 
 

@@ -331,3 +331,11 @@ def test_the_answer_stands_against_champion_and_challenger_only_on_the_same_test
         answer_section.answer(study()).blocks[1].frame["value"].iloc[-1]
         == "no @champion or @challenger to compare with"
     )
+
+
+def test_the_answer_says_the_budget_it_holds_for():
+    budget = "This answer holds for a training of 12 steps (3,060 tokens, 3.2% of an epoch of the training split)"
+    answer = answer_section.answer(study(tags={"lora_study.recommendation": STATEMENT, "lora_study.horizon": budget}))
+    facts = dict(zip(answer.blocks[1].frame[""], answer.blocks[1].frame["value"]))
+    assert facts["holds for"] == budget
+    assert "holds for" not in list(answer_section.answer(study()).blocks[1].frame[""])  # a study from before it

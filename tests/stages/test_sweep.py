@@ -210,6 +210,11 @@ def test_the_best_configurations_are_confirmed_with_seeds_and_the_rule_picks_one
     out = captured.out
     assert out.startswith("recommended: ") or "\nrecommended: " in out
     assert "forgetting: KL(base || adapter)" in out
+    # the budget the answer holds for: 6 steps of the confirmations, in tokens and as a share of an epoch
+    trained = statistics.fmean(r.data.metrics["trained_tokens"] for r in by_config[recommended["config_trial"]])
+    horizon = parent.data.tags["lora_study.horizon"]
+    assert horizon.startswith(f"This answer holds for a training of 6 steps ({trained:,.0f} tokens, ")
+    assert f"  {horizon}\n" in out
     # what a user reads in the UI: names, descriptions with links, the data each run trained on
     assert parent.info.run_name == "sweep s"
     names = sorted(r.info.run_name for r in runs(mlflow_experiment) if r.data.tags["lora_study.stage"] != "sweep")

@@ -2,7 +2,7 @@
 
 import math
 
-from lora_study.sweep.recommendation import BEST, Confirmed, pooled_std, recommend
+from lora_study.sweep.recommendation import BEST, Confirmed, horizon, pooled_std, recommend
 
 
 def config(number: int, perplexities, trainable: float, memory: float = 1000.0) -> Confirmed:
@@ -51,3 +51,11 @@ def test_the_pooled_seed_noise():
 def test_a_single_seed_says_the_rule_had_no_standard_error_to_allow():
     result = recommend([config(0, [10.0], trainable=800), config(1, [10.1], trainable=100)])
     assert result.chosen.config == 0 and "one seed: no standard error" in result.statement()
+
+
+def test_the_horizon_says_the_budget_in_steps_tokens_and_share_of_an_epoch():
+    text = horizon(12, 3_060, 96_000)
+    assert text == (
+        "This answer holds for a training of 12 steps (3,060 tokens, 3.2% of an epoch of the training split); a "
+        "longer training may prefer another configuration, another learning rate first."
+    )
