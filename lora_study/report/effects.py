@@ -133,15 +133,7 @@ def _levels(s: StudyRuns, complete: pd.DataFrame, factor: str, seed_std: float |
     differs between them."""
     best = complete.loc[complete.groupby(factor)[METRIC_EVAL_PERPLEXITY].idxmin()]
     cost = METRIC_PEAK_MEMORY_MB if factor == PARAM_QUANTIZATION else METRIC_TRAINABLE_PARAMS
-    levels = [
-        findings.Level(
-            row[factor],
-            row[METRIC_EVAL_PERPLEXITY],
-            0.0 if factor in COST_NEUTRAL else row[cost],
-            row[METRIC_PEAK_MEMORY_MB],
-        )
-        for _, row in best.iterrows()
-    ]
+    levels = _as_levels(best, factor, METRIC_EVAL_PERPLEXITY, cost)
     table = pd.DataFrame(
         {
             "level": [findings.level_name(factor, level) for level in best[factor]],
@@ -170,6 +162,16 @@ def _levels(s: StudyRuns, complete: pd.DataFrame, factor: str, seed_std: float |
     return findings.compare_levels(factor, levels, None, no_noise=EXPLORE_NOISE), table
 
 
+def _as_levels(rows: pd.DataFrame, factor: str, perplexity: str, cost: str) -> list:
+    """One `findings.Level` per row (one row per level), measured by its `perplexity` column."""
+    return [
+        findings.Level(
+            row[factor], row[perplexity], 0.0 if factor in COST_NEUTRAL else row[cost], row[METRIC_PEAK_MEMORY_MB]
+        )
+        for _, row in rows.iterrows()
+    ]
+
+
 def _present(frame: pd.DataFrame, columns) -> tuple[str, ...]:
     return tuple(c for c in columns if c in frame)
 
@@ -190,15 +192,7 @@ def _matched_confirmed(s: StudyRuns, trials: pd.DataFrame, factor: str, cost: st
         return None
     chosen = min(sets, key=lambda rows: rows[COLUMN_TEST_PERPLEXITY_MEAN].min())
     chosen = chosen.loc[chosen.groupby(factor)[COLUMN_TEST_PERPLEXITY_MEAN].idxmin()]
-    levels = [
-        findings.Level(
-            row[factor],
-            row[COLUMN_TEST_PERPLEXITY_MEAN],
-            0.0 if factor in COST_NEUTRAL else row[cost],
-            row[METRIC_PEAK_MEMORY_MB],
-        )
-        for _, row in chosen.iterrows()
-    ]
+    levels = _as_levels(chosen, factor, COLUMN_TEST_PERPLEXITY_MEAN, cost)
     return levels, int(chosen[COLUMN_SEEDS].min())
 
 
