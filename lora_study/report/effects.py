@@ -28,7 +28,7 @@ from lora_study.names import (
     TAG_TRIAL_STATE,
 )
 from lora_study.report import findings
-from lora_study.report.answer import confirmed_configs, with_alpha_per_rank
+from lora_study.report.answer import CONFIG_PARAMS, confirmed_configs, with_alpha_per_rank
 from lora_study.report.read import StudyRuns
 from lora_study.report.render import Heading, Section, Table
 from lora_study.sweep.search_space import ALPHA_PER_RANK
@@ -53,16 +53,7 @@ MAX_LEVELS = 6
 # The settings a configuration is: two figures compare one factor only when all the others match
 # (alpha is alpha / rank x rank, so it is not one more). A learning rate searched at every level is
 # matched by its best value.
-MATCH_PARAMS = (
-    PARAM_RANK,
-    ALPHA_PER_RANK,
-    PARAM_TARGET_MODULES,
-    PARAM_LEARNING_RATE,
-    PARAM_QUANTIZATION,
-    PARAM_USE_DORA,
-    PARAM_USE_RSLORA,
-    PARAM_DROPOUT,
-)
+MATCH_PARAMS = tuple(ALPHA_PER_RANK if param == PARAM_ALPHA else param for param in CONFIG_PARAMS)
 MIN_LEARNING_RATES = 3  # values searched at a level for its best learning rate to count as found
 EXPLORE_NOISE = (
     "no run measured the noise at the explore budget (the seed std is the confirm budget's, on the test "
@@ -185,9 +176,8 @@ def _matched_confirmed(s: StudyRuns, trials: pd.DataFrame, factor: str, cost: st
         return None
     table = table[table[COLUMN_CONFIG_TRIAL].isin(trials[TAG_TRIAL_NUMBER]) & (table[COLUMN_SEEDS] >= 2)]
     others = [p for p in _present(table, MATCH_PARAMS) if not findings.confounders_ignore(factor, p)]
-    sets = [rows for _, rows in table.groupby(others, dropna=False) if rows[factor].nunique() > 1] if others else []
-    if not others and table[factor].nunique() > 1:
-        sets = [table]
+    groups = [rows for _, rows in table.groupby(others, dropna=False)] if others else [table]
+    sets = [rows for rows in groups if rows[factor].nunique() > 1]
     if not sets:
         return None
     chosen = min(sets, key=lambda rows: rows[COLUMN_TEST_PERPLEXITY_MEAN].min())

@@ -249,7 +249,7 @@ class Worker:
 
         return on_eval
 
-    def test_metrics(self, run_id: str) -> dict[str, str]:
+    def test_metrics(self, run_id: str) -> dict[str, float]:
         """Test perplexity of a trial's adapter and of its base, on this worker's loaded base."""
         source = adapters.resolve(f"runs:/{run_id}/{names.ARTIFACT_ADAPTER}")
         s = self.setup_for(source.reference.quantization)
@@ -262,7 +262,7 @@ class Worker:
         finally:
             self.bases[source.reference.quantization] = lora.detach(s.model)
         keys = (METRIC_TEST_PERPLEXITY, METRIC_BASE_TEST_PERPLEXITY, METRIC_PERPLEXITY_IMPROVEMENT_PCT)
-        return {key: f"{result.metrics[key]:.6g}" for key in keys}
+        return {key: result.metrics[key] for key in keys}  # `registry.measured_tags` formats them as tags
 
 
 def explore_line(trial: optuna.trial.FrozenTrial, done: int, total: int, best: bool) -> str:
