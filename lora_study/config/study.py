@@ -5,6 +5,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from lora_study.config.fields import STRICT, ForgettingData, Precision, PreparedDataUri
+from lora_study.config.training import AdapterConfig, TrainConfig
 from lora_study.names import OBJECTIVE_METRICS
 
 
@@ -83,6 +84,12 @@ class SweepConfig(BaseModel):
     )
     confirm_steps: int = Field(0, ge=0, description="Optimizer steps of a confirmation run; 0: 3x --max-steps.")
     confirm_seeds: int = Field(2, gt=0, description="Seeds each confirmed configuration is trained with.")
+    confirm_neighbours: str = Field(
+        "rank,target_modules",
+        description="Searched choices, comma-separated, moved one level down and one up from the best explore "
+        "configuration: those neighbours are explored and confirmed too, with the same seeds and budget, so the "
+        "report decides from matched pairs whether the cheaper level suffices or the larger one helps; empty: none.",
+    )
     recommend: Literal["cheapest-within-se", "best"] = Field(
         "cheapest-within-se",
         description="How the answer is chosen among confirmed configurations: the cheapest within "
@@ -127,6 +134,18 @@ class SweepConfig(BaseModel):
                 "or 0 for exactly that"
             )
         return self
+
+    @model_validator(mode="after")
+    def _neighbours_are_settings(self):
+        known = set(AdapterConfig.model_fields) | set(TrainConfig.model_fields) | {"alpha_per_rank"}
+        unknown = [name for name in self.neighbour_factors if name not in known]
+        if unknown:
+            raise ValueError(f"`confirm_neighbours`: {', '.join(unknown)} not a setting; e.g. rank,target_modules")
+        return self
+
+    @property
+    def neighbour_factors(self) -> list[str]:
+        return [name.strip() for name in self.confirm_neighbours.split(",") if name.strip()]
 
     @property
     def steps_to_confirm(self) -> int:

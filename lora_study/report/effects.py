@@ -62,7 +62,6 @@ EXPLORE_NOISE = (
 
 
 def factors(s: StudyRuns) -> Section:
-    complete = with_alpha_per_rank(s.trials[s.trials[TAG_TRIAL_STATE] == plots.COMPLETE])
     seed_std = _seed_std(s)
     noise = (
         f"seed std {seed_std:.3f}, pooled over the confirmed configurations (test split, confirm budget)"
@@ -82,7 +81,21 @@ def factors(s: StudyRuns) -> Section:
         "over a range is read by the Spearman correlation of its value with perplexity (a trend when a "
         "permutation test gives p < 0.05) and by where its best value lies in the range."
     ]
-    found = 0
+    read = factor_findings(s)
+    for heading, finding, table in read:
+        blocks += [Heading(heading), finding.text + "."]
+        if finding.factor == PARAM_RANK and table is not None and COLUMN_UPDATE_DIRECTIONS in table:
+            blocks.append(_directions_used(table))
+        blocks += [Table(table)] if table is not None else []
+    if not read:
+        blocks.append("No searched factor varied among the complete trials: there is no effect to read.")
+    return Section("factors", "Effects of each factor", blocks)
+
+
+def factor_findings(s: StudyRuns) -> list[tuple[str, findings.Finding, pd.DataFrame | None]]:
+    """Each searched factor's finding, under its heading, with the table it was read from (if any)."""
+    complete = with_alpha_per_rank(s.trials[s.trials[TAG_TRIAL_STATE] == plots.COMPLETE])
+    seed_std, read = _seed_std(s), []
     for factor in LEVEL_FACTORS + TREND_FACTORS:
         if factor not in complete or not _searched(s, factor) or complete[factor].nunique() < 2:
             continue
@@ -93,14 +106,8 @@ def factors(s: StudyRuns) -> Section:
                 finding, table = findings.trend(factor, rows[factor], ppl, s.ranges.get(factor)), None
             else:
                 finding, table = _levels(s, rows, factor, seed_std)
-            blocks += [Heading(heading), finding.text + "."]
-            if factor == PARAM_RANK and table is not None and COLUMN_UPDATE_DIRECTIONS in table:
-                blocks.append(_directions_used(table))
-            blocks += [Table(table)] if table is not None else []
-            found += 1
-    if not found:
-        blocks.append("No searched factor varied among the complete trials: there is no effect to read.")
-    return Section("factors", "Effects of each factor", blocks)
+            read.append((heading, finding, table))
+    return read
 
 
 def _searched(s: StudyRuns, factor: str) -> bool:
@@ -117,33 +124,20 @@ def _groups(complete: pd.DataFrame, factor: str) -> list[tuple[str, pd.DataFrame
 
 
 def _levels(s: StudyRuns, complete: pd.DataFrame, factor: str, seed_std: float | None):
-    """The finding of a factor with few levels, and its table: the best trial per level, with the
-    confirmed configurations' test perplexity at that level. The strongest matched evidence decides:
-    confirmed configurations that differ in this factor alone, with the seeds' noise; else the best
-    explore trials, which decide nothing (no noise was measured at their budget) and name what else
-    differs between them."""
-    best = complete.loc[complete.groupby(factor)[METRIC_EVAL_PERPLEXITY].idxmin()]
+    """The finding of a factor with few levels, and its table: a row per level, each of one
+    configuration. The strongest matched evidence decides: confirmed configurations that differ in
+    this factor alone, with the seeds' noise; else the best explore trial per level, which decides
+    nothing (no noise was measured at their budget) and names what else differs between them."""
     cost = METRIC_PEAK_MEMORY_MB if factor == PARAM_QUANTIZATION else METRIC_TRAINABLE_PARAMS
-    levels = _as_levels(best, factor, METRIC_EVAL_PERPLEXITY, cost)
-    table = pd.DataFrame(
-        {
-            "level": [findings.level_name(factor, level) for level in best[factor]],
-            "best validation perplexity": best[METRIC_EVAL_PERPLEXITY].to_numpy(),
-            "its trial": best[TAG_TRIAL_NUMBER].to_numpy(),
-            "its learning rate": best[PARAM_LEARNING_RATE].to_numpy() if PARAM_LEARNING_RATE in best else None,
-            "trials at level": complete.groupby(factor).size().loc[best[factor]].to_numpy(),
-            "confirmed: test perplexity": [_confirmed_at(s, complete, factor, level) for level in best[factor]],
-            METRIC_TRAINABLE_PARAMS: best[METRIC_TRAINABLE_PARAMS].to_numpy(),
-            METRIC_PEAK_MEMORY_MB: best[METRIC_PEAK_MEMORY_MB].to_numpy(),
-        }
-    )
-    if METRIC_UPDATE_ENERGY_RANK in best and best[METRIC_UPDATE_ENERGY_RANK].notna().all():  # older trials lack it
-        table[COLUMN_UPDATE_DIRECTIONS] = best[METRIC_UPDATE_ENERGY_RANK].to_numpy()
-    confirmed = _matched_confirmed(s, complete, factor, cost)
-    if confirmed is not None and seed_std:
-        matched, seeds = confirmed
+    matched = _matched_confirmed(s, complete, factor, cost)
+    if matched is not None and seed_std:
+        levels, seeds = matched
         difference_std = seed_std * math.sqrt(2 / seeds)  # of two means of `seeds` seeds each (at least)
-        return findings.compare_levels(factor, matched, seed_std, difference_std), table
+        finding = findings.compare_levels(factor, levels, seed_std, difference_std)
+        return finding, _table(s, complete, factor, levels)
+    best = complete.loc[complete.groupby(factor)[METRIC_EVAL_PERPLEXITY].idxmin()]
+    levels = _as_levels(best, factor, METRIC_EVAL_PERPLEXITY, cost, TAG_TRIAL_NUMBER)
+    table = _table(s, complete, factor, levels)
     differing = findings.confounders(best, factor, _present(best, MATCH_PARAMS))
     if differing and _learning_rate_found_at_every_level(complete, best, factor):
         differing = [text for text in differing if not text.startswith(findings.label(PARAM_LEARNING_RATE))]
@@ -153,11 +147,36 @@ def _levels(s: StudyRuns, complete: pd.DataFrame, factor: str, seed_std: float |
     return findings.compare_levels(factor, levels, None, no_noise=EXPLORE_NOISE), table
 
 
-def _as_levels(rows: pd.DataFrame, factor: str, perplexity: str, cost: str) -> list:
-    """One `findings.Level` per row (one row per level), measured by its `perplexity` column."""
+def _table(s: StudyRuns, complete: pd.DataFrame, factor: str, levels: list) -> pd.DataFrame:
+    """A row per level, all of it of the one configuration (trial) that level's figure is of."""
+    rows = complete.set_index(TAG_TRIAL_NUMBER).loc[[level.trial for level in levels]]
+    table = pd.DataFrame(
+        {
+            "level": [findings.level_name(factor, level.level) for level in levels],
+            "trial": [level.trial for level in levels],
+            "validation perplexity (explore)": rows[METRIC_EVAL_PERPLEXITY].to_numpy(),
+            "learning rate": rows[PARAM_LEARNING_RATE].to_numpy() if PARAM_LEARNING_RATE in rows else None,
+            "trials at level": complete.groupby(factor).size().loc[rows[factor]].to_numpy(),
+            "confirmed: test perplexity": [_confirmed_of(s, level.trial) for level in levels],
+            METRIC_TRAINABLE_PARAMS: rows[METRIC_TRAINABLE_PARAMS].to_numpy(),
+            METRIC_PEAK_MEMORY_MB: rows[METRIC_PEAK_MEMORY_MB].to_numpy(),
+        }
+    )
+    if METRIC_UPDATE_ENERGY_RANK in rows and rows[METRIC_UPDATE_ENERGY_RANK].notna().all():  # older trials lack it
+        table[COLUMN_UPDATE_DIRECTIONS] = rows[METRIC_UPDATE_ENERGY_RANK].to_numpy()
+    return table
+
+
+def _as_levels(rows: pd.DataFrame, factor: str, perplexity: str, cost: str, trial: str) -> list:
+    """One `findings.Level` per row (one row per level), measured by its `perplexity` column, the
+    trial its figure is of in its `trial` column."""
     return [
         findings.Level(
-            row[factor], row[perplexity], 0.0 if factor in COST_NEUTRAL else row[cost], row[METRIC_PEAK_MEMORY_MB]
+            row[factor],
+            row[perplexity],
+            0.0 if factor in COST_NEUTRAL else row[cost],
+            row[METRIC_PEAK_MEMORY_MB],
+            int(row[trial]),
         )
         for _, row in rows.iterrows()
     ]
@@ -182,7 +201,7 @@ def _matched_confirmed(s: StudyRuns, trials: pd.DataFrame, factor: str, cost: st
         return None
     chosen = min(sets, key=lambda rows: rows[COLUMN_TEST_PERPLEXITY_MEAN].min())
     chosen = chosen.loc[chosen.groupby(factor)[COLUMN_TEST_PERPLEXITY_MEAN].idxmin()]
-    levels = _as_levels(chosen, factor, COLUMN_TEST_PERPLEXITY_MEAN, cost)
+    levels = _as_levels(chosen, factor, COLUMN_TEST_PERPLEXITY_MEAN, cost, COLUMN_CONFIG_TRIAL)
     return levels, int(chosen[COLUMN_SEEDS].min())
 
 
@@ -212,15 +231,15 @@ def _directions_used(table: pd.DataFrame) -> str:
     )
 
 
-def _confirmed_at(s: StudyRuns, trials: pd.DataFrame, factor: str, level) -> str:
-    """The best confirmed configuration of `trials` at this level: mean +- std (n seeds), or empty."""
+def _confirmed_of(s: StudyRuns, trial: int) -> str:
+    """The confirmed figure of trial `trial`'s configuration: mean +- std (n seeds), or empty."""
     table = confirmed_configs(s)
-    if table is None or factor not in table:
+    if table is None:
         return ""
-    at = table[(table[factor] == level) & table[COLUMN_CONFIG_TRIAL].isin(trials[TAG_TRIAL_NUMBER])]
-    if at.empty:
+    rows = table[table[COLUMN_CONFIG_TRIAL] == trial]
+    if rows.empty:
         return ""
-    row = at.loc[at[COLUMN_TEST_PERPLEXITY_MEAN].idxmin()]
+    row = rows.iloc[0]
     return (
         f"{row[COLUMN_TEST_PERPLEXITY_MEAN]:.3f} +- {row[COLUMN_TEST_PERPLEXITY_STD]:.3f} (n={int(row[COLUMN_SEEDS])})"
     )

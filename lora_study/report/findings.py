@@ -44,6 +44,19 @@ class Level:
     perplexity: float
     cost: float  # what choosing it costs: trainable parameters (peak memory for quantization)
     memory_mb: float
+    trial: int | None = None  # the trial (explore, or the confirmed configuration's) its figure is of
+
+
+# What a decided finding asserts, pair by pair, so that it can be checked against a ground truth
+# (benchmarks/study_accuracy.py): `a` beats `b` (a lower perplexity), or they tie within noise.
+BEATS, TIES = "beats", "ties"
+
+
+@dataclass(frozen=True)
+class Claim:
+    relation: str  # BEATS or TIES
+    a: Level
+    b: Level
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,8 @@ class Finding:
     factor: str
     text: str
     decided: bool  # False: the rule lacked the data to call it
+    claims: tuple[Claim, ...] = ()  # of a decided finding: what it asserts, pair by pair
+    direction: int = 0  # of a decided trend: -1, lower perplexity at higher values; +1, at lower values
 
 
 def level_name(factor: str, level) -> str:
@@ -136,6 +151,7 @@ def compare_levels(
             f"{name(best)} is within noise of {name(cheapest)} ({cheapest.perplexity - best.perplexity:.3f} ppl "
             f"apart; seed std {seed_std:.3f}): {name(cheapest)} suffices",
             True,
+            (Claim(TIES, cheapest, best),),
         )
     if len(ties) > 1 and all(_same_cost(x.cost, best.cost) for x in ties):
         return Finding(
@@ -144,6 +160,7 @@ def compare_levels(
             f"({ties[-1].perplexity - best.perplexity:.3f} ppl apart; seed std {seed_std:.3f}) at the same cost: "
             "the choice makes no measurable difference here",
             True,
+            tuple(Claim(TIES, x, best) for x in ties[1:]),
         )
     if len(ties) > 1:
         return Finding(
@@ -151,6 +168,7 @@ def compare_levels(
             f"{name(best)} is best, and {', '.join(name(x) for x in ties[1:])}, within noise of it (seed std "
             f"{seed_std:.3f}), cost as much or more: {name(best)} suffices",
             True,
+            tuple(Claim(TIES, x, best) for x in ties[1:]),
         )
     said = f"{name(best)} beats {name(runner_up)} by {100 * gap / runner_up.perplexity:.1f}% perplexity ({gap:.3f} ppl"
     if gap < 2 * noise:
@@ -161,7 +179,7 @@ def compare_levels(
             False,
         )
     memory = f" at {best.memory_mb / runner_up.memory_mb:.2f}x peak memory" if runner_up.memory_mb > 0 else ""
-    return Finding(factor, f"{said}; seed std {seed_std:.3f}){memory}", True)
+    return Finding(factor, f"{said}; seed std {seed_std:.3f}){memory}", True, (Claim(BEATS, best, runner_up),))
 
 
 def trend(factor: str, values: pd.Series, perplexities: pd.Series, searched: tuple[float, float] | None) -> Finding:
@@ -192,7 +210,7 @@ def trend(factor: str, values: pd.Series, perplexities: pd.Series, searched: tup
         )
     else:
         text += f"; best at {best:.3g}"
-    return Finding(factor, text, decided)
+    return Finding(factor, text, decided, direction=int(np.sign(rho)) if decided else 0)
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

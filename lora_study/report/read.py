@@ -27,6 +27,7 @@ from lora_study.names import (
     STAGE_SWEEP,
     STAGE_TRIAL,
     TAG_COMMAND,
+    TAG_NEIGHBOUR_OF,
     TAG_RETRY_OF,
     TAG_SEED,
     TAG_STAGE,
@@ -126,6 +127,7 @@ CONFIRM_COLUMNS = {
     METRIC_BASE_TEST_PERPLEXITY: f"metrics.{METRIC_BASE_TEST_PERPLEXITY}",
     METRIC_FORGETTING_LOSS_DELTA: f"metrics.{METRIC_FORGETTING_LOSS_DELTA}",
     TAG_RETRY_OF: f"tags.{TAG_RETRY_OF}",
+    TAG_NEIGHBOUR_OF: f"tags.{TAG_NEIGHBOUR_OF}",
 }
 
 
@@ -163,10 +165,11 @@ def _search_space(run_id: str) -> tuple[str, str, tuple[str, ...], dict]:
         space = search_space.load(path)
     except UserInputError:  # a file an older lora-study accepted: its text still shows
         return Path(path).name, Path(path).read_text(), (), {}
-    return Path(path).name, Path(path).read_text(), tuple(space.searched()), _ranges(space)
+    return Path(path).name, Path(path).read_text(), tuple(space.searched()), ranges(space)
 
 
-def _ranges(space) -> dict[str, tuple[float, float]]:
+def ranges(space) -> dict[str, tuple[float, float]]:
+    """The searched range of each numeric parameter of a search space: a range's bounds, or its choices' extremes."""
     ranges = {}
     for name, dim in space.searched().items():
         if isinstance(dim, search_space.Range):

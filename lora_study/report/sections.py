@@ -35,6 +35,7 @@ from lora_study.names import (
     TAG_MLFLOW_COMMIT,
     TAG_MLFLOW_ENTRY_POINT,
     TAG_MLFLOW_SOURCE,
+    TAG_NEIGHBOUR_OF,
     TAG_RETRY_OF,
     TAG_SEED,
     TAG_TRIAL_NUMBER,
@@ -98,6 +99,15 @@ def tradeoffs(s: StudyRuns) -> Section:
 # --- 4. how the study ran -------------------------------------------------------------------------
 
 
+def _neighbours_text(trials: pd.DataFrame) -> str:
+    """How many explore trials were queued, unpruned, as the best configuration's neighbours."""
+    if TAG_NEIGHBOUR_OF not in trials or trials[TAG_NEIGHBOUR_OF].isna().all():
+        return ""
+    queued = trials[trials[TAG_NEIGHBOUR_OF].notna()]
+    of = ", ".join(str(int(n)) for n in sorted(queued[TAG_NEIGHBOUR_OF].unique()))
+    return f"; {len(queued)} of them neighbours of trial {of}, queued unpruned to be confirmed beside it"
+
+
 def how_it_ran(s: StudyRuns) -> Section:
     gone = _lost(s.trials)
     states, p = s.trials[~s.trials[TAG_TRIAL_NUMBER].isin(gone)][TAG_TRIAL_STATE].value_counts(), s.params
@@ -105,6 +115,7 @@ def how_it_ran(s: StudyRuns) -> Section:
     counts += f"{states.get(plots.FAIL, 0)} failed" + (
         f", {len(gone)} lost with their worker and run again" if gone else ""
     )
+    counts += _neighbours_text(s.trials)
     blocks = [
         Items(
             (

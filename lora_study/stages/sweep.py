@@ -63,6 +63,7 @@ from lora_study.sweep.study import (
     finished,
     masked,
     open_study,
+    queue_neighbours,
     study_alias,
     to_confirm,
     wait_for_explore,
@@ -121,14 +122,18 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
             wait_for_explore(study)
         configs = to_confirm(study, top)
         recommended, confirmed_table, budget = None, None, None
+        candidates = {c.number for c in configs}
         if configs:
+            for neighbour in queue_neighbours(study, configs[0], space, cfg.neighbour_factors):
+                if all(neighbour.number != c.number for c in configs):
+                    configs.append(neighbour)
             seeds = [data.seed + k for k in range(cfg.confirm_seeds)]
             enqueue_confirmations(study, configs, seeds, cfg.steps_to_confirm)
             run_workers(plan, worker, study, CONFIRM)
             confirmed = _confirmed(study, configs, cfg.steps_to_confirm)
             recommended = recommend(confirmed, cfg.recommend, cfg.within_se) if confirmed else None
         if recommended:
-            versions = register_confirmed(plan, worker, study, confirmed, recommended)
+            versions = register_confirmed(plan, worker, study, confirmed, recommended, candidates)
             confirmed_table = log_confirmation(confirmed, recommended, versions, cfg.steps_to_confirm)
             budget = _horizon(study, worker, recommended.chosen.config, cfg.steps_to_confirm)
             mlflow.set_tag(TAG_HORIZON, budget)

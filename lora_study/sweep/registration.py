@@ -53,12 +53,18 @@ CONFIRM_VERSION_METRICS = (
 )
 
 
-def register_confirmed(plan: Plan, worker: Worker, study: optuna.Study, confirmed: list, recommended) -> dict:
-    """Register one adapter per confirmed configuration (its seed with the best validation
-    perplexity), tagged with the seeds' test perplexity; `challenger` goes to the recommended one."""
+def register_confirmed(
+    plan: Plan, worker: Worker, study: optuna.Study, confirmed: list, recommended, candidates: set[int]
+) -> dict:
+    """Register one adapter per confirmed candidate (the explore phase's best configurations) and
+    the recommended one (its seed with the best validation perplexity), tagged with the seeds' test
+    perplexity; `challenger` goes to the recommended one. A neighbour confirmed only as evidence for
+    the report is not a version unless the rule recommends it."""
     name = plan.sweep.registered_model or f"lora-study-{plan.base.base_model}"
     versions = {}
     for c in confirmed:
+        if c.config not in candidates and c is not recommended.chosen:
+            continue
         runs = confirmations(study, c.config, plan.sweep.steps_to_confirm)
         chosen = min(runs, key=lambda t: t.user_attrs[METRIC_EVAL_PERPLEXITY])
         version = registry.find_trial_version(name, plan.study_name, chosen.number)

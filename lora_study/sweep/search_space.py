@@ -75,6 +75,19 @@ class SearchSpace:
             TrainConfig(**{k: v for k, v in values.items() if k in TrainConfig.model_fields}),
         )
 
+    def neighbours(self, params: dict, factors: list[str]) -> list[dict]:
+        """`params` with one of `factors` moved one level down, then one up, among its choices as the
+        space lists them (rank 8 -> 4 and 16; qkvo -> qv and all-linear); a factor the space does not
+        offer as a choice has no neighbours."""
+        found = []
+        for factor in factors:
+            dim = self.dimensions.get(factor)
+            if not isinstance(dim, Choice) or params.get(factor) not in dim.values:
+                continue
+            at = dim.values.index(params[factor])
+            found += [{**params, factor: dim.values[n]} for n in (at - 1, at + 1) if 0 <= n < len(dim.values)]
+        return found
+
     def choices(self, name: str) -> list:
         """Every value `name` can take: its choices, its fixed value, or its default."""
         dim = self.dimensions.get(name)

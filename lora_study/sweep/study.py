@@ -33,6 +33,7 @@ ATTR_STEPS = "steps"  # of a CONFIRM trial: its budget; a confirmation at anothe
 ATTR_RETRY_OF = "retry_of"  # of a trial queued again because its worker died: the trial it repeats
 ATTR_LABEL = "label"  # the trial's adapter in a few characters (`r32 qkvo lr1.9e-3`), as its run is named
 ATTR_RETRIES = "retries"  # ... and how many times its configuration has been lost so far
+ATTR_NEIGHBOUR_OF = "neighbour_of"  # of an explore trial queued, unpruned, as a neighbour of that trial's configuration
 MAX_RETRIES = 3  # a configuration whose worker dies more often than this stays FAIL
 EXPLORE, CONFIRM = "explore", "confirm"
 # A study alias's length after its prefix: the alias-history tag key (`lora_study.alias_move.<alias>.<ms>`)
@@ -98,8 +99,8 @@ def open_study(plan: Plan, worker: int = 0) -> optuna.Study:
             study_name=plan.study_name,
             storage=storage,
             load_if_exists=True,
-            sampler=_sampler(plan, worker),
-            pruner=_pruner(plan.sweep),
+            sampler=sampler(plan, worker),
+            pruner=pruner(plan.sweep),
             directions=["minimize"] * len(objectives),
         )
     except ValueError as error:  # an existing study with other directions
@@ -124,7 +125,8 @@ def _storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
             time.sleep(1 + attempt)
 
 
-def _sampler(plan: Plan, worker: int):
+def sampler(plan: Plan, worker: int = 0):
+    """The sampler every worker of the study draws with (benchmarks/study_accuracy.py replays it)."""
     seed = plan.data.seed + worker  # workers draw different trials from the same seed
     if plan.space.sampler == "grid":
         return optuna.samplers.GridSampler(plan.space.grid(), seed=seed)
@@ -134,7 +136,8 @@ def _sampler(plan: Plan, worker: int):
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
 
 
-def _pruner(cfg: SweepConfig):
+def pruner(cfg: SweepConfig):
+    """The pruner of the explore phase: Hyperband (default), median, or none."""
     if cfg.pruner == "none" or len(cfg.objective_names) > 1:  # Optuna prunes single objectives only
         return optuna.pruners.NopPruner()
     if cfg.pruner == "hyperband":
@@ -186,7 +189,8 @@ def trials_of(study: optuna.Study, of_phase: str, states=None) -> list:
 def finished(study: optuna.Study) -> int:
     """Finished explore trials, those lost with their worker left out: what `--n-trials` counts."""
     gone = lost(study)
-    return len([t for t in trials_of(study, EXPLORE, FINISHED) if t.number not in gone])
+    sampled = [t for t in trials_of(study, EXPLORE, FINISHED) if ATTR_NEIGHBOUR_OF not in t.user_attrs]
+    return len([t for t in sampled if t.number not in gone])
 
 
 def best_trials(study: optuna.Study) -> list:
@@ -202,12 +206,31 @@ def _dominates(a, b) -> bool:
 
 
 def to_confirm(study: optuna.Study, top: int) -> list:
-    """The `top` distinct configurations of complete explore trials, best first objective first."""
+    """The `top` distinct configurations of complete sampled explore trials, best first objective first."""
     chosen = []
-    for trial in sorted(trials_of(study, EXPLORE, (TrialState.COMPLETE,)), key=lambda t: t.values[0]):
+    sampled = [t for t in trials_of(study, EXPLORE, (TrialState.COMPLETE,)) if ATTR_NEIGHBOUR_OF not in t.user_attrs]
+    for trial in sorted(sampled, key=lambda t: t.values[0]):
         if len(chosen) < top and all(trial.params != other.params for other in chosen):
             chosen.append(trial)
     return chosen
+
+
+def queue_neighbours(study: optuna.Study, best, space: search_space.SearchSpace, factors: list[str]) -> list:
+    """The explore trials of `best`'s neighbours (`SearchSpace.neighbours`): one the study holds
+    already (explored, queued or running), else one queued now, to train at the explore budget
+    unpruned in the confirm phase. They give the confirm phase pairs that differ in one factor."""
+    trials = []
+    for params in space.neighbours(best.params, factors):
+        held = [t for t in trials_of(study, EXPLORE, UNFINISHED_OR_DONE) if t.params == params]
+        if not held:
+            attrs = {ATTR_PHASE: EXPLORE, ATTR_NEIGHBOUR_OF: best.number}
+            trial = optuna.create_trial(
+                state=TrialState.WAITING, params=params, distributions=best.distributions, user_attrs=attrs
+            )
+            study.add_trial(trial)
+            held = [t for t in trials_of(study, EXPLORE, (TrialState.WAITING,)) if t.params == params]
+        trials.append(min(held, key=lambda t: t.number))
+    return trials
 
 
 def wait_for_explore(study: optuna.Study) -> None:

@@ -85,6 +85,14 @@ def log_confirmation(confirmed: list[Confirmed], recommended, versions: dict, st
             **{METRIC_SEED_STD_OF.format(config=c.config): c.std for c in confirmed},
         }
     )
+    table = confirmed_table(confirmed, recommended, steps, versions)
+    tracking.log_table_replacing(table, ARTIFACT_CONFIRMED)
+    return table
+
+
+def confirmed_table(confirmed: list[Confirmed], recommended, steps: int, versions: dict | None = None) -> pd.DataFrame:
+    """A row per confirmed configuration: its settings, seeds, mean and spread, costs, and whether
+    the rule recommended it (and its registered version, if any, when given): what the report reads."""
     rows = [
         {
             COLUMN_CONFIG_TRIAL: c.config,
@@ -97,13 +105,11 @@ def log_confirmation(confirmed: list[Confirmed], recommended, versions: dict, st
             METRIC_TRAINABLE_PARAMS: c.trainable_params,
             METRIC_PEAK_MEMORY_MB: c.peak_memory_mb,
             COLUMN_RECOMMENDED: c is recommended.chosen,
-            COLUMN_VERSION: int(versions[c.config].version),
+            **({COLUMN_VERSION: int(versions[c.config].version) if c.config in versions else None} if versions else {}),
         }
         for c in confirmed
     ]
-    table = pd.DataFrame(rows)
-    tracking.log_table_replacing(table, ARTIFACT_CONFIRMED)
-    return table
+    return pd.DataFrame(rows)
 
 
 def describe_parent(parent, versions: list, statement: str | None) -> None:

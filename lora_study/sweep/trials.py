@@ -33,6 +33,7 @@ from lora_study.names import (
     RUN_NAME_TRIAL,
     STAGE_CONFIRM,
     TAG_CONFIG_TRIAL,
+    TAG_NEIGHBOUR_OF,
     TAG_RETRY_OF,
     TAG_SEED,
     TAG_STAGE,
@@ -42,6 +43,7 @@ from lora_study.names import (
 from lora_study.sweep.study import (
     ATTR_CONFIG,
     ATTR_LABEL,
+    ATTR_NEIGHBOUR_OF,
     ATTR_PHASE,
     ATTR_RETRY_OF,
     ATTR_RUN_ID,
@@ -157,7 +159,8 @@ class Worker:
         measured on the test split.
         """
         plan, confirming = self.plan, phase(trial) == CONFIRM
-        if self.confirming and not confirming and ATTR_RETRY_OF not in trial.user_attrs:
+        neighbour = trial.user_attrs.get(ATTR_NEIGHBOUR_OF)  # queued: neither sampled nor pruned
+        if self.confirming and not confirming and neighbour is None and ATTR_RETRY_OF not in trial.user_attrs:
             # another worker took the last queued confirmation first: Optuna made a new trial
             trial.set_user_attr(ATTR_PHASE, UNUSED)
             raise optuna.TrialPruned("no confirmation left to run")
@@ -177,6 +180,8 @@ class Worker:
             name = RUN_NAME_CONFIRM.format(config=config, seed=seed, adapter=label)
             tags = {TAG_STAGE: STAGE_CONFIRM, TAG_CONFIG_TRIAL: str(config), TAG_SEED: str(seed)}
         tags.update({TAG_STUDY: plan.study_name, TAG_TRIAL_NUMBER: str(trial.number)})
+        if neighbour is not None:
+            tags[TAG_NEIGHBOUR_OF] = str(neighbour)
         if ATTR_RETRY_OF in trial.user_attrs:  # its worker died running trial `retry_of`
             tags[TAG_RETRY_OF] = str(trial.user_attrs[ATTR_RETRY_OF])
         with tracking.trial_run(
@@ -190,7 +195,7 @@ class Worker:
                     adapter,
                     train,
                     seed,
-                    on_eval=None if confirming else self._pruning(trial, train.max_steps),
+                    on_eval=None if confirming else self._pruning(trial, train.max_steps, prunable=neighbour is None),
                     base_eval_loss=self.base_eval_losses.get(base_key),
                 )
                 self.base_eval_losses[base_key] = result.eval_losses[0]
@@ -207,9 +212,14 @@ class Worker:
         values = {**result.metrics, **measured, METRIC_EVAL_PERPLEXITY: perplexity(result.final_eval_loss)}
         for name in (*TRIAL_ATTRS, *measured, METRIC_EVAL_PERPLEXITY):
             trial.set_user_attr(name, values[name])
+        seconds = time.perf_counter() - started
+        if neighbour is not None:
+            ppl = values[METRIC_EVAL_PERPLEXITY]
+            console.say(
+                f"neighbour of trial {neighbour}: trial {trial.number}  {label}  ppl {ppl:.2f}  {seconds:.0f} s"
+            )
         if confirming:
             done = len(trials_of(trial.study, CONFIRM, FINISHED)) + 1  # this one is not finished yet
-            seconds = time.perf_counter() - started
             console.say(confirm_line(trial, done, len(trials_of(trial.study, CONFIRM)), measured, seconds))
         objective = [values[OBJECTIVE_METRICS[name]] for name in plan.sweep.objective_names]
         return objective[0] if len(objective) == 1 else tuple(objective)
@@ -234,9 +244,10 @@ class Worker:
         test_loss = mean_loss(model, rows, TEST_BATCH_SIZE, pad_id, s.dtype)
         return evaluation.perplexity_metrics(test_loss, self.base_test_losses[base_key])
 
-    def _pruning(self, trial: optuna.Trial, steps: int):
-        # the pruner reads validation perplexity: only a study of it alone may be pruned by it
-        # (Optuna prunes single objectives only)
+    def _pruning(self, trial: optuna.Trial, steps: int, prunable: bool):
+        # every explore trial reports its curve; a queued neighbour is never pruned (it is evidence
+        # the confirm phase asked for). The pruner reads validation perplexity: only a study of it
+        # alone may be pruned by it (Optuna prunes single objectives only)
         if self.plan.sweep.objective_names != ["perplexity"]:
             return None
 
@@ -244,7 +255,7 @@ class Worker:
             if step > 0:  # step 0 is the base model, the same for every trial
                 trial.report(perplexity(eval_loss), step)
                 # a trial that reached its budget is complete: pruning it then would only discard it
-                if step < steps and trial.should_prune():
+                if prunable and step < steps and trial.should_prune():
                     raise optuna.TrialPruned(f"validation loss {eval_loss:.4f} at step {step}")
 
         return on_eval

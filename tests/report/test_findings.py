@@ -8,6 +8,9 @@ import pandas as pd
 import pytest
 
 from lora_study.report.findings import (
+    BEATS,
+    TIES,
+    Claim,
     Level,
     compare_levels,
     confounders,
@@ -25,6 +28,7 @@ def test_a_cheaper_level_within_one_seed_std_suffices():
     finding = compare_levels("rank", [RANK_16, RANK_64], seed_std=0.07)
     assert finding.decided
     assert finding.text == "rank 64 is within noise of rank 16 (0.040 ppl apart; seed std 0.070): rank 16 suffices"
+    assert finding.claims == (Claim(TIES, RANK_16, RANK_64),)  # what a ground truth can check
 
 
 def test_a_win_beyond_the_noise_is_called_with_its_cost():
@@ -33,12 +37,14 @@ def test_a_win_beyond_the_noise_is_called_with_its_cost():
     finding = compare_levels("target_modules", [qv, all_linear], seed_std=0.07)
     assert finding.decided
     assert finding.text == "all-linear beats qv by 9.1% perplexity (1.000 ppl; seed std 0.070) at 1.80x peak memory"
+    assert finding.claims == (Claim(BEATS, all_linear, qv),)
 
 
 def test_the_best_level_suffices_when_the_ties_cost_more():
     cheap_best = Level(8, perplexity=10.0, cost=500, memory_mb=400)
     finding = compare_levels("rank", [cheap_best, Level(32, 10.05, 2_000, 450)], seed_std=0.1)
     assert finding.decided and finding.text.endswith("cost as much or more: rank 8 suffices")
+    assert [(c.relation, c.a.level, c.b.level) for c in finding.claims] == [(TIES, 32, 8)]
 
 
 def test_ties_at_the_same_cost_make_no_difference():
@@ -93,6 +99,7 @@ def test_a_trend_is_named_with_its_correlation_and_permutation_p():
         r"trials\); best at 0.002",
         finding.text,
     )
+    assert finding.direction == -1  # lower perplexity at higher values
 
 
 def test_the_permutation_p_is_that_of_the_exact_distribution():
@@ -117,6 +124,7 @@ def test_a_correlation_the_permutation_test_does_not_support_is_not_a_trend():
     assert not finding.decided
     assert finding.text.startswith("dropout: no trend shown (Spearman rho")
     assert "a trend needs p < 0.05" in finding.text
+    assert finding.direction == 0
 
 
 def test_too_few_trials_for_a_trend_says_so():

@@ -159,6 +159,7 @@ def test_several_objectives_keep_and_register_the_pareto_front(tmp_path, mlflow_
 
 
 CONFIRM = ["--max-steps", "2", "--eval-every", "1", "--confirm-seeds", "2", "--pruner", "none"]
+NO_NEIGHBOURS = ["--confirm-neighbours", ""]
 
 
 def confirmation_runs(experiment_id) -> list:
@@ -167,7 +168,7 @@ def confirmation_runs(experiment_id) -> list:
 
 @pytest.mark.slow  # a whole multi-trial sweep, both phases
 def test_the_best_configurations_are_confirmed_with_seeds_and_the_rule_picks_one(tmp_path, mlflow_experiment, capsys):
-    assert cli.main(sweep_argv(tmp_path, *CONFIRM, n_trials=3, confirm_top=2)) == 0
+    assert cli.main(sweep_argv(tmp_path, *CONFIRM, *NO_NEIGHBOURS, n_trials=3, confirm_top=2)) == 0
     study = load_study(tmp_path)
     explore = [t for t in study.trials if t.user_attrs.get("phase") != "confirm"]
     confirm = [t for t in study.trials if t.user_attrs.get("phase") == "confirm"]
@@ -247,11 +248,73 @@ def test_the_best_configurations_are_confirmed_with_seeds_and_the_rule_picks_one
     assert not [line for line in err if "Warning" in line or "WARNING" in line], err
 
 
+NEIGHBOURS_SPACE = """
+sampler: grid
+space:
+  rank: [4, 8, 16]
+  alpha: {per_rank: 2}
+  target_modules: [qv, all-linear]
+  learning_rate: 0.02
+  batch_size: 4
+"""
+
+
+@pytest.mark.slow  # a sweep with its neighbours explored and confirmed
+def test_the_best_configurations_neighbours_are_explored_and_confirmed_as_matched_pairs(
+    tmp_path, mlflow_experiment, capsys
+):
+    (tmp_path / "grid.yaml").write_text(NEIGHBOURS_SPACE)
+    argv = sweep_argv(tmp_path, *CONFIRM, n_trials=1, config=str(tmp_path / "grid.yaml"), confirm_top=1)
+    assert cli.main([*argv, "--confirm-neighbours", "rank,target_modules"]) == 0
+    study = load_study(tmp_path)
+    explore = [t for t in study.trials if t.user_attrs.get("phase", "explore") == "explore"]
+    best, neighbours = explore[0], explore[1:]
+    # one level down and up in rank (where the grid has it), and the other target-module preset
+    expected = [
+        {**best.params, "rank": r}
+        for r in (4, 8, 16)
+        if abs([4, 8, 16].index(r) - [4, 8, 16].index(best.params["rank"])) == 1
+    ]
+    expected.append({**best.params, "target_modules": "all-linear" if best.params["target_modules"] == "qv" else "qv"})
+    assert [t.params for t in neighbours] == expected
+    assert all(t.state.name == "COMPLETE" and t.user_attrs["neighbour_of"] == 0 for t in neighbours)
+    assert all(len(t.intermediate_values) == 2 for t in neighbours)  # trained at the explore budget, unpruned
+    confirm = [t for t in study.trials if t.user_attrs.get("phase") == "confirm"]
+    assert sorted((t.user_attrs["config_trial"], t.user_attrs["seed"]) for t in confirm) == [
+        (t.number, seed) for t in explore for seed in (0, 1)
+    ]
+    trial_runs = {
+        r.data.tags["trial_number"]: r for r in runs(mlflow_experiment) if r.data.tags["lora_study.stage"] == "trial"
+    }
+    assert all(trial_runs[str(t.number)].data.tags["neighbour_of"] == "0" for t in neighbours)
+    (parent,) = [r for r in runs(mlflow_experiment) if r.data.tags["lora_study.stage"] == "sweep"]
+    table = mlflow.load_table("confirmed.json", run_ids=[parent.info.run_id])
+    assert sorted(table.config_trial) == [t.number for t in explore]
+    (recommended,) = table[table.recommended].config_trial
+    # versions: the explore phase's best, and the recommended configuration (a neighbour or the same)
+    versions = mlflow.MlflowClient().search_model_versions(f"name = '{registered(tmp_path)}'")
+    assert sorted(int(v.tags["config_trial"]) for v in versions) == sorted({0, int(recommended)})
+    # the report reads the matched pairs: rank and target modules each from confirmed figures
+    report = Path(
+        mlflow.artifacts.download_artifacts(f"runs:/{parent.info.run_id}/report/report.md", dst_path=str(tmp_path))
+    )
+    assert f"{len(neighbours)} of them neighbours of trial 0, queued unpruned to be confirmed beside it" in (
+        report.read_text()
+    )
+    effects = report.read_text().split("## Effects of each factor")[1]
+    assert "not decided: those figures also differ" not in effects
+    assert effects.count("seed std") >= 3  # the noise statement, and a finding per factor on confirmed figures
+    err = capsys.readouterr().err
+    assert [line.split("  ")[0] for line in err.splitlines() if line.startswith("neighbour of trial 0")] == [
+        f"neighbour of trial 0: trial {t.number}" for t in neighbours
+    ]
+
+
 @pytest.mark.slow
 def test_a_sweep_killed_while_confirming_resumes_without_training_anything_twice(
     tmp_path, mlflow_experiment, monkeypatch
 ):
-    argv = sweep_argv(tmp_path, *CONFIRM, n_trials=2, confirm_top=1)
+    argv = sweep_argv(tmp_path, *CONFIRM, *NO_NEIGHBOURS, n_trials=2, confirm_top=1)
     env = {**os.environ, "LORA_STUDY_HEARTBEAT_S": "1", "MLFLOW_EXPERIMENT_ID": mlflow_experiment}
     worker = subprocess.Popen([sys.executable, "-m", "lora_study", *argv], env=env, cwd=tmp_path)
     deadline = time.time() + 300

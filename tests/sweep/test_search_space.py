@@ -173,3 +173,20 @@ def test_deep_nesting_is_refused_in_a_line(tmp_path):
     path = tmp_path / "deep.yaml"
     path.write_text("space:\n  rank: " + "[" * 50_000 + "]" * 50_000)
     loads_or_says_why(path)
+
+
+def test_neighbours_move_one_choice_one_level_down_then_up_and_leave_ranges_alone():
+    space = search_space.load(str(REPO / "configs" / "sweep" / "default.yaml"))
+    best = {"rank": 8, "alpha_per_rank": 2, "target_modules": "qkvo", "learning_rate": 1.9e-3}
+    assert space.neighbours(best, ["rank", "target_modules", "learning_rate", "dropout"]) == [
+        {**best, "rank": 4},
+        {**best, "rank": 16},
+        {**best, "target_modules": "qv"},
+        {**best, "target_modules": "all-linear"},
+    ]
+    at_the_edges = {**best, "rank": 32, "target_modules": "qv"}
+    assert space.neighbours(at_the_edges, ["rank", "target_modules"]) == [
+        {**at_the_edges, "rank": 16},
+        {**at_the_edges, "target_modules": "qkvo"},
+    ]
+    assert space.neighbours(best, []) == []

@@ -1,9 +1,21 @@
-"""The study's bookkeeping across workers: confirmations queued twice, and waiting for others'."""
+"""The study's bookkeeping across workers: confirmations queued twice, waiting for others', and the
+best configuration's neighbours queued for the confirm phase."""
 
 import optuna
+from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from lora_study.sweep.study import study_alias, taken_by, wait_for_confirmations
+from lora_study.sweep import search_space
+from lora_study.sweep.search_space import Choice
+from lora_study.sweep.study import (
+    ATTR_NEIGHBOUR_OF,
+    finished,
+    queue_neighbours,
+    study_alias,
+    taken_by,
+    to_confirm,
+    wait_for_confirmations,
+)
 
 JOB = {"phase": "confirm", "config_trial": 0, "seed": 1, "steps": 12}
 
@@ -44,3 +56,39 @@ def test_a_study_alias_is_one_mlflow_takes_and_tells_studies_apart():
         _validate_model_alias_name(alias)
         # the alias-history tag key stays within MLflow's 250 characters
         assert len(f"lora_study.alias_move.{alias}.{'9' * 13}") <= 250
+
+
+SPACE = search_space.SearchSpace(
+    "space.yaml", "tpe", {"rank": Choice((4, 8, 16)), "target_modules": Choice(("qv", "all-linear"))}
+)
+
+
+def explored(*points) -> optuna.Study:
+    """A study whose complete sampled explore trials are `points` (params), best first."""
+    study = optuna.create_study(storage="sqlite:///:memory:")
+    distributions = {name: CategoricalDistribution(dim.values) for name, dim in SPACE.dimensions.items()}
+    for value, params in enumerate(points):
+        study.add_trial(optuna.create_trial(value=float(value), params=params, distributions=distributions))
+    return study
+
+
+def test_neighbours_are_queued_unpruned_once_and_an_explored_one_is_reused():
+    best, other = {"rank": 8, "target_modules": "qv"}, {"rank": 16, "target_modules": "qv"}
+    study = explored(best, other)
+    first = study.trials[0]
+    queued = queue_neighbours(study, first, SPACE, ["rank", "target_modules"])
+    assert [t.params for t in queued] == [{**best, "rank": 4}, other, {**best, "target_modules": "all-linear"}]
+    assert queued[1].number == 1  # explored already: not trained again
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert [t.number for t in waiting] == [queued[0].number, queued[2].number]
+    assert all(t.user_attrs[ATTR_NEIGHBOUR_OF] == first.number for t in waiting)
+    # queued again (another sweep on the study, or a rerun): the same trials, nothing more
+    again = queue_neighbours(study, first, SPACE, ["rank", "target_modules"])
+    assert [t.number for t in again] == [t.number for t in queued] and len(study.trials) == 4
+    for _ in waiting:  # explored, better than every sampled trial
+        trial = study.ask()
+        for name, dim in SPACE.dimensions.items():
+            trial.suggest_categorical(name, list(dim.values))
+        study.tell(trial, -1.0)
+    # ... still neither counted against --n-trials nor taken as a top configuration to confirm
+    assert finished(study) == 2 and [t.number for t in to_confirm(study, 5)] == [0, 1]
