@@ -16,7 +16,6 @@ real. Its figures are appended to benchmarks/RESULTS.md.
 """
 
 import argparse
-import itertools
 import json
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import mlflow
 import optuna
+import study_replay
 
 from lora_study import console, lora, training
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, SweepConfig, TrainConfig
@@ -36,12 +36,6 @@ HERE = Path(__file__).resolve().parent
 GRID_CONFIG = HERE.parent / "configs" / "sweep" / "accuracy-grid.yaml"
 GRID_TABLE = HERE / "study_accuracy" / "grid.jsonl"
 TEST_BATCH_SIZE = 8
-
-
-def points(space: search_space.SearchSpace) -> list[dict]:
-    """Every point of the grid, as Optuna params."""
-    grid = space.grid()
-    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
 
 
 def key(params: dict, seed: int) -> str:
@@ -75,8 +69,9 @@ def record(args) -> None:
     mlflow.set_experiment("study-accuracy-grid")
     s = training.setup(data, base, AdapterConfig(), TrainConfig(max_steps=1))
     done = recorded(args.table)
-    todo = [(p, seed) for p in points(space) for seed in args.seeds if key(p, seed) not in done]
-    console.say(f"grid {args.grid.name}: {len(done)} of {len(done) + len(todo)} (point, seed) pairs recorded")
+    pairs = [(p, seed) for p in study_replay.grid_points(space) for seed in args.seeds]
+    todo = [(p, seed) for p, seed in pairs if key(p, seed) not in done]
+    console.say(f"grid {args.grid.name}: {len(pairs) - len(todo)} of {len(pairs)} (point, seed) pairs recorded")
     args.table.parent.mkdir(parents=True, exist_ok=True)
     base_eval_loss = None
     defaults = {"max_steps": sweep.max_steps, "eval_every": sweep.eval_every}
@@ -124,14 +119,13 @@ def main(argv=None) -> None:
     grid.add_argument("--max-samples", type=int, default=DataConfig().max_samples)
     grid.add_argument("--seq-len", type=int, default=DataConfig().seq_len)
     replay = commands.add_parser("replay", help="replay studies against the recorded grid")
+    replay.add_argument("--grid", type=Path, default=GRID_CONFIG)
     replay.add_argument("--table", type=Path, default=GRID_TABLE)
     replay.add_argument("--studies", type=int, default=100, help="replayed studies per strategy")
     args = parser.parse_args(argv)
     if args.command == "record":
         record(args)
     else:
-        import study_replay
-
         study_replay.main(args)
 
 

@@ -77,7 +77,7 @@ def test_a_sweep_opens_in_mlflow_ui_as_model_training_with_named_runs_and_descri
     (tmp_path / "space.yaml").write_text(SPACE)
     argv = ["sweep", "--base-model", "tiny", "--max-samples", "15", "--seq-len", "32"]
     argv += ["--config", str(tmp_path / "space.yaml"), "--n-trials", "3", "--max-steps", "4", "--eval-every", "2"]
-    argv += ["--confirm-top", "1", "--confirm-seeds", "2", "--confirm-neighbours", ""]
+    argv += ["--confirm-top", "1", "--confirm-seeds", "2", "--confirm-neighbours", "", "--explore-replicates", "0"]
     argv += ["--storage", f"sqlite:///{tmp_path}/optuna.db"]
     assert cli.main([*argv, "--study-name", STUDY, "--registered-model", MODEL]) == 0
     # the address the sweep says to open, on whichever port the UI is served

@@ -84,6 +84,13 @@ class SweepConfig(BaseModel):
     )
     confirm_steps: int = Field(0, ge=0, description="Optimizer steps of a confirmation run; 0: 3x --max-steps.")
     confirm_seeds: int = Field(2, gt=0, description="Seeds each confirmed configuration is trained with.")
+    explore_replicates: int = Field(
+        2,
+        ge=0,
+        description="In the confirm phase, the first N complete sampled explore trials (by number, not by "
+        "figure) trained again at the explore budget with the next seed: the noise of explore-budget figures, "
+        "measured at their budget and split; 0: none.",
+    )
     confirm_neighbours: str = Field(
         "rank,target_modules",
         description="Searched choices, comma-separated, moved one level down and one up from the best explore "
@@ -140,7 +147,7 @@ class SweepConfig(BaseModel):
         known = set(AdapterConfig.model_fields) | set(TrainConfig.model_fields) | {"alpha_per_rank"}
         unknown = [name for name in self.neighbour_factors if name not in known]
         if unknown:
-            raise ValueError(f"`confirm_neighbours`: {', '.join(unknown)} not a setting; e.g. rank,target_modules")
+            raise ValueError(f"--confirm-neighbours: {', '.join(unknown)} is not a setting; e.g. rank,target_modules")
         return self
 
     @property

@@ -1,6 +1,9 @@
-"""The report's section on each factor's effect: per searched factor, its levels' best trials side
-by side with the confirmed figures, and the finding each comparison supports (`findings`)."""
+"""The report's section on each factor's effect: per searched factor, the finding its strongest
+matched figures support (`findings`: confirmed configurations that differ in it alone, else the
+best explore trial per level against the explore budget's noise), and a table of the
+configurations it was read from, a row each."""
 
+import dataclasses
 import math
 
 import pandas as pd
@@ -24,6 +27,7 @@ from lora_study.names import (
     PARAM_TARGET_MODULES,
     PARAM_USE_DORA,
     PARAM_USE_RSLORA,
+    TAG_REPLICATE_OF,
     TAG_TRIAL_NUMBER,
     TAG_TRIAL_STATE,
 )
@@ -56,28 +60,35 @@ MAX_LEVELS = 6
 MATCH_PARAMS = tuple(ALPHA_PER_RANK if param == PARAM_ALPHA else param for param in CONFIG_PARAMS)
 MIN_LEARNING_RATES = 3  # values searched at a level for its best learning rate to count as found
 EXPLORE_NOISE = (
-    "no run measured the noise at the explore budget (the seed std is the confirm budget's, on the test "
-    "split), so the study cannot tell whether that is more than noise"
+    "no explore trial was trained again with another seed (--explore-replicates), so the study cannot tell "
+    "whether that is more than noise at the explore budget"
 )
 
 
 def factors(s: StudyRuns) -> Section:
-    seed_std = _seed_std(s)
+    seed_std, explore = _seed_std(s), explore_noise(s.trials)
     noise = (
         f"seed std {seed_std:.3f}, pooled over the confirmed configurations (test split, confirm budget)"
         if seed_std
-        else "no seed spread (no configuration was confirmed with two seeds or more)"
+        else "no seed spread at the confirm budget (no configuration was confirmed with two seeds or more)"
+    )
+    noise += (
+        f"; seed std {explore[0]:.3f} from {explore[1]} explore trial(s) trained again with another seed "
+        "(validation split, explore budget)"
+        if explore
+        else "; none measured at the explore budget (no explore trial was trained again with another seed)"
     )
     blocks = [
         f"Each factor the search space varied. Noise: {noise}. A finding is decided only from figures that "
-        "differ in that factor alone, with the noise measured at their budget and split: confirmed "
-        "configurations (test split, confirm budget) that differ in the factor alone, against the seeds' noise. "
+        "differ in that factor alone, with the noise measured at their budget and split. The strongest such "
+        "figures decide: confirmed configurations (test split, confirm budget) that differ in the factor alone, "
+        "against the confirmations' noise; else the best complete explore trial at each level (validation "
+        "perplexity at the explore budget), against the explore budget's noise, when nothing else differs "
+        f"between them (a learning rate searched at {MIN_LEARNING_RATES} or more values at every level, its "
+        "best inside them, counts as matched); else the numbers are shown, undecided, naming what else differs. "
         "Two means of n seeds differ by about seed std x sqrt(2/n) from noise alone: a level behind the best "
         "by less is a tie, and the cheapest tie suffices; by more than twice that, it is beaten; in between, "
-        "undecided. Otherwise the best complete explore trial at each level is shown (validation perplexity "
-        "at the explore budget, where no run measured the noise), undecided, with what else differs between "
-        f"them (a learning rate searched at {MIN_LEARNING_RATES} or more values at every level, its best inside "
-        "them, counts as matched). Rank is read per target-module preset when those vary. A factor searched "
+        "undecided. Rank is read per target-module preset when those vary. A factor searched "
         "over a range is read by the Spearman correlation of its value with perplexity (a trend when a "
         "permutation test gives p < 0.05) and by where its best value lies in the range."
     ]
@@ -95,7 +106,9 @@ def factors(s: StudyRuns) -> Section:
 def factor_findings(s: StudyRuns) -> list[tuple[str, findings.Finding, pd.DataFrame | None]]:
     """Each searched factor's finding, under its heading, with the table it was read from (if any)."""
     complete = with_alpha_per_rank(s.trials[s.trials[TAG_TRIAL_STATE] == plots.COMPLETE])
-    seed_std, read = _seed_std(s), []
+    if TAG_REPLICATE_OF in complete:  # a configuration trained again is not one more configuration
+        complete = complete[complete[TAG_REPLICATE_OF].isna()]
+    seed_std, explore, read = _seed_std(s), explore_noise(s.trials), []
     for factor in LEVEL_FACTORS + TREND_FACTORS:
         if factor not in complete or not _searched(s, factor) or complete[factor].nunique() < 2:
             continue
@@ -105,7 +118,7 @@ def factor_findings(s: StudyRuns) -> list[tuple[str, findings.Finding, pd.DataFr
                 ppl = rows[METRIC_EVAL_PERPLEXITY]
                 finding, table = findings.trend(factor, rows[factor], ppl, s.ranges.get(factor)), None
             else:
-                finding, table = _levels(s, rows, factor, seed_std)
+                finding, table = _levels(s, rows, factor, seed_std, explore[0] if explore else None)
             read.append((heading, finding, table))
     return read
 
@@ -123,18 +136,19 @@ def _groups(complete: pd.DataFrame, factor: str) -> list[tuple[str, pd.DataFrame
     return [(findings.label(factor), complete)]
 
 
-def _levels(s: StudyRuns, complete: pd.DataFrame, factor: str, seed_std: float | None):
+def _levels(s: StudyRuns, complete: pd.DataFrame, factor: str, seed_std: float | None, explore_std: float | None):
     """The finding of a factor with few levels, and its table: a row per level, each of one
     configuration. The strongest matched evidence decides: confirmed configurations that differ in
-    this factor alone, with the seeds' noise; else the best explore trial per level, which decides
-    nothing (no noise was measured at their budget) and names what else differs between them."""
+    this factor alone, with the confirmations' noise; else the best explore trial per level, with
+    the explore budget's noise (`explore_std`) when nothing else differs between them, and naming
+    what does otherwise."""
     cost = METRIC_PEAK_MEMORY_MB if factor == PARAM_QUANTIZATION else METRIC_TRAINABLE_PARAMS
     matched = _matched_confirmed(s, complete, factor, cost)
     if matched is not None and seed_std:
         levels, seeds = matched
         difference_std = seed_std * math.sqrt(2 / seeds)  # of two means of `seeds` seeds each (at least)
         finding = findings.compare_levels(factor, levels, seed_std, difference_std)
-        return finding, _table(s, complete, factor, levels)
+        return dataclasses.replace(finding, figures=findings.CONFIRMED), _table(s, complete, factor, levels)
     best = complete.loc[complete.groupby(factor)[METRIC_EVAL_PERPLEXITY].idxmin()]
     levels = _as_levels(best, factor, METRIC_EVAL_PERPLEXITY, cost, TAG_TRIAL_NUMBER)
     table = _table(s, complete, factor, levels)
@@ -144,6 +158,9 @@ def _levels(s: StudyRuns, complete: pd.DataFrame, factor: str, seed_std: float |
     if differing:
         what = "validation perplexity at the explore budget"
         return findings.undecided_by_confounders(factor, levels, differing, what), table
+    if explore_std:  # single runs: a difference of two has sqrt(2) x their noise
+        finding = findings.compare_levels(factor, levels, explore_std, math.sqrt(2) * explore_std)
+        return dataclasses.replace(finding, figures=findings.EXPLORED), table
     return findings.compare_levels(factor, levels, None, no_noise=EXPLORE_NOISE), table
 
 
@@ -243,6 +260,23 @@ def _confirmed_of(s: StudyRuns, trial: int) -> str:
     return (
         f"{row[COLUMN_TEST_PERPLEXITY_MEAN]:.3f} +- {row[COLUMN_TEST_PERPLEXITY_STD]:.3f} (n={int(row[COLUMN_SEEDS])})"
     )
+
+
+def explore_noise(trials: pd.DataFrame) -> tuple[float, int] | None:
+    """The seed std of validation perplexity at the explore budget, pooled over the explore trials
+    trained again with another seed (each against its original), and how many; None without any."""
+    if TAG_REPLICATE_OF not in trials:
+        return None
+    complete = trials[trials[TAG_TRIAL_STATE] == plots.COMPLETE].set_index(TAG_TRIAL_NUMBER)
+    replicates = complete[complete[TAG_REPLICATE_OF].notna()]
+    pairs = [
+        (row[METRIC_EVAL_PERPLEXITY], complete.loc[int(row[TAG_REPLICATE_OF]), METRIC_EVAL_PERPLEXITY])
+        for _, row in replicates.iterrows()
+        if int(row[TAG_REPLICATE_OF]) in complete.index
+    ]
+    if not pairs:
+        return None
+    return math.sqrt(sum((a - b) ** 2 / 2 for a, b in pairs) / len(pairs)), len(pairs)
 
 
 def _seed_std(s: StudyRuns) -> float | None:

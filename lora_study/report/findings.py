@@ -66,6 +66,10 @@ class Finding:
     decided: bool  # False: the rule lacked the data to call it
     claims: tuple[Claim, ...] = ()  # of a decided finding: what it asserts, pair by pair
     direction: int = 0  # of a decided trend: -1, lower perplexity at higher values; +1, at lower values
+    figures: str = ""  # what it was read from: CONFIRMED or EXPLORED figures (set by the caller)
+
+
+CONFIRMED, EXPLORED = "confirmed", "explored"  # test split at the confirm budget; validation at the explore budget
 
 
 def level_name(factor: str, level) -> str:

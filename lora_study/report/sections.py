@@ -36,6 +36,7 @@ from lora_study.names import (
     TAG_MLFLOW_ENTRY_POINT,
     TAG_MLFLOW_SOURCE,
     TAG_NEIGHBOUR_OF,
+    TAG_REPLICATE_OF,
     TAG_RETRY_OF,
     TAG_SEED,
     TAG_TRIAL_NUMBER,
@@ -99,13 +100,19 @@ def tradeoffs(s: StudyRuns) -> Section:
 # --- 4. how the study ran -------------------------------------------------------------------------
 
 
-def _neighbours_text(trials: pd.DataFrame) -> str:
-    """How many explore trials were queued, unpruned, as the best configuration's neighbours."""
-    if TAG_NEIGHBOUR_OF not in trials or trials[TAG_NEIGHBOUR_OF].isna().all():
-        return ""
-    queued = trials[trials[TAG_NEIGHBOUR_OF].notna()]
-    of = ", ".join(str(int(n)) for n in sorted(queued[TAG_NEIGHBOUR_OF].unique()))
-    return f"; {len(queued)} of them neighbours of trial {of}, queued unpruned to be confirmed beside it"
+def _queued_text(trials: pd.DataFrame) -> str:
+    """How many explore trials the confirm phase queued, unpruned: the best configuration's
+    neighbours, and configurations trained again with another seed."""
+    said = []
+    if TAG_NEIGHBOUR_OF in trials and trials[TAG_NEIGHBOUR_OF].notna().any():
+        queued = trials[trials[TAG_NEIGHBOUR_OF].notna()]
+        of = ", ".join(str(n) for n in sorted({int(n) for n in queued[TAG_NEIGHBOUR_OF]}))
+        said.append(f"{len(queued)} of them neighbours of trial {of}, queued unpruned to be confirmed beside it")
+    if TAG_REPLICATE_OF in trials and trials[TAG_REPLICATE_OF].notna().any():
+        queued = trials[trials[TAG_REPLICATE_OF].notna()]
+        of = ", ".join(str(n) for n in sorted({int(n) for n in queued[TAG_REPLICATE_OF]}))
+        said.append(f"{len(queued)} of trial(s) {of} trained again with another seed, the explore budget's noise")
+    return "".join(f"; {text}" for text in said)
 
 
 def how_it_ran(s: StudyRuns) -> Section:
@@ -115,7 +122,7 @@ def how_it_ran(s: StudyRuns) -> Section:
     counts += f"{states.get(plots.FAIL, 0)} failed" + (
         f", {len(gone)} lost with their worker and run again" if gone else ""
     )
-    counts += _neighbours_text(s.trials)
+    counts += _queued_text(s.trials)
     blocks = [
         Items(
             (

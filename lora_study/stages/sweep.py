@@ -64,6 +64,8 @@ from lora_study.sweep.study import (
     masked,
     open_study,
     queue_neighbours,
+    queue_replicates,
+    queued,
     study_alias,
     to_confirm,
     wait_for_explore,
@@ -121,15 +123,19 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
         if top:
             wait_for_explore(study)
         configs = to_confirm(study, top)
-        recommended, confirmed_table, budget = None, None, None
+        if configs:  # the confirm phase trains these first: the explore budget's noise
+            queue_replicates(study, cfg.explore_replicates, data.seed + 1)
         candidates = {c.number for c in configs}
         if configs:
             for neighbour in queue_neighbours(study, configs[0], space, cfg.neighbour_factors):
-                if all(neighbour.number != c.number for c in configs):
+                if all(neighbour.params != c.params for c in configs):  # a top one already
                     configs.append(neighbour)
             seeds = [data.seed + k for k in range(cfg.confirm_seeds)]
             enqueue_confirmations(study, configs, seeds, cfg.steps_to_confirm)
+        if configs or queued(study):  # replicates, neighbours, confirmations; those of other sweeps
             run_workers(plan, worker, study, CONFIRM)
+        recommended, confirmed_table, budget = None, None, None
+        if configs:
             confirmed = _confirmed(study, configs, cfg.steps_to_confirm)
             recommended = recommend(confirmed, cfg.recommend, cfg.within_se) if confirmed else None
         if recommended:

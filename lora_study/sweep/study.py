@@ -34,6 +34,8 @@ ATTR_RETRY_OF = "retry_of"  # of a trial queued again because its worker died: t
 ATTR_LABEL = "label"  # the trial's adapter in a few characters (`r32 qkvo lr1.9e-3`), as its run is named
 ATTR_RETRIES = "retries"  # ... and how many times its configuration has been lost so far
 ATTR_NEIGHBOUR_OF = "neighbour_of"  # of an explore trial queued, unpruned, as a neighbour of that trial's configuration
+ATTR_REPLICATE_OF = "replicate_of"  # of an explore trial queued to train that trial's configuration again (ATTR_SEED)
+QUEUED = (ATTR_NEIGHBOUR_OF, ATTR_REPLICATE_OF)  # explore trials the confirm phase queues: neither sampled nor pruned
 MAX_RETRIES = 3  # a configuration whose worker dies more often than this stays FAIL
 EXPLORE, CONFIRM = "explore", "confirm"
 # A study alias's length after its prefix: the alias-history tag key (`lora_study.alias_move.<alias>.<ms>`)
@@ -126,7 +128,7 @@ def _storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
 
 
 def sampler(plan: Plan, worker: int = 0):
-    """The sampler every worker of the study draws with (benchmarks/study_accuracy.py replays it)."""
+    """The sampler every worker of the study draws with (benchmarks/study_replay.py replays it)."""
     seed = plan.data.seed + worker  # workers draw different trials from the same seed
     if plan.space.sampler == "grid":
         return optuna.samplers.GridSampler(plan.space.grid(), seed=seed)
@@ -189,13 +191,23 @@ def trials_of(study: optuna.Study, of_phase: str, states=None) -> list:
 def finished(study: optuna.Study) -> int:
     """Finished explore trials, those lost with their worker left out: what `--n-trials` counts."""
     gone = lost(study)
-    sampled = [t for t in trials_of(study, EXPLORE, FINISHED) if ATTR_NEIGHBOUR_OF not in t.user_attrs]
-    return len([t for t in sampled if t.number not in gone])
+    return len([t for t in trials_of(study, EXPLORE, FINISHED) if sampled(t) and t.number not in gone])
+
+
+def sampled(trial) -> bool:
+    """Whether an explore trial was drawn by the sampler (not queued by the confirm phase)."""
+    return not any(attr in trial.user_attrs for attr in QUEUED)
+
+
+def configurations(study: optuna.Study) -> list:
+    """The complete explore trials, each of a configuration: a replicate (the same configuration
+    with another seed) measures noise, and is no candidate."""
+    return [t for t in trials_of(study, EXPLORE, (TrialState.COMPLETE,)) if ATTR_REPLICATE_OF not in t.user_attrs]
 
 
 def best_trials(study: optuna.Study) -> list:
     """The best explore trial, or for several objectives their Pareto front, best first objective first."""
-    complete = sorted(trials_of(study, EXPLORE, (TrialState.COMPLETE,)), key=lambda t: t.values)
+    complete = sorted(configurations(study), key=lambda t: t.values)
     if len(study.directions) == 1:
         return complete[:1]
     return [t for t in complete if not any(_dominates(other, t) for other in complete)]
@@ -208,8 +220,8 @@ def _dominates(a, b) -> bool:
 def to_confirm(study: optuna.Study, top: int) -> list:
     """The `top` distinct configurations of complete sampled explore trials, best first objective first."""
     chosen = []
-    sampled = [t for t in trials_of(study, EXPLORE, (TrialState.COMPLETE,)) if ATTR_NEIGHBOUR_OF not in t.user_attrs]
-    for trial in sorted(sampled, key=lambda t: t.values[0]):
+    complete = [t for t in trials_of(study, EXPLORE, (TrialState.COMPLETE,)) if sampled(t)]
+    for trial in sorted(complete, key=lambda t: t.values[0]):
         if len(chosen) < top and all(trial.params != other.params for other in chosen):
             chosen.append(trial)
     return chosen
@@ -222,15 +234,47 @@ def queue_neighbours(study: optuna.Study, best, space: search_space.SearchSpace,
     trials = []
     for params in space.neighbours(best.params, factors):
         held = [t for t in trials_of(study, EXPLORE, UNFINISHED_OR_DONE) if t.params == params]
-        if not held:
-            attrs = {ATTR_PHASE: EXPLORE, ATTR_NEIGHBOUR_OF: best.number}
-            trial = optuna.create_trial(
-                state=TrialState.WAITING, params=params, distributions=best.distributions, user_attrs=attrs
-            )
-            study.add_trial(trial)
-            held = [t for t in trials_of(study, EXPLORE, (TrialState.WAITING,)) if t.params == params]
-        trials.append(min(held, key=lambda t: t.number))
+        held = [t for t in held if ATTR_REPLICATE_OF not in t.user_attrs]
+        trials.append(held[0] if held else _queue(study, best, params, {ATTR_NEIGHBOUR_OF: best.number}))
     return trials
+
+
+def queue_replicates(study: optuna.Study, count: int, seed: int) -> list:
+    """The first `count` complete sampled explore trials (by number, not by value: a configuration
+    chosen for its low figure would come out worse with any other seed, and inflate the noise)
+    trained again at the explore budget with `seed`, queued once: the noise of explore-budget
+    figures, measured at their budget and split."""
+    trials = []
+    for config in [t for t in trials_of(study, EXPLORE, (TrialState.COMPLETE,)) if sampled(t)][:count]:
+        held = [
+            t
+            for t in trials_of(study, EXPLORE, UNFINISHED_OR_DONE)
+            if t.user_attrs.get(ATTR_REPLICATE_OF) == config.number
+        ]
+        attrs = {ATTR_REPLICATE_OF: config.number, ATTR_SEED: seed}
+        trials.append(held[0] if held else _queue(study, config, config.params, attrs))
+    return trials
+
+
+def _queue(study: optuna.Study, like, params: dict, attrs: dict):
+    """A WAITING explore trial of `params` (drawn from `like`'s distributions) with `attrs`: the
+    confirm phase's workers run it."""
+    attrs = {ATTR_PHASE: EXPLORE, **attrs}
+    trial = optuna.create_trial(
+        state=TrialState.WAITING, params=params, distributions=like.distributions, user_attrs=attrs
+    )
+    study.add_trial(trial)
+    waiting = trials_of(study, EXPLORE, (TrialState.WAITING,))
+    return max(
+        (t for t in waiting if t.params == params and all(t.user_attrs.get(k) == v for k, v in attrs.items())),
+        key=lambda t: t.number,
+    )
+
+
+def queued(study: optuna.Study) -> bool:
+    """Whether trials wait in the queue (the confirm phase's, or one lost with its worker)."""
+    optuna.storages.fail_stale_trials(study)
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def wait_for_explore(study: optuna.Study) -> None:
@@ -244,13 +288,15 @@ def wait_for_explore(study: optuna.Study) -> None:
 
 
 def wait_for_confirmations(study: optuna.Study) -> bool:
-    """Wait while confirmations run on other workers; True once one is queued (again: its worker
-    died), False once none runs. Registration then sees every seed of every configuration."""
+    """Wait while confirmations (and the explore trials the confirm phase queued) run on other
+    workers; True once one is queued (again: its worker died), False once none runs. Registration
+    and the report then see every seed of every configuration."""
     while True:
         optuna.storages.fail_stale_trials(study)
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return True
-        if not trials_of(study, CONFIRM, (TrialState.RUNNING,)):
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not [t for t in running if phase(t) == CONFIRM or not sampled(t)]:
             return False
         time.sleep(parent_runs.HEARTBEAT_S)
 
@@ -295,7 +341,7 @@ def confirmations(study: optuna.Study, config: int, steps: int) -> list:
 
 def importances(study: optuna.Study) -> dict[str, float]:
     """fANOVA importances of the first objective; none until two complete trials differ."""
-    complete = trials_of(study, EXPLORE, (TrialState.COMPLETE,))
+    complete = configurations(study)
     if len(complete) < 2 or not any(t.params != complete[0].params for t in complete):
         return {}
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)

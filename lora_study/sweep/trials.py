@@ -34,6 +34,7 @@ from lora_study.names import (
     STAGE_CONFIRM,
     TAG_CONFIG_TRIAL,
     TAG_NEIGHBOUR_OF,
+    TAG_REPLICATE_OF,
     TAG_RETRY_OF,
     TAG_SEED,
     TAG_STAGE,
@@ -45,6 +46,7 @@ from lora_study.sweep.study import (
     ATTR_LABEL,
     ATTR_NEIGHBOUR_OF,
     ATTR_PHASE,
+    ATTR_REPLICATE_OF,
     ATTR_RETRY_OF,
     ATTR_RUN_ID,
     ATTR_SEED,
@@ -57,6 +59,7 @@ from lora_study.sweep.study import (
     finished,
     open_study,
     phase,
+    sampled,
     taken_by,
     trials_of,
     wait_for_confirmations,
@@ -158,9 +161,8 @@ class Worker:
         A confirmation trial trains `--confirm-steps` with its own seed, unpruned, and is also
         measured on the test split.
         """
-        plan, confirming = self.plan, phase(trial) == CONFIRM
-        neighbour = trial.user_attrs.get(ATTR_NEIGHBOUR_OF)  # queued: neither sampled nor pruned
-        if self.confirming and not confirming and neighbour is None and ATTR_RETRY_OF not in trial.user_attrs:
+        plan, confirming, queued = self.plan, phase(trial) == CONFIRM, not sampled(trial)
+        if self.confirming and not confirming and not queued and ATTR_RETRY_OF not in trial.user_attrs:
             # another worker took the last queued confirmation first: Optuna made a new trial
             trial.set_user_attr(ATTR_PHASE, UNUSED)
             raise optuna.TrialPruned("no confirmation left to run")
@@ -173,15 +175,17 @@ class Worker:
         label = tracking.adapter_label(adapter.rank, adapter.target_modules, train.learning_rate, adapter.quantization)
         trial.set_user_attr(ATTR_LABEL, label)
         started = time.perf_counter()
-        seed, name, tags = plan.data.seed, RUN_NAME_TRIAL.format(number=trial.number, adapter=label), {}
+        seed = trial.user_attrs.get(ATTR_SEED, plan.data.seed)  # a replicate's is the next seed
+        name, tags = RUN_NAME_TRIAL.format(number=trial.number, adapter=label), {}
         if confirming:
             train = train.model_copy(update={"max_steps": plan.sweep.steps_to_confirm, "eval_every": 0})
             seed, config = trial.user_attrs[ATTR_SEED], trial.user_attrs[ATTR_CONFIG]
             name = RUN_NAME_CONFIRM.format(config=config, seed=seed, adapter=label)
             tags = {TAG_STAGE: STAGE_CONFIRM, TAG_CONFIG_TRIAL: str(config), TAG_SEED: str(seed)}
         tags.update({TAG_STUDY: plan.study_name, TAG_TRIAL_NUMBER: str(trial.number)})
-        if neighbour is not None:
-            tags[TAG_NEIGHBOUR_OF] = str(neighbour)
+        for attr, tag in ((ATTR_NEIGHBOUR_OF, TAG_NEIGHBOUR_OF), (ATTR_REPLICATE_OF, TAG_REPLICATE_OF)):
+            if attr in trial.user_attrs:
+                tags.update({tag: str(trial.user_attrs[attr]), TAG_SEED: str(seed)})
         if ATTR_RETRY_OF in trial.user_attrs:  # its worker died running trial `retry_of`
             tags[TAG_RETRY_OF] = str(trial.user_attrs[ATTR_RETRY_OF])
         with tracking.trial_run(
@@ -195,7 +199,7 @@ class Worker:
                     adapter,
                     train,
                     seed,
-                    on_eval=None if confirming else self._pruning(trial, train.max_steps, prunable=neighbour is None),
+                    on_eval=None if confirming else self._pruning(trial, train.max_steps, prunable=not queued),
                     base_eval_loss=self.base_eval_losses.get(base_key),
                 )
                 self.base_eval_losses[base_key] = result.eval_losses[0]
@@ -213,11 +217,8 @@ class Worker:
         for name in (*TRIAL_ATTRS, *measured, METRIC_EVAL_PERPLEXITY):
             trial.set_user_attr(name, values[name])
         seconds = time.perf_counter() - started
-        if neighbour is not None:
-            ppl = values[METRIC_EVAL_PERPLEXITY]
-            console.say(
-                f"neighbour of trial {neighbour}: trial {trial.number}  {label}  ppl {ppl:.2f}  {seconds:.0f} s"
-            )
+        if queued:
+            console.say(queued_line(trial, values[METRIC_EVAL_PERPLEXITY], seconds))
         if confirming:
             done = len(trials_of(trial.study, CONFIRM, FINISHED)) + 1  # this one is not finished yet
             console.say(confirm_line(trial, done, len(trials_of(trial.study, CONFIRM)), measured, seconds))
@@ -245,7 +246,7 @@ class Worker:
         return evaluation.perplexity_metrics(test_loss, self.base_test_losses[base_key])
 
     def _pruning(self, trial: optuna.Trial, steps: int, prunable: bool):
-        # every explore trial reports its curve; a queued neighbour is never pruned (it is evidence
+        # every explore trial reports its curve; a queued one is never pruned (it is evidence
         # the confirm phase asked for). The pruner reads validation perplexity: only a study of it
         # alone may be pruned by it (Optuna prunes single objectives only)
         if self.plan.sweep.objective_names != ["perplexity"]:
@@ -287,6 +288,15 @@ def explore_line(trial: optuna.trial.FrozenTrial, done: int, total: int, best: b
         outcome = trial.state.name.lower()  # FAIL: Optuna's warning above says why
     seconds = trial.duration.total_seconds() if trial.duration else 0.0
     return f"trial {trial.number}  {done}/{total}  {trial.user_attrs.get(ATTR_LABEL, '')}  {outcome}  {seconds:.0f} s"
+
+
+def queued_line(trial, eval_perplexity: float, seconds: float) -> str:
+    """An explore trial the confirm phase queued, as one terminal line:
+    `neighbour of trial 3: trial 7  r16 qkvo lr1.9e-3  ppl 13.90  12 s`, or `replicate of trial 3 (seed 1): ...`."""
+    attrs = trial.user_attrs
+    what = f"neighbour of trial {attrs[ATTR_NEIGHBOUR_OF]}" if ATTR_NEIGHBOUR_OF in attrs else ""
+    what = what or f"replicate of trial {attrs[ATTR_REPLICATE_OF]} (seed {attrs[ATTR_SEED]})"
+    return f"{what}: trial {trial.number}  {attrs[ATTR_LABEL]}  ppl {eval_perplexity:.2f}  {seconds:.0f} s"
 
 
 def confirm_line(trial, done: int, queued: int, measured: dict, seconds: float) -> str:

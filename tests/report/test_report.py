@@ -339,3 +339,38 @@ def test_the_answer_says_the_budget_it_holds_for():
     facts = dict(zip(answer.blocks[1].frame[""], answer.blocks[1].frame["value"]))
     assert facts["holds for"] == budget
     assert "holds for" not in list(answer_section.answer(study()).blocks[1].frame[""])  # a study from before it
+
+
+def replicated(trials: pd.DataFrame, *pairs) -> pd.DataFrame:
+    """`trials` with explore trials trained again with seed 1: (trial, its validation perplexity)."""
+    rows, first = [], int(trials.trial_number.max()) + 1
+    for number, (original, perplexity) in enumerate(pairs, start=first):
+        row = trials[trials.trial_number == original].iloc[0].to_dict()
+        rows.append({**row, "trial_number": number, "run_id": f"r{number}", "eval_perplexity": perplexity})
+        rows[-1]["replicate_of"] = float(original)
+    return pd.concat([trials.assign(replicate_of=float("nan")), pd.DataFrame(rows)], ignore_index=True)
+
+
+def test_explore_trials_trained_again_measure_the_explore_budgets_noise_and_decide_matched_levels():
+    """qkvo (trial 1) and qv (trial 3) at the same rank and learning rate, nothing confirmed that
+    isolates them: the explore figures decide against the noise of trials 1 and 3 trained again."""
+    trials = replicated(TRIALS.assign(learning_rate=[1e-3, 5e-4, 1e-4, 5e-4]), (1, 11.1), (3, 11.8))
+    assert effects.explore_noise(trials) == (pytest.approx(((0.1**2 / 2 + 0.1**2 / 2) / 2) ** 0.5), 2)
+    factors = effects.factors(study(trials=trials, confirmed=None))
+    text = texts(factors)
+    assert "seed std 0.071 from 2 explore trial(s) trained again with another seed (validation split" in text
+    # 0.9 apart, against a difference noise of sqrt(2) x 0.071 = 0.1: decided, on the original trials' figures
+    assert "qkvo beats qv by 7.6% perplexity (0.900 ppl; seed std 0.071)" in text
+    (finding,) = [
+        f for _, f, _ in effects.factor_findings(study(trials=trials, confirmed=None)) if f.factor == "target_modules"
+    ]
+    assert finding.decided and finding.figures == "explored"
+    qv = next(b for b in factors.blocks if isinstance(b, render.Table) and list(b.frame.level) == ["qkvo", "qv"])
+    assert list(qv.frame["trials at level"]) == [1, 2]  # a configuration trained again is not another one
+
+
+def test_without_replicated_explore_trials_matched_explore_figures_stay_undecided():
+    trials = TRIALS.assign(learning_rate=[1e-3, 5e-4, 1e-4, 5e-4])
+    assert effects.explore_noise(trials) is None
+    text = texts(effects.factors(study(trials=trials, confirmed=None)))
+    assert "no explore trial was trained again with another seed (--explore-replicates)" in text

@@ -159,7 +159,7 @@ def test_several_objectives_keep_and_register_the_pareto_front(tmp_path, mlflow_
 
 
 CONFIRM = ["--max-steps", "2", "--eval-every", "1", "--confirm-seeds", "2", "--pruner", "none"]
-NO_NEIGHBOURS = ["--confirm-neighbours", ""]
+ONLY_CONFIRMATIONS = ["--confirm-neighbours", "", "--explore-replicates", "0"]  # nothing else queued
 
 
 def confirmation_runs(experiment_id) -> list:
@@ -168,7 +168,7 @@ def confirmation_runs(experiment_id) -> list:
 
 @pytest.mark.slow  # a whole multi-trial sweep, both phases
 def test_the_best_configurations_are_confirmed_with_seeds_and_the_rule_picks_one(tmp_path, mlflow_experiment, capsys):
-    assert cli.main(sweep_argv(tmp_path, *CONFIRM, *NO_NEIGHBOURS, n_trials=3, confirm_top=2)) == 0
+    assert cli.main(sweep_argv(tmp_path, *CONFIRM, *ONLY_CONFIRMATIONS, n_trials=3, confirm_top=2)) == 0
     study = load_study(tmp_path)
     explore = [t for t in study.trials if t.user_attrs.get("phase") != "confirm"]
     confirm = [t for t in study.trials if t.user_attrs.get("phase") == "confirm"]
@@ -268,7 +268,12 @@ def test_the_best_configurations_neighbours_are_explored_and_confirmed_as_matche
     assert cli.main([*argv, "--confirm-neighbours", "rank,target_modules"]) == 0
     study = load_study(tmp_path)
     explore = [t for t in study.trials if t.user_attrs.get("phase", "explore") == "explore"]
-    best, neighbours = explore[0], explore[1:]
+    best, neighbours = explore[0], [t for t in explore if "neighbour_of" in t.user_attrs]
+    (replicate,) = [t for t in explore if "replicate_of" in t.user_attrs]  # of the best, with seed 1
+    assert replicate.params == best.params and replicate.user_attrs["replicate_of"] == 0
+    assert replicate.user_attrs["seed"] == 1 and replicate.state.name == "COMPLETE"
+    assert len(replicate.intermediate_values) == 2 and replicate.value != best.value
+    explore = [best, *neighbours]
     # one level down and up in rank (where the grid has it), and the other target-module preset
     expected = [
         {**best.params, "rank": r}
@@ -301,12 +306,16 @@ def test_the_best_configurations_neighbours_are_explored_and_confirmed_as_matche
     assert f"{len(neighbours)} of them neighbours of trial 0, queued unpruned to be confirmed beside it" in (
         report.read_text()
     )
+    assert "1 of trial(s) 0 trained again with another seed, the explore budget's noise" in report.read_text()
+    assert "from 1 explore trial(s) trained again with another seed" in report.read_text()
+    assert trial_runs[str(replicate.number)].data.tags["replicate_of"] == "0"
     effects = report.read_text().split("## Effects of each factor")[1]
     assert "not decided: those figures also differ" not in effects
     assert effects.count("seed std") >= 3  # the noise statement, and a finding per factor on confirmed figures
     err = capsys.readouterr().err
-    assert [line.split("  ")[0] for line in err.splitlines() if line.startswith("neighbour of trial 0")] == [
-        f"neighbour of trial 0: trial {t.number}" for t in neighbours
+    assert [line.split("  ")[0] for line in err.splitlines() if line.startswith(("neighbour of", "replicate of"))] == [
+        f"replicate of trial 0 (seed 1): trial {replicate.number}",
+        *(f"neighbour of trial 0: trial {t.number}" for t in neighbours),
     ]
 
 
@@ -314,7 +323,7 @@ def test_the_best_configurations_neighbours_are_explored_and_confirmed_as_matche
 def test_a_sweep_killed_while_confirming_resumes_without_training_anything_twice(
     tmp_path, mlflow_experiment, monkeypatch
 ):
-    argv = sweep_argv(tmp_path, *CONFIRM, *NO_NEIGHBOURS, n_trials=2, confirm_top=1)
+    argv = sweep_argv(tmp_path, *CONFIRM, *ONLY_CONFIRMATIONS, n_trials=2, confirm_top=1)
     env = {**os.environ, "LORA_STUDY_HEARTBEAT_S": "1", "MLFLOW_EXPERIMENT_ID": mlflow_experiment}
     worker = subprocess.Popen([sys.executable, "-m", "lora_study", *argv], env=env, cwd=tmp_path)
     deadline = time.time() + 300

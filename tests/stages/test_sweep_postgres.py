@@ -59,10 +59,13 @@ def test_two_workers_on_postgresql_complete_the_study_without_lost_or_duplicate_
     assert all(t.state.is_finished() for t in every)
     assert sorted(t.number for t in every) == list(range(len(every)))
     trials = [t for t in every if t.user_attrs.get("phase", "explore") == "explore"]
-    sampled = [t for t in trials if "neighbour_of" not in t.user_attrs]
+    sampled = [t for t in trials if not {"neighbour_of", "replicate_of"} & set(t.user_attrs)]
     # each worker stops once 6 trials are finished; one may be mid-trial then and finish it too
     assert 6 <= len(sampled) <= 7
-    # then both workers share the best configuration's neighbours and the confirmations: each once
+    # then both workers share the replicates, the best configuration's neighbours and the
+    # confirmations: each once
+    replicates = [t.user_attrs["replicate_of"] for t in trials if "replicate_of" in t.user_attrs]
+    assert len(replicates) == 2 and len(set(replicates)) == 2
     neighbours = [t for t in trials if "neighbour_of" in t.user_attrs]
     assert len({tuple(sorted(t.params.items())) for t in neighbours}) == len(neighbours)
     confirm = [t for t in every if t.user_attrs.get("phase") == "confirm"]

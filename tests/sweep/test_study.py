@@ -9,8 +9,10 @@ from lora_study.sweep import search_space
 from lora_study.sweep.search_space import Choice
 from lora_study.sweep.study import (
     ATTR_NEIGHBOUR_OF,
+    ATTR_REPLICATE_OF,
     finished,
     queue_neighbours,
+    queue_replicates,
     study_alias,
     taken_by,
     to_confirm,
@@ -63,11 +65,11 @@ SPACE = search_space.SearchSpace(
 )
 
 
-def explored(*points) -> optuna.Study:
-    """A study whose complete sampled explore trials are `points` (params), best first."""
+def explored(*points, values=()) -> optuna.Study:
+    """A study whose complete sampled explore trials are `points` (params), with `values` (default: best first)."""
     study = optuna.create_study(storage="sqlite:///:memory:")
     distributions = {name: CategoricalDistribution(dim.values) for name, dim in SPACE.dimensions.items()}
-    for value, params in enumerate(points):
+    for value, params in zip(values or range(len(points)), points):
         study.add_trial(optuna.create_trial(value=float(value), params=params, distributions=distributions))
     return study
 
@@ -92,3 +94,23 @@ def test_neighbours_are_queued_unpruned_once_and_an_explored_one_is_reused():
         study.tell(trial, -1.0)
     # ... still neither counted against --n-trials nor taken as a top configuration to confirm
     assert finished(study) == 2 and [t.number for t in to_confirm(study, 5)] == [0, 1]
+
+
+def test_replicates_are_queued_once_with_their_seed_and_count_as_no_configuration():
+    # the first trials by number, whatever their figures: not trial 2, the best
+    points = (
+        {"rank": 8, "target_modules": "qv"},
+        {"rank": 16, "target_modules": "qv"},
+        {"rank": 4, "target_modules": "qv"},
+    )
+    study = explored(*points, values=(1.0, 2.0, 0.0))
+    queued = queue_replicates(study, 2, seed=1)
+    assert [(t.params, t.user_attrs[ATTR_REPLICATE_OF], t.user_attrs["seed"]) for t in queued] == [
+        ({"rank": 8, "target_modules": "qv"}, 0, 1),
+        ({"rank": 16, "target_modules": "qv"}, 1, 1),
+    ]
+    assert [t.number for t in queue_replicates(study, 2, seed=1)] == [3, 4]  # once
+    # a neighbour with a replicated configuration's params is that configuration, not its replicate
+    (rank_16,) = [t for t in queue_neighbours(study, study.trials[0], SPACE, ["rank"]) if t.params["rank"] == 16]
+    assert rank_16.number == 1
+    assert finished(study) == 3 and [t.number for t in to_confirm(study, 5)] == [2, 0, 1]
