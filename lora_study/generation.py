@@ -1,9 +1,9 @@
 """Generating text: the prompt suite an evaluation asks, timed greedy answers, ROUGE-L, and
 the one answer a served model gives a request."""
 
+import functools
 import json
 import math
-import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -196,29 +196,16 @@ def generate(
 
 
 def rouge_l(candidate: str, reference: str) -> float:
-    """ROUGE-L F1 over lower-cased alphanumeric tokens (rouge-score's default tokenizer)."""
-    a, b = _rouge_tokens(candidate), _rouge_tokens(reference)
-    if not a or not b:
-        return 0.0
-    lcs = _lcs_length(a, b)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(a), lcs / len(b)
-    return 2 * precision * recall / (precision + recall)
+    """ROUGE-L F1 by rouge-score, the reference implementation users compare with (its default
+    tokenizer: lower-cased alphanumeric words, no stemming)."""
+    return _rouge_scorer().score(reference, candidate)["rougeL"].fmeasure
 
 
-def _rouge_tokens(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+@functools.cache
+def _rouge_scorer():
+    from rouge_score import rouge_scorer  # it imports nltk: only when answers are scored
 
-
-def _lcs_length(a: list[str], b: list[str]) -> int:
-    previous = [0] * (len(b) + 1)
-    for token in a:
-        current = [0]
-        for j, other in enumerate(b):
-            current.append(previous[j] + 1 if token == other else max(previous[j + 1], current[j]))
-        previous = current
-    return previous[-1]
+    return rouge_scorer.RougeScorer(["rougeL"])
 
 
 def mean_rouge_l(texts: list[str], prompts: list[Prompt]) -> float | None:

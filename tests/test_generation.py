@@ -44,7 +44,7 @@ def test_a_prompt_file_is_read_and_wrapped_like_the_training_data(tmp_path, toke
     assert (prompt.text, prompt.reference) == ("2+2?", "4")
 
 
-def test_rouge_l_is_the_lcs_f1_over_words():
+def test_rouge_l_is_rouge_scores_lcs_f1_over_words():
     assert generation.rouge_l("The cat sat.", "the cat sat") == 1.0
     assert generation.rouge_l("the cat ate", "the cat sat") == pytest.approx(2 / 3)
     # LCS "a c" of "a b c d" and "a c e": precision 2/4, recall 2/3

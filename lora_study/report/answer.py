@@ -39,6 +39,7 @@ from lora_study.names import (
     TAG_CONFIG_TRIAL,
     TAG_HORIZON,
     TAG_RECOMMENDATION,
+    TAG_REPLICATE_OF,
     TAG_TEST_DATA,
     TAG_TRIAL_NUMBER,
     TAG_TRIAL_STATE,
@@ -123,6 +124,8 @@ def confirmed_configs(s: StudyRuns) -> pd.DataFrame | None:
 
 def _unconfirmed(s: StudyRuns) -> list:
     complete = s.trials[s.trials[TAG_TRIAL_STATE] == plots.COMPLETE]
+    if TAG_REPLICATE_OF in complete:  # another seed of a configuration: noise, not a candidate
+        complete = complete[complete[TAG_REPLICATE_OF].isna()]
     if complete.empty:
         return ["No trial completed, so the study has no answer. See how it ran, below."]
     best = complete.loc[complete[METRIC_EVAL_PERPLEXITY].idxmin()]
