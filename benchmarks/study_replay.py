@@ -143,6 +143,7 @@ class Strategy:
     replicates: int = 0  # explore trials trained again with the next seed (the explore budget's noise)
     n_trials: int = SweepConfig().n_trials
     confirm_top: int = 2  # the default's on the embedded default (--confirm-top -1)
+    recommend: str = SweepConfig().recommend
 
     @property
     def name(self) -> str:
@@ -156,6 +157,8 @@ class Strategy:
             said += f" with neighbours in {' and '.join(n.replace('_', ' ') for n in self.neighbours)}"
         if self.replicates:
             said += f"; {self.replicates} explore trials replicated"
+        if self.recommend != SweepConfig().recommend:
+            said += f"; --recommend {self.recommend}"
         return said + (" (the default)" if self == default_strategy() else "")
 
 
@@ -184,6 +187,7 @@ def replay(grid: Grid, strategy: Strategy, number: int) -> Outcome:
         eval_every=eval_every,
         pruner=pruning,
         explore_replicates=strategy.replicates,
+        recommend=strategy.recommend,
     )
     space = dataclasses.replace(grid.space, sampler=strategy.sampler)
     plan = Plan(DataConfig(seed=number), BaseModelConfig(), cfg, space, f"replay-{number}", "")
@@ -328,13 +332,18 @@ def verdict(grid: Grid, finding: findings.Finding, by_number: dict, seeds=None, 
     return SUPPORTED
 
 
+BOTH = ("rank", "target_modules")
+OLD_RULE = "cheapest-within-se"  # the default rule until this benchmark
 STRATEGIES = (
+    Strategy("tpe", True, True, recommend=OLD_RULE),  # the default before neighbours and replicates
+    Strategy("tpe", True, True, BOTH, 2, recommend=OLD_RULE),
     Strategy("tpe", True, True),
     Strategy("tpe", True, True, replicates=2),
     Strategy("tpe", True, True, ("rank",), 2),
     Strategy("tpe", True, True, ("target_modules",), 2),
-    Strategy("tpe", True, True, ("rank", "target_modules"), 2),
-    Strategy("tpe", True, True, ("rank", "target_modules"), 2, n_trials=10),
+    Strategy("tpe", True, True, BOTH, 2),
+    Strategy("tpe", True, True, BOTH, 2, confirm_top=1),
+    Strategy("tpe", True, True, BOTH, 2, n_trials=10),
     Strategy("tpe", False, False),  # what Oumi's `tune` does: each trial trained in full, one seed
     Strategy("random", False, False),
     Strategy("grid", False, False),

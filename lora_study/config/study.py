@@ -98,9 +98,10 @@ class SweepConfig(BaseModel):
         "report decides from matched pairs whether the cheaper level suffices or the larger one helps; empty: none.",
     )
     recommend: Literal["cheapest-within-se", "best"] = Field(
-        "cheapest-within-se",
-        description="How the answer is chosen among confirmed configurations: the cheapest within "
-        "--within-se standard errors of the best mean test perplexity, or the best mean.",
+        "best",
+        description="How the answer is chosen among confirmed configurations: the best mean test perplexity, "
+        "or the cheapest within --within-se standard errors of it (benchmarks/RESULTS.md: the latter, with "
+        "2 seeds, more often picks a configuration the ground truth puts beyond noise of the best).",
     )
     within_se: float = Field(1.0, ge=0, description="Standard errors of the best mean that count as a tie.")
     study_name: str = Field(

@@ -2,7 +2,7 @@
 
 import math
 
-from lora_study.sweep.recommendation import BEST, Confirmed, horizon, pooled_std, recommend
+from lora_study.sweep.recommendation import BEST, CHEAPEST_WITHIN_SE, Confirmed, horizon, pooled_std, recommend
 
 
 def config(number: int, perplexities, trainable: float, memory: float = 1000.0) -> Confirmed:
@@ -20,7 +20,7 @@ def test_the_cheapest_within_one_standard_error_is_recommended():
     best = config(0, [10.0, 10.4], trainable=800)  # mean 10.2, stderr 0.2
     close_and_cheap = config(1, [10.3, 10.3], trainable=100)  # 10.3 <= 10.4
     far_and_cheaper = config(2, [10.5, 10.5], trainable=50)  # 10.5 > 10.4
-    result = recommend([best, close_and_cheap, far_and_cheaper])
+    result = recommend([best, close_and_cheap, far_and_cheaper], CHEAPEST_WITHIN_SE)
     assert result.chosen is close_and_cheap and result.best is best
     assert math.isclose(result.threshold, 10.4)
     assert "cheapest within 1 standard error" in result.statement() and "trial 0" in result.statement()
@@ -30,8 +30,8 @@ def test_a_tie_goes_to_the_cheaper_adapter_then_to_less_memory():
     large = config(0, [10.0, 10.0], trainable=800, memory=900)
     small = config(1, [10.0, 10.0], trainable=100, memory=900)
     small_less_memory = config(2, [10.0, 10.0], trainable=100, memory=800)
-    assert recommend([large, small]).chosen is small
-    assert recommend([large, small, small_less_memory]).chosen is small_less_memory
+    assert recommend([large, small], CHEAPEST_WITHIN_SE).chosen is small
+    assert recommend([large, small, small_less_memory], CHEAPEST_WITHIN_SE).chosen is small_less_memory
     assert recommend([large, small], rule=BEST).chosen is small  # a tie on the mean: the cheaper one
 
 
@@ -39,7 +39,7 @@ def test_the_best_rule_and_a_zero_threshold_take_the_best_mean():
     best = config(0, [10.0, 10.4], trainable=800)
     cheap = config(1, [10.3, 10.3], trainable=100)
     assert recommend([best, cheap], rule=BEST).chosen is best
-    assert recommend([best, cheap], within_se=0).chosen is best
+    assert recommend([best, cheap], CHEAPEST_WITHIN_SE, within_se=0).chosen is best
     assert recommend([best, cheap], rule=BEST).statement().endswith("the best mean")
 
 
@@ -49,7 +49,7 @@ def test_the_pooled_seed_noise():
 
 
 def test_a_single_seed_says_the_rule_had_no_standard_error_to_allow():
-    result = recommend([config(0, [10.0], trainable=800), config(1, [10.1], trainable=100)])
+    result = recommend([config(0, [10.0], trainable=800), config(1, [10.1], trainable=100)], CHEAPEST_WITHIN_SE)
     assert result.chosen.config == 0 and "one seed: no standard error" in result.statement()
 
 
