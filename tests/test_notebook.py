@@ -11,7 +11,8 @@ from lora_study import cli
 @pytest.mark.slow  # a Jupyter kernel in a process of its own
 def test_the_notebook_draws_the_study_from_mlflow(tmp_path, tracking_uri, mlflow_experiment, monkeypatch):
     argv = ["sweep", *"--base-model tiny --max-samples 15 --seq-len 32 --n-trials 3 --max-steps 2".split()]
-    argv += ["--eval-every", "2", "--study-name", "notebook", "--storage", f"sqlite:///{tmp_path}/optuna.db"]
+    argv += ["--eval-every", "2", "--confirm-top", "0"]  # the notebook reads the explore trials
+    argv += ["--study-name", "notebook", "--storage", f"sqlite:///{tmp_path}/optuna.db"]
     assert cli.main(argv) == 0
     notebook = nbformat.read(REPO / "notebooks/compare_runs.ipynb", as_version=4)
     monkeypatch.setenv("LORA_STUDY_STUDY", "notebook")

@@ -39,6 +39,7 @@ def swept(tracking_uri, tmp_path_factory):
         argv = ["sweep", "--base-model", "tiny", "--max-samples", "15", "--seq-len", "32"]
         argv += ["--config", str(folder / "space.yaml"), "--n-trials", "4", "--max-steps", "2", "--eval-every", "1"]
         argv += ["--confirm-top", "2", "--confirm-steps", "6", "--storage", f"sqlite:///{folder}/optuna.db"]
+        argv += ["--explore-replicates", "0", "--confirm-neighbours", ""]  # test_sweep.py tests those
         argv += ["--study-name", STUDY, "--registered-model", "tiny-report"]
         assert cli.main(argv) == 0
     (parent,) = mlflow.search_runs(
