@@ -38,14 +38,12 @@ GRID_TABLE = HERE / "study_accuracy" / "grid.jsonl"
 TEST_BATCH_SIZE = 8
 
 
-def key(params: dict, seed: int) -> str:
-    return json.dumps({"params": params, "seed": seed}, sort_keys=True)
-
-
-def recorded(table: Path) -> set[str]:
+def recorded(table: Path) -> set[tuple[str, int]]:
+    """The (point, seed) pairs the table holds, keyed as `study_replay.Grid` keys its rows."""
     if not table.is_file():
         return set()
-    return {key(row["params"], row["seed"]) for row in map(json.loads, table.read_text().splitlines())}
+    rows = map(json.loads, table.read_text().splitlines())
+    return {(study_replay.point_key(row["params"]), row["seed"]) for row in rows}
 
 
 def train_once(s: training.Setup, adapter: AdapterConfig, train: TrainConfig, seed: int, base_eval_loss):
@@ -70,7 +68,7 @@ def record(args) -> None:
     s = training.setup(data, base, AdapterConfig(), TrainConfig(max_steps=1))
     done = recorded(args.table)
     pairs = [(p, seed) for p in study_replay.grid_points(space) for seed in args.seeds]
-    todo = [(p, seed) for p, seed in pairs if key(p, seed) not in done]
+    todo = [(p, seed) for p, seed in pairs if (study_replay.point_key(p), seed) not in done]
     console.say(f"grid {args.grid.name}: {len(pairs) - len(todo)} of {len(pairs)} (point, seed) pairs recorded")
     args.table.parent.mkdir(parents=True, exist_ok=True)
     base_eval_loss = None

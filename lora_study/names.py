@@ -188,9 +188,7 @@ TAG_TRIAL_STATE = "trial_state"  # COMPLETE | PRUNED | FAIL, on trial runs
 TAG_CONFIG_TRIAL = "config_trial"  # on confirmation runs and versions: the explore trial they repeat
 TAG_SEED = "seed"  # on confirmation runs and versions
 TAG_NEIGHBOUR_OF = "neighbour_of"  # on an explore trial's run queued as a neighbour: the trial it is one level from
-TAG_REPLICATE_OF = (
-    "replicate_of"  # on an explore trial's run queued to train that trial's configuration with another seed
-)
+TAG_REPLICATE_OF = "replicate_of"  # on an explore trial's run: the trial whose configuration it trains again
 TAG_RETRY_OF = "retry_of"  # on the run of a trial queued again because its worker died: the trial it repeats
 TAG_RECOMMENDATION = "lora_study.recommendation"  # on the parent: the answer, in one sentence
 TAG_HORIZON = "lora_study.horizon"  # ... and the training budget it holds for, in one sentence

@@ -123,9 +123,7 @@ def confirmed_configs(s: StudyRuns) -> pd.DataFrame | None:
 
 
 def _unconfirmed(s: StudyRuns) -> list:
-    complete = s.trials[s.trials[TAG_TRIAL_STATE] == plots.COMPLETE]
-    if TAG_REPLICATE_OF in complete:  # another seed of a configuration: noise, not a candidate
-        complete = complete[complete[TAG_REPLICATE_OF].isna()]
+    complete = configurations(s.trials[s.trials[TAG_TRIAL_STATE] == plots.COMPLETE])
     if complete.empty:
         return ["No trial completed, so the study has no answer. See how it ran, below."]
     best = complete.loc[complete[METRIC_EVAL_PERPLEXITY].idxmin()]
@@ -252,6 +250,12 @@ CONFIG_PARAMS = (
     PARAM_USE_RSLORA,
     PARAM_DROPOUT,
 )
+
+
+def configurations(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials that are each a configuration: a replicate (another seed of one) measures noise,
+    and is no candidate nor another level."""
+    return trials[trials[TAG_REPLICATE_OF].isna()] if TAG_REPLICATE_OF in trials else trials
 
 
 def with_alpha_per_rank(frame: pd.DataFrame) -> pd.DataFrame:

@@ -32,7 +32,7 @@ from lora_study.names import (
     TAG_TRIAL_STATE,
 )
 from lora_study.report import findings
-from lora_study.report.answer import CONFIG_PARAMS, confirmed_configs, with_alpha_per_rank
+from lora_study.report.answer import CONFIG_PARAMS, configurations, confirmed_configs, with_alpha_per_rank
 from lora_study.report.read import StudyRuns
 from lora_study.report.render import Heading, Section, Table
 from lora_study.sweep.search_space import ALPHA_PER_RANK
@@ -105,9 +105,7 @@ def factors(s: StudyRuns) -> Section:
 
 def factor_findings(s: StudyRuns) -> list[tuple[str, findings.Finding, pd.DataFrame | None]]:
     """Each searched factor's finding, under its heading, with the table it was read from (if any)."""
-    complete = with_alpha_per_rank(s.trials[s.trials[TAG_TRIAL_STATE] == plots.COMPLETE])
-    if TAG_REPLICATE_OF in complete:  # a configuration trained again is not one more configuration
-        complete = complete[complete[TAG_REPLICATE_OF].isna()]
+    complete = configurations(with_alpha_per_rank(s.trials[s.trials[TAG_TRIAL_STATE] == plots.COMPLETE]))
     seed_std, explore, read = _seed_std(s), explore_noise(s.trials), []
     for factor in LEVEL_FACTORS + TREND_FACTORS:
         if factor not in complete or not _searched(s, factor) or complete[factor].nunique() < 2:

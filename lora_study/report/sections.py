@@ -103,16 +103,15 @@ def tradeoffs(s: StudyRuns) -> Section:
 def _queued_text(trials: pd.DataFrame) -> str:
     """How many explore trials the confirm phase queued, unpruned: the best configuration's
     neighbours, and configurations trained again with another seed."""
-    said = []
-    if TAG_NEIGHBOUR_OF in trials and trials[TAG_NEIGHBOUR_OF].notna().any():
-        queued = trials[trials[TAG_NEIGHBOUR_OF].notna()]
-        of = ", ".join(str(n) for n in sorted({int(n) for n in queued[TAG_NEIGHBOUR_OF]}))
-        said.append(f"{len(queued)} of them neighbours of trial {of}, queued unpruned to be confirmed beside it")
-    if TAG_REPLICATE_OF in trials and trials[TAG_REPLICATE_OF].notna().any():
-        queued = trials[trials[TAG_REPLICATE_OF].notna()]
-        of = ", ".join(str(n) for n in sorted({int(n) for n in queued[TAG_REPLICATE_OF]}))
-        said.append(f"{len(queued)} of trial(s) {of} trained again with another seed, the explore budget's noise")
-    return "".join(f"; {text}" for text in said)
+    said = ""
+    for tag, text in (
+        (TAG_NEIGHBOUR_OF, "{n} of them neighbours of trial {of}, queued unpruned to be confirmed beside it"),
+        (TAG_REPLICATE_OF, "{n} of trial(s) {of} trained again with another seed, the explore budget's noise"),
+    ):
+        if tag in trials and trials[tag].notna().any():
+            of = sorted({int(n) for n in trials[tag].dropna()})
+            said += "; " + text.format(n=int(trials[tag].notna().sum()), of=", ".join(map(str, of)))
+    return said
 
 
 def how_it_ran(s: StudyRuns) -> Section:

@@ -123,10 +123,9 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
         if top:
             wait_for_explore(study)
         configs = to_confirm(study, top)
-        if configs:  # the confirm phase trains these first: the explore budget's noise
-            queue_replicates(study, cfg.explore_replicates, data.seed + 1)
         candidates = {c.number for c in configs}
         if configs:
+            queue_replicates(study, cfg.explore_replicates, data.seed + 1)  # trained first: the explore noise
             for neighbour in queue_neighbours(study, configs[0], space, cfg.neighbour_factors):
                 if all(neighbour.params != c.params for c in configs):  # a top one already
                     configs.append(neighbour)
