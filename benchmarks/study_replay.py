@@ -194,7 +194,7 @@ def replay(grid: Grid, strategy: Strategy, number: int) -> Outcome:
         recommend=strategy.recommend,
     )
     space = dataclasses.replace(grid.space, sampler=strategy.sampler)
-    plan = Plan(DataConfig(seed=number), BaseModelConfig(), cfg, space, f"replay-{number}", "")
+    plan = Plan(DataConfig(split_seed=number), BaseModelConfig(), cfg, space, f"replay-{number}", "")
     study = optuna.create_study(sampler=sampler(plan), pruner=pruner(cfg))
     tokens, used = [0.0], {seeds[0]}
     objective = _objective(grid, seeds[0], strategy.explore_budget, cfg, tokens, used)

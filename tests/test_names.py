@@ -28,7 +28,8 @@ CONFIG_PARAMS = [
     "PARAM_DATASET",
     "PARAM_FORMAT",
     "PARAM_SEQ_LEN",
-    "PARAM_SEED",
+    "PARAM_SPLIT_SEED",
+    "PARAM_TRAINING_SEED",
     "PARAM_DECONTAMINATE_NGRAM",
     "PARAM_MAX_STEPS",
     "PARAM_OBJECTIVES",
@@ -42,7 +43,6 @@ ALIASES = {
     frozenset({"METRIC_LEARNING_RATE", "PARAM_LEARNING_RATE"}),
     frozenset({"TAG_BASE_MODEL", "PARAM_BASE_MODEL"}),
     frozenset({"PARAM_DATA", "ARTIFACT_DATA"}),  # the `data` param names what the `data` artifact holds
-    frozenset({"PARAM_SEED", "TAG_SEED"}),  # a confirmation's seed (tag) replaces the config's (param)
 }
 
 

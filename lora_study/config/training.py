@@ -44,7 +44,7 @@ class DataConfig(BaseModel):
     seq_len: int = Field(256, gt=0, description="Tokens per packed training row.")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="Share of documents held out for validation.")
     test_fraction: float = Field(0.1, gt=0, lt=1, description="Share of documents held out for test.")
-    seed: int = Field(0, description="Seed of the document-level train/validation/test split.")
+    split_seed: int = Field(0, description="Seed of the document-level train/validation/test split.")
     decontaminate_ngram: int = Field(
         50,
         ge=0,
@@ -110,6 +110,12 @@ class TrainConfig(BaseModel):
         20, ge=0, description="Evaluate on the validation split every N steps (0: only at the end)."
     )
     forgetting_data: ForgettingData = "self"
+    training_seed: int = Field(
+        0,
+        ge=0,
+        description="Seed of the adapter's initial weights, dropout and batch order (`sweep` sets each trial's: "
+        "--split-seed for explore trials, + 1 for replicates, + k for the k-th seed of a confirmation).",
+    )
 
     @model_validator(mode="after")
     def _some_training_is_asked_for(self):

@@ -122,7 +122,7 @@ def prepare(data: DataConfig, ref: models.BaseModelRef, tokenizer) -> tuple[Prep
         source_digest=documents.digest,
         format=fmt,
         seq_len=data.seq_len,
-        seed=data.seed,
+        seed=data.split_seed,
         # the split settings besides seq_len and seed: `comparability` names them when two differ
         val_fraction=data.val_fraction,
         test_fraction=data.test_fraction,
@@ -138,6 +138,7 @@ def prepare(data: DataConfig, ref: models.BaseModelRef, tokenizer) -> tuple[Prep
 def _cache_key(data: DataConfig, fmt: str, source_digest: str, tokenizer_digest: str) -> str:
     # without --group-by, the key (and the digest runs logged) is what it was before the option existed
     inputs = data.model_dump(exclude={"dataset", "format", "split", *([] if data.group_by else ["group_by"])})
+    inputs["seed"] = inputs.pop("split_seed")  # its name before the training seed had one: the same digest
     inputs.update(version=PREPARE_VERSION, format=fmt, source=source_digest, tokenizer=tokenizer_digest)
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 

@@ -45,7 +45,7 @@ def split_documents(count: int, cfg: DataConfig) -> dict[str, list[int]]:
             "and test splits; give at least 3 documents (raise --max-samples or use more data)"
         )
     order = list(range(count))
-    random.Random(cfg.seed).shuffle(order)
+    random.Random(cfg.split_seed).shuffle(order)
     test = order[: sizes["test"]]
     validation = order[sizes["test"] : sizes["test"] + sizes["validation"]]
     train = order[sizes["test"] + sizes["validation"] :]

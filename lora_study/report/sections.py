@@ -28,8 +28,8 @@ from lora_study.names import (
     PARAM_OBJECTIVES,
     PARAM_PRUNER,
     PARAM_SAMPLER,
-    PARAM_SEED,
     PARAM_SEQ_LEN,
+    PARAM_SPLIT_SEED,
     PARAM_STORAGE,
     SPLITS,
     TAG_MLFLOW_COMMIT,
@@ -234,7 +234,7 @@ def provenance(s: StudyRuns, ui_url: str) -> Section:
         "base model": p.get(PARAM_BASE_MODEL, "?"),
         "base model sha256": p.get(PARAM_BASE_MODEL_SHA256) or "not recorded",
         "dataset": f"{p.get(PARAM_DATASET, '?')} (format {p.get(PARAM_DETECTED_FORMAT, p.get(PARAM_FORMAT, '?'))}, "
-        f"seq_len {p.get(PARAM_SEQ_LEN, '?')}, split seed {p.get(PARAM_SEED, '?')})",
+        f"seq_len {p.get(PARAM_SEQ_LEN, '?')}, split seed {p.get(PARAM_SPLIT_SEED, p.get('seed', '?'))})",
         "prepared data": p.get(PARAM_DATA) or "prepared by the sweep",
         "dataset digest": p.get(PARAM_DATASET_DIGEST) or "not recorded",
         "split sizes": splits or "not recorded",

@@ -125,11 +125,11 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
         configs = to_confirm(study, top)
         candidates = {c.number for c in configs}
         if configs:
-            queue_replicates(study, cfg.explore_replicates, data.seed + 1)  # trained first: the explore noise
+            queue_replicates(study, cfg.explore_replicates, data.split_seed + 1)  # trained first: the explore noise
             for neighbour in queue_neighbours(study, configs[0], space, cfg.neighbour_factors):
                 if all(neighbour.params != c.params for c in configs):  # a top one already
                     configs.append(neighbour)
-            seeds = [data.seed + k for k in range(cfg.confirm_seeds)]
+            seeds = [data.split_seed + k for k in range(cfg.confirm_seeds)]
             enqueue_confirmations(study, configs, seeds, cfg.steps_to_confirm)
         if configs or queued(study):  # replicates, neighbours, confirmations; those of other sweeps
             run_workers(plan, worker, study, CONFIRM)

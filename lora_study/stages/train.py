@@ -96,7 +96,7 @@ def run_train(
     label = tracking.adapter_label(adapter.rank, adapter.target_modules, quantization=adapter.quantization)
     with tracking.stage_run(STAGE_TRAIN, log_system_metrics=True, name=RUN_NAME_TRAIN.format(adapter=label)) as run:
         training.log_inputs(s, data, base)
-        result = training.fine_tune(s, adapter, train, data.seed)
+        result = training.fine_tune(s, adapter, train, train.training_seed)
         if general_text:
             forgot = forgetting.evaluate(result.model, general_text, s.tokenizer.pad_token_id, s.dtype)
             tracking.log_forgetting(forgot, general_text.description)
@@ -229,7 +229,7 @@ def _inputs_digest(s: training.Setup, adapter: AdapterConfig, train: TrainConfig
         "data": s.prepared.meta.digest,
         "base": s.ref.sha256 or s.ref.name,
         "revision": s.ref.revision or "",
-        "seed": data_cfg.seed,
+        "seed": data_cfg.split_seed,  # the split's; the training seed is in `train`
         "adapter": adapter.model_dump(),
         "train": train.model_dump(exclude={"data"}),
     }
@@ -277,7 +277,7 @@ def _train_group(s: training.Setup, key: str, value: str, recipe: Recipe, measur
         with tracking.stage_run(STAGE_TRAIN, nested=True, name=name, **tags) as run:
             training.log_inputs(own, recipe.data, recipe.base)
             tracking.log_params({PARAM_GROUP: value})
-            result = training.fine_tune(own, recipe.adapter, recipe.train, recipe.data.seed)
+            result = training.fine_tune(own, recipe.adapter, recipe.train, recipe.train.training_seed)
             if measured.general_text:
                 text, pad_id = measured.general_text, s.tokenizer.pad_token_id
                 if measured.base_distribution is None:

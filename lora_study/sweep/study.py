@@ -129,7 +129,7 @@ def _storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
 
 def sampler(plan: Plan, worker: int = 0):
     """The sampler every worker of the study draws with (benchmarks/study_replay.py replays it)."""
-    seed = plan.data.seed + worker  # workers draw different trials from the same seed
+    seed = plan.data.split_seed + worker  # workers draw different trials from the same seed
     if plan.space.sampler == "grid":
         return optuna.samplers.GridSampler(plan.space.grid(), seed=seed)
     if plan.space.sampler == "random":

@@ -147,7 +147,7 @@ class Worker:
     def confirm(self, study: optuna.Study) -> None:
         """The confirm phase: the queued (configuration, seed) trials, one at a time, until none is left."""
         # queued trials carry their parameters; a grid sampler would look for its grid point in them
-        study.sampler = optuna.samplers.RandomSampler(seed=self.plan.data.seed)
+        study.sampler = optuna.samplers.RandomSampler(seed=self.plan.data.split_seed)
         self.confirming = True
         while True:
             while study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
@@ -175,13 +175,14 @@ class Worker:
         label = tracking.adapter_label(adapter.rank, adapter.target_modules, train.learning_rate, adapter.quantization)
         trial.set_user_attr(ATTR_LABEL, label)
         started = time.perf_counter()
-        seed = trial.user_attrs.get(ATTR_SEED, plan.data.seed)  # a replicate's is the next seed
+        seed = trial.user_attrs.get(ATTR_SEED, plan.data.split_seed)  # a replicate's is the next seed
         name, tags = RUN_NAME_TRIAL.format(number=trial.number, adapter=label), {}
         if confirming:
             train = train.model_copy(update={"max_steps": plan.sweep.steps_to_confirm, "eval_every": 0})
             seed, config = trial.user_attrs[ATTR_SEED], trial.user_attrs[ATTR_CONFIG]
             name = RUN_NAME_CONFIRM.format(config=config, seed=seed, adapter=label)
             tags = {TAG_STAGE: STAGE_CONFIRM, TAG_CONFIG_TRIAL: str(config), TAG_SEED: str(seed)}
+        train = train.model_copy(update={"training_seed": seed})  # logged with the params: the compare view shows it
         tags.update({TAG_STUDY: plan.study_name, TAG_TRIAL_NUMBER: str(trial.number)})
         for attr, tag in ((ATTR_NEIGHBOUR_OF, TAG_NEIGHBOUR_OF), (ATTR_REPLICATE_OF, TAG_REPLICATE_OF)):
             if attr in trial.user_attrs:
@@ -198,7 +199,7 @@ class Worker:
                     s,
                     adapter,
                     train,
-                    seed,
+                    train.training_seed,
                     on_eval=None if confirming else self._pruning(trial, train.max_steps, prunable=not queued),
                     base_eval_loss=self.base_eval_losses.get(base_key),
                 )

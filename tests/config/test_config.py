@@ -73,9 +73,9 @@ def test_fractions_must_leave_training_documents():
 
 def test_strings_from_mlproject_parse_to_typed_values():
     data, base = parse_sections(
-        (DataConfig, BaseModelConfig), {"seq_len": "512", "trust_remote_code": "true", "seed": "3"}
+        (DataConfig, BaseModelConfig), {"seq_len": "512", "trust_remote_code": "true", "split_seed": "3"}
     )
-    assert (data.seq_len, data.seed, base.trust_remote_code) == (512, 3, True)
+    assert (data.seq_len, data.split_seed, base.trust_remote_code) == (512, 3, True)
 
 
 def test_a_study_name_with_quotes_is_refused_at_the_edge():

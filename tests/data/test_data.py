@@ -163,9 +163,9 @@ def test_long_records_are_truncated_and_prompt_only_ones_dropped(tmp_path, tiny,
 
 def test_the_split_is_by_document_deterministic_and_disjoint(tmp_path, tiny, tokenizer):
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": d} for d in text_docs(40)])
-    first = prepare(tiny, tokenizer, dataset=str(path), seq_len=16, seed=1).meta.documents
-    again = prepare(tiny, tokenizer, dataset=str(path), seq_len=16, seed=1).meta.documents
-    other = prepare(tiny, tokenizer, dataset=str(path), seq_len=16, seed=2).meta.documents
+    first = prepare(tiny, tokenizer, dataset=str(path), seq_len=16, split_seed=1).meta.documents
+    again = prepare(tiny, tokenizer, dataset=str(path), seq_len=16, split_seed=1).meta.documents
+    other = prepare(tiny, tokenizer, dataset=str(path), seq_len=16, split_seed=2).meta.documents
     assert first == again and first != other
     for split in (first, other):
         assert sorted(split["train"] + split["validation"] + split["test"]) == list(range(40))
@@ -299,7 +299,7 @@ def test_an_instruction_record_sharing_a_span_is_dropped(tmp_path, tiny, tokeniz
     outputs = [shared] * 3 + [random_words(30, rng) for _ in range(9)]
     records = [{"instruction": f"Quote passage {i}.", "output": output} for i, output in enumerate(outputs)]
     path = write_jsonl(tmp_path / "a.jsonl", records)
-    prepared = prepare(tiny, tokenizer, dataset=str(path), seq_len=128, decontaminate_ngram=20, seed=3)
+    prepared = prepare(tiny, tokenizer, dataset=str(path), seq_len=128, decontaminate_ngram=20, split_seed=3)
     quoting = [i for i in prepared.meta.documents["train"] if i < 3]
     held_out = [i for split in ("validation", "test") for i in prepared.meta.documents[split] if i < 3]
     assert quoting and held_out, "the seed puts the quoted passage on both sides"

@@ -25,7 +25,7 @@ def test_each_setting_that_changes_the_test_data_is_named(tiny, tokenizer):
     one = basis_of(tiny, tokenizer)
     cases = {
         "seq_len 32 vs 48": dict(seq_len=48),
-        "split seed 0 vs 1": dict(seed=1),
+        "split seed 0 vs 1": dict(split_seed=1),
         "test_fraction 0.1 vs 0.2": dict(test_fraction=0.2),
         "val_fraction 0.1 vs 0.2": dict(val_fraction=0.2),
         "decontaminate_ngram 50 vs 0": dict(decontaminate_ngram=0),

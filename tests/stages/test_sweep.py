@@ -186,8 +186,11 @@ def test_the_best_configurations_are_confirmed_with_seeds_and_the_rule_picks_one
         assert run.data.params["max_steps"] == "6" and run.data.params["eval_every"] == "0"  # 3x --max-steps
         assert {"test_perplexity", "base_test_perplexity", "forgetting_kl"} <= set(run.data.metrics)
     by_config = {c: [r for r in confirmation if r.data.tags["config_trial"] == str(c)] for c in configs}
-    # seeds change the adapter: two seeds of one configuration differ
+    # seeds change the adapter: two seeds of one configuration differ, and their params say which seed trained each
     assert all(len({r.data.metrics["test_perplexity"] for r in seeded}) == 2 for seeded in by_config.values())
+    for seeded in by_config.values():
+        assert sorted(r.data.params["training_seed"] for r in seeded) == ["0", "1"]
+        assert {r.data.params["split_seed"] for r in seeded} == {"0"}
     client = mlflow.MlflowClient()
     versions = client.search_model_versions(f"name = '{registered(tmp_path)}'")
     assert sorted(int(v.tags["config_trial"]) for v in versions) == sorted(configs)

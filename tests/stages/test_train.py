@@ -54,6 +54,18 @@ def test_train_logs_every_name_the_study_reads(mlflow_experiment, monkeypatch):
     assert any(name.startswith("system/cpu_utilization") for name in metrics)
 
 
+def test_the_training_seed_changes_the_adapter_and_not_the_split_and_both_seeds_are_params(mlflow_experiment):
+    base = ["train", "--base-model", "tiny", "--max-steps", "2", "--batch-size", "4", "--seq-len", "32"]
+    base += ["--max-samples", "15", "--eval-every", "0", "--forgetting-data", "none"]
+    for seed in ("0", "1"):
+        assert cli.main([*base, "--training-seed", seed]) == 0
+    first, second = sorted(runs(mlflow_experiment), key=lambda run: run.data.params["training_seed"])
+    assert (first.data.params["training_seed"], second.data.params["training_seed"]) == ("0", "1")
+    assert first.data.params["split_seed"] == second.data.params["split_seed"] == "0"
+    assert first.data.params["dataset_digest"] == second.data.params["dataset_digest"]  # the same split
+    assert first.data.metrics["eval_loss"] != second.data.metrics["eval_loss"]  # another adapter
+
+
 def test_data_from_a_prepare_run_is_taken_by_runs_uri(mlflow_experiment):
     prepare_id = run_prepare(TINY_DATA, TINY_BASE)
     train = TrainConfig(max_steps=3, batch_size=4, eval_every=0, data=f"runs:/{prepare_id}")
