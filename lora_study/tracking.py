@@ -193,9 +193,10 @@ def child_runs(parent_run_id: str) -> list:
 
 
 def ui_run_link(experiment_id: str, run_id: str, artifact: str = "") -> str:
-    """The UI page of a run, or of one of its artifacts (MLflow 3.17's routes)."""
+    """The UI page of a run, or of one of its artifacts (MLflow 3.17's routes), on the
+    model-training view: a run page opens on the GenAI view too unless its address says so."""
     page = f"#/experiments/{experiment_id}/runs/{run_id}"
-    return f"{page}/artifacts/{artifact}" if artifact else page
+    return f"{page}/artifacts/{artifact}?{UI_TRAINING_VIEW}" if artifact else f"{page}?{UI_TRAINING_VIEW}"
 
 
 def ui_experiment_link(experiment_id: str) -> str:
@@ -204,7 +205,8 @@ def ui_experiment_link(experiment_id: str) -> str:
 
 
 def ui_version_link(name: str, version: str) -> str:
-    return f"#/models/{name}/versions/{version}"
+    """A registered version's page, its menu that of model training (not prompts and gateways)."""
+    return f"#/models/{name}/versions/{version}?{UI_TRAINING_VIEW}"
 
 
 def report_link(experiment_id: str, parent_run_id: str) -> str:

@@ -62,6 +62,13 @@ def browse(page: str, screenshot, profile) -> str:
     return chromium(page, screenshot, width=1400, height=1000, render_ms=RENDER_MS, profile=profile)
 
 
+def genai_menu(dom: str) -> bool:
+    """Whether the page's side menu is MLflow 3.17's GenAI one (judges, sessions, prompts), not
+    model training's (runs, models, model registry)."""
+    menu = re.sub(r"<[^>]+>", "\n", dom.split("</nav>")[0] if "</nav>" in dom else dom)
+    return any(item in menu.split("\n") for item in ("Judges", "Sessions", "Prompts", "AI Gateway"))
+
+
 def assert_rendered(screenshot):
     """The screenshot is of a drawn page (text, icons, tables), not a blank or half-loaded one."""
     rgb = np.asarray(Image.open(screenshot).convert("RGB"))
@@ -111,14 +118,23 @@ def test_a_sweep_opens_in_mlflow_ui_as_model_training_with_named_runs_and_descri
         number = version["version"]
         description = version["description"]
         assert "Test perplexity " in description
-        assert f"(#/experiments/{experiment_id}/runs/{version['run_id']})" in description
-        assert f"(#/models/{MODEL}/versions/{number})" in tags(parent["data"])["mlflow.note.content"]
+        run_page = f"#/experiments/{experiment_id}/runs/{version['run_id']}?workflowType=machine_learning"
+        assert f"({run_page})" in description
+        version_page = f"#/models/{MODEL}/versions/{number}?workflowType=machine_learning"
+        assert f"({version_page})" in tags(parent["data"])["mlflow.note.content"]
 
         # --- what a browser shows --------------------------------------------------------------
-        dom = browse(f"{url}/#/models/{MODEL}/versions/{number}", tmp_path / "version.png", tmp_path / "profile-1")
+        dom = browse(f"{url}/{version_page}", tmp_path / "version.png", tmp_path / "profile-1")
         assert_rendered(tmp_path / "version.png")
         assert f"<title>{MODEL} v{number} - MLflow</title>" in dom
         assert "Test perplexity " in dom and "Description" in dom
+        assert not genai_menu(dom)
+
+        # the run the version's description links to, followed in a browser that never chose a view
+        dom = browse(f"{url}/{run_page}", tmp_path / "run.png", tmp_path / "profile-3")
+        assert_rendered(tmp_path / "run.png")
+        assert f"<title>Run {version['run_id']} - MLflow</title>" in dom and "Model metrics" in dom
+        assert not genai_menu(dom), "the run page opened on MLflow's GenAI view"
 
         assert experiment_page == f"#/experiments/{experiment_id}?workflowType=machine_learning"
         dom = browse(f"{url}/{experiment_page}", tmp_path / "experiment.png", tmp_path / "profile-2")

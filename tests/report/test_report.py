@@ -270,7 +270,7 @@ def test_every_trial_is_one_row_linked_to_its_run_with_only_the_columns_that_var
     assert list(table.frame.trial_number) == list(range(8))
     assert "quantization" not in table.frame and "dropout" not in table.frame  # the same in every row
     assert {"phase", "rank", "learning_rate", "test_perplexity", "seed"} <= set(table.frame)
-    assert table.links["trial_number"][0] == "http://ui:5000/#/experiments/7/runs/r0"
+    assert table.links["trial_number"][0] == "http://ui:5000/#/experiments/7/runs/r0?workflowType=machine_learning"
 
 
 def test_provenance_names_the_base_the_data_the_machine_and_the_commands():
@@ -295,7 +295,7 @@ def test_html_is_one_self_contained_page_and_markdown_its_twin():
     markdown, figures = render.to_markdown(s, sections, "figures")
     assert set(figures) == {"tradeoffs.svg", "optimization_history.svg"}
     assert "![Perplexity against each cost](figures/tradeoffs.svg)" in markdown
-    assert "| [0](http://127.0.0.1:5000/#/experiments/7/runs/r0) |" in markdown
+    assert "| [0](http://127.0.0.1:5000/#/experiments/7/runs/r0?workflowType=machine_learning) |" in markdown
     assert markdown.index("## The answer") < markdown.index("## Trade-offs") < markdown.index("## Provenance")
 
 

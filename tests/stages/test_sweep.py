@@ -236,11 +236,11 @@ def test_the_best_configurations_are_confirmed_with_seeds_and_the_rule_picks_one
     note = parent.data.tags["mlflow.note.content"]
     assert note.startswith(parent.data.tags["lora_study.recommendation"])
     for version in versions:
-        assert f"(#/models/{version.name}/versions/{version.version})" in note
+        assert f"(#/models/{version.name}/versions/{version.version}?workflowType=machine_learning)" in note
         run = mlflow.get_run(version.run_id)
         assert version.source.startswith("models:/m-")
         assert f"Test perplexity {version.tags['test_perplexity_mean']} +- " in version.description
-        assert f"(#/experiments/{mlflow_experiment}/runs/{run.info.run_id})" in version.description
+        assert f"(#/experiments/{mlflow_experiment}/runs/{run.info.run_id}?workflowType=machine_learning)" in version.description
         assert f"/runs/{parent.info.run_id}/artifacts/report/report.html" in version.description
     # a line per step and per trial; no warning a user cannot act on
     err = captured.err.splitlines()
