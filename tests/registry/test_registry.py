@@ -96,7 +96,8 @@ def test_a_version_is_registered_from_its_logged_model_with_a_description_of_it(
         "base_model.json). Not on lorax: not a lora-study adapter (its model holds no adapter_config.json and "
         "base_model.json).",
         "",
-        f"Logged by the run [{run.info.run_name}](#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning).",
+        f"Logged by the run [{run.info.run_name}](#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        "?workflowType=machine_learning).",
     ]
 
 

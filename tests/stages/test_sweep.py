@@ -240,7 +240,8 @@ def test_the_best_configurations_are_confirmed_with_seeds_and_the_rule_picks_one
         run = mlflow.get_run(version.run_id)
         assert version.source.startswith("models:/m-")
         assert f"Test perplexity {version.tags['test_perplexity_mean']} +- " in version.description
-        assert f"(#/experiments/{mlflow_experiment}/runs/{run.info.run_id}?workflowType=machine_learning)" in version.description
+        run_page = f"#/experiments/{mlflow_experiment}/runs/{run.info.run_id}?workflowType=machine_learning"
+        assert f"({run_page})" in version.description
         assert f"/runs/{parent.info.run_id}/artifacts/report/report.html" in version.description
     # a line per step and per trial; no warning a user cannot act on
     err = captured.err.splitlines()
