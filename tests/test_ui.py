@@ -14,7 +14,7 @@ import pytest
 from conftest import chromium, free_port, server_process
 from PIL import Image
 
-from lora_study import cli
+from lora_study import cli, registry
 
 SPACE = """
 sampler: random
@@ -149,3 +149,20 @@ def test_a_sweep_opens_in_mlflow_ui_as_model_training_with_named_runs_and_descri
         assert not genai_overview, "the experiment opened on MLflow's GenAI overview, not on model training"
         assert f"<title>Runs - Experiment {experiment_id} - MLflow</title>" in dom
         assert f"sweep {STUDY}" in dom
+
+        # --- the registered model's page after 20 alias moves: its versions, not the history -------
+        (trial,) = [run for run in found if run["info"]["run_name"].startswith("trial-0 ")]
+        other = registry.register(f"runs:/{trial['info']['run_id']}/adapter", MODEL, {}).version
+        for move in range(20):
+            registry.set_alias(MODEL, "moved", (number, other)[move % 2], f"move {move}")
+        model_page = f"#/models/{MODEL}?workflowType=machine_learning"
+        dom = browse(f"{url}/{model_page}", tmp_path / "model.png", tmp_path / "profile-4")
+        assert_rendered(tmp_path / "model.png")
+        assert f"<title>Model: {MODEL} - MLflow</title>" in dom
+        shown = re.sub(r"<(style|script|title)[^>]*>.*?</\1>", "", dom, flags=re.S)
+        text = [line.strip() for line in re.sub(r"<[^>]+>", "\n", shown).split("\n") if line.strip()]
+        above_versions = text[: text.index("Versions")]
+        assert any(line.startswith("LoRA adapters over") for line in above_versions)  # its description
+        assert not [line for line in above_versions if "alias_move" in line]  # the history is on versions
+        assert {f"Version {number}", f"Version {other}"} <= set(text[text.index("Versions") :])
+        assert [m.why for m in registry.alias_history(MODEL) if m.alias == "moved"] == [f"move {k}" for k in range(20)]

@@ -59,6 +59,45 @@ def describe(name: str, version: str) -> None:
     client.set_model_version_tag(name, version, TAG_DESCRIPTION_DIGEST, _digest(text))
 
 
+def describe_model(name: str) -> None:
+    """Write the registered model's description (the first lines of its page) from its versions,
+    unless a person has written or edited it since."""
+    client = mlflow.MlflowClient()
+    model = client.get_registered_model(name)
+    if model.description and _digest(model.description) != model.tags.get(TAG_DESCRIPTION_DIGEST):
+        return
+    text = model_description(name, client.search_model_versions(f"name = '{name}'"))
+    client.update_registered_model(name, description=text)
+    client.set_registered_model_tag(name, TAG_DESCRIPTION_DIGEST, _digest(text))
+
+
+def model_description(name: str, versions: list) -> str:
+    """What the registered model is, the studies that registered it, how to serve it, and where
+    the history of its aliases is."""
+    bases = sorted({v.tags[TAG_BASE_MODEL] for v in versions if v.tags.get(TAG_BASE_MODEL)})
+    studies = sorted({v.tags[TAG_STUDY] for v in versions if v.tags.get(TAG_STUDY)})
+    over = f" over {', '.join(f'`{base}`' for base in bases)}" if bases else ""
+    lines = [
+        f"LoRA adapters{over}, registered by lora-study. Each version is an adapter of a few MB that names its "
+        "base by name and sha256; its description and tags say how it was trained and on which test data its "
+        "test perplexity was measured.",
+        "",
+        f"Studies: {', '.join(f'`{study}`' for study in studies)} (`lora-study report <study>`)."
+        if studies
+        else "Registered by `lora-study train` (no study).",
+        "",
+        "Aliases: `champion` moves only to a version better on the same test data (`lora-study promote`); "
+        "`challenger` is the best a sweep found; `study-<name>` is each study's answer; `group-<key>` each "
+        "group's adapter.",
+        "",
+        f"Serve: `lora-study serve models:/{name}@champion`; on another host "
+        f"`mlflow models serve -m models:/{name}@champion` (a version carries its code and requirements).",
+        "",
+        f"History of alias moves: `lora-study versions {name}` (each move is a tag on the version it moved to).",
+    ]
+    return "\n".join(lines)
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

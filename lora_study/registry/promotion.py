@@ -93,18 +93,25 @@ def _now() -> str:
 
 
 def _record_move(name: str, move: AliasMove) -> None:
+    """A tag on the version the alias moved to: the registered model's page lists its own tags
+    above its versions, and a model-level tag per move (as lora-study wrote them before) buried
+    the versions under the history after a few studies."""
     key = f"{TAG_ALIAS_MOVE_PREFIX}{move.alias}.{time.time_ns() // 1_000_000}"
     fields = {field: value for field, value in move.__dict__.items() if field != "ms"}
-    mlflow.MlflowClient().set_registered_model_tag(name, key, json.dumps(fields))
+    mlflow.MlflowClient().set_model_version_tag(name, move.after, key, json.dumps(fields))
 
 
 def alias_history(name: str) -> list[AliasMove]:
-    """Every recorded move of the model's aliases, oldest first. Sweeps that set one alias at the
-    same moment may each record the same move: it is listed once."""
+    """Every recorded move of the model's aliases, oldest first: from its versions' tags (and the
+    model's own, where earlier lora-study versions recorded them). Sweeps that set one alias at
+    the same moment may each record the same move: it is listed once."""
+    client = mlflow.MlflowClient()
     try:
-        tags = mlflow.MlflowClient().get_registered_model(name).tags
+        tags = dict(client.get_registered_model(name).tags)
     except MlflowException as error:
         raise UserInputError(f"{name}: {error.message}") from None
+    for version in client.search_model_versions(f"name = '{name}'"):
+        tags.update(version.tags)
     keys = [key for key in tags if key.startswith(TAG_ALIAS_MOVE_PREFIX) and key.rsplit(".", 1)[1].isdigit()]
     moves = []
     for key in sorted(keys, key=lambda key: int(key.rsplit(".", 1)[1])):

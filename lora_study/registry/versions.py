@@ -16,7 +16,7 @@ from lora_study.names import (
     TAG_TRIAL_NUMBER,
 )
 from lora_study.registry import servability
-from lora_study.registry.descriptions import describe
+from lora_study.registry.descriptions import describe, describe_model
 from lora_study.registry.measured import measured_tags
 
 
@@ -53,6 +53,7 @@ def register(model_uri: str, name: str, tags: dict):
             return client.get_model_version(name, first.version)
     tag_version(name, version.version, servability.tags(manifest(version)))
     describe(name, version.version)
+    describe_model(name)
     return client.get_model_version(name, version.version)
 
 

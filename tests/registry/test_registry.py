@@ -2,6 +2,7 @@
 versions table, against a real registry."""
 
 import dataclasses
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import mlflow
@@ -176,6 +177,38 @@ def test_alias_history_lists_each_move_once_with_who_when_and_why():
     ]
     assert moves[3].why == f"sweep b won: test_perplexity 13.1 vs 14.9 of version {first}"
     assert moves[0].by and moves[0].at.endswith("+00:00") and moves[0].at <= moves[3].at
+    # each move is a tag of the version it moved to; the model's own tags, shown above its versions, hold none
+    client = mlflow.MlflowClient()
+    assert not [key for key in client.get_registered_model("history").tags if "alias_move" in key]
+    moved_here = [key for key in client.get_model_version("history", second).tags if "alias_move" in key]
+    assert sorted(key.split(".")[2] for key in moved_here) == ["challenger", "champion"]
+    # a move recorded on the model, as lora-study did before, is still read, in its place in time
+    old = json.dumps(
+        {
+            "alias": "legacy",
+            "before": None,
+            "after": first,
+            "at": "2026-01-01T00:00:00+00:00",
+            "by": "someone",
+            "why": "before the history moved to versions",
+            "target": "mlflow",
+        }
+    )
+    client.set_registered_model_tag("history", "lora_study.alias_move.legacy.1767225600000", old)
+    assert [m.alias for m in registry.alias_history("history")][0] == "legacy"
+
+
+def test_a_registered_model_describes_itself_and_a_persons_edit_stands():
+    register_echo("described", test_perplexity="14.9")
+    client = mlflow.MlflowClient()
+    text = client.get_registered_model("described").description
+    assert text.startswith("LoRA adapters")
+    assert "Serve: `lora-study serve models:/described@champion`" in text
+    assert "`mlflow models serve -m models:/described@champion`" in text
+    assert "History of alias moves: `lora-study versions described`" in text
+    client.update_registered_model("described", description="ours")
+    register_echo("described", test_perplexity="13.1")
+    assert client.get_registered_model("described").description == "ours"
 
 
 def test_sweeps_advancing_one_alias_at_once_leave_it_on_the_best():
