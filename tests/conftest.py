@@ -316,3 +316,65 @@ def chromium(
     url = page if isinstance(page, str) else page.resolve().as_uri()
     subprocess.run([*flags, f"--screenshot={screenshot}", url], check=True, capture_output=True, timeout=120)
     return subprocess.run([*flags, "--dump-dom", url], check=True, capture_output=True, text=True, timeout=120).stdout
+
+
+def chromium_evaluate(page: Path, expression: str, width: int = 1100, height: int = 2200):
+    """Open `page` in headless Chromium at `width` x `height` and return what the JavaScript
+    `expression` evaluates to there, as JSON values: layout a screenshot cannot measure (a
+    table's width against its box, a row's height). The DevTools protocol over
+    `--remote-debugging-pipe`: JSON messages ending in NUL, Chromium reading fd 3 and writing fd 4."""
+    to_browser, browser_in = os.pipe()
+    browser_out, from_browser = os.pipe()
+
+    def as_fds_3_and_4():
+        os.dup2(to_browser, 3)
+        os.dup2(from_browser, 4)
+        for fd in (3, 4):  # a pipe's own fd may already be 3: dup2 onto itself keeps it close-on-exec
+            os.set_inheritable(fd, True)
+
+    argv = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe"]
+    argv += [f"--window-size={width},{height}", "about:blank"]
+    browser = subprocess.Popen(
+        argv, preexec_fn=as_fds_3_and_4, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    os.close(to_browser)
+    os.close(from_browser)
+    received, ids = b"", iter(range(1, 1000))
+
+    def call(method: str, session: str | None = None, **params) -> dict:
+        nonlocal received
+        number = next(ids)
+        message = {"id": number, "method": method, "params": params, **({"sessionId": session} if session else {})}
+        os.write(browser_in, json.dumps(message).encode() + b"\0")
+        while True:
+            while b"\0" not in received:
+                chunk = os.read(browser_out, 1 << 16)
+                assert chunk, "Chromium closed its DevTools pipe"
+                received += chunk
+            line, received = received.split(b"\0", 1)
+            answer = json.loads(line)
+            if answer.get("id") == number:
+                assert "error" not in answer, answer["error"]
+                return answer["result"]
+
+    try:
+        target = call("Target.createTarget", url=page.resolve().as_uri(), width=width, height=height)["targetId"]
+        session = call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        size = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+        call("Emulation.setDeviceMetricsOverride", session, **size)
+
+        def evaluate(script: str) -> dict:
+            return call("Runtime.evaluate", session, expression=script, returnByValue=True)
+
+        deadline = time.time() + 30
+        while evaluate("document.readyState")["result"]["value"] != "complete":
+            assert time.time() < deadline, f"{page} did not finish loading"
+            time.sleep(0.1)
+        found = evaluate(expression)
+        assert "exceptionDetails" not in found, found["exceptionDetails"]
+        return found["result"]["value"]
+    finally:
+        browser.kill()
+        browser.wait()
+        os.close(browser_in)
+        os.close(browser_out)

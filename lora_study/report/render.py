@@ -46,16 +46,52 @@ class Section:
     blocks: list  # str (a paragraph), Heading, Items, Table, Figure or Code
 
 
+# A table wider than the page scrolls inside its own box, each row one line; a two-column table
+# (a name and its value) wraps its values instead.
 STYLE = """
 body { font: 15px/1.5 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; } h3 { margin-bottom: 0.2em; }
 .table { overflow-x: auto; } table { border-collapse: collapse; margin: 0.8em 0; font-size: 13px; }
-th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; } td.n { text-align: right; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; } td.n { text-align: right; }
+td { white-space: nowrap; } table.pairs td { white-space: normal; }
 th { background: #f3f3f3; }
 .answer { font-size: 1.15em; background: #eef6ee; border-left: 4px solid #3a3; padding: 0.6em 1em; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 13px; }
 svg { max-width: 100%; height: auto; } nav a { margin-right: 1em; }
 """
+
+
+# Column names as a person reads them, with units: the report's tables keep MLflow's names in
+# their frames (and in the tables logged beside the report); only the page shows these.
+HEADINGS = {
+    "config_trial": "configuration (trial)",
+    "trial_number": "trial",
+    "target_modules": "target modules",
+    "learning_rate": "learning rate",
+    "eval_perplexity": "validation perplexity",
+    "test_perplexity": "test perplexity",
+    "test_perplexity_mean": "test perplexity, mean",
+    "test_perplexity_std": "test perplexity, seed std",
+    "test_perplexity_stderr": "test perplexity, std error",
+    "trainable_params": "trainable parameters",
+    "peak_memory_mb": "peak memory (MB)",
+    "forgetting_kl": "forgetting: KL (nats/token)",
+    "forgetting_loss_delta": "forgetting: loss change",
+    "train_tokens_per_s": "training tokens/s",
+    "adapter_size_mb": "adapter size (MB)",
+    "update_energy_rank_90_median": "update: 90%-energy directions (median)",
+    "update_effective_rank_median": "update: effective rank (median)",
+    "duration_s": "duration (s)",
+    "use_dora": "DoRA",
+    "use_rslora": "rsLoRA",
+    "alpha_per_rank": "alpha / rank",
+}
+
+
+def heading(column) -> str:
+    """A column's heading on the page: its words (`HEADINGS`), else its name with spaces."""
+    name = str(column)
+    return HEADINGS.get(name, name.replace("_", " "))
 
 
 def title(study: StudyRuns) -> str:
@@ -95,7 +131,7 @@ def _html_section(section: Section) -> str:
 
 
 def _html_table(table: Table) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.frame.columns)
+    head = "".join(f"<th>{html.escape(heading(c))}</th>" for c in table.frame.columns)
     rows = []
     for i, (_, row) in enumerate(table.frame.iterrows()):
         cells = []
@@ -106,7 +142,8 @@ def _html_table(table: Table) -> str:
             numeric = isinstance(value, numbers.Real) and not isinstance(value, bool)
             cells.append(f'<td class="n">{text}</td>' if numeric else f"<td>{text}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f'<div class="table"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+    kind = ' class="pairs"' if len(table.frame.columns) <= 2 else ""
+    return f'<div class="table"><table{kind}><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
 def to_markdown(study: StudyRuns, sections: list[Section], figures_dir: str) -> tuple[str, dict[str, str]]:
@@ -141,7 +178,7 @@ def _markdown_table(table: Table) -> list[str]:
         "| " + " | ".join(cell(c, i, v) for c, v in row.items()) + " |"
         for i, (_, row) in enumerate(table.frame.iterrows())
     ]
-    return ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns), *rows]
+    return ["| " + " | ".join(map(heading, columns)) + " |", "|" + "---|" * len(columns), *rows]
 
 
 def cell_text(value) -> str:

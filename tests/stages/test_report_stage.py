@@ -2,10 +2,12 @@
 its parent run, rendered by a real headless Chromium; `lora-study report` by study name, run
 and registered version; `mlflow run -e report`; and a study that does not exist."""
 
+import json
+
 import mlflow
 import numpy as np
 import pytest
-from conftest import chromium, mlflow_run
+from conftest import chromium, chromium_evaluate, mlflow_run
 from PIL import Image
 
 from lora_study import cli
@@ -62,6 +64,34 @@ def test_the_sweep_leaves_its_report_on_the_parent_run_and_a_browser_shows_it(sw
     assert pixels.shape == (2400, 1100)
     assert (pixels < 200).mean() > 0.02 and pixels.std() > 20  # text, tables and figures, not a blank page
     assert page.endswith("report.html")
+
+
+# Each table of the page, as laid out at 1100 x 2200: its box's right edge, its width against the
+# box's, whether the box scrolls, its headings, and each body row's height.
+TABLE_LAYOUT = """JSON.stringify(Array.from(document.querySelectorAll("div.table")).map(box => {
+  const table = box.querySelector("table");
+  return {right: box.getBoundingClientRect().right, width: table.scrollWidth, box: box.clientWidth,
+          scrolls: getComputedStyle(box).overflowX === "auto",
+          headings: Array.from(table.tHead.rows[0].cells).map(cell => cell.textContent),
+          rows: Array.from(table.tBodies[0].rows).map(row => row.getBoundingClientRect().height)};
+}))"""
+
+
+def test_the_report_reads_like_a_page_at_1100_pixels(swept, tmp_path):
+    """Nothing cut off: every table fits the window or scrolls inside its own box; headings are
+    words; rows of a table with more than two columns are one line tall."""
+    mlflow.artifacts.download_artifacts(f"runs:/{swept.info.run_id}/report/report.html", dst_path=str(tmp_path))
+    tables = json.loads(chromium_evaluate(tmp_path / "report.html", TABLE_LAYOUT, width=1100, height=2200))
+    assert len(tables) >= 6
+    one_line = min(height for table in tables for height in table["rows"])
+    for table in tables:
+        assert table["right"] <= 1100, table["headings"]
+        assert table["width"] <= table["box"] or table["scrolls"], table["headings"]
+        assert not [h for h in table["headings"] if "_" in h], table["headings"]
+        if len(table["headings"]) > 2:
+            assert max(table["rows"]) < 1.5 * one_line, (table["headings"], table["rows"])
+    headings = {h for table in tables for h in table["headings"]}
+    assert {"test perplexity, mean", "trainable parameters", "peak memory (MB)"} <= headings
 
 
 def test_report_by_study_name_version_or_run_writes_the_page_to_output(swept, tmp_path, capsys):
