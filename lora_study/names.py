@@ -30,6 +30,8 @@ RUN_NAME_EVALUATE = "evaluate {model_uri}"
 RUN_NAME_MERGE = "merge {model_uri}"
 RUN_NAME_REPORT = "report {study}"
 RUN_NAME_SWEEP = "sweep {study}"
+# A run made for a sweep (or `train --group-by`) that continued its parent, nested under it
+RUN_NAME_INVOCATION = "{parent_name}: continued in this parent run"
 RUN_NAME_TRIAL = "trial-{number} {adapter}"
 
 # --- tags ----------------------------------------------------------------------------------

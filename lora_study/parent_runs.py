@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import mlflow
 
 from lora_study.names import (
+    RUN_NAME_INVOCATION,
     RUN_NAME_SWEEP,
     STAGE_SWEEP,
     STAGE_SWEEP_INVOCATION,
@@ -22,6 +23,7 @@ from lora_study.names import (
     TAG_GROUPS_INPUTS,
     TAG_HEARTBEAT,
     TAG_MLFLOW_ENTRY_POINT,
+    TAG_MLFLOW_PARENT_RUN,
     TAG_MLFLOW_PROJECT_ENV,
     TAG_STAGE,
     TAG_STUDY,
@@ -58,14 +60,22 @@ def first_made(runs: list):
     return min(runs, key=lambda run: (run.info.start_time, run.info.run_id), default=None)
 
 
-def elect_study_run(study: str, storage: str, settle_s: float) -> str:
+def elect_study_run(study: str, storage: str, settle_s: float, candidate: str | None = None) -> str:
     """The parent run of a study that has none. Sweeps that start the study together (a machine
-    each) each make a candidate, wait `settle_s` for the others' to land, and all take the first
-    made (`study_run`); a losing candidate becomes a pointer to the winner, ended FINISHED."""
+    each) each propose a candidate, wait `settle_s` for the others' to land, and all take the first
+    made (`study_run`); a losing candidate becomes a pointer to the winner, ended FINISHED. The
+    candidate is the run `mlflow run` made for this sweep (`candidate`) where there is one, so that
+    a new study is one run in the experiment, not that run beside a parent; else a new run."""
     experiment_id = mlflow.tracking.fluent._get_experiment_id()
     tags = {TAG_STUDY: study, TAG_STUDY_STORAGE: storage, TAG_STAGE: STAGE_SWEEP}
-    mine = mlflow.MlflowClient().create_run(experiment_id, tags=tags, run_name=RUN_NAME_SWEEP.format(study=study))
-    mine = mine.info.run_id
+    client, name = mlflow.MlflowClient(), RUN_NAME_SWEEP.format(study=study)
+    if candidate and client.get_run(candidate).info.experiment_id == experiment_id:
+        for key, value in tags.items():
+            client.set_tag(candidate, key, value)
+        client.update_run(candidate, name=name)
+        mine = candidate
+    else:
+        mine = client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
     time.sleep(settle_s)
     elected = study_run(study, storage)
     if elected is None or elected.info.run_id == mine:  # None: the others' were deleted meanwhile
@@ -127,6 +137,9 @@ def mark_invocation(run_id: str, parent_run_id: str, stage: str = STAGE_SWEEP_IN
     client = mlflow.MlflowClient()
     client.set_tag(run_id, TAG_STAGE, stage)
     client.set_tag(run_id, TAG_STUDY_RUN, parent_run_id)
+    # nested under the parent it continued: the experiment's table shows the study as one row
+    client.set_tag(run_id, TAG_MLFLOW_PARENT_RUN, parent_run_id)
+    client.update_run(run_id, name=RUN_NAME_INVOCATION.format(parent_name=client.get_run(parent_run_id).info.run_name))
 
 
 def fail_run(run_id: str, reason: str, **tags: str) -> None:
@@ -179,10 +192,11 @@ def groups_run(inputs: str):
     return first_made(found)
 
 
-def of_study(study: str, storage: str) -> str:
+def of_study(study: str, storage: str, invocation: str | None = None) -> str:
     """The id of the study's parent run: the one an earlier sweep of it made, which this sweep
-    continues, else one elected now (`elect_study_run`)."""
-    return continued_study_run(study, storage) or elect_study_run(study, storage, ELECTION_S)
+    continues, else one elected now (`elect_study_run`; `invocation`, the run `mlflow run` made
+    for this sweep, is its candidate)."""
+    return continued_study_run(study, storage) or elect_study_run(study, storage, ELECTION_S, invocation)
 
 
 def continued_study_run(study: str, storage: str) -> str | None:

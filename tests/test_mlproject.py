@@ -49,8 +49,8 @@ def test_train_then_merge_entry_points_finish_and_log_their_models(mlflow_experi
 
 
 def test_sweeping_a_study_again_continues_its_parent_run(mlflow_experiment, tmp_path):
-    """`mlflow run -e sweep` twice: one parent run holds both sweeps' trials; the runs `mlflow run`
-    made point at it."""
+    """`mlflow run -e sweep` twice: the first run `mlflow run` made is the new study's parent and
+    holds both sweeps' trials; the second, nested under it, points at it: one row at the top."""
     params = dict(base_model="tiny", max_samples=15, seq_len=32, n_trials=1, max_steps=2, eval_every=1)
     params |= dict(confirm_top=0, study_name="again", storage=f"sqlite:///{tmp_path}/optuna.db")
     for n_trials in (1, 2):
@@ -58,9 +58,12 @@ def test_sweeping_a_study_again_continues_its_parent_run(mlflow_experiment, tmp_
         assert done.returncode == 0, done.stderr[-2000:]
     every = runs(mlflow_experiment)
     (parent,) = [r for r in every if r.data.tags["lora_study.stage"] == "sweep"]
-    invocations = [r for r in every if r.data.tags["lora_study.stage"] == "sweep_invocation"]
-    assert len(invocations) == 2 and {r.data.tags["lora_study.study_run"] for r in invocations} == {parent.info.run_id}
-    assert parent.info.status == "FINISHED" and {r.info.status for r in invocations} == {"FINISHED"}
+    assert parent.data.tags["mlflow.project.entryPoint"] == "sweep" and parent.info.run_name == "sweep again"
+    (invocation,) = [r for r in every if r.data.tags["lora_study.stage"] == "sweep_invocation"]
+    assert invocation.data.tags["lora_study.study_run"] == invocation.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert invocation.info.run_name == "sweep again: continued in this parent run"
+    assert parent.info.status == invocation.info.status == "FINISHED"
+    assert [r for r in every if "mlflow.parentRunId" not in r.data.tags] == [parent]  # one row at the top
     trials = [r for r in every if r.data.tags["lora_study.stage"] == "trial"]
     assert len(trials) == 2 and {r.data.tags["mlflow.parentRunId"] for r in trials} == {parent.info.run_id}
 

@@ -88,7 +88,7 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
     # The run `mlflow run` made for this sweep, if any: out of the environment, or trials (and
     # workers) would take it up. It points at the study's parent run.
     invocation = os.environ.pop("MLFLOW_RUN_ID", None)
-    study_run = parent_runs.of_study(study_name, masked(plan.storage))
+    study_run = parent_runs.of_study(study_name, masked(plan.storage), invocation)
 
     with (
         tracking.stage_run(
