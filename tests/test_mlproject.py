@@ -60,7 +60,8 @@ def test_sweeping_a_study_again_continues_its_parent_run(mlflow_experiment, tmp_
     (parent,) = [r for r in every if r.data.tags["lora_study.stage"] == "sweep"]
     assert parent.data.tags["mlflow.project.entryPoint"] == "sweep" and parent.info.run_name == "sweep again"
     (invocation,) = [r for r in every if r.data.tags["lora_study.stage"] == "sweep_invocation"]
-    assert invocation.data.tags["lora_study.study_run"] == invocation.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    points_at = (invocation.data.tags["lora_study.study_run"], invocation.data.tags["mlflow.parentRunId"])
+    assert points_at == (parent.info.run_id, parent.info.run_id)
     assert invocation.info.run_name == "sweep again: continued in this parent run"
     assert parent.info.status == invocation.info.status == "FINISHED"
     assert [r for r in every if "mlflow.parentRunId" not in r.data.tags] == [parent]  # one row at the top
