@@ -12,6 +12,7 @@ import time
 from contextlib import contextmanager
 
 import mlflow
+from mlflow.entities import RunTag
 
 from lora_study.names import (
     RUN_NAME_INVOCATION,
@@ -25,6 +26,7 @@ from lora_study.names import (
     TAG_MLFLOW_ENTRY_POINT,
     TAG_MLFLOW_PARENT_RUN,
     TAG_MLFLOW_PROJECT_ENV,
+    TAG_PROPOSED_AT,
     TAG_STAGE,
     TAG_STUDY,
     TAG_STUDY_RUN,
@@ -56,8 +58,18 @@ def study_run(study: str, storage: str):
 
 
 def first_made(runs: list):
-    """The run made first (by start time, then id), or None: the one every process agrees on."""
-    return min(runs, key=lambda run: (run.info.start_time, run.info.run_id), default=None)
+    """The run proposed first (by the time it was proposed, else its start time; then id), or
+    None: the one every process agrees on. A run `mlflow run` made is proposed when its sweep
+    starts, maybe minutes after the run began (an environment built first): its start time
+    would let a late proposal win an election already settled."""
+    return min(runs, key=lambda run: (proposed_at(run), run.info.run_id), default=None)
+
+
+def proposed_at(run) -> float:
+    """When the run was proposed as a study's parent (s since the epoch); its start for one made
+    before proposals were tagged."""
+    tagged = run.data.tags.get(TAG_PROPOSED_AT)
+    return float(tagged) if tagged else run.info.start_time / 1000
 
 
 def elect_study_run(study: str, storage: str, settle_s: float, candidate: str | None = None) -> str:
@@ -67,12 +79,12 @@ def elect_study_run(study: str, storage: str, settle_s: float, candidate: str | 
     candidate is the run `mlflow run` made for this sweep (`candidate`) where there is one, so that
     a new study is one run in the experiment, not that run beside a parent; else a new run."""
     experiment_id = mlflow.tracking.fluent._get_experiment_id()
-    tags = {TAG_STUDY: study, TAG_STUDY_STORAGE: storage, TAG_STAGE: STAGE_SWEEP}
+    tags = {TAG_PROPOSED_AT: f"{time.time():.3f}", TAG_STUDY: study, TAG_STUDY_STORAGE: storage, TAG_STAGE: STAGE_SWEEP}
     client, name = mlflow.MlflowClient(), RUN_NAME_SWEEP.format(study=study)
-    if candidate and client.get_run(candidate).info.experiment_id == experiment_id:
-        for key, value in tags.items():
-            client.set_tag(candidate, key, value)
+    invoked = bool(candidate) and client.get_run(candidate).info.experiment_id == experiment_id
+    if invoked:  # its tags in one write: a search never sees it as a sweep without its proposal time
         client.update_run(candidate, name=name)
+        client.log_batch(candidate, tags=[RunTag(key, value) for key, value in tags.items()])
         mine = candidate
     else:
         mine = client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
@@ -81,7 +93,8 @@ def elect_study_run(study: str, storage: str, settle_s: float, candidate: str | 
     if elected is None or elected.info.run_id == mine:  # None: the others' were deleted meanwhile
         return mine
     mark_invocation(mine, elected.info.run_id)
-    mlflow.MlflowClient().set_terminated(mine, "FINISHED")
+    if not invoked:  # a run `mlflow run` made ends when its sweep does
+        client.set_terminated(mine, "FINISHED")
     return elected.info.run_id
 
 
@@ -204,7 +217,7 @@ def continued_study_run(study: str, storage: str) -> str | None:
     left RUNNING by a sweep that died is said to be so; one just proposed by a sweep starting
     the study too is waited on, as that sweep waits (the election may yet pick another)."""
     run = study_run(study, storage)
-    if run is not None and heartbeat_age_s(run) is None and run_age_s(run) < ELECTION_S + 5:
+    if run is not None and time.time() - proposed_at(run) < ELECTION_S + 5:
         time.sleep(ELECTION_S + 1)
         run = study_run(study, storage)
     if run is None:

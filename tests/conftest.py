@@ -6,6 +6,7 @@ Test modules import helpers from here only, never from each other.
 
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -348,6 +349,8 @@ def chromium_evaluate(page: Path, expression: str, width: int = 1100, height: in
         os.write(browser_in, json.dumps(message).encode() + b"\0")
         while True:
             while b"\0" not in received:
+                ready, _, _ = select.select([browser_out], [], [], 60)
+                assert ready, f"Chromium did not answer {method} in 60 s"
                 chunk = os.read(browser_out, 1 << 16)
                 assert chunk, "Chromium closed its DevTools pipe"
                 received += chunk
@@ -358,7 +361,8 @@ def chromium_evaluate(page: Path, expression: str, width: int = 1100, height: in
                 return answer["result"]
 
     try:
-        target = call("Target.createTarget", url=page.resolve().as_uri(), width=width, height=height)["targetId"]
+        url = page.resolve().as_uri()
+        target = call("Target.createTarget", url=url, width=width, height=height)["targetId"]
         session = call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         size = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
         call("Emulation.setDeviceMetricsOverride", session, **size)
@@ -367,14 +371,19 @@ def chromium_evaluate(page: Path, expression: str, width: int = 1100, height: in
             return call("Runtime.evaluate", session, expression=script, returnByValue=True)
 
         deadline = time.time() + 30
-        while evaluate("document.readyState")["result"]["value"] != "complete":
+        loaded = f"document.readyState === 'complete' && location.href === {json.dumps(url)}"  # not about:blank
+        while not evaluate(loaded)["result"]["value"]:
             assert time.time() < deadline, f"{page} did not finish loading"
             time.sleep(0.1)
         found = evaluate(expression)
         assert "exceptionDetails" not in found, found["exceptionDetails"]
         return found["result"]["value"]
     finally:
-        browser.kill()
-        browser.wait()
+        try:
+            call("Browser.close")  # it ends its own helper processes
+            browser.wait(timeout=10)
+        except (AssertionError, OSError, subprocess.TimeoutExpired):
+            browser.kill()
+            browser.wait()
         os.close(browser_in)
         os.close(browser_out)

@@ -273,14 +273,14 @@ def _pip_indexes() -> dict:
 
 def _fresh_venv(folder: Path, requirements: Path) -> Path:
     """A virtualenv holding what `requirements` names and nothing of this one (uv: seconds, not pip's minutes)."""
-    subprocess.run(["uv", "venv", "-q", "--python", sys.executable, str(folder)], check=True)
+    subprocess.run([sys.executable, "-m", "uv", "venv", "-q", "--python", sys.executable, str(folder)], check=True)
     python = folder / "bin" / "python"
     _uv_install(python, "-r", str(requirements))
     return python
 
 
 def _uv_install(python: Path, *args: str) -> None:
-    argv = ["uv", "pip", "install", "-q", "--python", str(python), *args]
+    argv = [sys.executable, "-m", "uv", "pip", "install", "-q", "--python", str(python), *args]
     subprocess.run(argv, check=True, env={**os.environ, **_pip_indexes()})
 
 

@@ -130,7 +130,10 @@ def test_train_by_group_again_continues_its_parent_run(mlflow_experiment, tmp_pa
     (parent,) = [r for r in every if r.data.tags["lora_study.stage"] == "train_groups"]
     (invocation,) = [r for r in every if r.data.tags["lora_study.stage"] == "train_groups_invocation"]
     assert invocation.data.tags["lora_study.study_run"] == parent.info.run_id
+    assert invocation.data.tags["mlflow.parentRunId"] == parent.info.run_id  # nested: one row at the top
+    assert invocation.info.run_name == f"{parent.info.run_name}: continued in this parent run"
     assert parent.data.tags["mlflow.project.entryPoint"] == "train" and parent.info.status == "FINISHED"
-    groups = [r for r in every if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    nested = [r for r in every if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    groups = [r for r in nested if r is not invocation]
     assert sorted(r.data.tags["lora_study.group"] for r in groups) == ["debugger", "string-methods"]
     assert {r.info.status for r in groups} == {"FINISHED"}

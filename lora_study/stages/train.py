@@ -231,7 +231,8 @@ def _inputs_digest(s: training.Setup, adapter: AdapterConfig, train: TrainConfig
         "revision": s.ref.revision or "",
         "seed": data_cfg.split_seed,  # the split's; the training seed is in `train`
         "adapter": adapter.model_dump(),
-        "train": train.model_dump(exclude={"data"}),
+        # a training seed of 0 is what every run before the option trained with: the same digest
+        "train": train.model_dump(exclude={"data", *(["training_seed"] if train.training_seed == 0 else [])}),
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -203,8 +203,8 @@ def test_a_registered_model_describes_itself_and_a_persons_edit_stands():
     client = mlflow.MlflowClient()
     text = client.get_registered_model("described").description
     assert text.startswith("LoRA adapters")
-    assert "Serve: `lora-study serve models:/described@champion`" in text
-    assert "`mlflow models serve -m models:/described@champion`" in text
+    assert "`lora-study serve models:/described@challenger`" in text
+    assert "`mlflow models serve -m models:/described@challenger`" in text
     assert "History of alias moves: `lora-study versions described`" in text
     client.update_registered_model("described", description="ours")
     register_echo("described", test_perplexity="13.1")

@@ -68,20 +68,23 @@ def test_the_sweep_leaves_its_report_on_the_parent_run_and_a_browser_shows_it(sw
 
 # Each table of the page, as laid out at 1100 x 2200: its box's right edge, its width against the
 # box's, whether the box scrolls, its headings, and each body row's height.
-TABLE_LAYOUT = """JSON.stringify(Array.from(document.querySelectorAll("div.table")).map(box => {
-  const table = box.querySelector("table");
-  return {right: box.getBoundingClientRect().right, width: table.scrollWidth, box: box.clientWidth,
-          scrolls: getComputedStyle(box).overflowX === "auto",
-          headings: Array.from(table.tHead.rows[0].cells).map(cell => cell.textContent),
-          rows: Array.from(table.tBodies[0].rows).map(row => row.getBoundingClientRect().height)};
-}))"""
+LAYOUT = """JSON.stringify({page: document.documentElement.scrollWidth, window: window.innerWidth,
+  tables: Array.from(document.querySelectorAll("div.table")).map(box => {
+    const table = box.querySelector("table");
+    return {right: box.getBoundingClientRect().right, width: table.scrollWidth, box: box.clientWidth,
+            scrolls: getComputedStyle(box).overflowX === "auto",
+            headings: Array.from(table.tHead.rows[0].cells).map(cell => cell.textContent),
+            rows: Array.from(table.tBodies[0].rows).map(row => row.getBoundingClientRect().height)};
+  })})"""
 
 
 def test_the_report_reads_like_a_page_at_1100_pixels(swept, tmp_path):
     """Nothing cut off: every table fits the window or scrolls inside its own box; headings are
     words; rows of a table with more than two columns are one line tall."""
     mlflow.artifacts.download_artifacts(f"runs:/{swept.info.run_id}/report/report.html", dst_path=str(tmp_path))
-    tables = json.loads(chromium_evaluate(tmp_path / "report.html", TABLE_LAYOUT, width=1100, height=2200))
+    layout = json.loads(chromium_evaluate(tmp_path / "report.html", LAYOUT, width=1100, height=2200))
+    assert layout["page"] <= layout["window"] == 1100  # the page itself never scrolls sideways
+    tables = layout["tables"]
     assert len(tables) >= 6
     one_line = min(height for table in tables for height in table["rows"])
     for table in tables:
