@@ -43,6 +43,7 @@ ALIASES = {
     frozenset({"METRIC_LEARNING_RATE", "PARAM_LEARNING_RATE"}),
     frozenset({"TAG_BASE_MODEL", "PARAM_BASE_MODEL"}),
     frozenset({"PARAM_DATA", "ARTIFACT_DATA"}),  # the `data` param names what the `data` artifact holds
+    frozenset({"PARAM_SPLIT_SEED_BEFORE", "TAG_SEED"}),  # an old run's split seed (param); a confirmation's (tag)
 }
 
 
