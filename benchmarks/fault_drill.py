@@ -124,13 +124,16 @@ def audit(tracking_uri: str, storage: str, study_name: str, n_trials: int) -> di
 # --- drill 1: one sweep, killed again and again --------------------------------------------------
 
 
-def kill_drill(folder: Path, kills: int, n_trials: int, window_s: float, rng: random.Random) -> dict[str, int]:
+def kill_drill(
+    folder: Path, kills: int, n_trials: int, window_s: float, rng: random.Random, **shorter: str
+) -> dict[str, int]:
     """`kills` SIGKILLs of `mlflow run -e sweep` after a random 0.5 to `window_s` s each, then a
-    run to the end; the audit, with how many runs had ended before their kill."""
+    run to the end; the audit, with how many runs had ended before their kill. `shorter` sets
+    sweep params of the drill's own (the test suite's version trains fewer steps)."""
     tracking_uri, storage = f"sqlite:///{folder}/mlflow.db", f"sqlite:///{folder}/optuna.db"
     env = drill_env(folder, tracking_uri)
     argv = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "sweep", "--env-manager", "local"]
-    for key, value in sweep_params(n_trials, "killed", storage).items():
+    for key, value in {**sweep_params(n_trials, "killed", storage), **shorter}.items():
         argv += ["-P", f"{key}={value}"]
     log = folder / "sweeps.log"
     ended_first = 0
