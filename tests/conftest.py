@@ -306,7 +306,7 @@ def printed(log, url) -> str:
 
 
 def chromium(
-    page: Path | str, screenshot: Path, width: int = 1100, height: int = 2400, render_ms: int = 0, profile=None
+    page: Path | str, screenshot: Path | None, width: int = 1100, height: int = 2400, render_ms: int = 0, profile=None
 ) -> str:
     """Open `page` (a file, or a URL) in headless Chromium (Debian's `chromium`), as a user's
     browser would: save a screenshot and return the DOM it rendered. An app that renders itself
@@ -315,7 +315,8 @@ def chromium(
     flags += [f"--virtual-time-budget={render_ms}"] if render_ms else []
     flags += [f"--user-data-dir={profile}", "--hide-scrollbars"] if profile else []
     url = page if isinstance(page, str) else page.resolve().as_uri()
-    subprocess.run([*flags, f"--screenshot={screenshot}", url], check=True, capture_output=True, timeout=120)
+    if screenshot is not None:  # None: the DOM only, one browser start fewer
+        subprocess.run([*flags, f"--screenshot={screenshot}", url], check=True, capture_output=True, timeout=120)
     return subprocess.run([*flags, "--dump-dom", url], check=True, capture_output=True, text=True, timeout=120).stdout
 
 
