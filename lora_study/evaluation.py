@@ -41,8 +41,6 @@ from lora_study.names import (
     PARAM_DATA,
     PARAM_DATASET_DIGEST,
     PARAM_GROUP,
-    PARAM_SPLIT_SEED,
-    PARAM_SPLIT_SEED_BEFORE,
 )
 
 # How far the merged model's test loss may stray from the unmerged adapter's: merging rounds
@@ -212,8 +210,6 @@ def _training_data(run_id: str, ref, tokenizer) -> data.PreparedData:
     params = tracking.run_params(run_id)
     if params.get(PARAM_DATA):
         return _group_of(data.load_prepared(params[PARAM_DATA]), params)
-    if PARAM_SPLIT_SEED not in params and PARAM_SPLIT_SEED_BEFORE in params:  # a run logged before the rename
-        params = {**params, PARAM_SPLIT_SEED: params[PARAM_SPLIT_SEED_BEFORE]}
     data_cfg = DataConfig.model_validate({key: params[key] for key in DataConfig.model_fields if key in params})
     prepared = _group_of(data.prepare(data_cfg, ref, tokenizer)[0], params)
     logged = params.get(PARAM_DATASET_DIGEST, prepared.meta.digest)

@@ -22,6 +22,8 @@ from lora_study.names import (
     EXPERIMENT_KIND_TRAINING,
     EXPERIMENT_NAME,
     PARAM_FORGETTING_SET,
+    PARAM_SPLIT_SEED,
+    PARAM_SPLIT_SEED_BEFORE,
     REPORT_HTML,
     STAGE_TRIAL,
     TAG_ERROR,
@@ -257,8 +259,17 @@ def flush() -> None:
 
 
 def run_params(run_id: str) -> dict[str, str]:
-    """A run's params, as they were given (see `param_value`)."""
-    return {key: param_value(value) for key, value in mlflow.MlflowClient().get_run(run_id).data.params.items()}
+    """A run's params, as they were given (see `params_of`)."""
+    return params_of(mlflow.MlflowClient().get_run(run_id))
+
+
+def params_of(run) -> dict[str, str]:
+    """A run's params, as they were given (see `param_value`), under today's names: a run logged
+    before the split seed was named so holds it as `seed`."""
+    params = {key: param_value(value) for key, value in run.data.params.items()}
+    if PARAM_SPLIT_SEED not in params and PARAM_SPLIT_SEED_BEFORE in params:
+        params[PARAM_SPLIT_SEED] = params[PARAM_SPLIT_SEED_BEFORE]
+    return params
 
 
 def param_value(text: str) -> str:

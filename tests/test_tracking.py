@@ -160,3 +160,12 @@ def test_log_params_keeps_what_the_run_already_holds(mlflow_experiment):
 @pytest.mark.parametrize("text, value", [("''", ""), ("'a b'", "a b"), ("plain", "plain"), ("a b", "a b")])
 def test_param_value_undoes_shell_quoting(text, value):
     assert tracking.param_value(text) == value
+
+
+def test_a_run_logged_before_the_split_seed_was_named_reads_it_under_its_name(mlflow_experiment):
+    with mlflow.start_run() as old:
+        mlflow.log_params({"seed": "3", "seq_len": "32"})
+    with mlflow.start_run() as new:
+        mlflow.log_params({"split_seed": "1", "seq_len": "32"})
+    assert tracking.run_params(old.info.run_id)["split_seed"] == "3"
+    assert tracking.run_params(new.info.run_id) == {"split_seed": "1", "seq_len": "32"}

@@ -87,7 +87,7 @@ def read_study(parent_run_id: str) -> StudyRuns:
         name=name,
         experiment_id=experiment_id,
         parent_run_id=parent_run_id,
-        params={key: tracking.param_value(value) for key, value in parent.data.params.items()},
+        params=tracking.params_of(parent),
         metrics=dict(parent.data.metrics),
         tags=dict(parent.data.tags),
         trials=trials,

@@ -30,7 +30,6 @@ from lora_study.names import (
     PARAM_SAMPLER,
     PARAM_SEQ_LEN,
     PARAM_SPLIT_SEED,
-    PARAM_SPLIT_SEED_BEFORE,
     PARAM_STORAGE,
     SPLITS,
     TAG_MLFLOW_COMMIT,
@@ -231,12 +230,11 @@ def provenance(s: StudyRuns, ui_url: str) -> Section:
         for split in SPLITS
         if METRIC_TOKENS.format(split=split) in m and METRIC_DOCUMENTS.format(split=split) in m
     )
-    split_seed = p.get(PARAM_SPLIT_SEED, p.get(PARAM_SPLIT_SEED_BEFORE, "?"))
     rows = {
         "base model": p.get(PARAM_BASE_MODEL, "?"),
         "base model sha256": p.get(PARAM_BASE_MODEL_SHA256) or "not recorded",
         "dataset": f"{p.get(PARAM_DATASET, '?')} (format {p.get(PARAM_DETECTED_FORMAT, p.get(PARAM_FORMAT, '?'))}, "
-        f"seq_len {p.get(PARAM_SEQ_LEN, '?')}, split seed {split_seed})",
+        f"seq_len {p.get(PARAM_SEQ_LEN, '?')}, split seed {p.get(PARAM_SPLIT_SEED, '?')})",
         "prepared data": p.get(PARAM_DATA) or "prepared by the sweep",
         "dataset digest": p.get(PARAM_DATASET_DIGEST) or "not recorded",
         "split sizes": splits or "not recorded",
