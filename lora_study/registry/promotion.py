@@ -95,28 +95,47 @@ def _now() -> str:
 def _record_move(name: str, move: AliasMove) -> None:
     """A tag on the version the alias moved to: the registered model's page lists its own tags
     above its versions, and a model-level tag per move (as lora-study wrote them before) buried
-    the versions under the history after a few studies."""
-    key = f"{TAG_ALIAS_MOVE_PREFIX}{move.alias}.{time.time_ns() // 1_000_000}"
-    fields = {field: value for field, value in move.__dict__.items() if field != "ms"}
-    mlflow.MlflowClient().set_model_version_tag(name, move.after, key, json.dumps(fields))
+    the versions under the history after a few studies. The key holds the alias and the
+    millisecond; one another move of that alias took (on any version) moves on to the next."""
+    value = json.dumps({field: value for field, value in move.__dict__.items() if field != "ms"})
+    client = mlflow.MlflowClient()
+    ms = time.time_ns() // 1_000_000
+    for _ in range(10):
+        written = dict(_move_tags(name))
+        while (key := f"{TAG_ALIAS_MOVE_PREFIX}{move.alias}.{ms}") in written:
+            if written[key] == value:
+                return  # another sweep recorded the same move at once: once is enough
+            ms += 1
+        try:
+            client.set_model_version_tag(name, move.after, key, value)
+            return
+        except MlflowException:  # another sweep wrote this key on this version between the read and the write
+            continue
+    raise MlflowException(f"{name} version {move.after}: the move of @{move.alias} could not be recorded")
 
 
-def alias_history(name: str) -> list[AliasMove]:
-    """Every recorded move of the model's aliases, oldest first: from its versions' tags (and the
-    model's own, where earlier lora-study versions recorded them). Sweeps that set one alias at
-    the same moment may each record the same move: it is listed once."""
+def _move_tags(name: str) -> list[tuple[str, str]]:
+    """(key, value) of each move recorded on the model's versions, and on the model itself, where
+    earlier lora-study versions recorded them."""
     client = mlflow.MlflowClient()
     try:
-        tags = dict(client.get_registered_model(name).tags)
+        tags = list(client.get_registered_model(name).tags.items())
     except MlflowException as error:
         raise UserInputError(f"{name}: {error.message}") from None
     for version in client.search_model_versions(f"name = '{name}'"):
-        tags.update(version.tags)
-    keys = [key for key in tags if key.startswith(TAG_ALIAS_MOVE_PREFIX) and key.rsplit(".", 1)[1].isdigit()]
+        tags += version.tags.items()
+    return [
+        (key, value) for key, value in tags if key.startswith(TAG_ALIAS_MOVE_PREFIX) and key.rsplit(".", 1)[1].isdigit()
+    ]
+
+
+def alias_history(name: str) -> list[AliasMove]:
+    """Every recorded move of the model's aliases, oldest first. Sweeps that set one alias at the
+    same moment may each record the same move: it is listed once."""
     moves = []
-    for key in sorted(keys, key=lambda key: int(key.rsplit(".", 1)[1])):
+    for key, value in sorted(_move_tags(name), key=lambda tag: int(tag[0].rsplit(".", 1)[1])):
         try:
-            move = AliasMove(**json.loads(tags[key]), ms=int(key.rsplit(".", 1)[1]))
+            move = AliasMove(**json.loads(value), ms=int(key.rsplit(".", 1)[1]))
         except (ValueError, TypeError):  # a tag of that name that lora-study did not write
             continue
         last = next((m for m in reversed(moves) if m.alias == move.alias), None)

@@ -198,6 +198,24 @@ def test_alias_history_lists_each_move_once_with_who_when_and_why():
     assert [m.alias for m in registry.alias_history("history")][0] == "legacy"
 
 
+def test_moves_of_one_alias_to_one_version_in_the_same_millisecond_are_both_kept(monkeypatch):
+    """The history's tag key holds the alias and the millisecond: a second move that would take
+    the same key goes to the next millisecond instead of overwriting the first."""
+    first = register_echo("same-ms", test_perplexity="14.9")
+    second = register_echo("same-ms", test_perplexity="13.1")
+    monkeypatch.setattr(registry.promotion.time, "time_ns", lambda: 1_796_550_988_161_000_000)
+    registry.set_alias("same-ms", "challenger", first, "a")
+    registry.set_alias("same-ms", "challenger", second, "b")
+    registry.set_alias("same-ms", "challenger", first, "back")
+    moves = registry.alias_history("same-ms")
+    assert [(m.before, m.after, m.why) for m in moves] == [
+        (None, first, "a"),
+        (first, second, "b"),
+        (second, first, "back"),
+    ]
+    assert [m.ms for m in moves] == [1_796_550_988_161, 1_796_550_988_162, 1_796_550_988_163]
+
+
 def test_a_registered_model_describes_itself_and_a_persons_edit_stands():
     register_echo("described", test_perplexity="14.9")
     client = mlflow.MlflowClient()
