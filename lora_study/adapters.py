@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-from lora_study import model_uris, models, registry, serving
+from lora_study import logged_models, model_uris, models, registry, serving
 from lora_study.cache import build_once, cache_root
 from lora_study.errors import UserInputError
 from lora_study.models import AdapterReference, load_with_adapters
@@ -43,6 +43,7 @@ from lora_study.names import (
     MODEL_KEY_ADAPTERS,
     MODEL_KEY_BASE,
     MODEL_KEY_MERGED,
+    TAG_MODEL_KIND,
 )
 
 # Models logged before the `serving` package (up to commit 51035ae) rebuild themselves with
@@ -114,7 +115,7 @@ def resolve(uri: str, flag: str = "--model-uri") -> ModelSource:
         version = None
         if parsed.registered_model:
             version = registry.version_number(parsed.registered_model, parsed.version, parsed.alias)
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=logged_models.uri(uri)))
     except MlflowException as error:
         raise UserInputError(f"{flag} {uri}: {error.message}") from None
     if not (local / "MLmodel").exists():
@@ -150,15 +151,16 @@ def load(source: ModelSource, device: torch.device, dtype: torch.dtype | None, o
 # --- logging and saving models ---------------------------------------------------------------------
 
 
-def log_adapter(peft_model, reference: AdapterReference):
-    """Log the adapter under the active run as the MLflow model `adapter`, and its size."""
+def log_adapter(peft_model, reference: AdapterReference, name: str = ARTIFACT_ADAPTER):
+    """Log the adapter under the active run as an MLflow model of kind `adapter` named `name`
+    (`logged_models.name`), and its size."""
     with tempfile.TemporaryDirectory() as folder:
         adapter_dir = Path(folder) / MODEL_KEY_ADAPTER
         peft_model.save_pretrained(adapter_dir)
         mlflow.log_metric(
             METRIC_ADAPTER_SIZE_MB, sum(f.stat().st_size for f in adapter_dir.glob("*.safetensors")) / 2**20
         )
-        return _log(ARTIFACT_ADAPTER, folder, {MODEL_KEY_ADAPTER: str(adapter_dir)}, reference, SIGNATURE)
+        return _log(name, ARTIFACT_ADAPTER, folder, {MODEL_KEY_ADAPTER: str(adapter_dir)}, reference)
 
 
 def log_merged(model, tokenizer, reference: AdapterReference, output: Path | None):
@@ -169,20 +171,21 @@ def log_merged(model, tokenizer, reference: AdapterReference, output: Path | Non
         tokenizer.save_pretrained(merged_dir)
         if output is not None:
             shutil.copytree(merged_dir, output, dirs_exist_ok=True)
-        return _log(ARTIFACT_MERGED, folder, {MODEL_KEY_MERGED: str(merged_dir)}, reference, SIGNATURE)
+        return _log(ARTIFACT_MERGED, ARTIFACT_MERGED, folder, {MODEL_KEY_MERGED: str(merged_dir)}, reference)
 
 
-def _log(name: str, folder: str, artifacts: dict, reference: AdapterReference, signature):
+def _log(name: str, kind: str, folder: str, artifacts: dict, reference: AdapterReference):
     reference.write(Path(folder) / BASE_REFERENCE)
     with _without_input_example_warning():
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=_model_code(folder),
             artifacts={**artifacts, MODEL_KEY_BASE: str(Path(folder) / BASE_REFERENCE)},
-            signature=signature,
+            signature=SIGNATURE,
             pip_requirements=requirements(reference),
             code_paths=[package_dir()],
             metadata={"base_model": reference.as_dict()},
+            tags={TAG_MODEL_KIND: kind},
         )
 
 

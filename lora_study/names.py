@@ -272,4 +272,17 @@ ARTIFACT_DATA = "data"  # the prepared splits, as `prepare` wrote them
 ARTIFACT_PREVIEW = "preview.json"  # an MLflow table: a few decoded rows per split
 ARTIFACT_ADAPTER = "adapter"  # the adapter as an MLflow model (lora_study.adapters)
 ARTIFACT_MERGED = "merged"  # the base with the adapter merged in, as an MLflow model (lora_study.adapters)
+# A LoggedModel is named for what it is (`r32-qkvo-lr19e-4-seed1`, `tracking.logged_model_name`) and
+# tagged with its kind, ARTIFACT_ADAPTER or ARTIFACT_MERGED: `runs:/<run id>/adapter` still finds it.
+TAG_MODEL_KIND = "lora_study.model_kind"
+# The run's metrics a LoggedModel carries too, so the experiment's Models tab sorts as a leaderboard:
+# measured on the prepared data's splits (linked to that dataset), and the rest (forgetting, costs).
+LOGGED_MODEL_METRICS_ON_DATA = (METRIC_EVAL_PERPLEXITY, METRIC_TEST_PERPLEXITY, METRIC_PERPLEXITY_IMPROVEMENT_PCT)
+LOGGED_MODEL_METRICS = (
+    METRIC_FORGETTING_KL,
+    METRIC_TRAIN_RUNTIME_S,
+    METRIC_PEAK_MEMORY_MB,
+    METRIC_TRAINABLE_PARAMS,
+    METRIC_ADAPTER_SIZE_MB,
+)
 ARTIFACT_GENERATIONS = "generations.json"  # an MLflow table: prompt, reference, base and adapter outputs

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lora_study import adapters, console, data, lora, models, processes, tracking, updates
+from lora_study import adapters, console, data, logged_models, lora, models, processes, tracking, updates
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, TrainConfig
 from lora_study.data.packing import IGNORE_INDEX, collate
 from lora_study.errors import UserInputError
@@ -345,10 +345,17 @@ def log_inputs(s: Setup, data_cfg: DataConfig, base: BaseModelConfig) -> None:
     tracking.log_training_rows(str(s.prepared.path), data_cfg.dataset, s.prepared.meta.digest)
 
 
-def log_trained_adapter(s: Setup, model, adapter: AdapterConfig):
-    """The adapter as the MLflow model `adapter`, with the reference to the base it was trained on."""
+def log_trained_adapter(s: Setup, model, adapter: AdapterConfig, train: TrainConfig):
+    """The adapter as an MLflow model of kind `adapter`, named for its configuration and training
+    seed, with the reference to the base it was trained on and the run's leaderboard metrics so far."""
     meta = s.prepared.meta
     reference = models.AdapterReference.of(
         s.ref, adapter.quantization, s.weights_dtype, meta.format, meta.tokenizer_digest
     )
-    return adapters.log_adapter(model, reference)
+    name = logged_models.name(
+        adapter.rank, adapter.target_modules, train.learning_rate, adapter.quantization, train.training_seed
+    )
+    info = adapters.log_adapter(model, reference, name)
+    tracking.flush()  # the loop's last metrics are logged asynchronously
+    logged_models.link_run_metrics(info.model_id, info.run_id)
+    return info

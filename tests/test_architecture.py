@@ -17,6 +17,7 @@ MLFLOW_CALLERS = {
     PACKAGE / "tracking.py",
     PACKAGE / "parent_runs.py",
     PACKAGE / "adapters.py",
+    PACKAGE / "logged_models.py",
     PACKAGE / "registry",
     PACKAGE / "serving",
     PACKAGE / "report" / "read.py",

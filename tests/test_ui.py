@@ -150,6 +150,17 @@ def test_a_sweep_opens_in_mlflow_ui_as_model_training_with_named_runs_and_descri
         assert f"<title>Runs - Experiment {experiment_id} - MLflow</title>" in dom
         assert f"sweep {STUDY}" in dom
 
+        # --- the Models tab: every trained adapter by its name, with a perplexity column -----------
+        logged = api(url, "logged-models/search", {"experiment_ids": [experiment_id]})["models"]
+        names = sorted(model["info"]["name"] for model in logged)
+        assert len(names) == len(named)  # one per trial and confirmation
+        assert all(re.fullmatch(r"r[48]-(qv|all-linear)-lr\d+e-\d+-seed\d", name) for name in names), names
+        models_page = f"#/experiments/{experiment_id}/models?workflowType=machine_learning"
+        dom = browse(f"{url}/{models_page}", tmp_path / "models.png", tmp_path / "profile-5")
+        assert_rendered(tmp_path / "models.png")
+        assert all(name in dom for name in names), names
+        assert "eval_perplexity" in dom and "test_perplexity" in dom
+
         # --- the registered model's page after 20 alias moves: its versions, not the history -------
         (trial,) = [run for run in found if run["info"]["run_name"].startswith("trial-0 ")]
         other = registry.register(f"runs:/{trial['info']['run_id']}/adapter", MODEL, {}).version

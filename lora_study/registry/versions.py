@@ -8,8 +8,8 @@ from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
-from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 
+from lora_study import logged_models
 from lora_study.errors import UserInputError
 from lora_study.names import (
     TAG_STUDY,
@@ -44,7 +44,7 @@ def register(model_uri: str, name: str, tags: dict):
     same moment, the first version (the lowest number, which every one of them sees) stands and
     this one goes."""
     tags = {key: str(value) for key, value in tags.items()}
-    version = mlflow.register_model(logged_model_uri(model_uri), name, tags=tags)
+    version = mlflow.register_model(logged_models.uri(model_uri), name, tags=tags)
     client = mlflow.MlflowClient()
     if TAG_STUDY in tags and TAG_TRIAL_NUMBER in tags:
         first = find_trial_version(name, tags[TAG_STUDY], tags[TAG_TRIAL_NUMBER]) or version
@@ -86,19 +86,6 @@ def manifest(mv) -> "servability.Manifest | None":
                 return None
 
         return servability.read(fetch)
-
-
-def logged_model_uri(model_uri: str) -> str:
-    """`runs:/<run id>/<name>` as the URI of the model logged there, `models:/<model id>`: MLflow 3
-    keeps models apart from a run's artifacts, and registering the run path makes it warn."""
-    if not model_uri.startswith("runs:/"):
-        return model_uri
-    run_id, name = RunsArtifactRepository.parse_runs_uri(model_uri)
-    client = mlflow.MlflowClient()
-    found = client.search_logged_models(
-        [client.get_run(run_id).info.experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{name}'"
-    )
-    return f"models:/{found[0].model_id}" if found else model_uri
 
 
 def tag_version(name: str, version: str, tags: dict) -> None:

@@ -15,7 +15,7 @@ import time
 import optuna
 import torch
 
-from lora_study import adapters, console, evaluation, forgetting, lora, models, names, tracking, training
+from lora_study import adapters, console, evaluation, forgetting, logged_models, lora, models, tracking, training
 from lora_study.config import AdapterConfig, TrainConfig
 from lora_study.errors import UserInputError
 from lora_study.losses import mean_loss, perplexity
@@ -208,7 +208,7 @@ class Worker:
                 if confirming:
                     measured.update(self._test_metrics(s, result.model, base_key))
                     tracking.log_metrics(measured)
-                training.log_trained_adapter(s, result.model, adapter)
+                training.log_trained_adapter(s, result.model, adapter, train)
             finally:
                 self.bases[adapter.quantization] = lora.detach(s.model)  # the next trial starts from the base
                 if train.gradient_checkpointing:
@@ -264,7 +264,7 @@ class Worker:
 
     def test_metrics(self, run_id: str) -> dict[str, float]:
         """Test perplexity of a trial's adapter and of its base, on this worker's loaded base."""
-        source = adapters.resolve(f"runs:/{run_id}/{names.ARTIFACT_ADAPTER}")
+        source = adapters.resolve(logged_models.of_run(run_id))
         s = self.setup_for(source.reference.quantization)
         try:
             loaded = adapters.load(source, s.device, s.dtype, onto=s.model)
