@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lora_study import adapters, evaluation, models, registry, training
+from lora_study import adapters, evaluation, logged_models, models, registry, training
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, TrainConfig
 from lora_study.registry import comparability
 
@@ -131,6 +131,9 @@ def free_port() -> int:
 @contextmanager
 def server_process(argv: list, ready_url: str, timeout_s: float, env: dict | None = None, stdout=subprocess.DEVNULL):
     """A server started from `argv`, once `ready_url` answers (or `timeout_s` passed); stopped after."""
+    env = dict(env or os.environ)
+    # as `lora-study serve` does: mlflow starts `uvicorn` by name, found beside this Python
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     with tempfile.TemporaryFile() as stderr:
         process = subprocess.Popen(argv, env=env, stdout=stdout, stderr=stderr)
         deadline = time.time() + timeout_s
@@ -220,7 +223,6 @@ def trained_adapter(adapter=AdapterConfig(), **train_fields):
     train = TrainConfig(**{"max_steps": 3, "batch_size": 4, "learning_rate": 1e-2, **train_fields})
     s = training.setup(TINY_DATA, TINY_BASE, adapter, train)
     with mlflow.start_run() as run:
-        training.log_inputs(s, TINY_DATA, TINY_BASE)
         model = training.fine_tune(s, adapter, train, train.training_seed).model
         info = training.log_trained_adapter(s, model, adapter, train)
     return model, s, run.info.run_id, info
@@ -267,7 +269,7 @@ def loaded_adapter(run_id: str):
 
 def answers(model_uri: str, prompts=PROMPTS, **params):
     """What the MLflow model at `model_uri` answers, loaded in this process."""
-    model = mlflow.pyfunc.load_model(model_uri)
+    model = mlflow.pyfunc.load_model(logged_models.uri(model_uri))  # runs:/<id>/adapter too
     return model.predict(pd.DataFrame({"prompt": prompts}), params={"max_new_tokens": 8, **params})
 
 

@@ -17,14 +17,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from lora_study import adapters, models, registry, serving
+from lora_study import adapters, logged_models, models, registry, serving
 from lora_study.errors import UserInputError
 from lora_study.serving import server
 
 
 def test_the_logged_adapter_reproduces_the_in_process_logits(tiny_adapter):
-    model, s, run_id, _ = tiny_adapter
-    loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/adapter")
+    model, s, _, info = tiny_adapter
+    loaded = mlflow.pyfunc.load_model(info.model_uri)
     served = loaded.unwrap_python_model().model
     ids = s.tokenizer("def sort(items):\n    return", return_tensors="pt").input_ids
     model.eval()
@@ -38,7 +38,7 @@ def test_the_logged_adapter_reproduces_the_in_process_logits(tiny_adapter):
 
 def test_the_model_holds_the_adapter_and_a_base_reference_only(tiny, tiny_adapter):
     _, s, run_id, info = tiny_adapter
-    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/adapter"))
+    folder = Path(mlflow.artifacts.download_artifacts(logged_models.of_run(run_id)))
     files = {p.name: p.stat().st_size for p in folder.rglob("*") if p.is_file() and "code" not in p.parts}
     assert "adapter_model.safetensors" in files and "model.safetensors" not in files
     assert sum(files.values()) < 200_000  # the tiny base alone is 12 MB
@@ -63,8 +63,8 @@ def test_the_model_holds_the_adapter_and_a_base_reference_only(tiny, tiny_adapte
 
 
 def test_predict_generates_text_for_each_prompt(tiny_adapter):
-    _, _, run_id, _ = tiny_adapter
-    loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/adapter")
+    _, _, _, info = tiny_adapter
+    loaded = mlflow.pyfunc.load_model(info.model_uri)
     frame = pd.DataFrame({"prompt": ["The list type", "A dict maps"]})
     answers = loaded.predict(frame, params={"max_new_tokens": 4})
     assert len(answers) == 2 and all(isinstance(a, str) and a for a in answers)
@@ -74,8 +74,8 @@ def test_predict_generates_text_for_each_prompt(tiny_adapter):
 
 def test_a_list_of_prompts_gets_the_answers_of_a_prompt_column(tiny_adapter):
     """As MLflow's LLM flavours take it: `predict(["..."])`, or one string."""
-    _, _, run_id, _ = tiny_adapter
-    loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/adapter")
+    _, _, _, info = tiny_adapter
+    loaded = mlflow.pyfunc.load_model(info.model_uri)
     params = {"max_new_tokens": 8}
     column = loaded.predict(pd.DataFrame({"prompt": PROMPTS}), params=params)
     assert len(set(column)) == len(PROMPTS)  # each prompt its own answer, so order would show
@@ -108,7 +108,7 @@ def test_importing_the_module_warns_of_nothing():
 
 def test_a_base_with_other_weights_is_refused(tmp_path, tiny_adapter):
     _, _, run_id, _ = tiny_adapter
-    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/adapter", dst_path=str(tmp_path)))
+    folder = Path(mlflow.artifacts.download_artifacts(logged_models.of_run(run_id), dst_path=str(tmp_path)))
     reference_file = next(folder.rglob(adapters.BASE_REFERENCE))
     reference = json.loads(reference_file.read_text())
     reference_file.write_text(json.dumps({**reference, "sha256": "0" * 64}))
@@ -183,7 +183,7 @@ def test_the_one_loader_applies_an_adapter_onto_a_loaded_base_as_onto_a_fresh_on
 def test_a_model_logged_by_0_1_with_the_class_in_adapters_still_loads(tmp_path, tiny_adapter):
     """lora-study 0.1 wrote `from lora_study.adapters import AdapterModel` into a model's code file."""
     _, _, run_id, _ = tiny_adapter
-    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/adapter", dst_path=str(tmp_path)))
+    folder = Path(mlflow.artifacts.download_artifacts(logged_models.of_run(run_id), dst_path=str(tmp_path)))
     code = folder / "adapter_model.py"
     code.write_text(
         "import mlflow\nfrom lora_study.adapters import AdapterModel\n\nmlflow.models.set_model(AdapterModel())\n"
@@ -196,7 +196,7 @@ def test_a_model_logged_before_the_adapters_module_still_loads(tmp_path, tiny_ad
     """Older models' code file imports AdapterModel from lora_study.serving, and their input is a
     named `prompt` column."""
     _, _, run_id, _ = tiny_adapter
-    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/adapter", dst_path=str(tmp_path)))
+    folder = Path(mlflow.artifacts.download_artifacts(logged_models.of_run(run_id), dst_path=str(tmp_path)))
     code = folder / "adapter_model.py"  # MLflow keeps the model's code file beside its MLmodel
     assert "from lora_study.serving import AdapterModel" in code.read_text()
     code.write_text(

@@ -1,6 +1,8 @@
 """LoggedModels: named for what they are, found from the URIs lora-study wrote before, carrying
 their run's leaderboard metrics linked to the prepared dataset."""
 
+import re
+
 import mlflow
 import pytest
 from conftest import trained_adapter
@@ -19,11 +21,12 @@ from lora_study import adapters, logged_models
 )
 def test_a_model_is_named_for_its_configuration_and_seed(rank, modules, learning_rate, quantization, seed, expected):
     assert logged_models.name(rank, modules, learning_rate, quantization, seed) == expected
-    float(expected.split("-lr")[1].split("-")[0])  # the learning rate reads as a number
+    written = re.search(r"-lr(\d+e-?\d+)-", expected).group(1)  # a number Python reads back
+    assert float(written) == pytest.approx(float(f"{learning_rate:.1e}"))
 
 
-def test_a_trained_adapter_is_a_named_model_with_its_metrics_on_its_dataset(tiny_adapter):
-    _, s, run_id, info = tiny_adapter
+def test_a_trained_adapter_is_a_named_model_with_its_run_metrics(tiny_adapter):
+    _, _, run_id, info = tiny_adapter
     assert info.name == "r8-qv-lr1e-2-seed0"
     client = mlflow.MlflowClient()
     model = client.get_logged_model(info.model_id)
@@ -34,13 +37,18 @@ def test_a_trained_adapter_is_a_named_model_with_its_metrics_on_its_dataset(tiny
     run = client.get_run(run_id)
     assert linked["eval_perplexity"].value == pytest.approx(run.data.metrics["eval_perplexity"])
     assert linked["eval_perplexity"].step == 3  # the last evaluation, not the base's at step 0
-    assert (linked["eval_perplexity"].dataset_name, linked["eval_perplexity"].dataset_digest) == (
-        "python-docs",
-        s.prepared.meta.digest[:16],
-    )
-    assert linked["trainable_params"].dataset_name is None  # a cost is not measured on data
     # the run's own curve is as the loop logged it: one point per evaluation
     assert [m.step for m in client.get_metric_history(run_id, "eval_perplexity")] == [0, 3]
+
+
+def test_the_train_stages_model_links_its_perplexity_to_the_prepared_dataset(adapter_run):
+    client = mlflow.MlflowClient()
+    (trained_on,) = [given.dataset for given in client.get_run(adapter_run).inputs.dataset_inputs]
+    model = client.get_logged_model(logged_models.of_run(adapter_run).removeprefix("models:/"))
+    linked = {metric.key: metric for metric in model.metrics}
+    on_data = linked["eval_perplexity"]
+    assert (on_data.dataset_name, on_data.dataset_digest) == (trained_on.name, trained_on.digest)
+    assert linked["trainable_params"].dataset_name is None  # a cost is not measured on data
 
 
 def test_the_uris_written_before_models_had_names_still_find_them(tiny_adapter):

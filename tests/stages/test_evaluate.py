@@ -8,7 +8,7 @@ import mlflow
 import pytest
 from conftest import Echo, loaded_adapter, runs
 
-from lora_study import cli, data
+from lora_study import cli, data, logged_models
 from lora_study.config import DataConfig
 from lora_study.registry import comparability
 
@@ -70,7 +70,7 @@ def test_evaluate_logs_its_metrics_and_table_in_a_run_linked_to_the_model(adapte
 
 
 def test_a_registered_version_is_tagged_with_the_headline_metrics(adapter_run, mlflow_experiment):
-    version = str(mlflow.register_model(f"runs:/{adapter_run}/adapter", "evaluate-test").version)
+    version = str(mlflow.register_model(logged_models.of_run(adapter_run), "evaluate-test").version)
     mlflow.MlflowClient().set_registered_model_alias("evaluate-test", "challenger", version)
     argv = ["evaluate", "--model-uri", "models:/evaluate-test@challenger", "--max-prompts", "0"]
     assert cli.main(argv) == 0
@@ -91,7 +91,7 @@ def test_a_registered_version_is_tagged_with_the_headline_metrics(adapter_run, m
 def test_a_version_measured_on_other_test_data_keeps_its_tags(adapter_run, mlflow_experiment, tokenizer, tiny, capsys):
     """`evaluate --data` on other data: the measurement stays on its run, the version's tags (which
     promotion compares) stay as they were."""
-    version = str(mlflow.register_model(f"runs:/{adapter_run}/adapter", "evaluate-other").version)
+    version = str(mlflow.register_model(logged_models.of_run(adapter_run), "evaluate-other").version)
     argv = ["evaluate", "--model-uri", f"models:/evaluate-other/{version}", "--max-prompts", "0"]
     assert cli.main(argv) == 0
     before = mlflow.MlflowClient().get_model_version("evaluate-other", version).tags
@@ -149,7 +149,7 @@ def other_tokenizer_data(run_id, tmp_path):
 def test_bad_input_is_one_line_exit_2_and_no_run(case, expected, adapter_run, mlflow_experiment, tmp_path, capsys):
     adapter = f"runs:/{adapter_run}/adapter"
     if case == "missing_alias":
-        mlflow.register_model(adapter, "evaluate-errors")
+        mlflow.register_model(logged_models.of_run(adapter_run), "evaluate-errors")
     argv = {
         "missing_run": ["--model-uri", "runs:/0123456789abcdef0123456789abcdef/adapter"],
         "missing_model": ["--model-uri", "models:/no-such-model/1"],

@@ -19,7 +19,7 @@ from conftest import (
     two_registered_adapters,
 )
 
-from lora_study import cli, serving
+from lora_study import cli, logged_models, serving
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def server(tracking_uri, tmp_path_factory, tiny_adapter):
     _, _, run_id, _ = tiny_adapter
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "LORA_STUDY_MAX_NEW_TOKENS": "100"}
-    argv = serving.server_argv(f"runs:/{run_id}/adapter", "127.0.0.1", port)
+    argv = serving.server_argv(logged_models.of_run(run_id), "127.0.0.1", port)
     url = f"http://127.0.0.1:{port}"
     with server_process(argv, f"{url}/ping", 180, env):
         yield url
