@@ -49,7 +49,8 @@ def recorded(table: Path) -> set[tuple[str, int]]:
 def train_once(s: training.Setup, adapter: AdapterConfig, train: TrainConfig, seed: int, base_eval_loss):
     """One training in its own MLflow run (the loop logs into it); the model is left detached."""
     with mlflow.start_run():
-        result = training.fine_tune(s, adapter, train, seed, base_eval_loss=base_eval_loss)
+        train = train.model_copy(update={"training_seed": seed})
+        result = training.fine_tune(s, adapter, train, base_eval_loss=base_eval_loss)
         test_loss = None
         if train.eval_every == 0:  # the confirm budget: measured on the test split too
             rows = s.prepared.rows("test")

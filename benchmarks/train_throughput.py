@@ -77,7 +77,7 @@ def run_ours(args) -> dict:
         attach = lora.attach
         lora.attach = lambda *a, **k: torch.compile(attach(*a, **k))
     with mlflow.start_run() as run:
-        model = training.fine_tune(s, adapter, train, train.training_seed).model
+        model = training.fine_tune(s, adapter, train).model
     mlflow.flush_async_logging()
     metrics = mlflow.get_run(run.info.run_id).data.metrics
     step_time = metrics["train_runtime_s"]

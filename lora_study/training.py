@@ -170,11 +170,11 @@ def fine_tune(
     s: Setup,
     adapter: AdapterConfig,
     train: TrainConfig,
-    seed: int,
     on_eval: EvalHook | None = None,
     base_eval_loss: float | None = None,
 ) -> TrainResult:
-    """Attach a fresh adapter to `s.model`, train it, and log as it goes into the active run.
+    """Attach a fresh adapter to `s.model`, train it with `train.training_seed` (its initial
+    weights, dropout and batch order), and log as it goes into the active run.
 
     `on_eval(step, eval_loss)` sees every evaluation, step 0 included. Step 0 is the base model's
     loss (a fresh adapter changes nothing); a sweep that measured it already passes
@@ -183,6 +183,7 @@ def fine_tune(
     prepare_base(s, adapter)
     if train.gradient_checkpointing:
         s.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    seed = train.training_seed
     model = lora.attach(s.model, adapter, seed)
     result = TrainResult(model)
     accelerator = processes.accelerator(s.device)

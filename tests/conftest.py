@@ -223,7 +223,7 @@ def trained_adapter(adapter=AdapterConfig(), **train_fields):
     train = TrainConfig(**{"max_steps": 3, "batch_size": 4, "learning_rate": 1e-2, **train_fields})
     s = training.setup(TINY_DATA, TINY_BASE, adapter, train)
     with mlflow.start_run() as run:
-        model = training.fine_tune(s, adapter, train, train.training_seed).model
+        model = training.fine_tune(s, adapter, train).model
         info = training.log_trained_adapter(s, model, adapter, train)
     return model, s, run.info.run_id, info
 

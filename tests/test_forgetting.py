@@ -25,7 +25,7 @@ def general_text(s):
 def forgetting_after(s, learning_rate: float) -> dict[str, float]:
     train = TRAIN.model_copy(update={"learning_rate": learning_rate})
     with mlflow.start_run():
-        model = training.fine_tune(s, AdapterConfig(), train, seed=0).model
+        model = training.fine_tune(s, AdapterConfig(), train).model
     try:
         return forgetting.evaluate(model, general_text(s), s.tokenizer.pad_token_id, None)
     finally:
@@ -52,7 +52,7 @@ def test_forgetting_grows_with_the_learning_rate(mlflow_experiment):
 def test_kl_and_loss_delta_match_a_direct_computation(mlflow_experiment):
     s = setup()
     with mlflow.start_run():
-        model = training.fine_tune(s, AdapterConfig(), TRAIN.model_copy(update={"learning_rate": 1e-2}), seed=0).model
+        model = training.fine_tune(s, AdapterConfig(), TRAIN.model_copy(update={"learning_rate": 1e-2})).model
     text = general_text(s)
     measured = forgetting.evaluate(model, text, s.tokenizer.pad_token_id, None)
     kl, delta, count = 0.0, 0.0, 0

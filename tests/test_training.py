@@ -19,10 +19,10 @@ def setup(adapter=AdapterConfig(), **train_values):
     return training.setup(DATA, TINY, adapter, train), adapter, train
 
 
-def fine_tune(adapter=AdapterConfig(), seed=0, **train_values):
+def fine_tune(adapter=AdapterConfig(), **train_values):
     s, adapter, train = setup(adapter, **train_values)
     with mlflow.start_run() as run:
-        model = training.fine_tune(s, adapter, train, seed).model
+        model = training.fine_tune(s, adapter, train).model
     mlflow.flush_async_logging()
     return model, mlflow.get_run(run.info.run_id)
 
@@ -86,7 +86,7 @@ def test_gradient_checkpointing_gives_the_same_loss():
 
 @pytest.mark.slow  # trains several adapters to compare them
 def test_same_seed_same_final_loss_other_seed_other_loss():
-    losses = [final(fine_tune(seed=seed, max_steps=3)[1], "train_loss") for seed in (0, 0, 1)]
+    losses = [final(fine_tune(training_seed=seed, max_steps=3)[1], "train_loss") for seed in (0, 0, 1)]
     assert losses[0] == losses[1] and losses[0] != losses[2]
 
 
@@ -114,7 +114,7 @@ def test_data_prepared_with_another_tokenizer_is_refused(tmp_path):
 def test_fine_tune_returns_what_it_logged(mlflow_experiment):
     s, adapter, train = setup(max_steps=4, eval_every=2)
     with mlflow.start_run() as run:
-        result = training.fine_tune(s, adapter, train, seed=0)
+        result = training.fine_tune(s, adapter, train)
     mlflow.flush_async_logging()
     logged = mlflow.get_run(run.info.run_id).data.metrics
     assert result.metrics == {name: pytest.approx(logged[name]) for name in result.metrics}

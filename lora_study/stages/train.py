@@ -96,7 +96,7 @@ def run_train(
     label = tracking.adapter_label(adapter.rank, adapter.target_modules, quantization=adapter.quantization)
     with tracking.stage_run(STAGE_TRAIN, log_system_metrics=True, name=RUN_NAME_TRAIN.format(adapter=label)) as run:
         training.log_inputs(s, data, base)
-        result = training.fine_tune(s, adapter, train, train.training_seed)
+        result = training.fine_tune(s, adapter, train)
         if general_text:
             forgot = forgetting.evaluate(result.model, general_text, s.tokenizer.pad_token_id, s.dtype)
             tracking.log_forgetting(forgot, general_text.description)
@@ -279,7 +279,7 @@ def _train_group(s: training.Setup, key: str, value: str, recipe: Recipe, measur
         with tracking.stage_run(STAGE_TRAIN, nested=True, name=name, **tags) as run:
             training.log_inputs(own, recipe.data, recipe.base)
             tracking.log_params({PARAM_GROUP: value})
-            result = training.fine_tune(own, recipe.adapter, recipe.train, recipe.train.training_seed)
+            result = training.fine_tune(own, recipe.adapter, recipe.train)
             if measured.general_text:
                 text, pad_id = measured.general_text, s.tokenizer.pad_token_id
                 if measured.base_distribution is None:

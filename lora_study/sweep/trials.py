@@ -199,7 +199,6 @@ class Worker:
                     s,
                     adapter,
                     train,
-                    train.training_seed,
                     on_eval=None if confirming else self._pruning(trial, train.max_steps, prunable=not queued),
                     base_eval_loss=self.base_eval_losses.get(base_key),
                 )

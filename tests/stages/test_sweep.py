@@ -125,10 +125,10 @@ def test_a_trial_behind_the_median_is_pruned_and_recorded(tmp_path, mlflow_exper
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, mlflow_experiment, monkeypatch):
     fine_tune = training.fine_tune
 
-    def failing_for_rank_4(s, adapter, train, seed, **hooks):
+    def failing_for_rank_4(s, adapter, train, **hooks):
         if adapter.rank == 4:
             raise UserInputError("train_loss became nan at step 1: lower --learning-rate")
-        return fine_tune(s, adapter, train, seed, **hooks)
+        return fine_tune(s, adapter, train, **hooks)
 
     monkeypatch.setattr(training, "fine_tune", failing_for_rank_4)
     created = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/optuna.db")
