@@ -23,7 +23,6 @@ import json
 import math
 import statistics
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import optuna
@@ -261,8 +260,7 @@ def _decided(grid: Grid, study, confirmed: list, recommended, strategy: Strategy
     trained at."""
     runs = _study_runs(grid, study, confirmed, recommended)
     by_number = {t.number: t.params for t in study.trials}
-    with mock.patch.object(findings, "TIE_WITHIN", strategy.tie_within):  # a module constant of the rule
-        decided = [finding for _, finding, _ in effects.factor_findings(runs) if finding.decided]
+    decided = [finding for _, finding, _ in effects.factor_findings(runs, strategy.tie_within) if finding.decided]
     budget = findings.EXPLORED if strategy.explore_budget else findings.CONFIRMED
     return [(dataclasses.replace(f, figures=budget) if f.direction else f, by_number) for f in decided]
 

@@ -103,8 +103,11 @@ def factors(s: StudyRuns) -> Section:
     return Section("factors", "Effects of each factor", blocks)
 
 
-def factor_findings(s: StudyRuns) -> list[tuple[str, findings.Finding, pd.DataFrame | None]]:
-    """Each searched factor's finding, under its heading, with the table it was read from (if any)."""
+def factor_findings(
+    s: StudyRuns, tie_within: float = findings.TIE_WITHIN
+) -> list[tuple[str, findings.Finding, pd.DataFrame | None]]:
+    """Each searched factor's finding, under its heading, with the table it was read from (if any);
+    `tie_within` is the tie rule (`findings.compare_levels`)."""
     complete = configurations(with_alpha_per_rank(s.trials[s.trials[TAG_TRIAL_STATE] == plots.COMPLETE]))
     seed_std, explore, read = _seed_std(s), explore_noise(s.trials), []
     for factor in LEVEL_FACTORS + TREND_FACTORS:
@@ -116,7 +119,7 @@ def factor_findings(s: StudyRuns) -> list[tuple[str, findings.Finding, pd.DataFr
                 ppl = rows[METRIC_EVAL_PERPLEXITY]
                 finding, table = findings.trend(factor, rows[factor], ppl, s.ranges.get(factor)), None
             else:
-                finding, table = _levels(s, rows, factor, seed_std, explore[0] if explore else None)
+                finding, table = _levels(s, rows, factor, seed_std, explore[0] if explore else None, tie_within)
             read.append((heading, finding, table))
     return read
 
@@ -134,7 +137,14 @@ def _groups(complete: pd.DataFrame, factor: str) -> list[tuple[str, pd.DataFrame
     return [(findings.label(factor), complete)]
 
 
-def _levels(s: StudyRuns, complete: pd.DataFrame, factor: str, seed_std: float | None, explore_std: float | None):
+def _levels(
+    s: StudyRuns,
+    complete: pd.DataFrame,
+    factor: str,
+    seed_std: float | None,
+    explore_std: float | None,
+    tie_within: float,
+):
     """The finding of a factor with few levels, and its table: a row per level, each of one
     configuration. The strongest matched evidence decides: confirmed configurations that differ in
     this factor alone, with the confirmations' noise; else the best explore trial per level, with
@@ -145,7 +155,7 @@ def _levels(s: StudyRuns, complete: pd.DataFrame, factor: str, seed_std: float |
     if matched is not None and seed_std:
         levels, seeds = matched
         difference_std = seed_std * math.sqrt(2 / seeds)  # of two means of `seeds` seeds each (at least)
-        finding = findings.compare_levels(factor, levels, seed_std, difference_std)
+        finding = findings.compare_levels(factor, levels, seed_std, difference_std, tie_within)
         return dataclasses.replace(finding, figures=findings.CONFIRMED), _table(s, complete, factor, levels)
     best = complete.loc[complete.groupby(factor)[METRIC_EVAL_PERPLEXITY].idxmin()]
     levels = _as_levels(best, factor, METRIC_EVAL_PERPLEXITY, cost, TAG_TRIAL_NUMBER)
@@ -157,7 +167,7 @@ def _levels(s: StudyRuns, complete: pd.DataFrame, factor: str, seed_std: float |
         what = "validation perplexity at the explore budget"
         return findings.undecided_by_confounders(factor, levels, differing, what), table
     if explore_std:  # single runs: a difference of two has sqrt(2) x their noise
-        finding = findings.compare_levels(factor, levels, explore_std, math.sqrt(2) * explore_std)
+        finding = findings.compare_levels(factor, levels, explore_std, math.sqrt(2) * explore_std, tie_within)
         return dataclasses.replace(finding, figures=findings.EXPLORED), table
     return findings.compare_levels(factor, levels, None, no_noise=EXPLORE_NOISE), table
 

@@ -129,11 +129,13 @@ def compare_levels(
     levels: list[Level],
     seed_std: float | None,
     difference_std: float | None = None,
+    tie_within: float = TIE_WITHIN,
     no_noise: str = "without a seed spread (--confirm-seeds 2 or more) the study cannot tell whether that is more "
     "than noise",
 ) -> Finding:
     """The finding of a factor with a few levels, measured alike (matched figures). `difference_std`
-    is the noise of a difference of two of their figures (sqrt(2) x `seed_std` for single runs)."""
+    is the noise of a difference of two of their figures (sqrt(2) x `seed_std` for single runs);
+    `tie_within` the tie rule, in units of it (the replay measures others)."""
     if len(levels) < 2:
         only = level_name(factor, levels[0].level) if levels else "no level"
         return Finding(factor, f"{label(factor)}: only {only} has a complete trial; nothing to compare", False)
@@ -152,7 +154,7 @@ def compare_levels(
             False,
         )
     noise = difference_std or math.sqrt(2) * seed_std  # the spread of a difference of two figures
-    ties = [x for x in ordered if x.perplexity - best.perplexity <= TIE_WITHIN * noise]
+    ties = [x for x in ordered if x.perplexity - best.perplexity <= tie_within * noise]
     cheapest = min(ties, key=lambda x: (x.cost, x.perplexity))
     if not _same_cost(cheapest.cost, best.cost) and cheapest.cost < best.cost:
         return Finding(
