@@ -197,7 +197,9 @@ def _train_groups(
                     )
             if key in finished:  # registered as soon as trained: a later failure leaves it served
                 measured_on = comparability.Basis.of(prepared.group(key).meta, s.ref, adapter.quantization)
-                versions[key] = _registered(name, finished[key], group["value"], key, base, measured_on)
+                held = _registered(name, finished[key], group["value"], key, base, measured_on)
+                if held is not None:
+                    versions[key] = held
             progress.update(1)
         progress.close()
         _log_cross_group(finished, measured, data_cfg.group_by)
@@ -298,17 +300,21 @@ def _train_group(s: training.Setup, key: str, value: str, recipe: Recipe, measur
     return mlflow.get_run(run.info.run_id)
 
 
-def _registered(name: str, run, value: str, key: str, base: BaseModelConfig, measured_on) -> str:
-    """The group's adapter as a version of `name`, registered once per run, with the alias `group-<key>`;
-    its test perplexity was measured on its own group's test split (`measured_on`)."""
+def _registered(name: str, run, value: str, key: str, base: BaseModelConfig, measured_on) -> str | None:
+    """The group's adapter as a version of `name`, registered once per run; its test perplexity was
+    measured on its own group's test split (`measured_on`). The alias `group-<key>` moves to it only
+    forward, as `challenger` does: if it beats the holder on the same test split (`promote --force`
+    overrides). The version the alias holds afterwards, if any."""
     version = registry.run_version(name, run.info.run_id)
     if version is None:
         measured = {key: run.data.metrics[key] for key in (METRIC_TEST_PERPLEXITY, METRIC_BASE_TEST_PERPLEXITY)}
         tags = {TAG_GROUP: value, TAG_BASE_MODEL: base.base_model}
         uri = f"runs:/{run.info.run_id}/{ARTIFACT_ADAPTER}"
         version = registry.register_measured(uri, name, measured, measured_on, tags)
-    registry.set_alias(name, groups.alias(key), version.version, f"train --group-by: group {value}")
-    return version.version
+    alias = groups.alias(key)
+    console.say(registry.advance(name, version.version, alias, f"train --group-by: group {value}"))
+    held = registry.alias_version(name, alias)
+    return held.version if held is not None else None
 
 
 def _log_cross_group(finished: dict, measured: Measured, group_by: str) -> None:

@@ -140,6 +140,23 @@ def test_a_rerun_trains_only_the_groups_not_finished_and_recovers_a_killed_one(m
     assert len([v for v in versions if v.run_id in finished.values()]) == 4  # one version per group's run
 
 
+def test_a_group_alias_moves_only_to_a_better_adapter_unless_forced(mlflow_experiment, tmp_path):
+    """`group-<key>` follows `challenger`'s rule: a new version takes it only with a better test
+    perplexity on the same test split; `promote --force` moves it anyway."""
+    dataset = write_grouped_topics(tmp_path / "topics.jsonl", per_group=10)
+    once = ("--groups", "debugger", "--forgetting-data", "none")
+    code, said = grouped_train(dataset, *once, name="forward")
+    assert code == 0, said
+    assert "forward@group-debugger -> version 1 (test_perplexity " in said
+    code, said = grouped_train(dataset, *once, "--learning-rate", "1e-6", name="forward")  # barely trained
+    assert code == 0, said
+    assert "forward@group-debugger stays on version 1: version 2 is not better than @group-debugger (version 1)" in said
+    assert "registered forward: group-debugger (version 1)" in said
+    argv = ["promote", "forward", "--version", "2", "--alias", "group-debugger", "--force", "--reason", "by hand"]
+    assert cli.main(argv) == 0
+    assert registry.alias_version("forward", "group-debugger").version == "2"
+
+
 def test_a_run_training_the_same_groups_now_is_not_joined(mlflow_experiment, tmp_path):
     dataset = write_grouped_topics(tmp_path / "topics.jsonl", per_group=10)
     code, said = grouped_train(dataset, "--groups", "debugger", "--forgetting-data", "none", name="live")
