@@ -151,16 +151,16 @@ def load(source: ModelSource, device: torch.device, dtype: torch.dtype | None, o
 # --- logging and saving models ---------------------------------------------------------------------
 
 
-def log_adapter(peft_model, reference: AdapterReference, name: str = ARTIFACT_ADAPTER):
+def log_adapter(peft_model, reference: AdapterReference, name: str = ARTIFACT_ADAPTER, step: int = 0):
     """Log the adapter under the active run as an MLflow model of kind `adapter` named `name`
-    (`logged_models.name`), and its size."""
+    (`logged_models.name`) at training step `step`, and its size."""
     with tempfile.TemporaryDirectory() as folder:
         adapter_dir = Path(folder) / MODEL_KEY_ADAPTER
         peft_model.save_pretrained(adapter_dir)
         mlflow.log_metric(
             METRIC_ADAPTER_SIZE_MB, sum(f.stat().st_size for f in adapter_dir.glob("*.safetensors")) / 2**20
         )
-        return _log(name, ARTIFACT_ADAPTER, folder, {MODEL_KEY_ADAPTER: str(adapter_dir)}, reference)
+        return _log(name, ARTIFACT_ADAPTER, folder, {MODEL_KEY_ADAPTER: str(adapter_dir)}, reference, step)
 
 
 def log_merged(model, tokenizer, reference: AdapterReference, output: Path | None):
@@ -174,7 +174,7 @@ def log_merged(model, tokenizer, reference: AdapterReference, output: Path | Non
         return _log(ARTIFACT_MERGED, ARTIFACT_MERGED, folder, {MODEL_KEY_MERGED: str(merged_dir)}, reference)
 
 
-def _log(name: str, kind: str, folder: str, artifacts: dict, reference: AdapterReference):
+def _log(name: str, kind: str, folder: str, artifacts: dict, reference: AdapterReference, step: int = 0):
     reference.write(Path(folder) / BASE_REFERENCE)
     with _without_input_example_warning():
         return mlflow.pyfunc.log_model(
@@ -186,6 +186,7 @@ def _log(name: str, kind: str, folder: str, artifacts: dict, reference: AdapterR
             code_paths=[package_dir()],
             metadata={"base_model": reference.as_dict()},
             tags={TAG_MODEL_KIND: kind},
+            step=step,  # MLflow links the run's metrics of that step to the model
         )
 
 

@@ -45,11 +45,13 @@ def _number(value: float) -> str:
 
 
 def link_run_metrics(model_id: str, run_id: str) -> None:
-    """The run's latest leaderboard metrics, logged on its model too: those measured on the prepared
+    """The run's latest leaderboard metrics that MLflow did not link to its model as it logged it
+    (it links those of the model's step), logged on the model too: those measured on the prepared
     data's splits linked to that dataset (the run's training input). Each is logged again with its
     own step and time, which MLflow keeps once in the run's history."""
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)
+    linked = {metric.key for metric in client.get_logged_model(model_id).metrics or []}
     dataset = next(
         (
             given.dataset
@@ -60,7 +62,7 @@ def link_run_metrics(model_id: str, run_id: str) -> None:
     )
     metrics = []
     for key in (*LOGGED_MODEL_METRICS_ON_DATA, *LOGGED_MODEL_METRICS):
-        if key not in run.data.metrics:
+        if key not in run.data.metrics or key in linked:
             continue
         latest = max(client.get_metric_history(run_id, key), key=lambda metric: (metric.step, metric.timestamp))
         on_data = dataset is not None and key in LOGGED_MODEL_METRICS_ON_DATA

@@ -346,9 +346,11 @@ def log_inputs(s: Setup, data_cfg: DataConfig, base: BaseModelConfig) -> None:
     tracking.log_training_rows(str(s.prepared.path), data_cfg.dataset, s.prepared.meta.digest)
 
 
-def log_trained_adapter(s: Setup, model, adapter: AdapterConfig, train: TrainConfig):
-    """The adapter as an MLflow model of kind `adapter`, named for its configuration and training
-    seed, with the reference to the base it was trained on and the run's leaderboard metrics so far."""
+def log_trained_adapter(s: Setup, result: TrainResult, adapter: AdapterConfig, train: TrainConfig):
+    """The trained adapter as an MLflow model of kind `adapter`, named for its configuration and
+    training seed, with the reference to the base it was trained on, logged at the last training
+    step: MLflow links that step's metrics to it (the last validation perplexity, not the base's at
+    step 0); the run's other leaderboard metrics so far are linked after."""
     meta = s.prepared.meta
     reference = models.AdapterReference.of(
         s.ref, adapter.quantization, s.weights_dtype, meta.format, meta.tokenizer_digest
@@ -356,7 +358,7 @@ def log_trained_adapter(s: Setup, model, adapter: AdapterConfig, train: TrainCon
     name = logged_models.name(
         adapter.rank, adapter.target_modules, train.learning_rate, adapter.quantization, train.training_seed
     )
-    info = adapters.log_adapter(model, reference, name)
-    tracking.flush()  # the loop's last metrics are logged asynchronously
+    tracking.flush()  # the loop's last metrics are logged asynchronously: MLflow links them as it logs the model
+    info = adapters.log_adapter(result.model, reference, name, step=max(result.eval_losses))
     logged_models.link_run_metrics(info.model_id, info.run_id)
     return info

@@ -223,9 +223,9 @@ def trained_adapter(adapter=AdapterConfig(), **train_fields):
     train = TrainConfig(**{"max_steps": 3, "batch_size": 4, "learning_rate": 1e-2, **train_fields})
     s = training.setup(TINY_DATA, TINY_BASE, adapter, train)
     with mlflow.start_run() as run:
-        model = training.fine_tune(s, adapter, train).model
-        info = training.log_trained_adapter(s, model, adapter, train)
-    return model, s, run.info.run_id, info
+        result = training.fine_tune(s, adapter, train)
+        info = training.log_trained_adapter(s, result, adapter, train)
+    return result.model, s, run.info.run_id, info
 
 
 @pytest.fixture(scope="session")

@@ -101,7 +101,7 @@ def run_train(
             forgot = forgetting.evaluate(result.model, general_text, s.tokenizer.pad_token_id, s.dtype)
             tracking.log_forgetting(forgot, general_text.description)
         if processes.is_main():
-            info = training.log_trained_adapter(s, result.model, adapter, train)
+            info = training.log_trained_adapter(s, result, adapter, train)
             print(f"adapter {info.name}: {info.model_uri}")  # `runs:/<run id>/adapter` names it too
         tracking.flush()
     return run.info.run_id if run else None
@@ -291,7 +291,7 @@ def _train_group(s: training.Setup, key: str, value: str, recipe: Recipe, measur
             row = {other: _test_loss(s, result.model, rows) for other, rows in measured.test_rows.items()}
             tracking.log_metrics(evaluation.perplexity_metrics(row[key], measured.base_losses[key]))
             mlflow.log_dict({other: perplexity(loss) for other, loss in row.items()}, ARTIFACT_GROUP_ROW)
-            training.log_trained_adapter(own, result.model, recipe.adapter, recipe.train)
+            training.log_trained_adapter(own, result, recipe.adapter, recipe.train)
             tracking.flush()
     finally:
         s.model = lora.detach(own.model)  # the next group starts from the base

@@ -207,7 +207,7 @@ class Worker:
                 if confirming:
                     measured.update(self._test_metrics(s, result.model, base_key))
                     tracking.log_metrics(measured)
-                training.log_trained_adapter(s, result.model, adapter, train)
+                training.log_trained_adapter(s, result, adapter, train)
             finally:
                 self.bases[adapter.quantization] = lora.detach(s.model)  # the next trial starts from the base
                 if train.gradient_checkpointing:

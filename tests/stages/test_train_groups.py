@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from conftest import GROUPED_TOPICS, PROMPTS, answers, runs, write_grouped_topics
 
-from lora_study import adapters, cli, names, registry, serving, tracking, training
+from lora_study import adapters, cli, logged_models, names, registry, serving, tracking, training
 from lora_study.config import EvaluateConfig
 from lora_study.errors import UserInputError
 from lora_study.stages.evaluate import run_evaluate
@@ -60,6 +60,21 @@ def test_each_group_trains_in_a_nested_run_and_says_so_in_a_line(grouped):
     assert "groups topic: 4 with data enough, 1 without; 5 chosen, 0 trained before" in lines
     assert "group try  5/5  skipped: 2 document(s): too few to split into train, validation and test" in lines
     assert any(line.startswith("group debugger  2/5  test ppl ") for line in lines)
+
+
+def test_each_groups_model_carries_its_test_perplexity_on_its_groups_data(grouped):
+    """The Models tab's leaderboard: a group's LoggedModel holds its test perplexity, linked to the
+    dataset its run trained on (the group's prepared rows), and its costs, linked to none."""
+    _, children, _ = grouped
+    client = mlflow.MlflowClient()
+    for run in children.values():
+        (trained_on,) = [given.dataset for given in client.get_run(run.info.run_id).inputs.dataset_inputs]
+        model = client.get_logged_model(logged_models.of_run(run.info.run_id).removeprefix("models:/"))
+        linked = {metric.key: metric for metric in model.metrics}
+        test = linked["test_perplexity"]
+        assert test.value == pytest.approx(run.data.metrics["test_perplexity"])
+        assert (test.dataset_name, test.dataset_digest) == (trained_on.name, trained_on.digest)
+        assert linked["trainable_params"].dataset_name is None
 
 
 def test_the_cross_group_matrix_puts_each_adapter_on_every_groups_test_split(grouped):
@@ -154,7 +169,7 @@ def test_a_group_alias_moves_only_to_a_better_adapter_unless_forced(mlflow_exper
     assert "registered forward: group-debugger (version 1)" in said
     argv = ["promote", "forward", "--version", "2", "--alias", "group-debugger", "--force", "--reason", "by hand"]
     assert cli.main(argv) == 0
-    assert registry.alias_version("forward", "group-debugger").version == "2"
+    assert str(registry.alias_version("forward", "group-debugger").version) == "2"
 
 
 def test_a_run_training_the_same_groups_now_is_not_joined(mlflow_experiment, tmp_path):
