@@ -19,7 +19,7 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from lora_study import adapters, serving
+from lora_study import adapters, logged_models, serving
 from lora_study.config import ServeConfig
 from lora_study.errors import UserInputError
 
@@ -31,8 +31,7 @@ def run_serve(cfg: ServeConfig) -> None:
         entries = serving.adapter_entries(cfg.adapters)
         model_uri, names = str(adapters.save_multi_adapter_model(entries)), [name for name, _ in entries]
     else:
-        model_uri, names = cfg.model_uri, []
-        _check_model(model_uri)
+        model_uri, names = _model_to_serve(cfg.model_uri), []
     url = f"http://{cfg.host}:{cfg.port}"
     ready = [
         sys.executable,
@@ -70,12 +69,16 @@ def _check_port(host: str, port: int) -> None:
             ) from None
 
 
-def _check_model(model_uri: str) -> None:
-    """One clear line for a model URI that names nothing, before a server starts on it."""
+def _model_to_serve(model_uri: str) -> str:
+    """The URI MLflow serves `model_uri` by (`runs:/<id>/adapter` names a model by its kind, which
+    only lora-study reads: `models:/<model id>`); one clear line for a URI that names nothing,
+    before a server starts on it."""
     try:
-        mlflow.models.get_model_info(model_uri)
+        served = logged_models.uri(model_uri)
+        mlflow.models.get_model_info(served)
     except (MlflowException, OSError) as error:
         raise UserInputError(f"{model_uri}: {getattr(error, 'message', error)}") from None
+    return served
 
 
 def usage(url: str, what: str, names: list[str]) -> str:
