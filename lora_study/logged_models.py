@@ -1,5 +1,5 @@
 """LoggedModels as the experiment's Models tab lists them: named for what they are
-(`r32-qkvo-lr19e-4-seed1`), tagged with their kind (`adapter` or `merged`), carrying their run's
+(`r32-qkvo-lr19e-4-seed1-200steps`), tagged with their kind (`adapter` or `merged`), carrying their run's
 leaderboard metrics, and found again from `runs:/<run id>/adapter`, the URI lora-study wrote before
 its models had names of their own.
 
@@ -23,13 +23,14 @@ NOT_IN_A_NAME = ("/", ":", ".", "%", '"', "'")  # MLflow refuses these in a Logg
 TRAINING_CONTEXT = "training"  # the context of a run's prepared-data input (`tracking.log_training_rows`)
 
 
-def name(rank: int, target_modules: str, learning_rate: float, quantization: str, seed: int) -> str:
-    """`r32-qkvo-lr19e-4-seed1`: the adapter's configuration and the seed that trained it; the
-    learning rate to 2 significant digits, written without a decimal point."""
+def name(rank: int, target_modules: str, learning_rate: float, quantization: str, seed: int, steps: int) -> str:
+    """`r32-qkvo-lr19e-4-seed1-200steps`: the adapter's configuration, the seed that trained it and
+    its training steps (a sweep trains a configuration at two budgets); the learning rate to 2
+    significant digits, written without a decimal point."""
     parts = [f"r{rank}", target_modules, f"lr{_number(learning_rate)}"]
     if quantization != "none":
         parts.append(quantization)
-    text = "-".join([*parts, f"seed{seed}"])
+    text = "-".join([*parts, f"seed{seed}", f"{steps}steps"])
     for character in NOT_IN_A_NAME:
         text = text.replace(character, "_")
     return text
@@ -45,10 +46,12 @@ def _number(value: float) -> str:
 
 
 def link_run_metrics(model_id: str, run_id: str) -> None:
-    """The run's latest leaderboard metrics that MLflow did not link to its model as it logged it
-    (it links those of the model's step), logged on the model too: those measured on the prepared
-    data's splits linked to that dataset (the run's training input). Each is logged again with its
-    own step and time, which MLflow keeps once in the run's history."""
+    """The run's latest leaderboard metrics, logged on its model too, where MLflow did not link
+    them as it logged the model (it links those of the model's step, without a dataset). Those
+    measured on the prepared data's splits are linked to that dataset (the run's training input),
+    so the Models tab shows validation and test perplexity side by side under it; one MLflow
+    linked already is logged again a millisecond later, as the run keeps a metric of one step and
+    time once."""
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)
     linked = {metric.key for metric in client.get_logged_model(model_id).metrics or []}
@@ -62,15 +65,15 @@ def link_run_metrics(model_id: str, run_id: str) -> None:
     )
     metrics = []
     for key in (*LOGGED_MODEL_METRICS_ON_DATA, *LOGGED_MODEL_METRICS):
-        if key not in run.data.metrics or key in linked:
+        on_data = dataset is not None and key in LOGGED_MODEL_METRICS_ON_DATA
+        if key not in run.data.metrics or (key in linked and not on_data):
             continue
         latest = max(client.get_metric_history(run_id, key), key=lambda metric: (metric.step, metric.timestamp))
-        on_data = dataset is not None and key in LOGGED_MODEL_METRICS_ON_DATA
         metrics.append(
             Metric(
                 key,
                 latest.value,
-                latest.timestamp,
+                latest.timestamp + (key in linked),
                 latest.step,
                 model_id=model_id,
                 dataset_name=dataset.name if on_data else None,

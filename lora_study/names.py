@@ -272,7 +272,7 @@ ARTIFACT_DATA = "data"  # the prepared splits, as `prepare` wrote them
 ARTIFACT_PREVIEW = "preview.json"  # an MLflow table: a few decoded rows per split
 ARTIFACT_ADAPTER = "adapter"  # the adapter as an MLflow model (lora_study.adapters)
 ARTIFACT_MERGED = "merged"  # the base with the adapter merged in, as an MLflow model (lora_study.adapters)
-# A LoggedModel is named for what it is (`r32-qkvo-lr19e-4-seed1`, `tracking.logged_model_name`) and
+# A LoggedModel is named for what it is (`r32-qkvo-lr19e-4-seed1-200steps`, `tracking.logged_model_name`) and
 # tagged with its kind, ARTIFACT_ADAPTER or ARTIFACT_MERGED: `runs:/<run id>/adapter` still finds it.
 TAG_MODEL_KIND = "lora_study.model_kind"
 # The run's metrics a LoggedModel carries too, so the experiment's Models tab sorts as a leaderboard:

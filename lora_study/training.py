@@ -347,18 +347,19 @@ def log_inputs(s: Setup, data_cfg: DataConfig, base: BaseModelConfig) -> None:
 
 
 def log_trained_adapter(s: Setup, result: TrainResult, adapter: AdapterConfig, train: TrainConfig):
-    """The trained adapter as an MLflow model of kind `adapter`, named for its configuration and
-    training seed, with the reference to the base it was trained on, logged at the last training
+    """The trained adapter as an MLflow model of kind `adapter`, named for its configuration,
+    training seed and steps, with the reference to the base it was trained on, logged at the last training
     step: MLflow links that step's metrics to it (the last validation perplexity, not the base's at
     step 0); the run's other leaderboard metrics so far are linked after."""
     meta = s.prepared.meta
     reference = models.AdapterReference.of(
         s.ref, adapter.quantization, s.weights_dtype, meta.format, meta.tokenizer_digest
     )
+    steps = max(result.eval_losses)  # the last evaluation is at the last step
     name = logged_models.name(
-        adapter.rank, adapter.target_modules, train.learning_rate, adapter.quantization, train.training_seed
+        adapter.rank, adapter.target_modules, train.learning_rate, adapter.quantization, train.training_seed, steps
     )
     tracking.flush()  # the loop's last metrics are logged asynchronously: MLflow links them as it logs the model
-    info = adapters.log_adapter(result.model, reference, name, step=max(result.eval_losses))
+    info = adapters.log_adapter(result.model, reference, name, step=steps)
     logged_models.link_run_metrics(info.model_id, info.run_id)
     return info

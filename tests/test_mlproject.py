@@ -37,7 +37,7 @@ def test_train_then_merge_entry_points_finish_and_log_their_models(mlflow_experi
     (run,) = runs(mlflow_experiment)
     assert run.info.status == "FINISHED" and run.data.params["steps"] == "2"
     # MLflow's own loader, on the URI train printed (its model is named for its configuration)
-    (printed,) = re.findall(r"^adapter r8-qv-lr\S+-seed0: (models:/m-\w+)$", done.stdout, re.M)
+    (printed,) = re.findall(r"^adapter r8-qv-lr\S+-seed0-2steps: (models:/m-\w+)$", done.stdout, re.M)
     assert mlflow.pyfunc.load_model(printed).metadata.signature is not None
     done = mlflow_run(
         "merge",
