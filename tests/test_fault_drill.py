@@ -26,3 +26,34 @@ def test_a_sweep_killed_three_times_then_run_to_the_end_is_whole(tmp_path):
     assert {key: figures[key] for key in ZERO} == dict.fromkeys(ZERO, 0)
     assert figures["trials finished"] == 3 and figures["parent runs of the study"] == 1
     assert figures["versions registered"] >= 1  # each confirmed configuration once (duplicates: zero)
+
+
+@pytest.mark.slow
+def test_oversized_input_is_refused_and_the_server_keeps_serving(tmp_path):
+    """The drill's oversize version, each request once: bodies of 1 and 50 MB refused, a full batch
+    at the max_new_tokens limit answered, the server alive after."""
+    import oversize_drill
+
+    figures = oversize_drill.oversize_drill(tmp_path, repeats=1)
+    refused = [what for what, _ in oversize_drill.refused_requests()]
+    assert [figures[f"{what}: statuses"] for what in refused] == ["400", "400", "413"]
+    assert figures["8 prompts x 512 new tokens: status"] == 200
+    assert figures["a short request beside it: statuses"] == "200" and figures["server alive after"] == 1
+
+
+@pytest.mark.slow
+def test_a_shared_study_survives_its_database_restarting(tmp_path):
+    """The drill's db-restart version, once, 5 s down: every worker waits, says so, goes on."""
+    import outage_drills
+    import postgres_cluster
+
+    if not postgres_cluster.installed():
+        pytest.skip("PostgreSQL is not installed here; .ci/run installs it (Debian package postgresql)")
+    figures = outage_drills.outage_drill(
+        tmp_path, "db-restart", 1, 5, n_trials=3, window_s=8, rng=random.Random(0), max_steps="20", eval_every="10"
+    )
+    said = "".join(log.read_text() for log in tmp_path.glob("worker-*.log"))
+    assert figures["workers that exited non-zero"] == 0, said[-3000:]
+    assert {key: figures[key] for key in ZERO} == dict.fromkeys(ZERO, 0)
+    assert figures["tracebacks in the workers' output"] == 0, said[-3000:]
+    assert figures["trials finished"] >= 3 and figures["parent runs of the study"] == 1

@@ -112,6 +112,12 @@ class SweepConfig(BaseModel):
         description="Optuna storage URL (postgresql://... for many workers or machines); empty: "
         "sqlite optuna.db beside the MLflow store.",
     )
+    storage_wait_s: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds a worker waits for an Optuna storage that went away (a database restart); "
+        "past that it stops, its runs FAILED, and the same command resumes the study.",
+    )
     n_workers: int = Field(1, gt=0, description="Worker processes on this machine sharing the study.")
     registered_model: str = Field(
         "", description="Registry name for the best adapters; empty: lora-study-<base model>."

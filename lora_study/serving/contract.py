@@ -33,6 +33,17 @@ DEFAULT_PARAMS = {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0}
 # least the default of 64).
 MAX_NEW_TOKENS_ENV = "LORA_STUDY_MAX_NEW_TOKENS"
 MAX_NEW_TOKENS = int(os.environ.get(MAX_NEW_TOKENS_ENV, "512"))
+# The most prompts one request may hold: a request of more is refused before any is tokenized
+# (LORA_STUDY_MAX_PROMPTS where the server starts changes it).
+MAX_PROMPTS_ENV = "LORA_STUDY_MAX_PROMPTS"
+MAX_PROMPTS = int(os.environ.get(MAX_PROMPTS_ENV, "64"))
+# The largest request body, in MB, that the scoring server parses (`server.refuse_large_bodies`):
+# 64 prompts of the longest kind SmolLM2's 2048 positions hold are about 4 MB.
+MAX_BODY_MB_ENV = "LORA_STUDY_MAX_BODY_MB"
+MAX_BODY_MB = float(os.environ.get(MAX_BODY_MB_ENV, "8"))
+# A prompt of more characters than this many per position of the model cannot fit its context
+# (a token is rarely longer): refused without tokenizing it, which takes seconds for a million.
+CHARS_PER_POSITION = 32
 # Requests that arrive together are answered in one batch (`lora_study.serving.batching`): at most this
 # many prompts, gathered for at most this long after the first. `lora-study serve
 # --max-batch-size --batch-wait-ms` set them; a batch size of 1 answers one at a time.
@@ -120,6 +131,10 @@ def _prompts(model_input) -> list[str]:
         prompts = list(model_input[_prompt_column(model_input)])
     else:
         prompts = [model_input] if isinstance(model_input, str) else list(model_input)
+    if len(prompts) > MAX_PROMPTS:
+        raise BadRequest(
+            f"{len(prompts)} prompts in one request; at most {MAX_PROMPTS} (send the rest in more requests)"
+        )
     if not prompts or not all(isinstance(prompt, str) and prompt.strip() for prompt in prompts):
         raise BadRequest(f"every `{PROMPT_FIELD}` must be a non-empty string")
     return prompts
@@ -169,6 +184,10 @@ def check_lengths(texts: list[str], tokenizer, config, max_new_tokens: int) -> N
     if limit is None:
         return
     for number, text in enumerate(texts, start=1):
+        if len(text) > CHARS_PER_POSITION * limit:
+            raise BadRequest(
+                f"prompt {number} has {len(text)} characters: far over what the model's {limit} positions hold"
+            )
         length = len(tokenizer(text)["input_ids"])
         if length + max_new_tokens > limit:
             raise BadRequest(

@@ -19,7 +19,7 @@ from lora_study.names import (
     MODEL_KEY_MERGED,
 )
 from lora_study.serving import batching, contract
-from lora_study.serving.server import accept_prompt_dict, refuse_deep_json, widen_request_threads
+from lora_study.serving.server import accept_prompt_dict, refuse_deep_json, refuse_large_bodies, widen_request_threads
 
 
 class AdapterModel(mlflow.pyfunc.PythonModel):
@@ -28,6 +28,7 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         # loaded in a scoring server: its requests too are checked, and parsed as promised
         refuse_deep_json()
+        refuse_large_bodies(int(contract.MAX_BODY_MB * 2**20))
         accept_prompt_dict()
         max_rows, wait_s = contract.batching_settings()
         widen_request_threads(max_rows)

@@ -1,8 +1,9 @@
 """Patches to MLflow's scoring server, made once per process when a lora-study model loads in one:
-deep JSON answered 400 (not 500), enough request threads to fill a batch, and `{"inputs":
-{"prompt": [...]}}` accepted for a one-column model."""
+deep JSON answered 400 (not 500), an oversized body 413 before it is parsed, enough request
+threads to fill a batch, and `{"inputs": {"prompt": [...]}}` accepted for a one-column model."""
 
 import functools
+import json
 import os
 
 from mlflow.exceptions import MlflowException
@@ -38,6 +39,29 @@ def refuse_deep_json() -> None:
         return decode_json_input
 
     _wrap_scoring_server("_decode_json_input", wrap)
+
+
+def refuse_large_bodies(max_bytes: int) -> None:
+    """Answer a request body over `max_bytes` with 413 before MLflow's scoring server parses it:
+    parsing 50 MB of JSON into a frame takes seconds and hundreds of MB, for prompts the model
+    would refuse anyway (`contract.MAX_PROMPTS` of at most `contract.CHARS_PER_POSITION` characters
+    per position each)."""
+    from mlflow.pyfunc.scoring_server import InvocationsResponse
+
+    def wrap(invocations):
+        def bounded_invocations(data, content_type, model, input_schema):
+            if len(data) > max_bytes:
+                message = (
+                    f"the request body has {len(data) / 2**20:.1f} MB; at most {max_bytes / 2**20:.0f} MB "
+                    f"(send fewer or shorter prompts; {contract.MAX_BODY_MB_ENV} raises the bound)"
+                )
+                body = json.dumps({"error_code": "REQUEST_LIMIT_EXCEEDED", "message": message})
+                return InvocationsResponse(body, 413, "application/json")
+            return invocations(data, content_type, model, input_schema)
+
+        return bounded_invocations
+
+    _wrap_scoring_server("invocations", wrap)
 
 
 def widen_request_threads(max_rows: int) -> None:

@@ -52,6 +52,7 @@ from lora_study.report.publish import write_report
 from lora_study.sweep import search_space
 from lora_study.sweep.recommendation import Confirmed, horizon, recommend
 from lora_study.sweep.registration import register_best, register_confirmed
+from lora_study.sweep.storage import masked
 from lora_study.sweep.study import (
     CONFIRM,
     EXPLORE,
@@ -61,7 +62,6 @@ from lora_study.sweep.study import (
     default_study_name,
     enqueue_confirmations,
     finished,
-    masked,
     open_study,
     queue_neighbours,
     queue_replicates,

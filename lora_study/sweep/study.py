@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-import sqlalchemy
 from optuna.trial import TrialState
 
 from lora_study import parent_runs, tracking
@@ -21,6 +20,7 @@ from lora_study.config import BaseModelConfig, DataConfig, SweepConfig
 from lora_study.errors import UserInputError
 from lora_study.names import ALIAS_STUDY_PREFIX, TAG_ALIAS_MOVE_PREFIX, TAG_TRIAL_STATE
 from lora_study.sweep import search_space
+from lora_study.sweep.storage import open_storage
 
 # Heartbeats and multivariate TPE are marked experimental in Optuna; both are what a sweep needs.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -87,14 +87,9 @@ def default_storage() -> str:
     return f"sqlite:///{folder / 'optuna.db'}"
 
 
-def masked(storage: str) -> str:
-    """The storage URL with its password, if any, replaced by ***."""
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", storage)
-
-
 def open_study(plan: Plan, worker: int = 0) -> optuna.Study:
     """Create the study, or load it to resume; every worker opens it the same way."""
-    storage = _storage(plan.storage)
+    storage = open_storage(plan.storage, fail_stale_trial_run, plan.sweep.storage_wait_s)
     objectives = plan.sweep.objective_names
     try:
         return optuna.create_study(
@@ -107,24 +102,6 @@ def open_study(plan: Plan, worker: int = 0) -> optuna.Study:
         )
     except ValueError as error:  # an existing study with other directions
         raise UserInputError(f"--study-name {plan.study_name}: {error}; pass another --study-name") from None
-
-
-def _storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
-    """Optuna's storage at `url`. Workers started together on an empty database each create its
-    tables, and all but one fail on what the first made (PostgreSQL: a duplicate type or
-    table); a second look finds the tables there."""
-    for attempt in range(attempts):
-        try:
-            return optuna.storages.RDBStorage(
-                url,
-                heartbeat_interval=parent_runs.HEARTBEAT_S,
-                heartbeat_stale_trial_callback=_fail_stale_trial_run,
-                engine_kwargs={"pool_pre_ping": True},
-            )
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-            if attempt == attempts - 1:
-                raise
-            time.sleep(1 + attempt)
 
 
 def sampler(plan: Plan, worker: int = 0):
@@ -149,7 +126,7 @@ def pruner(cfg: SweepConfig):
     return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
 
 
-def _fail_stale_trial_run(study: optuna.Study, trial) -> None:
+def fail_stale_trial_run(study: optuna.Study, trial) -> None:
     """A trial whose worker died: its MLflow run is ended FAILED, not left RUNNING, and the trial
     is queued again (`retry`)."""
     run_id = trial.user_attrs.get(ATTR_RUN_ID)

@@ -54,6 +54,9 @@ def test_prompts_get_generated_answers_in_every_payload(server, tiny_adapter):
     assert sampled[0] == 200
 
 
+FIFTY_MB = "a request body of 50 MB"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "payload, expected",
@@ -66,9 +69,14 @@ def test_prompts_get_generated_answers_in_every_payload(server, tiny_adapter):
         ({"dataframe_records": [{"text": "x"}]}, "needs a `prompt` column or a list of prompts (got columns: text; "),
         ({"inputs": {"prompt": ["word " * 3000]}, "params": {"max_new_tokens": 8}}, "over the model's 2048 positions"),
         (b"[" * 5000 + b"]" * 5000, "the request's JSON is nested too deeply"),  # MLflow alone answers 500
+        ({"inputs": {"prompt": ["x" * 10**6]}}, "prompt 1 has 1000000 characters: far over what the model's 2048"),
+        ({"inputs": {"prompt": ["x"] * 65}}, "65 prompts in one request; at most 64"),
+        (FIFTY_MB, "the request body has 50.0 MB; at most 8 MB"),  # refused before MLflow parses it
     ],
 )
 def test_bad_requests_get_a_4xx_with_the_reason_and_the_server_keeps_serving(server, payload, expected):
+    if payload is FIFTY_MB:  # made here, not held by every test process from collection on
+        payload = b'{"inputs": ["' + b"x" * 50 * 2**20 + b'"]}'
     status, body = post(server, payload)
     assert 400 <= status < 500 and expected in body["message"]
     assert post(server, {"inputs": {"prompt": ["still there?"]}, "params": {"max_new_tokens": 2}})[0] == 200

@@ -3,15 +3,12 @@
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import mlflow
 import optuna
 import postgres_cluster
 import pytest
 from conftest import free_port, server_process
-
-from lora_study.sweep import study as sweep_study
 
 pytestmark = pytest.mark.slow  # a PostgreSQL server and an MLflow tracking server
 
@@ -89,10 +86,3 @@ def test_two_workers_on_postgresql_complete_the_study_without_lost_or_duplicate_
     assert 1 <= len(versions) <= 2 and all(v.tags["test_perplexity_n"] == "2" for v in versions)
     report = mlflow.artifacts.load_text(f"runs:/{parent_id}/report/report.md")  # read from MLflow alone
     assert f"| study | {client.get_run(parent_id).data.tags['lora_study.study']}, Optuna storage postgresql" in report
-
-
-def test_workers_opening_an_empty_database_together_all_open_it():
-    """Machines started together on an empty database each create Optuna's tables; all get in."""
-    with postgres_cluster.throwaway_cluster("empty") as url, ThreadPoolExecutor(6) as pool:
-        storages = list(pool.map(lambda _: sweep_study._storage(url), range(6)))
-    assert len(storages) == 6

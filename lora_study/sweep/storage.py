@@ -1,0 +1,178 @@
+"""Optuna's storage as a sweep's workers share it: an RDB (SQLite or PostgreSQL) with heartbeats.
+
+- A trial whose worker died is found stale and failed, even one that died before its first
+  heartbeat.
+- A database that goes away (a restart, a network cut) is waited for: each call is retried with
+  a bounded backoff for up to `--storage-wait-s`, with one line saying so; past that, one line
+  naming the storage ends the worker, and its runs end FAILED. Right after an outage no trial is
+  judged stale: every heartbeat is as old as the outage, and live workers need a beat to catch up.
+"""
+
+import functools
+import re
+import time
+from datetime import datetime, timedelta, timezone
+
+import optuna
+import sqlalchemy
+from optuna.storages._rdb import models  # the trial table's columns; Optuna's own stale query reads them too
+from optuna.trial import TrialState
+
+from lora_study import console, parent_runs
+from lora_study.errors import UserInputError
+
+DEFAULT_WAIT_S = 600.0  # `--storage-wait-s` (SweepConfig.storage_wait_s): how long a worker waits for its database
+MAX_BACKOFF_S = 10.0
+
+
+def masked(storage: str) -> str:
+    """The storage URL with its password, if any, replaced by ***."""
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", storage)
+
+
+class SweepStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage, which waits out a database that went away (every call Optuna makes
+    is retried, `_retried`), and whose stale trials also include a RUNNING trial that has no
+    heartbeat at all and started longer ago than the grace period: its worker was killed between
+    Optuna's `ask` and the heartbeat thread's first beat. Optuna skips such a trial
+    (RDBStorage._get_stale_trial_ids), so it would stay RUNNING and a sweep waiting for it would
+    wait forever."""
+
+    wait_s: float = DEFAULT_WAIT_S
+    back_at: float = float("-inf")  # time.monotonic() when the database answered again after an outage
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        grace = self.grace_period or 2 * self.heartbeat_interval
+        if time.monotonic() - self.back_at < grace:
+            return []  # every heartbeat is as old as the outage: let live workers beat first
+        stale = super()._get_stale_trial_ids(study_id)
+        # Optuna stores datetime_start in UTC, from the starting worker's clock: compared on this one's
+        started_before = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(seconds=grace)
+        with self.scoped_session() as session:
+            never_beat = (
+                session.query(models.TrialModel.trial_id)
+                .filter(models.TrialModel.study_id == study_id)
+                .filter(models.TrialModel.state == TrialState.RUNNING)
+                .filter(models.TrialModel._datetime_start_utc < started_before)
+                .filter(~models.TrialModel.heartbeats.any())
+                .all()
+            )
+        return stale + [trial_id for (trial_id,) in never_beat if trial_id not in stale]
+
+
+def _unreachable(error: BaseException) -> BaseException | None:
+    """The database error under `error` that says the database could not be reached (a refused or
+    dropped connection, SQLite's lock), if that is what it is."""
+    while error is not None:
+        if isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            return error
+        if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _retried(method):
+    """`method`, called again while the database cannot be reached (`waiting_out`)."""
+
+    @functools.wraps(method)
+    def call(storage: SweepStorage, *args, **kwargs):
+        return waiting_out(storage.url, storage.wait_s, lambda: method(storage, *args, **kwargs), storage)
+
+    return call
+
+
+def waiting_out(url: str, wait_s: float, attempt, storage: SweepStorage | None = None):
+    """`attempt()`, made again while the database at `url` cannot be reached, for up to `wait_s`:
+    after 0.5 s, then twice as long each time up to MAX_BACKOFF_S. One line when it goes away and
+    one when it is back; past `wait_s`, one line naming the storage (UserInputError)."""
+    deadline, pause = None, 0.5
+    while True:
+        try:
+            result = attempt()
+        except optuna.exceptions.UpdateFinishedTrialError:
+            if deadline is None:
+                raise
+            return True  # the write made before the outage reached the database after all
+        except Exception as error:  # only a database that is away is waited for
+            cause = _unreachable(error)
+            if cause is None:
+                raise
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + wait_s
+                console.say(
+                    f"optuna storage {masked(url)}: unreachable ({_first_line(cause)}); retrying for up to "
+                    f"{wait_s:.0f} s (--storage-wait-s)"
+                )
+            if now >= deadline:
+                raise UserInputError(
+                    f"optuna storage {masked(url)}: unreachable for {wait_s:.0f} s ({_first_line(cause)}); the "
+                    "study is kept there: run the same command again once it is back (--storage-wait-s waits longer)"
+                ) from None
+            time.sleep(min(pause, deadline - now))
+            pause = min(2 * pause, MAX_BACKOFF_S)
+            continue
+        if deadline is not None:
+            if storage is not None:
+                storage.back_at = time.monotonic()
+            console.say(f"optuna storage {masked(url)}: back; going on")
+        return result
+
+
+def _first_line(error: BaseException) -> str:
+    return str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+
+
+# Every call Optuna makes of an RDB storage (optuna.storages.BaseStorage and BaseHeartbeat).
+for _name in (
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "set_trial_param",
+    "get_trial_id_from_study_id_trial_number",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial",
+    "get_all_trials",
+    "get_best_trial",
+    "record_heartbeat",
+    "_get_stale_trial_ids",
+):
+    setattr(SweepStorage, _name, _retried(getattr(SweepStorage, _name)))
+
+
+def open_storage(url: str, on_stale, wait_s: float = DEFAULT_WAIT_S, attempts: int = 5) -> SweepStorage:
+    """The storage at `url`, with heartbeats every `parent_runs.HEARTBEAT_S`; `on_stale(study,
+    trial)` runs for each trial found stale; a database that is away is waited for up to `wait_s`.
+    Workers started together on an empty database each create its tables, and all but one fail
+    on what the first made (PostgreSQL: a duplicate type or table); a second look finds the
+    tables there."""
+    for attempt in range(attempts):
+        try:
+            return waiting_out(url, wait_s, lambda: _opened(url, on_stale, wait_s))
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1 + attempt)
+
+
+def _opened(url: str, on_stale, wait_s: float) -> SweepStorage:
+    storage = SweepStorage(
+        url,
+        heartbeat_interval=parent_runs.HEARTBEAT_S,
+        heartbeat_stale_trial_callback=on_stale,
+        engine_kwargs={"pool_pre_ping": True},
+    )
+    storage.wait_s = wait_s
+    return storage
