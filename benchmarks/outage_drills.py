@@ -1,7 +1,8 @@
 """The fault drill's outages of the servers a shared study depends on, but does not own.
 
 - db-restart: 4 `lora-study sweep` workers on one study in a throwaway PostgreSQL cluster,
-  logging to one `mlflow server`; `restarts` times, at a random moment, PostgreSQL is stopped
+  logging to one `mlflow server`; once every worker has the study open, `restarts` times, at a
+  random moment (0.5 to `--kill-window-s` after the last), PostgreSQL is stopped
   (`pg_ctl stop -m immediate`: connections dropped, as in a crash) for `downtime_s` and started
   again. Then all run to the end.
 - server-restart: the same study while the `mlflow server` process is killed (SIGKILL) and
@@ -18,6 +19,16 @@ import time
 from pathlib import Path
 
 import fault_drill
+
+
+def _wait_until_said(processes: list, logs: list[Path], text: str, timeout_s: float = 600) -> None:
+    """Until every worker's log holds `text`; a worker that ended first is an error, with its log."""
+    deadline = time.time() + timeout_s
+    while not all(log.exists() and text in log.read_text() for log in logs):
+        ended = [log for process, log in zip(processes, logs) if process.poll() is not None]
+        if ended or time.time() > deadline:
+            raise RuntimeError(f"no {text!r} from {ended or logs}: {ended[0].read_text()[-2000:] if ended else ''}")
+        time.sleep(0.5)
 
 
 class RestartableTrackingServer:
@@ -44,9 +55,17 @@ class RestartableTrackingServer:
 
 
 def outage_drill(
-    folder: Path, outage: str, restarts: int, downtime_s: float, n_trials: int, window_s: float, rng, **shorter: str
+    folder: Path,
+    outage: str,
+    restarts: int,
+    downtime_s: float,
+    n_trials: int,
+    window_s: float,
+    rng,
+    workers: int = 4,
+    **shorter: str,
 ) -> dict:
-    """4 workers on one PostgreSQL study; `restarts` outages of `outage` ("db-restart" stops
+    """`workers` sweep processes on one PostgreSQL study; `restarts` outages of `outage` ("db-restart" stops
     PostgreSQL, "server-restart" kills the tracking server), each `downtime_s` long, at random
     moments; then all run to the end. `shorter` sets sweep params of the drill's own."""
     import postgres_cluster
@@ -59,16 +78,17 @@ def outage_drill(
             argv = [sys.executable, "-m", "lora_study", "sweep"]
             for key, value in {**fault_drill.sweep_params(n_trials, "shared", database.url), **shorter}.items():
                 argv += [f"--{key.replace('_', '-')}", value]
-            logs = [folder / f"worker-{n}.log" for n in range(4)]
-            workers = [fault_drill.start(argv, env, log) for log in logs]
+            logs = [folder / f"worker-{n}.log" for n in range(workers)]
+            processes = [fault_drill.start(argv, env, log) for log in logs]
             stop, start = (database.stop, database.start) if outage == "db-restart" else (server.kill, server.start)
+            _wait_until_said(processes, logs, "study shared: ")  # every worker has the study open: outages meet work
             for n in range(restarts):
                 time.sleep(rng.uniform(0.5, window_s))
                 stop()
                 print(f"{outage} {n + 1}/{restarts}: down for {downtime_s:g} s", flush=True)
                 time.sleep(downtime_s)
                 start()
-            codes = [worker.wait(timeout=3600) for worker in workers]
+            codes = [process.wait(timeout=3600) for process in processes]
             figures = fault_drill.audit(server.url, database.url, "shared", n_trials)
     finally:
         server.stop()

@@ -16,10 +16,11 @@ import statistics
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import fault_drill
-import serve_drill
 import serve_memory
 
 MAX_NEW_TOKENS, MAX_BATCH_SIZE = 512, 8  # the server's defaults (docs/serve.md, limits)
@@ -28,16 +29,29 @@ MAX_NEW_TOKENS, MAX_BATCH_SIZE = 512, 8  # the server's defaults (docs/serve.md,
 def refused_requests() -> list[tuple[str, bytes]]:
     """(what, body) of the requests the server must refuse at once."""
     return [
-        ("1 MB body: one prompt of 1,000,000 characters", json.dumps({"inputs": ["x" * 10**6]}).encode()),
-        ("1 MB body: 20,000 prompts", json.dumps({"inputs": ["The list type"] * 20_000}).encode()),
-        ("50 MB body", b'{"inputs": ["' + b"x" * 50 * 2**20 + b'"]}'),
+        ("1 MB body: one prompt of 1,000,000 characters", _body(["x" * 10**6])),
+        ("1 MB body: 20,000 prompts", _body(["The list type"] * 20_000)),
+        ("50 MB body", b'{"inputs": {"prompt": ["' + b"x" * 50 * 2**20 + b'"]}}'),
     ]
 
 
-def timed_post(url: str, body: bytes) -> tuple[int, float]:
+def _body(prompts: list[str], **params) -> bytes:
+    return json.dumps({"inputs": {"prompt": prompts}, "params": params}).encode()
+
+
+def timed_post(url: str, body: bytes) -> tuple[int, float, str]:
+    """(HTTP status, seconds from sending to the answer read, the error's message if any)."""
+    request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
     started = time.perf_counter()
-    status = serve_drill.post(url, body, "application/json")
-    return status, time.perf_counter() - started
+    try:
+        with urllib.request.urlopen(request, timeout=600) as answer:
+            answer.read()
+            return answer.status, time.perf_counter() - started, ""
+    except urllib.error.HTTPError as error:
+        text = error.read()
+        seconds = time.perf_counter() - started
+        # MLflow's scoring server puts the model's reason after the data it failed on: "...Error: <reason>"
+        return error.code, seconds, json.loads(text).get("message", "").rsplit("Error: ", 1)[-1][:120]
 
 
 def oversize_drill(folder: Path, repeats: int) -> dict:
@@ -45,12 +59,13 @@ def oversize_drill(folder: Path, repeats: int) -> dict:
 
     tracking_uri = f"sqlite:///{folder}/mlflow.db"
     mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("drill")  # in this store, whatever experiment the calling process had chosen
     serve_memory.make_adapters(1, argparse.Namespace(base_model="tiny", rank=8, target_modules="qv"))
     port = fault_drill.free_port()
     argv = [sys.executable, "-m", "lora_study", "serve", "--adapters", f"{serve_memory.NAME}@1", "--port", str(port)]
     server = fault_drill.start(argv, fault_drill.drill_env(folder, tracking_uri), folder / "server.log")
     url = f"http://127.0.0.1:{port}"
-    short = json.dumps({"inputs": ["The list type"], "params": {"max_new_tokens": 4}}).encode()
+    short = _body(["The list type"], max_new_tokens=4)
     figures = {}
     try:
         fault_drill.wait_for(f"{url}/ping", server)
@@ -59,8 +74,9 @@ def oversize_drill(folder: Path, repeats: int) -> dict:
         before = serve_memory.memory_mb([server.pid])[0]
         for what, body in refused_requests():
             answers = [timed_post(url, body) for _ in range(repeats)]
-            figures[f"{what}: statuses"] = ", ".join(sorted({str(status) for status, _ in answers}))
-            figures[f"{what}: slowest answer s"] = round(max(seconds for _, seconds in answers), 3)
+            figures[f"{what}: statuses"] = ", ".join(sorted({str(status) for status, _, _ in answers}))
+            figures[f"{what}: slowest answer s"] = round(max(seconds for _, seconds, _ in answers), 3)
+            figures[f"{what}: reason"] = answers[0][2]
         figures.update(_longest_batch(url, short))
         time.sleep(2)
         after = serve_memory.memory_mb([server.pid])[0]
@@ -79,8 +95,7 @@ def oversize_drill(folder: Path, repeats: int) -> dict:
 
 def _longest_batch(url: str, short: bytes) -> dict:
     """A full batch at the max_new_tokens limit, and a short request sent while it generates."""
-    prompts = ["The list type"] * MAX_BATCH_SIZE
-    body = json.dumps({"inputs": prompts, "params": {"max_new_tokens": MAX_NEW_TOKENS}}).encode()
+    body = _body(["The list type"] * MAX_BATCH_SIZE, max_new_tokens=MAX_NEW_TOKENS)
     long_answer = {}
     thread = threading.Thread(target=lambda: long_answer.update(zip(("status", "s"), timed_post(url, body))))
     thread.start()
@@ -90,6 +105,6 @@ def _longest_batch(url: str, short: bytes) -> dict:
     return {
         f"{MAX_BATCH_SIZE} prompts x {MAX_NEW_TOKENS} new tokens: status": long_answer["status"],
         f"{MAX_BATCH_SIZE} prompts x {MAX_NEW_TOKENS} new tokens: answer s": round(long_answer["s"], 1),
-        "a short request beside it: statuses": ", ".join(sorted({str(status) for status, _ in waits})),
-        "a short request beside it: median answer s": round(statistics.median(s for _, s in waits), 2),
+        "a short request beside it: statuses": ", ".join(sorted({str(status) for status, _, _ in waits})),
+        "a short request beside it: median answer s": round(statistics.median(s for _, s, _ in waits), 2),
     }

@@ -73,6 +73,7 @@ def serve_drill(folder: Path, requests: int, clients: int, rng: random.Random) -
     tracking_uri = f"sqlite:///{folder}/mlflow.db"
     env = fault_drill.drill_env(folder, tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("drill")  # in this store, whatever experiment the calling process had chosen
     serve_memory.make_adapters(2, argparse.Namespace(base_model="tiny", rank=8, target_modules="qv"))
     port = fault_drill.free_port()
     spec = ",".join(f"{serve_memory.NAME}@{n}" for n in (1, 2))

@@ -14,6 +14,7 @@ import tempfile
 from contextlib import contextmanager
 
 import mlflow
+from mlflow.exceptions import MlflowException
 
 from lora_study import processes
 from lora_study.errors import UserInputError
@@ -54,7 +55,12 @@ def use_experiment(name: str | None = None) -> str:
         experiment_id = mlflow.tracking.fluent._get_experiment_id()  # MLflow's own resolution (no public API)
     client = mlflow.MlflowClient()
     if TAG_MLFLOW_EXPERIMENT_KIND not in client.get_experiment(experiment_id).tags:
-        client.set_experiment_tag(experiment_id, TAG_MLFLOW_EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
+        try:
+            client.set_experiment_tag(experiment_id, TAG_MLFLOW_EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
+        except MlflowException:
+            # machines starting together each add the tag; a store may refuse the second insert
+            if TAG_MLFLOW_EXPERIMENT_KIND not in client.get_experiment(experiment_id).tags:
+                raise
     return experiment_id
 
 

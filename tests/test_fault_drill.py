@@ -37,23 +37,33 @@ def test_oversized_input_is_refused_and_the_server_keeps_serving(tmp_path):
     figures = oversize_drill.oversize_drill(tmp_path, repeats=1)
     refused = [what for what, _ in oversize_drill.refused_requests()]
     assert [figures[f"{what}: statuses"] for what in refused] == ["400", "400", "413"]
+    assert [figures[f"{what}: reason"].split(";")[0].split(":")[0] for what in refused] == [
+        "prompt 1 has 1000000 characters",
+        "20000 prompts in one request",
+        "the request body has 50.0 MB",
+    ]
     assert figures["8 prompts x 512 new tokens: status"] == 200
     assert figures["a short request beside it: statuses"] == "200" and figures["server alive after"] == 1
 
 
+# 20 explore steps, one configuration confirmed with 2 seeds, no neighbours or replicates
+SHORT_STUDY = {"max_steps": "20", "eval_every": "10", "confirm_top": "1", "explore_replicates": "0"}
+SHORT_STUDY["confirm_neighbours"] = ""
+
+
 @pytest.mark.slow
 def test_a_shared_study_survives_its_database_restarting(tmp_path):
-    """The drill's db-restart version, once, 5 s down: every worker waits, says so, goes on."""
+    """The drill's db-restart version: 2 workers, PostgreSQL down 5 s once; every worker waits,
+    says so, and goes on."""
     import outage_drills
     import postgres_cluster
 
     if not postgres_cluster.installed():
         pytest.skip("PostgreSQL is not installed here; .ci/run installs it (Debian package postgresql)")
-    figures = outage_drills.outage_drill(
-        tmp_path, "db-restart", 1, 5, n_trials=3, window_s=8, rng=random.Random(0), max_steps="20", eval_every="10"
-    )
+    figures = outage_drills.outage_drill(tmp_path, "db-restart", 1, 5, 3, 8, random.Random(0), workers=2, **SHORT_STUDY)
     said = "".join(log.read_text() for log in tmp_path.glob("worker-*.log"))
     assert figures["workers that exited non-zero"] == 0, said[-3000:]
     assert {key: figures[key] for key in ZERO} == dict.fromkeys(ZERO, 0)
     assert figures["tracebacks in the workers' output"] == 0, said[-3000:]
+    assert figures["times a worker said it waits for the storage"] >= 1  # the outage met a working study
     assert figures["trials finished"] >= 3 and figures["parent runs of the study"] == 1

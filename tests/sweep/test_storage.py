@@ -27,12 +27,20 @@ def test_a_confirmation_whose_worker_died_before_its_first_heartbeat_is_queued_a
         study.enqueue_trial({}, user_attrs={**JOB, "seed": seed})
     killed = study.ask()  # ... and its worker killed here: RUNNING, no heartbeat, no MLflow run
     time.sleep(2.5)  # past the grace period of two heartbeats
-    live = study.ask()  # another worker's, just started and beating
-    storage.record_heartbeat(live._trial_id)
+    live = study.ask()  # another worker's, beating all along
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.is_set():
+            storage.record_heartbeat(live._trial_id)
+            done.wait(0.3)
+
+    threading.Thread(target=beat, daemon=True).start()
     answered = []
     waiting = threading.Thread(target=lambda: answered.append(wait_for_confirmations(study)), daemon=True)
     waiting.start()
-    waiting.join(timeout=30)
+    waiting.join(timeout=20)
+    done.set()
     assert answered == [True], "the wait for confirmations hung on a trial that will never finish"
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     assert trials[killed.number].state == TrialState.FAIL and trials[live.number].state == TrialState.RUNNING
