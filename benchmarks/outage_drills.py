@@ -50,8 +50,9 @@ class RestartableTrackingServer:
         fault_drill.kill(self.process)
 
     def stop(self) -> None:
-        os.killpg(self.process.pid, signal.SIGTERM)
-        self.process.wait(timeout=60)
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=60)
 
 
 def outage_drill(
@@ -81,14 +82,18 @@ def outage_drill(
             logs = [folder / f"worker-{n}.log" for n in range(workers)]
             processes = [fault_drill.start(argv, env, log) for log in logs]
             stop, start = (database.stop, database.start) if outage == "db-restart" else (server.kill, server.start)
-            _wait_until_said(processes, logs, "study shared: ")  # every worker has the study open: outages meet work
-            for n in range(restarts):
-                time.sleep(rng.uniform(0.5, window_s))
-                stop()
-                print(f"{outage} {n + 1}/{restarts}: down for {downtime_s:g} s", flush=True)
-                time.sleep(downtime_s)
-                start()
-            codes = [process.wait(timeout=3600) for process in processes]
+            try:
+                _wait_until_said(processes, logs, "study shared: ")  # every worker has the study open
+                for n in range(restarts):
+                    time.sleep(rng.uniform(0.5, window_s))
+                    stop()
+                    print(f"{outage} {n + 1}/{restarts}: down for {downtime_s:g} s", flush=True)
+                    time.sleep(downtime_s)
+                    start()
+                codes = [process.wait(timeout=3600) for process in processes]
+            finally:
+                for process in processes:  # none left retrying against a cluster that is gone
+                    fault_drill.kill(process)
             figures = fault_drill.audit(server.url, database.url, "shared", n_trials)
     finally:
         server.stop()

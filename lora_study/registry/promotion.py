@@ -108,9 +108,11 @@ def _record_move(name: str, move: AliasMove) -> None:
             ms += 1
         try:
             client.set_model_version_tag(name, move.after, key, value)
-            return
         except MlflowException:  # another sweep wrote this key on this version between the read and the write
             continue
+        # a store may upsert: another move written at once under this key would replace this one
+        if client.get_model_version(name, move.after).tags.get(key) == value:
+            return
     raise MlflowException(f"{name} version {move.after}: the move of @{move.alias} could not be recorded")
 
 

@@ -33,8 +33,8 @@ DEFAULT_PARAMS = {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0}
 # least the default of 64).
 MAX_NEW_TOKENS_ENV = "LORA_STUDY_MAX_NEW_TOKENS"
 MAX_NEW_TOKENS = int(os.environ.get(MAX_NEW_TOKENS_ENV, "512"))
-# The most prompts one request may hold: a request of more is refused before any is tokenized
-# (LORA_STUDY_MAX_PROMPTS where the server starts changes it).
+# The most prompts one request to a server may hold: a request of more is refused before any is
+# tokenized (LORA_STUDY_MAX_PROMPTS where the server starts changes it). In-process, no bound.
 MAX_PROMPTS_ENV = "LORA_STUDY_MAX_PROMPTS"
 MAX_PROMPTS = int(os.environ.get(MAX_PROMPTS_ENV, "64"))
 # The largest request body, in MB, that the scoring server parses (`server.refuse_large_bodies`):
@@ -131,13 +131,21 @@ def _prompts(model_input) -> list[str]:
         prompts = list(model_input[_prompt_column(model_input)])
     else:
         prompts = [model_input] if isinstance(model_input, str) else list(model_input)
-    if len(prompts) > MAX_PROMPTS:
+    if len(prompts) > MAX_PROMPTS and _in_a_server():
         raise BadRequest(
             f"{len(prompts)} prompts in one request; at most {MAX_PROMPTS} (send the rest in more requests)"
         )
     if not prompts or not all(isinstance(prompt, str) and prompt.strip() for prompt in prompts):
         raise BadRequest(f"every `{PROMPT_FIELD}` must be a non-empty string")
     return prompts
+
+
+def _in_a_server() -> bool:
+    """Whether this process is MLflow's scoring server (which says so in its environment): a
+    model loaded in-process (`mlflow models predict`, batch scoring) takes any number of prompts."""
+    from mlflow.environment_variables import _MLFLOW_IS_IN_SERVING_ENVIRONMENT
+
+    return bool(_MLFLOW_IS_IN_SERVING_ENVIRONMENT.get())
 
 
 def _prompt_column(frame: pd.DataFrame):

@@ -11,6 +11,7 @@
 import functools
 import re
 import time
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 import optuna
@@ -39,11 +40,13 @@ class SweepStorage(optuna.storages.RDBStorage):
     wait forever."""
 
     wait_s: float = DEFAULT_WAIT_S
+    in_outage: bool = False  # a call met the database away and has not got through since
     back_at: float = float("-inf")  # time.monotonic() when the database answered again after an outage
+    gave_up: UserInputError | None = None  # the database stayed away past wait_s: every later call ends so
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         grace = self.grace_period or 2 * self.heartbeat_interval
-        if time.monotonic() - self.back_at < grace:
+        if self.in_outage or time.monotonic() - self.back_at < grace:
             return []  # every heartbeat is as old as the outage: let live workers beat first
         stale = super()._get_stale_trial_ids(study_id)
         # Optuna stores datetime_start in UTC, from the starting worker's clock: compared on this one's
@@ -62,8 +65,10 @@ class SweepStorage(optuna.storages.RDBStorage):
 
 def _unreachable(error: BaseException) -> BaseException | None:
     """The database error under `error` that says the database could not be reached (a refused or
-    dropped connection, SQLite's lock), if that is what it is."""
+    dropped connection, SQLite's lock), if that is what it is; not once the storage gave up."""
     while error is not None:
+        if isinstance(error, UserInputError):
+            return None
         if isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
             return error
         if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
@@ -73,11 +78,30 @@ def _unreachable(error: BaseException) -> BaseException | None:
 
 
 def _retried(method):
-    """`method`, called again while the database cannot be reached (`waiting_out`)."""
+    """`method`, called again while the database cannot be reached (`waiting_out`). A state written
+    before the connection dropped may have reached the database: Optuna then refuses the write
+    again (UpdateFinishedTrialError), which is done if the trial holds the state asked for."""
 
     @functools.wraps(method)
     def call(storage: SweepStorage, *args, **kwargs):
-        return waiting_out(storage.url, storage.wait_s, lambda: method(storage, *args, **kwargs), storage)
+        if storage.gave_up is not None:
+            raise storage.gave_up
+        met_outage = [False]
+
+        def attempt():
+            try:
+                return method(storage, *args, **kwargs)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                if met_outage[0] and method.__name__ == "set_trial_state_values":
+                    trial_id, state = args[0], kwargs.get("state", args[1] if len(args) > 1 else None)
+                    if storage.get_trial(trial_id).state == state:
+                        return True
+                raise
+            except Exception as error:
+                met_outage[0] = met_outage[0] or _unreachable(error) is not None
+                raise
+
+        return waiting_out(storage.url, storage.wait_s, attempt, storage)
 
     return call
 
@@ -85,20 +109,19 @@ def _retried(method):
 def waiting_out(url: str, wait_s: float, attempt, storage: SweepStorage | None = None):
     """`attempt()`, made again while the database at `url` cannot be reached, for up to `wait_s`:
     after 0.5 s, then twice as long each time up to MAX_BACKOFF_S. One line when it goes away and
-    one when it is back; past `wait_s`, one line naming the storage (UserInputError)."""
+    one when it is back; past `wait_s`, one line naming the storage (UserInputError), which the
+    storage then raises at once for every later call."""
     deadline, pause = None, 0.5
     while True:
         try:
             result = attempt()
-        except optuna.exceptions.UpdateFinishedTrialError:
-            if deadline is None:
-                raise
-            return True  # the write made before the outage reached the database after all
         except Exception as error:  # only a database that is away is waited for
             cause = _unreachable(error)
             if cause is None:
                 raise
             now = time.monotonic()
+            if storage is not None:
+                storage.in_outage = True
             if deadline is None:
                 deadline = now + wait_s
                 console.say(
@@ -106,26 +129,47 @@ def waiting_out(url: str, wait_s: float, attempt, storage: SweepStorage | None =
                     f"{wait_s:.0f} s (--storage-wait-s)"
                 )
             if now >= deadline:
-                raise UserInputError(
+                gave_up = UserInputError(
                     f"optuna storage {masked(url)}: unreachable for {wait_s:.0f} s ({_first_line(cause)}); the "
                     "study is kept there: run the same command again once it is back (--storage-wait-s waits longer)"
-                ) from None
+                )
+                if storage is not None:
+                    storage.gave_up = gave_up
+                raise gave_up from None
             time.sleep(min(pause, deadline - now))
             pause = min(2 * pause, MAX_BACKOFF_S)
             continue
+        if storage is not None and storage.in_outage:
+            storage.in_outage, storage.back_at = False, time.monotonic()
         if deadline is not None:
-            if storage is not None:
-                storage.back_at = time.monotonic()
             console.say(f"optuna storage {masked(url)}: back; going on")
         return result
+
+
+@contextmanager
+def gave_up_is_one_line(study: optuna.Study):
+    """Whatever Optuna raises once the study's storage gave up waiting (it catches the objective's
+    errors, and then fails itself writing the trial down), the give-up's one line is raised."""
+    backend = getattr(study._storage, "_backend", study._storage)  # Optuna caches an RDB storage
+    try:
+        yield
+    except Exception:
+        if getattr(backend, "gave_up", None) is not None:
+            raise backend.gave_up from None
+        raise
 
 
 def _first_line(error: BaseException) -> str:
     return str(getattr(error, "orig", None) or error).strip().splitlines()[0]
 
 
-# Every call Optuna makes of an RDB storage (optuna.storages.BaseStorage and BaseHeartbeat).
+# Every call Optuna makes of an RDB storage: optuna.storages.BaseStorage and BaseHeartbeat, and the
+# private ones its _CachedStorage (which wraps an RDB storage in every study) calls instead.
 for _name in (
+    "_create_new_trial",
+    "_set_trial_param",
+    "_get_trials",
+    "_get_best_trial_id",
     "create_new_study",
     "delete_study",
     "set_study_user_attr",

@@ -41,6 +41,7 @@ from lora_study.names import (
     TAG_STUDY,
     TAG_TRIAL_NUMBER,
 )
+from lora_study.sweep.storage import gave_up_is_one_line
 from lora_study.sweep.study import (
     ATTR_CONFIG,
     ATTR_LABEL,
@@ -135,25 +136,27 @@ class Worker:
             if done >= cfg.n_trials:
                 study.stop()
 
-        study.optimize(
-            self.objective,
-            n_trials=remaining,
-            timeout=cfg.timeout_min * 60 or None,
-            catch=(Exception,),
-            callbacks=[stop_when_explored],
-            gc_after_trial=True,
-        )
+        with gave_up_is_one_line(study):
+            study.optimize(
+                self.objective,
+                n_trials=remaining,
+                timeout=cfg.timeout_min * 60 or None,
+                catch=(Exception,),
+                callbacks=[stop_when_explored],
+                gc_after_trial=True,
+            )
 
     def confirm(self, study: optuna.Study) -> None:
         """The confirm phase: the queued (configuration, seed) trials, one at a time, until none is left."""
         # queued trials carry their parameters; a grid sampler would look for its grid point in them
         study.sampler = optuna.samplers.RandomSampler(seed=self.plan.data.split_seed)
         self.confirming = True
-        while True:
-            while study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
-                study.optimize(self.objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
-            if not wait_for_confirmations(study):
-                break
+        with gave_up_is_one_line(study):
+            while True:
+                while study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+                    study.optimize(self.objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+                if not wait_for_confirmations(study):
+                    break
 
     def objective(self, trial: optuna.Trial):
         """Train one adapter on the pristine base; its validation perplexity (and costs) are the value.

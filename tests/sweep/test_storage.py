@@ -11,7 +11,8 @@ import pytest
 from optuna.trial import TrialState
 
 from lora_study import parent_runs
-from lora_study.sweep.storage import open_storage
+from lora_study.errors import UserInputError
+from lora_study.sweep.storage import gave_up_is_one_line, open_storage
 from lora_study.sweep.study import ATTR_RETRY_OF, fail_stale_trial_run, wait_for_confirmations
 
 JOB = {"phase": "confirm", "config_trial": 0, "seed": 1, "steps": 12}
@@ -58,3 +59,28 @@ def test_workers_opening_an_empty_database_together_all_open_it():
     with postgres_cluster.throwaway_cluster("empty") as url, ThreadPoolExecutor(6) as pool:
         storages = list(pool.map(lambda _: open_storage(url, fail_stale_trial_run), range(6)))
     assert len(storages) == 6
+
+
+@pytest.mark.slow  # a PostgreSQL server
+def test_a_study_waits_out_its_database_restarting_and_gives_up_in_one_line(monkeypatch, capsys):
+    """Every call Optuna makes, through the cache it puts in front of an RDB storage too, waits
+    for a database that went away; past --storage-wait-s, one line names the storage."""
+    if not postgres_cluster.installed():
+        pytest.skip("PostgreSQL is not installed here; .ci/run installs it (Debian package postgresql)")
+    monkeypatch.setattr(parent_runs, "HEARTBEAT_S", 1)
+    with postgres_cluster.cluster("outage") as database:
+        storage = open_storage(database.url, fail_stale_trial_run, wait_s=60)
+        study = optuna.create_study(storage=storage, study_name="outage")
+        study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+        database.stop()
+        threading.Timer(3, database.start).start()
+        study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)  # ask, suggest, tell
+        assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
+        said = capsys.readouterr().err
+        assert said.count("optuna storage postgresql://postgres@127.0.0.1:") >= 2
+        assert "unreachable (" in said and "retrying for up to 60 s (--storage-wait-s)" in said and "back" in said
+        storage.wait_s = 2
+        database.stop()
+        with pytest.raises(UserInputError, match=r"unreachable for 2 s .*run the same command again"):
+            with gave_up_is_one_line(study):
+                study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1, catch=(Exception,))
