@@ -14,13 +14,13 @@ from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 from lora_study.names import (
     ARTIFACT_ADAPTER,
     ARTIFACT_MERGED,
+    INPUT_CONTEXT_TRAINING,
     LOGGED_MODEL_METRICS,
     LOGGED_MODEL_METRICS_ON_DATA,
     TAG_MODEL_KIND,
 )
 
 NOT_IN_A_NAME = ("/", ":", ".", "%", '"', "'")  # MLflow refuses these in a LoggedModel's name
-TRAINING_CONTEXT = "training"  # the context of a run's prepared-data input (`tracking.log_training_rows`)
 
 
 def name(rank: int, target_modules: str, learning_rate: float, quantization: str, seed: int, steps: int) -> str:
@@ -59,7 +59,7 @@ def link_run_metrics(model_id: str, run_id: str) -> None:
         (
             given.dataset
             for given in run.inputs.dataset_inputs
-            if any(tag.key == "mlflow.data.context" and tag.value == TRAINING_CONTEXT for tag in given.tags)
+            if any(tag.key == "mlflow.data.context" and tag.value == INPUT_CONTEXT_TRAINING for tag in given.tags)
         ),
         None,
     )

@@ -268,6 +268,7 @@ TAG_ALIAS_MOVE_PREFIX = "lora_study.alias_move."
 # apart (`adapters`): one adapter, many adapters on one base, a merged model; each with its base.
 MODEL_KEY_ADAPTER, MODEL_KEY_ADAPTERS, MODEL_KEY_MERGED, MODEL_KEY_BASE = "adapter", "adapters", "merged", "base_model"
 MODEL_BASE_REFERENCE = "base_model.json"  # the file MODEL_KEY_BASE names: `models.AdapterReference`
+INPUT_CONTEXT_TRAINING = "training"  # the context of a run's prepared-data input (`tracking.log_training_rows`)
 ARTIFACT_DATA = "data"  # the prepared splits, as `prepare` wrote them
 ARTIFACT_PREVIEW = "preview.json"  # an MLflow table: a few decoded rows per split
 ARTIFACT_ADAPTER = "adapter"  # the adapter as an MLflow model (lora_study.adapters)

@@ -22,6 +22,7 @@ from lora_study.names import (
     ARTIFACT_REPORT,
     EXPERIMENT_KIND_TRAINING,
     EXPERIMENT_NAME,
+    INPUT_CONTEXT_TRAINING,
     PARAM_FORGETTING_SET,
     PARAM_SPLIT_SEED,
     PARAM_SPLIT_SEED_BEFORE,
@@ -330,7 +331,7 @@ def log_training_rows(path: str, name: str, digest: str) -> None:
     if not processes.is_main():
         return
     dataset = MetaDataset(dataset_source("local", uri=path), name=name, digest=digest[:16])
-    mlflow.log_input(dataset, context="training")
+    mlflow.log_input(dataset, context=INPUT_CONTEXT_TRAINING)
 
 
 def log_dataset_input(frame, source, name: str, digest: str, split: str) -> None:
