@@ -252,8 +252,26 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 
 
 def set_tag(key: str, value: str) -> None:
+    """A tag on the active run; a study's parent run is shared, hence `once_more_if_raced`."""
     if processes.is_main():
-        mlflow.set_tag(key, value)
+        once_more_if_raced(mlflow.set_tag, key, value)
+
+
+# What the stores say when a unique constraint refused an insert: SQLite, PostgreSQL, MySQL.
+_UNIQUE_VIOLATIONS = ("UNIQUE constraint failed", "UniqueViolation", "Duplicate entry")
+
+
+def once_more_if_raced(write, *args):
+    """`write(*args)` to something workers share (a study's parent run, a registered model, its
+    versions). MLflow's SQL store reads, then inserts: of two processes adding the same key at one
+    moment, the second is refused on a unique constraint. The key exists then, and writing it
+    again updates it."""
+    try:
+        return write(*args)
+    except MlflowException as error:
+        if not any(words in str(error) for words in _UNIQUE_VIOLATIONS):
+            raise
+        return write(*args)
 
 
 def flush() -> None:

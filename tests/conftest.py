@@ -158,6 +158,25 @@ def server_process(argv: list, ready_url: str, timeout_s: float, env: dict | Non
 WORDS = "the quick brown fox jumps over a lazy dog while python sorts lists in place".split()
 
 
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory):
+    """`mlflow server` on loopback: the tracking server many sweep workers or machines share."""
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    argv = [
+        sys.executable,
+        *"-m mlflow server --host 127.0.0.1 --port".split(),
+        str(port),
+        *"--backend-store-uri".split(),
+        f"sqlite:///{folder}/mlflow.db",
+        *"--default-artifact-root".split(),
+        str(folder / "artifacts"),
+    ]
+    url = f"http://127.0.0.1:{port}"
+    with server_process(argv, f"{url}/health", 120):
+        yield url
+
+
 def text_docs(count: int = 12) -> list[str]:
     return [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(30 + i)) for i in range(count)]
 

@@ -1,5 +1,7 @@
 """Stage and trial runs end in the state they earned; runs go to the experiment chosen; params read back as given."""
 
+import threading
+
 import mlflow
 import pytest
 from conftest import runs
@@ -169,3 +171,36 @@ def test_a_run_logged_before_the_split_seed_was_named_reads_it_under_its_name(ml
         mlflow.log_params({"split_seed": "1", "seq_len": "32"})
     assert tracking.run_params(old.info.run_id)["split_seed"] == "3"
     assert tracking.run_params(new.info.run_id) == {"split_seed": "1", "seq_len": "32"}
+
+
+def test_workers_adding_the_same_tags_at_once_to_a_shared_run_and_version_are_all_written(tracking_server, monkeypatch):
+    """Sweep workers finishing together tag their study's parent run and the versions they
+    registered. Through a real `mlflow server` on SQLite, 4 threads add each of 40 new keys at
+    once; without `once_more_if_raced` some of them are refused on the store's unique constraint."""
+    from lora_study.registry import versions
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
+    mlflow.set_tracking_uri(tracking_server)
+    client = mlflow.MlflowClient()
+    run_id = client.create_run(client.create_experiment("shared-parent")).info.run_id
+    client.create_registered_model("shared-model")
+    version = client.create_model_version("shared-model", f"runs:/{run_id}/adapter", run_id=run_id).version
+    refused = []
+
+    def write(key: str) -> None:
+        try:
+            tracking.once_more_if_raced(client.set_tag, run_id, key, "same")
+            versions.tag_version("shared-model", version, {key: "same"})
+        except Exception as error:
+            refused.append(error)
+
+    for n in range(40):
+        threads = [threading.Thread(target=write, args=(f"key.{n}",)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert refused == []
+    keys = {f"key.{n}" for n in range(40)}
+    assert keys <= set(client.get_run(run_id).data.tags)
+    assert keys <= set(client.get_model_version("shared-model", version).tags)

@@ -38,7 +38,7 @@ from lora_study.names import (
 )
 from lora_study.registry import servability
 from lora_study.registry.measured import measured_on
-from lora_study.tracking import param_value, report_link, ui_run_link
+from lora_study.tracking import once_more_if_raced, param_value, report_link, ui_run_link
 
 VERSION_COLUMNS = (PARAM_RANK, PARAM_ALPHA, PARAM_TARGET_MODULES, PARAM_QUANTIZATION)  # from the run that logged it
 VERSION_METRIC_TAGS = (METRIC_TEST_PERPLEXITY, METRIC_BASE_TEST_PERPLEXITY, METRIC_EVAL_PERPLEXITY)
@@ -56,7 +56,7 @@ def describe(name: str, version: str) -> None:
     run = client.get_run(mv.run_id) if mv.run_id else None
     text = version_description(mv, run)
     client.update_model_version(name, version, description=text)
-    client.set_model_version_tag(name, version, TAG_DESCRIPTION_DIGEST, _digest(text))
+    once_more_if_raced(client.set_model_version_tag, name, version, TAG_DESCRIPTION_DIGEST, _digest(text))
 
 
 def describe_model(name: str) -> None:
@@ -68,7 +68,7 @@ def describe_model(name: str) -> None:
         return
     text = model_description(name, client.search_model_versions(f"name = '{name}'"))
     client.update_registered_model(name, description=text)
-    client.set_registered_model_tag(name, TAG_DESCRIPTION_DIGEST, _digest(text))
+    once_more_if_raced(client.set_registered_model_tag, name, TAG_DESCRIPTION_DIGEST, _digest(text))
 
 
 def model_description(name: str, versions: list) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from lora_study import logged_models
+from lora_study import logged_models, tracking
 from lora_study.errors import UserInputError
 from lora_study.names import (
     TAG_STUDY,
@@ -89,10 +89,11 @@ def manifest(mv) -> "servability.Manifest | None":
 
 
 def tag_version(name: str, version: str, tags: dict) -> None:
-    """Set tags on a registered model version, so the registry page shows them."""
+    """Set tags on a registered model version, so the registry page shows them; workers finishing
+    at once may tag one version together."""
     client = mlflow.MlflowClient()
     for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, str(value))
+        tracking.once_more_if_raced(client.set_model_version_tag, name, version, key, str(value))
 
 
 def find_trial_version(name: str, study: str, trial_number: int):

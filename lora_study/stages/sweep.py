@@ -141,7 +141,7 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
             versions = register_confirmed(plan, worker, study, confirmed, recommended, candidates)
             confirmed_table = log_confirmation(confirmed, recommended, versions, cfg.steps_to_confirm)
             budget = _horizon(study, worker, recommended.chosen.config, cfg.steps_to_confirm)
-            mlflow.set_tag(TAG_HORIZON, budget)
+            tracking.set_tag(TAG_HORIZON, budget)
             registered = list(versions.values())
         else:
             versions = registered = register_best(plan, worker, study)

@@ -69,21 +69,22 @@ def log_provenance(worker: Worker) -> None:
     training.log_inputs(s, worker.plan.data, worker.plan.base)
     meta = s.prepared.meta
     tracking.log_params({PARAM_DECONTAMINATION: meta.decontamination, PARAM_DETECTED_FORMAT: meta.format})
-    mlflow.log_metrics(meta.counts)
-    mlflow.set_tag(TAG_COMMAND, environment.command())
+    tracking.once_more_if_raced(mlflow.log_metrics, meta.counts)
+    tracking.set_tag(TAG_COMMAND, environment.command())
     mlflow.log_dict({"machine": environment.machine(), "packages": environment.packages()}, ARTIFACT_ENVIRONMENT)
 
 
 def log_confirmation(confirmed: list[Confirmed], recommended, versions: dict, steps: int) -> pd.DataFrame:
     """The answer on the parent run: the rule's statement, the seed noise, and a row per configuration."""
-    mlflow.set_tag(TAG_RECOMMENDATION, recommended.statement())
-    mlflow.log_metrics(
+    tracking.set_tag(TAG_RECOMMENDATION, recommended.statement())
+    tracking.once_more_if_raced(
+        mlflow.log_metrics,
         {
             METRIC_SEED_STD: pooled_std(confirmed),
             METRIC_RECOMMENDED_MEAN: recommended.chosen.mean,
             METRIC_RECOMMENDED_STD: recommended.chosen.std,
             **{METRIC_SEED_STD_OF.format(config=c.config): c.std for c in confirmed},
-        }
+        },
     )
     table = confirmed_table(confirmed, recommended, steps, versions)
     tracking.log_table_replacing(table, ARTIFACT_CONFIRMED)
@@ -127,7 +128,7 @@ def describe_parent(parent, versions: list, statement: str | None) -> None:
         lines.append("No version registered: no trial completed.")
     page = tracking.report_link(parent.info.experiment_id, parent.info.run_id)
     lines.append(f"\nThe whole answer, with its evidence: [the report]({page}).")
-    mlflow.set_tag(TAG_MLFLOW_NOTE, "\n".join(lines))
+    tracking.set_tag(TAG_MLFLOW_NOTE, "\n".join(lines))
 
 
 def summarize(plan: Plan, study: optuna.Study, confirmed: pd.DataFrame | None = None) -> None:
@@ -138,14 +139,15 @@ def summarize(plan: Plan, study: optuna.Study, confirmed: pd.DataFrame | None = 
         METRIC_TRIALS.format(state=key): len([t for t in trials_of(study, EXPLORE, (state,)) if t.number not in gone])
         for key, state in TRIAL_STATES.items()
     }
-    mlflow.log_metrics({**counts, METRIC_TRIALS.format(state="lost"): len(gone)})
+    tracking.once_more_if_raced(mlflow.log_metrics, {**counts, METRIC_TRIALS.format(state="lost"): len(gone)})
     best = best_trials(study)
     if best:
-        mlflow.log_metrics(
+        tracking.once_more_if_raced(
+            mlflow.log_metrics,
             {
                 METRIC_BEST.format(objective=name): value
                 for name, value in zip(plan.sweep.objective_names, best[0].values)
-            }
+            },
         )
         tracking.log_params({PARAM_BEST.format(param=key): value for key, value in best[0].params.items()})
     trial_runs = mlflow.search_runs(

@@ -8,7 +8,6 @@ import mlflow
 import optuna
 import postgres_cluster
 import pytest
-from conftest import free_port, server_process
 
 pytestmark = pytest.mark.slow  # a PostgreSQL server and an MLflow tracking server
 
@@ -19,25 +18,6 @@ def postgres():
     if not postgres_cluster.installed():
         pytest.skip("PostgreSQL is not installed here; .ci/run installs it (Debian package postgresql)")
     with postgres_cluster.throwaway_cluster() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def tracking_server(tmp_path_factory):
-    """`mlflow server` on loopback: the tracking server many sweep workers or machines share."""
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    argv = [
-        sys.executable,
-        *"-m mlflow server --host 127.0.0.1 --port".split(),
-        str(port),
-        *"--backend-store-uri".split(),
-        f"sqlite:///{folder}/mlflow.db",
-        *"--default-artifact-root".split(),
-        str(folder / "artifacts"),
-    ]
-    url = f"http://127.0.0.1:{port}"
-    with server_process(argv, f"{url}/health", 120):
         yield url
 
 
