@@ -3,13 +3,15 @@
 - A trial whose worker died is found stale and failed, even one that died before its first
   heartbeat.
 - A database that goes away (a restart, a network cut) is waited for: each call is retried with
-  a bounded backoff for up to `--storage-wait-s`, with one line saying so; past that, one line
+  a bounded backoff for up to `--storage-wait-s`, with one line per worker saying so (and one
+  when it is back); past that, one line
   naming the storage ends the worker, and its runs end FAILED. Right after an outage no trial is
   judged stale: every heartbeat is as old as the outage, and live workers need a beat to catch up.
 """
 
 import functools
 import re
+import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -33,7 +35,7 @@ def masked(storage: str) -> str:
 
 class SweepStorage(optuna.storages.RDBStorage):
     """Optuna's RDB storage, which waits out a database that went away (every call Optuna makes
-    is retried, `_retried`), and whose stale trials also include a RUNNING trial that has no
+    is retried, `_retried`, but the stale check, skipped while it is away), and whose stale trials also include a RUNNING trial that has no
     heartbeat at all and started longer ago than the grace period: its worker was killed between
     Optuna's `ask` and the heartbeat thread's first beat. Optuna skips such a trial
     (RDBStorage._get_stale_trial_ids), so it would stay RUNNING and a sweep waiting for it would
@@ -45,9 +47,19 @@ class SweepStorage(optuna.storages.RDBStorage):
     gave_up: UserInputError | None = None  # the database stayed away past wait_s: every later call ends so
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        if self.gave_up is not None:
+            raise self.gave_up
         grace = self.grace_period or 2 * self.heartbeat_interval
         if self.in_outage or time.monotonic() - self.back_at < grace:
             return []  # every heartbeat is as old as the outage: let live workers beat first
+        try:
+            return self._stale_or_never_beat(study_id, grace)
+        except Exception as error:
+            if _unreachable(error) is None:
+                raise
+            return []  # the database is away: the worker's next call meets the outage and waits it out
+
+    def _stale_or_never_beat(self, study_id: int, grace: float) -> list[int]:
         stale = super()._get_stale_trial_ids(study_id)
         # Optuna stores datetime_start in UTC, from the starting worker's clock: compared on this one's
         started_before = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(seconds=grace)
@@ -120,14 +132,14 @@ def waiting_out(url: str, wait_s: float, attempt, storage: SweepStorage | None =
             if cause is None:
                 raise
             now = time.monotonic()
-            if storage is not None:
-                storage.in_outage = True
+            first = _outage_begins(storage)
             if deadline is None:
                 deadline = now + wait_s
-                console.say(
-                    f"optuna storage {masked(url)}: unreachable ({_first_line(cause)}); retrying for up to "
-                    f"{wait_s:.0f} s (--storage-wait-s)"
-                )
+                if first:
+                    console.say(
+                        f"optuna storage {masked(url)}: unreachable ({_first_line(cause)}); retrying for up to "
+                        f"{wait_s:.0f} s (--storage-wait-s)"
+                    )
             if now >= deadline:
                 gave_up = UserInputError(
                     f"optuna storage {masked(url)}: unreachable for {wait_s:.0f} s ({_first_line(cause)}); the "
@@ -139,11 +151,32 @@ def waiting_out(url: str, wait_s: float, attempt, storage: SweepStorage | None =
             time.sleep(min(pause, deadline - now))
             pause = min(2 * pause, MAX_BACKOFF_S)
             continue
-        if storage is not None and storage.in_outage:
-            storage.in_outage, storage.back_at = False, time.monotonic()
-        if deadline is not None:
+        if deadline is not None and (storage is None or _outage_ends(storage)):
             console.say(f"optuna storage {masked(url)}: back; going on")
         return result
+
+
+# A worker's calls meet an outage together (its main thread, its trial's heartbeat thread): the
+# first to meet it says so, the first through says it is back; one line each per worker.
+_outage_state = threading.Lock()
+
+
+def _outage_begins(storage: SweepStorage | None) -> bool:
+    """Mark the storage away; whether this call is the first to find it so (or has no storage)."""
+    if storage is None:
+        return True
+    with _outage_state:
+        first, storage.in_outage = not storage.in_outage, True
+    return first
+
+
+def _outage_ends(storage: SweepStorage) -> bool:
+    """Mark the storage back; whether this call is the first through since it went away."""
+    with _outage_state:
+        ended = storage.in_outage
+        if ended:
+            storage.in_outage, storage.back_at = False, time.monotonic()
+    return ended
 
 
 @contextmanager
@@ -191,7 +224,6 @@ for _name in (
     "get_all_trials",
     "get_best_trial",
     "record_heartbeat",
-    "_get_stale_trial_ids",
 ):
     setattr(SweepStorage, _name, _retried(getattr(SweepStorage, _name)))
 
