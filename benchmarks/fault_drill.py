@@ -89,7 +89,15 @@ def audit(tracking_uri: str, storage: str, study_name: str, n_trials: int) -> di
     import mlflow
     import optuna
 
-    from lora_study.names import STAGE_CONFIRM, STAGE_SWEEP, STAGE_TRIAL, TAG_STAGE, TAG_STUDY, TAG_TRIAL_NUMBER
+    from lora_study.names import (
+        STAGE_CONFIRM,
+        STAGE_SWEEP,
+        STAGE_TRIAL,
+        TAG_STAGE,
+        TAG_STUDY,
+        TAG_TRIAL_NUMBER,
+        TAG_TRIAL_STATE,
+    )
     from lora_study.sweep import study as sweep_study
 
     study = optuna.load_study(study_name=study_name, storage=storage)
@@ -108,6 +116,8 @@ def audit(tracking_uri: str, storage: str, study_name: str, n_trials: int) -> di
     )
     tags = [r.data.tags for r in every]
     parents = [t for t in tags if (t.get(TAG_STAGE), t.get(TAG_STUDY)) == (STAGE_SWEEP, study_name)]
+    adapters = {m.source_run_id for m in _logged_models(client, experiments)}
+    complete = [r for r in trial_runs if r.info.status == "FINISHED" and r.data.tags.get(TAG_TRIAL_STATE) == "COMPLETE"]
     return {
         "trials requested": n_trials,
         "trials finished": finished,
@@ -118,9 +128,39 @@ def audit(tracking_uri: str, storage: str, study_name: str, n_trials: int) -> di
         "parent runs of the study": len(parents),
         "duplicate trial results": sum(n - 1 for n in results.values()),
         "duplicate confirmations": sum(n - 1 for n in confirmed.values()),
+        "complete runs lacking a final metric": sum(not _has_final_metrics(r) for r in complete),
+        "complete runs lacking their adapter": sum(r.info.run_id not in adapters for r in complete),
         "versions registered": len(versions),
         "duplicate registrations": sum(n - 1 for n in registered.values()),
     }
+
+
+def _logged_models(client, experiments: list[str]) -> list:
+    """Every logged model of the experiments, page after page."""
+    found, token = [], None
+    while True:
+        page = client.search_logged_models(experiment_ids=experiments, max_results=1000, page_token=token)
+        found += list(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def _has_final_metrics(run) -> bool:
+    """A complete trial's run holds what it logs last: its costs, forgetting, and a confirmation's test figures."""
+    from lora_study.names import (
+        METRIC_FORGETTING_KL,
+        METRIC_PEAK_MEMORY_MB,
+        METRIC_TEST_PERPLEXITY,
+        METRIC_TRAINED_TOKENS,
+        STAGE_CONFIRM,
+        TAG_STAGE,
+    )
+
+    needed = {METRIC_PEAK_MEMORY_MB, METRIC_TRAINED_TOKENS, METRIC_FORGETTING_KL}
+    if run.data.tags.get(TAG_STAGE) == STAGE_CONFIRM:
+        needed.add(METRIC_TEST_PERPLEXITY)
+    return needed <= set(run.data.metrics)
 
 
 # --- drill 1: one sweep, killed again and again --------------------------------------------------

@@ -103,6 +103,8 @@ def outage_drill(
         "downtime s": downtime_s,
         "workers that exited non-zero": sum(code != 0 for code in codes),
         "times a worker said it waits for the storage": said.count("retrying for up to"),
+        "times a worker said the tracking server is away": said.count("mlflow tracking server"),
+        "urllib3 retry warnings in the workers' output": said.count("Retrying (Retry("),
         "tracebacks in the workers' output": said.count("Traceback (most recent call last)"),
         **figures,
     }

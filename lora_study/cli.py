@@ -157,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         configs = parse_sections(command.sections, args)
         if command.makes_runs and processes.is_main():  # under torchrun, only the main process logs
-            from lora_study import tracking  # MLflow, once the arguments are good: `--help` answers without it
+            from lora_study import tracking, tracking_outages  # MLflow, once the arguments are good
 
+            tracking_outages.say_once_per_outage()
             tracking.use_experiment(experiment_name)
         run_id = command.run(*configs)
     except UserInputError as error:

@@ -1,10 +1,12 @@
-"""Generating text: the prompt suite an evaluation asks, timed greedy answers, ROUGE-L, and
-the one answer a served model gives a request."""
+"""Generating text: the prompt suite an evaluation asks, timed greedy answers, batched greedy
+answers, ROUGE-L and exact match, and the one answer a served model gives a request."""
 
 import functools
 import json
 import math
+import re
 import statistics
+import string
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,7 +194,35 @@ def generate(
     return tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-# --- ROUGE-L ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def greedy_answers(
+    model, tokenizer, prompts: list[Prompt], max_new_tokens: int, dtype, batch_size: int = 8
+) -> list[str]:
+    """Greedy answers to prompts as the model sees them (their token ids), a batch at a time,
+    left-padded with an attention mask: each row's answer is the one it gets alone."""
+    device = next(model.parameters()).device
+    model.eval()
+    answers = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        width = max(len(p.ids) for p in batch)
+        ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, prompt in enumerate(batch):
+            ids[row, width - len(prompt.ids) :], mask[row, width - len(prompt.ids) :] = torch.tensor(prompt.ids), 1
+        with autocast(device, dtype):
+            output = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        answers += tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+    return answers
+
+
+# --- scoring answers ----------------------------------------------------------------------------
 
 
 def rouge_l(candidate: str, reference: str) -> float:
@@ -211,3 +241,14 @@ def _rouge_scorer():
 def mean_rouge_l(texts: list[str], prompts: list[Prompt]) -> float | None:
     scored = [rouge_l(text, p.reference) for text, p in zip(texts, prompts) if p.reference]
     return sum(scored) / len(scored) if scored else None
+
+
+def exact_match(candidate: str, reference: str) -> float:
+    """1.0 if the answer is the reference once both are normalized as SQuAD's evaluation script
+    does (lower case, no punctuation, no articles a/an/the, single spaces), else 0.0."""
+    return float(_squad_normalized(candidate) == _squad_normalized(reference))
+
+
+def _squad_normalized(text: str) -> str:
+    text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())

@@ -23,14 +23,18 @@ from lora_study.names import (
 NOT_IN_A_NAME = ("/", ":", ".", "%", '"', "'")  # MLflow refuses these in a LoggedModel's name
 
 
-def name(rank: int, target_modules: str, learning_rate: float, quantization: str, seed: int, steps: int) -> str:
+def name(
+    rank: int, target_modules: str, learning_rate: float, quantization: str, seed: int, steps: int, planned: int = 0
+) -> str:
     """`r32-qkvo-lr19e-4-seed1-200steps`: the adapter's configuration, the seed that trained it and
-    its training steps (a sweep trains a configuration at two budgets); the learning rate to 2
+    its training steps (a sweep trains a configuration at two budgets); `120of200steps` when the
+    adapter kept is of an earlier step than the `planned` budget; the learning rate to 2
     significant digits, written without a decimal point."""
     parts = [f"r{rank}", target_modules, f"lr{_number(learning_rate)}"]
     if quantization != "none":
         parts.append(quantization)
-    text = "-".join([*parts, f"seed{seed}", f"{steps}steps"])
+    budget = f"{steps}of{planned}steps" if planned > steps else f"{steps}steps"
+    text = "-".join([*parts, f"seed{seed}", budget])
     for character in NOT_IN_A_NAME:
         text = text.replace(character, "_")
     return text
@@ -45,9 +49,11 @@ def _number(value: float) -> str:
     return f"{digits}e{power}"
 
 
-def link_run_metrics(model_id: str, run_id: str) -> None:
-    """The run's latest leaderboard metrics, logged on its model too, where MLflow did not link
-    them as it logged the model (it links those of the model's step, without a dataset). Those
+def link_run_metrics(model_id: str, run_id: str, step: int) -> None:
+    """The run's leaderboard metrics as they were at the model's `step` (the latest value logged at
+    or before it: a kept best adapter's validation perplexity, not the last evaluation's), logged
+    on its model too, where MLflow did not link them as it logged the model (it links those of the
+    model's step, without a dataset). Those
     measured on the prepared data's splits are linked to that dataset (the run's training input),
     so the Models tab shows validation and test perplexity side by side under it; one MLflow
     linked already is logged again a millisecond later, as the run keeps a metric of one step and
@@ -68,7 +74,10 @@ def link_run_metrics(model_id: str, run_id: str) -> None:
         on_data = dataset is not None and key in LOGGED_MODEL_METRICS_ON_DATA
         if key not in run.data.metrics or (key in linked and not on_data):
             continue
-        latest = max(client.get_metric_history(run_id, key), key=lambda metric: (metric.step, metric.timestamp))
+        history = [metric for metric in client.get_metric_history(run_id, key) if metric.step <= step]
+        if not history:
+            continue
+        latest = max(history, key=lambda metric: (metric.step, metric.timestamp))
         metrics.append(
             Metric(
                 key,

@@ -108,6 +108,7 @@ PARAM_SPLIT_SEED_BEFORE = "seed"  # its name in runs logged before 48b5ccf, read
 PARAM_TRAINING_SEED = "training_seed"  # the seed that trained the run: a confirmation's own
 PARAM_DECONTAMINATE_NGRAM = "decontaminate_ngram"
 PARAM_MAX_STEPS = "max_steps"
+PARAM_EARLY_STOPPING_PATIENCE, PARAM_KEEP_BEST = "early_stopping_patience", "keep_best"  # of `train` and of a sweep
 PARAM_OBJECTIVES = "objectives"  # of a sweep, as are the next three
 PARAM_PRUNER = "pruner"
 PARAM_RECOMMEND = "recommend"
@@ -135,6 +136,9 @@ METRIC_EVAL_LOSS = "eval_loss"  # token-weighted mean over the validation split
 METRIC_EVAL_PERPLEXITY = "eval_perplexity"
 # once, at the end
 METRIC_TRAIN_TOKENS_PER_S = "train_tokens_per_s"  # real tokens over the time of the steps
+METRIC_BEST_EVAL_PERPLEXITY = "best_eval_perplexity"  # the logged adapter's validation perplexity, at best_step
+METRIC_BEST_STEP = "best_step"  # the logged adapter's step: its lowest validation loss (--keep-best), or the last
+METRIC_STOPPED_EARLY = "stopped_early"  # the step early stopping ended training at; 0: every planned step ran
 METRIC_TRAINED_TOKENS = "trained_tokens"  # real (non-padding) tokens the adapter trained on, all processes
 METRIC_PEAK_MEMORY_MB = "peak_memory_mb"  # see TAG_MEMORY_KIND and lora_study.memory
 METRIC_MODEL_MEMORY_MB = "model_memory_mb"  # the loaded base with its adapter
@@ -167,6 +171,10 @@ METRIC_GEN_LATENCY_P95_MS = "gen_latency_p95_ms"
 METRIC_FIRST_TOKEN_LATENCY_MS = "first_token_latency_ms"  # median
 METRIC_ROUGE_L = "rougeL"  # mean ROUGE-L F1 against the references, where there are any
 METRIC_BASE_ROUGE_L = "base_rougeL"
+# a sweep's generation objectives (`--objectives rougeL`, `exact_match`), on a fixed sample of a split's
+# records: greedy answers scored against the reference answers; each also of the base (BASE_PREFIX)
+METRIC_EVAL_ROUGE_L, METRIC_TEST_ROUGE_L = "eval_rougeL", "test_rougeL"  # validation, test
+METRIC_EVAL_EXACT_MATCH, METRIC_TEST_EXACT_MATCH = "eval_exact_match", "test_exact_match"
 BASE_PREFIX = "base_"  # the generation metrics again, of the base model: base_gen_tokens_per_s
 # with --merged (and in `merge`): the adapter merged into the base weights, against the unmerged adapter
 MERGED_PREFIX = "merged_"  # the generation metrics again, merged: merged_gen_tokens_per_s
@@ -197,18 +205,21 @@ TAG_REPLICATE_OF = "replicate_of"  # on an explore trial's run: the trial whose 
 TAG_RETRY_OF = "retry_of"  # on the run of a trial queued again because its worker died: the trial it repeats
 TAG_RECOMMENDATION = "lora_study.recommendation"  # on the parent: the answer, in one sentence
 TAG_HORIZON = "lora_study.horizon"  # ... and the training budget it holds for, in one sentence
-# on versions of confirmed configurations: their seeds' test perplexity
-TAG_TEST_PERPLEXITY_MEAN = "test_perplexity_mean"
-TAG_TEST_PERPLEXITY_STD = "test_perplexity_std"
-TAG_TEST_PERPLEXITY_N = "test_perplexity_n"
-METRIC_SEED_STD = "seed_std_test_perplexity"  # on the parent: the seed noise, pooled over configurations
-METRIC_SEED_STD_OF = "seed_std_test_perplexity_trial_{config}"  # ... and per confirmed configuration
-METRIC_RECOMMENDED_MEAN = "recommended_test_perplexity_mean"
-METRIC_RECOMMENDED_STD = "recommended_test_perplexity_std"
+# on versions of confirmed configurations: their seeds' test perplexity, and the rule's metric's
+# (`test_rougeL_mean`) where the first objective is a generation objective
+TAG_MEAN, TAG_STD, TAG_N = "{metric}_mean", "{metric}_std", "{metric}_n"
+TAG_TEST_PERPLEXITY_MEAN = TAG_MEAN.format(metric=METRIC_TEST_PERPLEXITY)
+TAG_TEST_PERPLEXITY_STD = TAG_STD.format(metric=METRIC_TEST_PERPLEXITY)
+TAG_TEST_PERPLEXITY_N = TAG_N.format(metric=METRIC_TEST_PERPLEXITY)
+# on the parent, of the rule's metric: the seed noise pooled over configurations, and per configuration
+METRIC_SEED_STD, METRIC_SEED_STD_OF = "seed_std_{metric}", "seed_std_{metric}_trial_{config}"
+METRIC_RECOMMENDED_MEAN, METRIC_RECOMMENDED_STD = "recommended_{metric}_mean", "recommended_{metric}_std"
 ARTIFACT_BEST_PER_LEVEL = "best_per_level.json"  # per factor and level: its best trial (learning rate)
 COLUMN_FACTOR = "factor"
 ARTIFACT_CONFIRMED = "confirmed.json"  # the confirmed configurations, one row each, with:
-COLUMN_CONFIG_TRIAL, COLUMN_SEEDS, COLUMN_STDERR = "config_trial", "seeds", "test_perplexity_stderr"
+COLUMN_CONFIG_TRIAL, COLUMN_SEEDS = "config_trial", "seeds"
+COLUMN_STDERR_OF = "{metric}_stderr"  # and TAG_MEAN, TAG_STD: of test perplexity, and of the rule's metric
+COLUMN_STDERR = COLUMN_STDERR_OF.format(metric=METRIC_TEST_PERPLEXITY)
 COLUMN_RECOMMENDED, COLUMN_VERSION = "recommended", "version"
 COLUMN_STEPS = PARAM_STEPS  # the confirmations' budget (also in the report's tables of runs)
 COLUMN_TEST_PERPLEXITY_MEAN, COLUMN_TEST_PERPLEXITY_STD = TAG_TEST_PERPLEXITY_MEAN, TAG_TEST_PERPLEXITY_STD
@@ -234,13 +245,18 @@ TAG_MLFLOW_COMMIT = "mlflow.source.git.commit"
 ARTIFACT_REPORT = "report"  # the folder: report.html (self-contained), report.md and figures/*.svg
 REPORT_HTML, REPORT_MARKDOWN, REPORT_FIGURES = "report.html", "report.md", "figures"
 STAGE_REPORT = "report"  # the run `mlflow run -e report` makes, which holds a copy
-# What each sweep objective minimizes: the metric of a trial run, also its registered version's tag.
+# What each sweep objective optimizes: the metric of a trial run, also its registered version's tag.
 OBJECTIVE_METRICS = {
     "perplexity": METRIC_EVAL_PERPLEXITY,
     "peak_memory_mb": METRIC_PEAK_MEMORY_MB,
     "trainable_params": METRIC_TRAINABLE_PARAMS,
     "forgetting": METRIC_FORGETTING_KL,
+    "rougeL": METRIC_EVAL_ROUGE_L,
+    "exact_match": METRIC_EVAL_EXACT_MATCH,
 }
+# The generation objectives, maximized: each one's test-split metric, which confirmations measure.
+GENERATION_OBJECTIVES = {"rougeL": METRIC_TEST_ROUGE_L, "exact_match": METRIC_TEST_EXACT_MATCH}
+HIGHER_IS_BETTER = {METRIC_EVAL_ROUGE_L, METRIC_TEST_ROUGE_L, METRIC_EVAL_EXACT_MATCH, METRIC_TEST_EXACT_MATCH}
 
 # --- the registry --------------------------------------------------------------------------
 ALIAS_CHALLENGER = "challenger"

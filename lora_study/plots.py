@@ -20,6 +20,7 @@ from lora_study.names import (
     COLUMN_TEST_PERPLEXITY_MEAN,
     COLUMN_TEST_PERPLEXITY_STD,
     METRIC_ADAPTER_SIZE_MB,
+    METRIC_BEST_EVAL_PERPLEXITY,
     METRIC_EVAL_PERPLEXITY,
     METRIC_FORGETTING_KL,
     METRIC_PEAK_MEMORY_MB,
@@ -79,6 +80,9 @@ def trials_frame(runs: pd.DataFrame) -> pd.DataFrame:
             frame[name] = pd.to_numeric(column) if name in NUMERIC_PARAMS else column
     for name in METRICS:
         frame[name] = runs.get(f"metrics.{name}")
+    kept = runs.get(f"metrics.{METRIC_BEST_EVAL_PERPLEXITY}")
+    if kept is not None:  # a trial's value is its logged adapter's (--keep-best), not its last evaluation's
+        frame[METRIC_EVAL_PERPLEXITY] = kept.fillna(frame[METRIC_EVAL_PERPLEXITY])
     return frame.sort_values(TAG_TRIAL_NUMBER).reset_index(drop=True)
 
 

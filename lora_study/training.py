@@ -17,16 +17,20 @@ import torch
 from lora_study import adapters, console, data, logged_models, lora, models, processes, tracking, updates
 from lora_study.config import AdapterConfig, BaseModelConfig, DataConfig, TrainConfig
 from lora_study.data.packing import IGNORE_INDEX, collate
+from lora_study.early_stopping import BestAdapter
 from lora_study.errors import UserInputError
 from lora_study.losses import autocast, loss_sum, mean_loss, perplexity
 from lora_study.memory import PeakMemory
 from lora_study.names import (
+    METRIC_BEST_EVAL_PERPLEXITY,
+    METRIC_BEST_STEP,
     METRIC_EVAL_LOSS,
     METRIC_EVAL_PERPLEXITY,
     METRIC_LEARNING_RATE,
     METRIC_MODEL_MEMORY_MB,
     METRIC_PEAK_MEMORY_MB,
     METRIC_ROWS,
+    METRIC_STOPPED_EARLY,
     METRIC_TOKENS_PER_S,
     METRIC_TOTAL_PARAMS,
     METRIC_TRAIN_LOSS,
@@ -82,13 +86,16 @@ def check_settings(adapter: AdapterConfig, train: TrainConfig, seq_len: int, con
 class TrainResult:
     """What one `fine_tune` measured (and logged)."""
 
-    model: torch.nn.Module  # the PeftModel: the base with the trained adapter
+    model: torch.nn.Module  # the PeftModel: the base with the trained adapter (its best, with --keep-best)
     eval_losses: dict[int, float] = field(default_factory=dict)  # step -> validation loss; 0 is the base
     metrics: dict[str, float] = field(default_factory=dict)  # the run's final metrics, by their MLflow names
+    adapter_step: int = 0  # the step the adapter in `model` is from: the best one's, or the last
+    planned_steps: int = 0
 
     @property
     def final_eval_loss(self) -> float:
-        return self.eval_losses[max(self.eval_losses)]
+        """The validation loss of the adapter in `model`."""
+        return self.eval_losses[self.adapter_step]
 
 
 def setup(data_cfg: DataConfig, base: BaseModelConfig, adapter: AdapterConfig, train: TrainConfig) -> Setup:
@@ -192,7 +199,7 @@ def fine_tune(
         torch.manual_seed(seed + processes.rank())
     world = accelerator.num_processes
     train_rows, validation_rows = s.prepared.rows("train"), s.prepared.rows("validation")
-    steps = planned_steps(train, len(train_rows), world)
+    steps = result.planned_steps = planned_steps(train, len(train_rows), world)
     trainable, total = lora.parameter_counts(model)
     tracking.log_params(
         {
@@ -215,16 +222,19 @@ def fine_tune(
     update = Update.of(model, s, train, steps, accelerator)
     stream = processes.shard(batches(train_rows, train.batch_size, seed, s.tokenizer.pad_token_id))
 
+    best = BestAdapter(train.early_stopping_patience, train.early_stopping_min_delta, train.keep_best)
+
     def evaluate(step: int, eval_loss: float | None = None) -> None:
         if eval_loss is None:
             eval_loss = mean_loss(model, validation_rows, train.batch_size, s.tokenizer.pad_token_id, s.dtype)
         result.eval_losses[step] = eval_loss
         tracking.log_metrics({METRIC_EVAL_LOSS: eval_loss, METRIC_EVAL_PERPLEXITY: perplexity(eval_loss)}, step=step)
+        best.saw(model, step, eval_loss)
         if on_eval is not None:
             on_eval(step, eval_loss)
 
     progress = console.progress(steps, "train", "step")
-    tokens_seen, step_time, started = 0, 0.0, time.perf_counter()
+    tokens_seen, step_time, started, stopped_early = 0, 0.0, time.perf_counter(), 0
     evaluate(0, base_eval_loss)
     model.train()
     with PeakMemory(s.device) as peak, lora.inputs_uncast(model, adapter, s.dtype):
@@ -248,7 +258,14 @@ def fine_tune(
             progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{step_tokens_per_s:.0f}")
             if step == steps or (train.eval_every and step % train.eval_every == 0):
                 evaluate(step)
+                if step < steps and processes.summed(accelerator, [float(best.should_stop)])[0]:
+                    stopped_early = step  # every process stops at once
+                    break
     progress.close()
+    result.adapter_step = step
+    if train.keep_best and best.best_step not in (0, step):
+        best.restore(model)
+        result.adapter_step = best.best_step
     peaks = processes.gathered(accelerator, peak.megabytes)
     tokens_per_s = processes.summed(accelerator, [tokens_seen / step_time])[0]
     final = {
@@ -256,6 +273,9 @@ def fine_tune(
         METRIC_TRAINED_TOKENS: processes.summed(accelerator, [tokens_seen])[0],
         METRIC_TRAIN_RUNTIME_S: time.perf_counter() - started,
         METRIC_PEAK_MEMORY_MB: max(peaks),
+        METRIC_BEST_STEP: result.adapter_step,  # the logged adapter's step, and its validation perplexity
+        METRIC_BEST_EVAL_PERPLEXITY: perplexity(result.eval_losses[result.adapter_step]),
+        METRIC_STOPPED_EARLY: stopped_early,  # the step early stopping ended it at; 0: it ran every planned step
     }
     if not adapter.use_dora:  # a DoRA update also rescales each column: B @ A is not all of it
         final.update(updates.summary(updates.table(model)))  # a thin QR per factor: no d x d decomposition
@@ -348,18 +368,24 @@ def log_inputs(s: Setup, data_cfg: DataConfig, base: BaseModelConfig) -> None:
 
 def log_trained_adapter(s: Setup, result: TrainResult, adapter: AdapterConfig, train: TrainConfig):
     """The trained adapter as an MLflow model of kind `adapter`, named for its configuration,
-    training seed and steps, with the reference to the base it was trained on, logged at the last training
-    step: MLflow links that step's metrics to it (the last validation perplexity, not the base's at
-    step 0); the run's other leaderboard metrics so far are linked after."""
+    training seed and steps, with the reference to the base it was trained on, logged at its step (the
+    best one's, or the last): MLflow links that step's metrics to it (its validation perplexity, not
+    the base's at step 0); the run's other leaderboard metrics so far are linked after."""
     meta = s.prepared.meta
     reference = models.AdapterReference.of(
         s.ref, adapter.quantization, s.weights_dtype, meta.format, meta.tokenizer_digest
     )
-    steps = max(result.eval_losses)  # the last evaluation is at the last step
+    steps = result.adapter_step  # the kept adapter's step, or the last
     name = logged_models.name(
-        adapter.rank, adapter.target_modules, train.learning_rate, adapter.quantization, train.training_seed, steps
+        adapter.rank,
+        adapter.target_modules,
+        train.learning_rate,
+        adapter.quantization,
+        train.training_seed,
+        steps,
+        result.planned_steps,
     )
     tracking.flush()  # the loop's last metrics are logged asynchronously: MLflow links them as it logs the model
     info = adapters.log_adapter(result.model, reference, name, step=steps)
-    logged_models.link_run_metrics(info.model_id, info.run_id)
+    logged_models.link_run_metrics(info.model_id, info.run_id, steps)
     return info

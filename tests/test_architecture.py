@@ -15,6 +15,7 @@ CLI = PACKAGE / "cli.py"
 # back for the report, and written by the sweep); besides them, only stages.
 MLFLOW_CALLERS = {
     PACKAGE / "tracking.py",
+    PACKAGE / "tracking_outages.py",
     PACKAGE / "parent_runs.py",
     PACKAGE / "adapters.py",
     PACKAGE / "logged_models.py",

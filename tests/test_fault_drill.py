@@ -8,6 +8,8 @@ import pytest
 
 ZERO = [
     "trials missing",
+    "complete runs lacking a final metric",
+    "complete runs lacking their adapter",
     "trials left unfinished in Optuna",
     "runs left RUNNING",
     "duplicate trial results",
@@ -66,4 +68,26 @@ def test_a_shared_study_survives_its_database_restarting(tmp_path):
     assert {key: figures[key] for key in ZERO} == dict.fromkeys(ZERO, 0)
     assert figures["tracebacks in the workers' output"] == 0, said[-3000:]
     assert figures["times a worker said it waits for the storage"] >= 1  # the outage met a working study
+    assert figures["trials finished"] >= 3 and figures["parent runs of the study"] == 1
+
+
+@pytest.mark.slow
+def test_a_shared_study_survives_its_tracking_server_restarting(tmp_path):
+    """The drill's server-restart version: 2 workers, `mlflow server` killed and started again
+    after 5 s once; MLflow's client retries every call, each worker says so in one line, and no
+    complete run lacks its metrics or its adapter."""
+    import outage_drills
+    import postgres_cluster
+
+    if not postgres_cluster.installed():
+        pytest.skip("PostgreSQL is not installed here; .ci/run installs it (Debian package postgresql)")
+    figures = outage_drills.outage_drill(
+        tmp_path, "server-restart", 1, 5, 3, 8, random.Random(0), workers=2, **SHORT_STUDY
+    )
+    said = "".join(log.read_text() for log in tmp_path.glob("worker-*.log"))
+    assert figures["workers that exited non-zero"] == 0, said[-3000:]
+    assert {key: figures[key] for key in ZERO} == dict.fromkeys(ZERO, 0)
+    assert figures["tracebacks in the workers' output"] == 0, said[-3000:]
+    assert 1 <= figures["times a worker said the tracking server is away"] <= 2, said[-3000:]
+    assert figures["urllib3 retry warnings in the workers' output"] == 0
     assert figures["trials finished"] >= 3 and figures["parent runs of the study"] == 1

@@ -52,6 +52,23 @@ def test_rouge_l_is_rouge_scores_lcs_f1_over_words():
     assert generation.rouge_l("", "x") == 0.0 and generation.rouge_l("y", "x") == 0.0
 
 
+def test_exact_match_compares_answers_normalized_as_squad_does():
+    assert generation.exact_match("The  Answer is: 4.", "answer is 4") == 1.0
+    assert generation.exact_match("an apple", "Apple!") == 1.0
+    assert generation.exact_match("4", "5") == 0.0 and generation.exact_match("4 apples", "4") == 0.0
+
+
+def test_greedy_answers_in_left_padded_batches_are_each_prompts_answer_alone(tmp_path, tiny, tokenizer):
+    """Prompts of different lengths in one batch: each answers as it does alone, one at a time."""
+    dataset = write_jsonl(tmp_path / "alpaca.jsonl", alpaca_records(40))
+    prepared = data.prepare(DataConfig(dataset=str(dataset), seq_len=128), tiny, tokenizer)[0]
+    prompts = generation.prompts_from_rows(prepared.rows("test"), "instruction", tokenizer, 5, 8)
+    assert len({len(p.ids) for p in prompts}) > 1  # padding is at stake
+    model, _ = models.load_base(tiny, "none", torch.float32, torch.device("cpu"))
+    batched = generation.greedy_answers(model, tokenizer, prompts, 6, None, batch_size=5)
+    assert batched == generation.generate_timed(model, tokenizer, prompts, 6, None).texts
+
+
 # --- answers in one batch, each row with its own adapter ---------------------------------------------
 
 MIXED_PROMPTS = ["The list type", "def f(x):\n    return", "A dict maps keys to values, and", "Sorting"]

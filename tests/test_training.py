@@ -121,4 +121,7 @@ def test_fine_tune_returns_what_it_logged(mlflow_experiment):
     assert {"trainable_params", "peak_memory_mb", "train_tokens_per_s", "train_runtime_s"} <= set(result.metrics)
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "eval_loss")
     assert result.eval_losses == {m.step: pytest.approx(m.value) for m in history}
-    assert sorted(result.eval_losses) == [0, 2, 4] and result.final_eval_loss == result.eval_losses[4]
+    assert sorted(result.eval_losses) == [0, 2, 4]
+    # the adapter held is the lower of steps 2 and 4 (--keep-best), and the run says which
+    kept = min((2, 4), key=result.eval_losses.get)
+    assert result.adapter_step == logged["best_step"] == kept and result.final_eval_loss == result.eval_losses[kept]

@@ -156,7 +156,8 @@ def test_a_sweep_opens_in_mlflow_ui_as_model_training_with_named_runs_and_descri
         complete = [run for run in found if tags(run["data"]).get("trial_state") == "COMPLETE"]
         assert len(names) == len(complete)  # one per trial that trained to its end (not pruned)
         assert len(set(names)) == len(names)  # a configuration's explore trial and confirmations apart
-        assert all(re.fullmatch(r"r[48]-(qv|all-linear)-lr\d+e-\d+-seed\d-\d+steps", name) for name in names), names
+        named = r"r[48]-(qv|all-linear)-lr\d+e-\d+-seed\d-\d+(of\d+)?steps"  # `2of4steps`: its best step kept
+        assert all(re.fullmatch(named, name) for name in names), names
         models_page = f"#/experiments/{experiment_id}/models?workflowType=machine_learning"
         # a wide window: the table draws the columns in view only, and MLflow's assistant takes a third
         dom = chromium(f"{url}/{models_page}", tmp_path / "models.png", 2600, 1000, RENDER_MS, tmp_path / "profile-5")

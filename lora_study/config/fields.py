@@ -65,5 +65,26 @@ Precision = Annotated[
     Field(description="Autocast dtype; `auto` takes bf16 where the hardware has it, else fp32."),
 ]
 
+# Early stopping and the best adapter (`early_stopping`), in `train` and in a sweep's trials.
+EarlyStoppingPatience = Annotated[
+    int,
+    Field(
+        ge=0,
+        description="Stop training after N evaluations in a row without an improvement of more than "
+        "--early-stopping-min-delta in validation loss; 0: off.",
+    ),
+]
+EarlyStoppingMinDelta = Annotated[
+    float,
+    Field(ge=0, description="How much lower (nats) a validation loss must be than the best so far to improve on it."),
+]
+KeepBest = Annotated[
+    bool,
+    Field(
+        description="Log the adapter as it was at its lowest validation loss after training began (the run's "
+        "best_step), not as it is at the last step."
+    ),
+]
+
 
 ServingTarget = Literal["mlflow", "vllm", "lorax"]  # the servers `servability` knows the limits of

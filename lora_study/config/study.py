@@ -4,9 +4,17 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from lora_study.config.fields import STRICT, ForgettingData, Precision, PreparedDataUri
+from lora_study.config.fields import (
+    STRICT,
+    EarlyStoppingMinDelta,
+    EarlyStoppingPatience,
+    ForgettingData,
+    KeepBest,
+    Precision,
+    PreparedDataUri,
+)
 from lora_study.config.training import AdapterConfig, TrainConfig
-from lora_study.names import OBJECTIVE_METRICS
+from lora_study.names import GENERATION_OBJECTIVES, METRIC_TEST_PERPLEXITY, OBJECTIVE_METRICS
 
 
 class EvaluateConfig(BaseModel):
@@ -65,11 +73,26 @@ class SweepConfig(BaseModel):
     timeout_min: float = Field(0, ge=0, description="Stop starting trials after this many minutes; 0: no limit.")
     max_steps: int = Field(4, gt=0, description="Optimizer steps per explore trial: the explore budget.")
     eval_every: int = Field(2, gt=0, description="Validation loss every N steps: what the pruner sees.")
+    early_stopping_patience: EarlyStoppingPatience = 0  # with it, confirmations evaluate every --eval-every too
+    early_stopping_min_delta: EarlyStoppingMinDelta = 0.0
+    keep_best: KeepBest = True
     forgetting_data: ForgettingData = "self"
     objectives: str = Field(
         "perplexity",
-        description="What to minimize, comma-separated: perplexity (validation), peak_memory_mb, "
-        "trainable_params, forgetting (KL against the base); two or more keep a Pareto front.",
+        description="What to optimize, comma-separated: perplexity (validation), peak_memory_mb, "
+        "trainable_params, forgetting (KL against the base), minimized; rougeL, exact_match (greedy answers "
+        "against the reference answers of instruction or chat data), maximized; two or more keep a Pareto "
+        "front. The recommendation rule reads the first one's test-split figure (perplexity's, unless a "
+        "generation objective is first).",
+    )
+    objective_samples: int = Field(
+        16,
+        gt=0,
+        description="Records of the validation split (of the test split, for confirmations) whose answers a "
+        "generation objective scores: a fixed sample, seeded by --split-seed.",
+    )
+    objective_max_new_tokens: int = Field(
+        64, gt=0, description="Tokens generated per answer (greedy) for a generation objective."
     )
     pruner: Literal["hyperband", "median", "none"] = Field(
         "hyperband",
@@ -175,3 +198,13 @@ class SweepConfig(BaseModel):
     @property
     def objective_names(self) -> list[str]:
         return [name.strip() for name in self.objectives.split(",")]
+
+    @property
+    def generation_objectives(self) -> list[str]:
+        return [name for name in self.objective_names if name in GENERATION_OBJECTIVES]
+
+    @property
+    def rule_metric(self) -> str:
+        """The test-split metric the recommendation rule reads: the first objective's, if it is a
+        generation objective; else test perplexity (costs are not measured per seed on a split)."""
+        return GENERATION_OBJECTIVES.get(self.objective_names[0], METRIC_TEST_PERPLEXITY)

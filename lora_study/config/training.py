@@ -5,7 +5,15 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from lora_study.config.fields import STRICT, ForgettingData, Precision, PreparedDataUri
+from lora_study.config.fields import (
+    STRICT,
+    EarlyStoppingMinDelta,
+    EarlyStoppingPatience,
+    ForgettingData,
+    KeepBest,
+    Precision,
+    PreparedDataUri,
+)
 
 
 class BaseModelConfig(BaseModel):
@@ -109,6 +117,9 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(
         20, ge=0, description="Evaluate on the validation split every N steps (0: only at the end)."
     )
+    early_stopping_patience: EarlyStoppingPatience = 0
+    early_stopping_min_delta: EarlyStoppingMinDelta = 0.0
+    keep_best: KeepBest = True
     forgetting_data: ForgettingData = "self"
     training_seed: int = Field(
         0,
@@ -116,6 +127,15 @@ class TrainConfig(BaseModel):
         description="Seed of the adapter's initial weights, dropout and batch order (`sweep` sets each trial's: "
         "--split-seed for explore trials, + 1 for replicates, + k for the k-th seed of a confirmation).",
     )
+
+    @model_validator(mode="after")
+    def _early_stopping_has_evaluations(self):
+        if self.early_stopping_patience and not self.eval_every:
+            raise ValueError(
+                "`early_stopping_patience` counts evaluations during training, and `eval_every` is 0 (only at the "
+                "end): set --eval-every N"
+            )
+        return self
 
     @model_validator(mode="after")
     def _some_training_is_asked_for(self):

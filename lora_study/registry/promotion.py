@@ -1,5 +1,6 @@
 """Aliases and promotion between versions: an alias moves to a version that beats its holder's test
-perplexity measured on the same test data (`comparability`), and that the alias's serving target
+perplexity (or another metric asked for: higher is better for a generation objective's score)
+measured on the same test data (`comparability`), and that the alias's serving target
 can load (`servability`); `--force` overrides the comparison only. Sweeps that move one alias at
 the same moment settle on the best. Every move is kept on the registered model as a tag, so
 `alias_history` tells who moved which alias when, from what to what, and why."""
@@ -15,6 +16,7 @@ from mlflow.exceptions import MlflowException
 
 from lora_study.errors import UserInputError
 from lora_study.names import (
+    HIGHER_IS_BETTER,
     METRIC_TEST_PERPLEXITY,
     TAG_ALIAS_MOVE_PREFIX,
     TAG_PROMOTED_ALIAS,
@@ -167,10 +169,11 @@ def promote(
     metric: str = PROMOTION_METRIC,
     target: str = servability.DEFAULT_TARGET,
 ) -> str:
-    """Point `alias` at `version` if `target` can serve it and it beats the alias's holder on
-    `metric` (lower is better) measured on the same test data, or with `force`; record who, when,
-    why and what was compared on the version. Returns what was done, and what `target` needs to
-    serve it. `force` overrides the comparison, never what a server cannot load."""
+    """Point `alias` at `version` if `target` can serve it and it beats the alias's holder on `metric`
+    (lower is better; higher for a generation objective's score) measured on the same test data,
+    or with `force`; record who, when, why and what was compared on the version. Returns what
+    was done, and what `target` needs to serve it. `force` overrides the comparison, never what
+    a server cannot load."""
     candidate = get_version(name, version)
     found = manifest(candidate)
     refused = servability.refusals(found, target)
@@ -256,7 +259,8 @@ def compare(candidate, holder, alias: str, metric: str) -> Comparison:
             f"{words}, on other test data ({'; '.join(apart)})",
             f"was measured on other test data than @{alias} (version {holder.version}): {'; '.join(apart)}",
         )
-    if float(mine) >= float(theirs):
+    better = float(mine) > float(theirs) if metric in HIGHER_IS_BETTER else float(mine) < float(theirs)
+    if not better:
         return Comparison(words, f"is not better than @{alias} (version {holder.version}): {words}")
     return Comparison(words, None)
 

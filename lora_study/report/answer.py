@@ -7,15 +7,19 @@ import math
 import pandas as pd
 
 from lora_study import plots
+from lora_study.config import SweepConfig
 from lora_study.names import (
+    BASE_PREFIX,
     COLUMN_CONFIG_TRIAL,
     COLUMN_RECOMMENDED,
     COLUMN_SEEDS,
     COLUMN_STDERR,
+    COLUMN_STDERR_OF,
     COLUMN_STEPS,
     COLUMN_TEST_PERPLEXITY_MEAN,
     COLUMN_TEST_PERPLEXITY_STD,
     COLUMN_VERSION,
+    HIGHER_IS_BETTER,
     METRIC_ADAPTER_SIZE_MB,
     METRIC_BASE_TEST_PERPLEXITY,
     METRIC_EVAL_PERPLEXITY,
@@ -29,6 +33,7 @@ from lora_study.names import (
     PARAM_DROPOUT,
     PARAM_LEARNING_RATE,
     PARAM_MAX_STEPS,
+    PARAM_OBJECTIVES,
     PARAM_QUANTIZATION,
     PARAM_RANK,
     PARAM_RECOMMEND,
@@ -38,8 +43,10 @@ from lora_study.names import (
     PARAM_WITHIN_SE,
     TAG_CONFIG_TRIAL,
     TAG_HORIZON,
+    TAG_MEAN,
     TAG_RECOMMENDATION,
     TAG_REPLICATE_OF,
+    TAG_STD,
     TAG_TEST_DATA,
     TAG_TRIAL_NUMBER,
     TAG_TRIAL_STATE,
@@ -48,7 +55,7 @@ from lora_study.registry import comparability
 from lora_study.report import findings
 from lora_study.report.read import StudyRuns, Version
 from lora_study.report.render import Section, Table, cell_text
-from lora_study.sweep.recommendation import BEST, CHEAPEST_WITHIN_SE
+from lora_study.sweep.recommendation import BEST, CHEAPEST_WITHIN_SE, words
 from lora_study.sweep.search_space import ALPHA_PER_RANK
 
 # the columns of `confirmed.json` the report reads; a configuration's settings come from its trial's run
@@ -74,17 +81,11 @@ def answer(s: StudyRuns) -> Section:
     runs = s.confirmations[s.confirmations[COLUMN_CONFIG_TRIAL] == config]
     if COLUMN_STEPS in recommended:  # a study resumed at another budget holds confirmations of both
         runs = runs[runs[COLUMN_STEPS] == recommended[COLUMN_STEPS]]
-    mean, std, n = (
-        recommended[COLUMN_TEST_PERPLEXITY_MEAN],
-        recommended[COLUMN_TEST_PERPLEXITY_STD],
-        recommended[COLUMN_SEEDS],
-    )
-    base = runs[METRIC_BASE_TEST_PERPLEXITY].mean()
-    change = 100 * (1 - mean / base)
-    rows = {
-        "configuration": _config_text(recommended),
-        "test perplexity": f"{mean:.3f} +- {std:.3f} over {n} seeds; base model {base:.3f} "
-        f"({abs(change):.1f}% {'lower' if change >= 0 else 'higher'})",
+    metric = rule_metric(s)
+    rows = {"configuration": _config_text(recommended)}
+    for shown in dict.fromkeys((metric, METRIC_TEST_PERPLEXITY)):  # the rule's metric first
+        rows[words(shown)] = _against_base(recommended, runs, shown)
+    rows |= {
         "forgetting": _forgetting_text(runs),
         "peak memory": f"{runs[METRIC_PEAK_MEMORY_MB].mean():.0f} MB",
         "train tokens/s": f"{runs[METRIC_TRAIN_TOKENS_PER_S].mean():.0f}",
@@ -103,6 +104,25 @@ def answer(s: StudyRuns) -> Section:
     )
 
 
+def rule_metric(s: StudyRuns) -> str:
+    """The test-split metric the study's recommendation rule read: its first objective's, if that
+    is a generation objective (`test_rougeL`), else test perplexity."""
+    objectives = s.params.get(PARAM_OBJECTIVES) or SweepConfig.model_fields[PARAM_OBJECTIVES].default
+    return SweepConfig(objectives=objectives).rule_metric
+
+
+def _against_base(recommended: dict, runs: pd.DataFrame, metric: str) -> str:
+    """`12.345 +- 0.123 over 2 seeds; base model 15.678 (21.3% lower)`: a score's change is in points."""
+    mean, std = recommended[TAG_MEAN.format(metric=metric)], recommended[TAG_STD.format(metric=metric)]
+    n = recommended[COLUMN_SEEDS]
+    base = runs[BASE_PREFIX + metric].mean() if BASE_PREFIX + metric in runs else math.nan
+    said = f"{mean:.3f} +- {std:.3f} over {n} seeds; base model {base:.3f}"
+    if metric in HIGHER_IS_BETTER:
+        return f"{said} ({mean - base:+.3f})"
+    change = 100 * (1 - mean / base)
+    return f"{said} ({abs(change):.1f}% {'lower' if change >= 0 else 'higher'})"
+
+
 def _recommended(s: StudyRuns) -> dict | None:
     confirmed = confirmed_configs(s)
     if confirmed is None:
@@ -115,7 +135,7 @@ def confirmed_configs(s: StudyRuns) -> pd.DataFrame | None:
     """The confirmed configurations, each with the settings its explore trial's run logged."""
     if s.confirmed is None or s.confirmed.empty:
         return None
-    confirmed = s.confirmed[[c for c in CONFIRMED_COLUMNS if c in s.confirmed]]
+    confirmed = s.confirmed[[c for c in (*CONFIRMED_COLUMNS, *_rule_columns(s)) if c in s.confirmed]]
     settings = with_alpha_per_rank(s.trials)
     settings = settings[[c for c in (TAG_TRIAL_NUMBER, *CONFIG_PARAMS, ALPHA_PER_RANK) if c in settings]]
     merged = confirmed.merge(settings, how="left", left_on=COLUMN_CONFIG_TRIAL, right_on=TAG_TRIAL_NUMBER)
@@ -151,31 +171,44 @@ def _unconfirmed(s: StudyRuns) -> list:
 
 
 def _why(s: StudyRuns) -> str:
-    table, rule = s.confirmed, s.params.get(PARAM_RECOMMEND, CHEAPEST_WITHIN_SE)
-    best = table.loc[table[COLUMN_TEST_PERPLEXITY_MEAN].idxmin()]
+    table, rule, metric = s.confirmed, s.params.get(PARAM_RECOMMEND, CHEAPEST_WITHIN_SE), rule_metric(s)
+    means, higher = table[TAG_MEAN.format(metric=metric)], metric in HIGHER_IS_BETTER
+    best = table.loc[means.idxmax() if higher else means.idxmin()]
+    best_mean, stderr = best[TAG_MEAN.format(metric=metric)], best[COLUMN_STDERR_OF.format(metric=metric)]
     if rule == BEST:
         return (
-            f"Why: the rule `best` takes the lowest mean test perplexity over seeds; trial "
-            f"{int(best[COLUMN_CONFIG_TRIAL])}'s configuration has it ({best[COLUMN_TEST_PERPLEXITY_MEAN]:.3f})."
+            f"Why: the rule `best` takes the {'highest' if higher else 'lowest'} mean {words(metric)} over seeds; "
+            f"trial {int(best[COLUMN_CONFIG_TRIAL])}'s configuration has it ({best_mean:.3f})."
         )
     k = float(s.params.get(PARAM_WITHIN_SE, 1.0))
-    threshold = best[COLUMN_TEST_PERPLEXITY_MEAN] + k * best[COLUMN_STDERR]
-    within = int((table[COLUMN_TEST_PERPLEXITY_MEAN] <= threshold).sum())
+    threshold = best_mean - k * stderr if higher else best_mean + k * stderr
+    within = int((means >= threshold).sum() if higher else (means <= threshold).sum())
     return (
         f"Why: the rule `cheapest-within-se` (--within-se {k:g}) accepts every confirmed configuration whose mean "
-        f"test perplexity is within {k:g} standard error(s) of the best mean ({best[COLUMN_TEST_PERPLEXITY_MEAN]:.3f}, "
-        f"standard error {best[COLUMN_STDERR]:.3f}: up to {threshold:.3f}) and takes the one with the fewest "
-        f"trainable parameters, then the lowest peak memory. {within} of {len(table)} confirmed configurations "
-        "were accepted."
+        f"{words(metric)} is within {k:g} standard error(s) of the best mean ({best_mean:.3f}, "
+        f"standard error {stderr:.3f}: {'down' if higher else 'up'} to {threshold:.3f}) and takes the one with the "
+        f"fewest trainable parameters, then the lowest peak memory. {within} of {len(table)} confirmed "
+        "configurations were accepted."
     )
+
+
+def _rule_columns(s: StudyRuns) -> tuple[str, ...]:
+    """The confirmed table's columns of the rule's metric, where it is not test perplexity."""
+    metric = rule_metric(s)
+    if metric == METRIC_TEST_PERPLEXITY:
+        return ()
+    return TAG_MEAN.format(metric=metric), TAG_STD.format(metric=metric), COLUMN_STDERR_OF.format(metric=metric)
 
 
 def _confirmed_table(s: StudyRuns) -> pd.DataFrame:
     table = confirmed_configs(s)
     varied = [p for p in CONFIG_PARAMS if p in table and table[p].nunique() > 1]
-    columns = [COLUMN_CONFIG_TRIAL, *varied, COLUMN_SEEDS, COLUMN_TEST_PERPLEXITY_MEAN, COLUMN_TEST_PERPLEXITY_STD]
-    columns += [COLUMN_STDERR, METRIC_TRAINABLE_PARAMS, METRIC_PEAK_MEMORY_MB, COLUMN_VERSION, COLUMN_RECOMMENDED]
-    return table[[c for c in columns if c in table]].sort_values(COLUMN_TEST_PERPLEXITY_MEAN)
+    columns = [COLUMN_CONFIG_TRIAL, *varied, COLUMN_SEEDS, *_rule_columns(s), COLUMN_TEST_PERPLEXITY_MEAN]
+    columns += [COLUMN_TEST_PERPLEXITY_STD, COLUMN_STDERR, METRIC_TRAINABLE_PARAMS, METRIC_PEAK_MEMORY_MB]
+    columns += [COLUMN_VERSION, COLUMN_RECOMMENDED]
+    metric = rule_metric(s)
+    order = TAG_MEAN.format(metric=metric)
+    return table[[c for c in columns if c in table]].sort_values(order, ascending=metric not in HIGHER_IS_BETTER)
 
 
 def _forgetting_text(runs: pd.DataFrame) -> str:

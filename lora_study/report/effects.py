@@ -17,6 +17,7 @@ from lora_study.names import (
     METRIC_EVAL_PERPLEXITY,
     METRIC_PEAK_MEMORY_MB,
     METRIC_SEED_STD,
+    METRIC_TEST_PERPLEXITY,
     METRIC_TRAINABLE_PARAMS,
     METRIC_UPDATE_ENERGY_RANK,
     PARAM_ALPHA,
@@ -291,4 +292,4 @@ def _seed_std(s: StudyRuns) -> float | None:
     """The seed noise, when some confirmed configuration had two seeds or more."""
     if s.confirmed is None or s.confirmed.empty or (s.confirmed[COLUMN_SEEDS] < 2).all():
         return None
-    return s.metrics.get(METRIC_SEED_STD)
+    return s.metrics.get(METRIC_SEED_STD.format(metric=METRIC_TEST_PERPLEXITY))

@@ -13,6 +13,7 @@ from lora_study.names import (
     COLUMN_STEPS,
     METRIC_DOCUMENTS,
     METRIC_EVAL_PERPLEXITY,
+    METRIC_STOPPED_EARLY,
     METRIC_TEST_PERPLEXITY,
     METRIC_TOKENS,
     PARAM_BASE_MODEL,
@@ -23,6 +24,7 @@ from lora_study.names import (
     PARAM_DECONTAMINATE_NGRAM,
     PARAM_DECONTAMINATION,
     PARAM_DETECTED_FORMAT,
+    PARAM_EARLY_STOPPING_PATIENCE,
     PARAM_FORMAT,
     PARAM_MAX_STEPS,
     PARAM_OBJECTIVES,
@@ -133,6 +135,7 @@ def how_it_ran(s: StudyRuns) -> Section:
                 f"Time: {duration(s.wall_s)} wall-clock; {duration(s.trials[COLUMN_DURATION_S].sum())} in explore "
                 f"trials, {duration(s.confirmations[COLUMN_DURATION_S].sum())} in confirmations.",
                 _pruning_text(s.trials),
+                *_early_stopping_text(s),
             )
         )
     ]
@@ -190,6 +193,23 @@ def _pruning_text(trials: pd.DataFrame) -> str:
         f"mean duration of a complete trial ({duration(full)}) they would have taken {duration(full * len(pruned))}: "
         f"about {duration(saved)} saved."
     )
+
+
+def _early_stopping_text(s: StudyRuns) -> list[str]:
+    """With --early-stopping-patience: the runs it ended before their planned steps, and the steps
+    trained against those planned (the budget the study used)."""
+    patience = s.params.get(PARAM_EARLY_STOPPING_PATIENCE, "0")
+    if float(patience) == 0:
+        return []
+    runs = pd.concat([s.trials, s.confirmations], ignore_index=True)
+    runs = runs[runs[TAG_TRIAL_STATE] == plots.COMPLETE]
+    stopped = runs[METRIC_STOPPED_EARLY].fillna(0) if METRIC_STOPPED_EARLY in runs else pd.Series(0, runs.index)
+    trained = stopped.where(stopped > 0, runs[COLUMN_STEPS])
+    return [
+        f"Early stopping (--early-stopping-patience {patience}): {int((stopped > 0).sum())} of "
+        f"{len(runs)} complete runs stopped before their planned steps; they trained {trained.sum():.0f} of "
+        f"{runs[COLUMN_STEPS].sum():.0f} planned steps in all."
+    ]
 
 
 # --- 5. every trial -------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from lora_study.names import (
     ALIAS_CHALLENGER,
     ARTIFACT_REPORT,
     ARTIFACT_SWEEP_CONFIG,
+    BASE_PREFIX,
     METRIC_BASE_TEST_PERPLEXITY,
     METRIC_FORGETTING_KL,
     METRIC_FORGETTING_LOSS_DELTA,
@@ -50,7 +51,7 @@ from lora_study.names import (
 )
 from lora_study.report.publish import write_report
 from lora_study.sweep import search_space
-from lora_study.sweep.recommendation import Confirmed, horizon, recommend
+from lora_study.sweep.recommendation import Confirmed, horizon, recommend, words
 from lora_study.sweep.registration import register_best, register_confirmed
 from lora_study.sweep.storage import masked
 from lora_study.sweep.study import (
@@ -135,7 +136,7 @@ def run_sweep(data: DataConfig, base: BaseModelConfig, cfg: SweepConfig) -> str:
             run_workers(plan, worker, study, CONFIRM)
         recommended, confirmed_table, budget = None, None, None
         if configs:
-            confirmed = _confirmed(study, configs, cfg.steps_to_confirm)
+            confirmed = _confirmed(study, configs, cfg.steps_to_confirm, cfg.rule_metric)
             recommended = recommend(confirmed, cfg.recommend, cfg.within_se) if confirmed else None
         if recommended:
             versions = register_confirmed(plan, worker, study, confirmed, recommended, candidates)
@@ -188,7 +189,7 @@ def _confirm_top(cfg: SweepConfig, data: DataConfig, base: BaseModelConfig) -> i
     return 2 if embedded else 3
 
 
-def _confirmed(study: optuna.Study, configs: list, steps: int) -> list[Confirmed]:
+def _confirmed(study: optuna.Study, configs: list, steps: int, rule_metric: str) -> list[Confirmed]:
     """The configurations with at least one complete confirmation, as the rule reads them."""
     confirmed = []
     for config in configs:
@@ -201,6 +202,10 @@ def _confirmed(study: optuna.Study, configs: list, steps: int) -> list[Confirmed
                     test_perplexities=tuple(t.user_attrs[METRIC_TEST_PERPLEXITY] for t in runs),
                     trainable_params=runs[0].user_attrs[METRIC_TRAINABLE_PARAMS],
                     peak_memory_mb=statistics.fmean(t.user_attrs[METRIC_PEAK_MEMORY_MB] for t in runs),
+                    rule_values=tuple(t.user_attrs[rule_metric] for t in runs)
+                    if rule_metric != METRIC_TEST_PERPLEXITY
+                    else (),
+                    rule_metric=rule_metric,
                 )
             )
     return confirmed
@@ -221,8 +226,9 @@ def _print_recommendation(recommended, versions: dict, budget: str) -> None:
     print(recommended.statement())
     print(f"  {budget}")
     print(f"  params: {recommended.chosen.params}")
-    base = version.tags.get(METRIC_BASE_TEST_PERPLEXITY)
-    print(f"  base test perplexity {base}; registered as models:/{version.name}/{version.version}")
+    metric = recommended.chosen.rule_metric
+    base = version.tags.get(BASE_PREFIX + metric)  # base_test_perplexity, base_test_rougeL
+    print(f"  base {words(metric)} {base}; registered as models:/{version.name}/{version.version}")
     kl, delta = version.tags.get(METRIC_FORGETTING_KL), version.tags.get(METRIC_FORGETTING_LOSS_DELTA)
     if kl is not None:
         print(f"  forgetting: KL(base || adapter) {kl} nats/token, loss on general text {float(delta):+.4f}")

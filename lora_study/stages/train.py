@@ -28,6 +28,7 @@ import torch
 
 from lora_study import (
     console,
+    early_stopping,
     evaluation,
     forgetting,
     lora,
@@ -48,13 +49,16 @@ from lora_study.names import (
     ARTIFACT_CROSS_GROUP_PLOT,
     ARTIFACT_GROUP_ROW,
     METRIC_BASE_TEST_PERPLEXITY,
+    METRIC_BEST_STEP,
     METRIC_FAILED_GROUPS,
     METRIC_OTHER_GROUPS_IMPROVEMENT_PCT,
     METRIC_OWN_GROUP_IMPROVEMENT_PCT,
     METRIC_SKIPPED_GROUPS,
+    METRIC_STOPPED_EARLY,
     METRIC_TEST_PERPLEXITY,
     METRIC_TRAINED_GROUPS,
     PARAM_GROUP,
+    PARAM_STEPS,
     RUN_NAME_GROUP,
     RUN_NAME_TRAIN,
     RUN_NAME_TRAIN_GROUPS,
@@ -97,6 +101,11 @@ def run_train(
     with tracking.stage_run(STAGE_TRAIN, log_system_metrics=True, name=RUN_NAME_TRAIN.format(adapter=label)) as run:
         training.log_inputs(s, data, base)
         result = training.fine_tune(s, adapter, train)
+        kept = early_stopping.kept_words(
+            result.adapter_step, result.metrics[METRIC_STOPPED_EARLY], result.planned_steps
+        )
+        if kept:
+            console.say(f"train: {kept}")
         if general_text:
             forgot = forgetting.evaluate(result.model, general_text, s.tokenizer.pad_token_id, s.dtype)
             tracking.log_forgetting(forgot, general_text.description)
@@ -190,11 +199,7 @@ def _train_groups(
                     failed[key] = _one_line(error)
                     console.say(f"{where}  failed: {failed[key]}")
                 else:
-                    test = finished[key].data.metrics
-                    console.say(
-                        f"{where}  test ppl {test[METRIC_TEST_PERPLEXITY]:.3f} (base "
-                        f"{test[METRIC_BASE_TEST_PERPLEXITY]:.3f})  {time.perf_counter() - started:.0f} s"
-                    )
+                    console.say(f"{where}  {_trained_words(finished[key])}  {time.perf_counter() - started:.0f} s")
             if key in finished:  # registered as soon as trained: a later failure leaves it served
                 measured_on = comparability.Basis.of(prepared.group(key).meta, s.ref, adapter.quantization)
                 held = _registered(name, finished[key], group["value"], key, base, measured_on)
@@ -269,6 +274,16 @@ def _finished_groups(parent_run_id: str) -> dict:
 
 def _test_loss(s: training.Setup, model, rows: list[dict]) -> float:
     return mean_loss(model, rows, TEST_BATCH_SIZE, s.tokenizer.pad_token_id, s.dtype)
+
+
+def _trained_words(run) -> str:
+    """A group's trained adapter, measured: `test ppl 12.345 (base 15.678)`, and what it kept."""
+    metrics = run.data.metrics
+    words = f"test ppl {metrics[METRIC_TEST_PERPLEXITY]:.3f} (base {metrics[METRIC_BASE_TEST_PERPLEXITY]:.3f})"
+    kept = early_stopping.kept_words(
+        int(metrics[METRIC_BEST_STEP]), int(metrics[METRIC_STOPPED_EARLY]), int(run.data.params[PARAM_STEPS])
+    )
+    return f"{words}; {kept}" if kept else words
 
 
 def _train_group(s: training.Setup, key: str, value: str, recipe: Recipe, measured: Measured):

@@ -3,6 +3,8 @@ explore trial when none was confirmed), tagged with where it came from, its meas
 test data they were measured on; the study's own alias on its answer, and `challenger` (and
 `champion` with --promote) moved only forward (`registry.advance`)."""
 
+import statistics
+
 import optuna
 
 from lora_study import registry, tracking
@@ -10,6 +12,9 @@ from lora_study.names import (
     ALIAS_CHALLENGER,
     ALIAS_CHAMPION,
     ARTIFACT_ADAPTER,
+    BASE_PREFIX,
+    GENERATION_OBJECTIVES,
+    HIGHER_IS_BETTER,
     METRIC_BASE_TEST_PERPLEXITY,
     METRIC_EVAL_PERPLEXITY,
     METRIC_FORGETTING_KL,
@@ -23,7 +28,10 @@ from lora_study.names import (
     TAG_BASE_MODEL,
     TAG_BASE_MODEL_SHA256,
     TAG_CONFIG_TRIAL,
+    TAG_MEAN,
+    TAG_N,
     TAG_SEED,
+    TAG_STD,
     TAG_STUDY,
     TAG_TEST_PERPLEXITY_MEAN,
     TAG_TEST_PERPLEXITY_N,
@@ -31,6 +39,7 @@ from lora_study.names import (
     TAG_TRIAL_NUMBER,
 )
 from lora_study.registry import comparability
+from lora_study.sweep.recommendation import seed_std
 from lora_study.sweep.study import (
     ATTR_RUN_ID,
     ATTR_SEED,
@@ -50,6 +59,8 @@ CONFIRM_VERSION_METRICS = (
     METRIC_FORGETTING_LOSS_DELTA,
     METRIC_TRAINABLE_PARAMS,
     METRIC_PEAK_MEMORY_MB,
+    *GENERATION_OBJECTIVES.values(),  # a generation objective's test score, and the base's
+    *(BASE_PREFIX + metric for metric in GENERATION_OBJECTIVES.values()),
 )
 
 
@@ -57,7 +68,7 @@ def register_confirmed(
     plan: Plan, worker: Worker, study: optuna.Study, confirmed: list, recommended, candidates: set[int]
 ) -> dict:
     """Register one adapter per confirmed candidate (the explore phase's best configurations) and
-    the recommended one (its seed with the best validation perplexity), tagged with the seeds' test
+    the recommended one (its seed with the best validation figure, `_seed_order`), tagged with the seeds' test
     perplexity; `challenger` goes to the recommended one. A neighbour confirmed only as evidence for
     the report is not a version unless the rule recommends it."""
     name = plan.sweep.registered_model or f"lora-study-{plan.base.base_model}"
@@ -66,7 +77,7 @@ def register_confirmed(
         if c.config not in candidates and c is not recommended.chosen:
             continue
         runs = confirmations(study, c.config, plan.sweep.steps_to_confirm)
-        chosen = min(runs, key=lambda t: t.user_attrs[METRIC_EVAL_PERPLEXITY])
+        chosen = min(runs, key=_seed_order(plan))
         version = registry.find_trial_version(name, plan.study_name, chosen.number)
         if version is None:
             tags = {
@@ -74,19 +85,33 @@ def register_confirmed(
                 TAG_CONFIG_TRIAL: c.config,
                 TAG_SEED: chosen.user_attrs[ATTR_SEED],
                 TAG_TEST_PERPLEXITY_N: c.n,
+                TAG_N.format(metric=c.rule_metric): c.n,
             }
+            perplexities = c.test_perplexities
             measured = {
                 **_objective_values(plan, chosen),
-                TAG_TEST_PERPLEXITY_MEAN: c.mean,
-                TAG_TEST_PERPLEXITY_STD: c.std,
+                TAG_TEST_PERPLEXITY_MEAN: statistics.fmean(perplexities),
+                TAG_TEST_PERPLEXITY_STD: seed_std(perplexities),
+                TAG_MEAN.format(metric=c.rule_metric): c.mean,
+                TAG_STD.format(metric=c.rule_metric): c.std,
                 **{key: chosen.user_attrs[key] for key in CONFIRM_VERSION_METRICS if key in chosen.user_attrs},
             }
             uri = f"runs:/{chosen.user_attrs[ATTR_RUN_ID]}/{ARTIFACT_ADAPTER}"
             version = registry.register_measured(uri, name, measured, _measured_on(worker, chosen), tags)
         versions[c.config] = version
-    # on the test split: the champion may come from another budget
+    # on the test split: the champion may come from another budget. The registry's shared aliases
+    # move on test perplexity, whatever a study's rule read: one yardstick keeps them moving forward
     point_aliases(plan, name, versions[recommended.chosen.config], METRIC_TEST_PERPLEXITY)
     return versions
+
+
+def _seed_order(plan: Plan):
+    """The registered seed of a confirmed configuration: the best on the first objective's
+    validation figure, if it is a generation objective, else on validation perplexity."""
+    first = plan.sweep.objective_names[0]
+    metric = OBJECTIVE_METRICS[first] if first in GENERATION_OBJECTIVES else METRIC_EVAL_PERPLEXITY
+    sign = -1 if metric in HIGHER_IS_BETTER else 1
+    return lambda trial: sign * trial.user_attrs[metric]
 
 
 def register_best(plan: Plan, worker: Worker, study: optuna.Study) -> list:
@@ -129,7 +154,7 @@ def _version_tags(plan: Plan, worker: Worker, trial) -> dict:
 
 
 def _objective_values(plan: Plan, trial) -> dict[str, float]:
-    """The trial's objective values, under the metric names they minimize."""
+    """The trial's objective values, under their metric names."""
     return {OBJECTIVE_METRICS[objective]: value for objective, value in zip(plan.sweep.objective_names, trial.values)}
 
 

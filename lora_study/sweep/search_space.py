@@ -20,12 +20,15 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from lora_study.config import AdapterConfig, TrainConfig
+from lora_study.config import AdapterConfig, TrainConfig, flag
 from lora_study.data.text_files import read_utf8
 from lora_study.errors import UserInputError
 
 SAMPLERS = ("tpe", "grid", "random")
-SWEEP_OWNED = {"max_steps": "--max-steps", "eval_every": "--eval-every", "data": "--data", "epochs": "--max-steps"}
+SWEEP_OWNED = {
+    name: flag(name)
+    for name in ("max_steps", "eval_every", "data", "early_stopping_patience", "early_stopping_min_delta", "keep_best")
+} | {"epochs": "--max-steps"}
 SECTIONS = (AdapterConfig, TrainConfig)
 PER_RANK = "per_rank"
 ALPHA_PER_RANK = "alpha_per_rank"  # the Optuna parameter behind `alpha: {per_rank: ...}`

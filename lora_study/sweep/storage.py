@@ -35,11 +35,11 @@ def masked(storage: str) -> str:
 
 class SweepStorage(optuna.storages.RDBStorage):
     """Optuna's RDB storage, which waits out a database that went away (every call Optuna makes
-    is retried, `_retried`, but the stale check, skipped while it is away), and whose stale trials also include a RUNNING trial that has no
-    heartbeat at all and started longer ago than the grace period: its worker was killed between
-    Optuna's `ask` and the heartbeat thread's first beat. Optuna skips such a trial
-    (RDBStorage._get_stale_trial_ids), so it would stay RUNNING and a sweep waiting for it would
-    wait forever."""
+    is retried, `_retried`, but the stale check, skipped while it is away), and whose stale
+    trials also include a RUNNING trial that has no heartbeat at all and started longer ago than
+    the grace period: its worker was killed between Optuna's `ask` and the heartbeat thread's
+    first beat. Optuna skips such a trial (RDBStorage._get_stale_trial_ids), so it would stay
+    RUNNING and a sweep waiting for it would wait forever."""
 
     wait_s: float = DEFAULT_WAIT_S
     in_outage: bool = False  # a call met the database away and has not got through since

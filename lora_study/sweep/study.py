@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from lora_study import parent_runs, tracking
 from lora_study.config import BaseModelConfig, DataConfig, SweepConfig
 from lora_study.errors import UserInputError
-from lora_study.names import ALIAS_STUDY_PREFIX, TAG_ALIAS_MOVE_PREFIX, TAG_TRIAL_STATE
+from lora_study.names import ALIAS_STUDY_PREFIX, GENERATION_OBJECTIVES, TAG_ALIAS_MOVE_PREFIX, TAG_TRIAL_STATE
 from lora_study.sweep import search_space
 from lora_study.sweep.storage import open_storage
 
@@ -98,7 +98,7 @@ def open_study(plan: Plan, worker: int = 0) -> optuna.Study:
             load_if_exists=True,
             sampler=sampler(plan, worker),
             pruner=pruner(plan.sweep),
-            directions=["minimize"] * len(objectives),
+            directions=["maximize" if name in GENERATION_OBJECTIVES else "minimize" for name in objectives],
         )
     except ValueError as error:  # an existing study with other directions
         raise UserInputError(f"--study-name {plan.study_name}: {error}; pass another --study-name") from None
@@ -117,7 +117,9 @@ def sampler(plan: Plan, worker: int = 0):
 
 def pruner(cfg: SweepConfig):
     """The pruner of the explore phase: Hyperband (default), median, or none."""
-    if cfg.pruner == "none" or len(cfg.objective_names) > 1:  # Optuna prunes single objectives only
+    # Optuna prunes single objectives only; the trials report validation perplexity, so a study of
+    # another objective (a generation score, a cost) is not pruned by it
+    if cfg.pruner == "none" or cfg.objective_names != ["perplexity"]:
         return optuna.pruners.NopPruner()
     if cfg.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(
@@ -184,21 +186,28 @@ def configurations(study: optuna.Study) -> list:
 
 def best_trials(study: optuna.Study) -> list:
     """The best explore trial, or for several objectives their Pareto front, best first objective first."""
-    complete = sorted(configurations(study), key=lambda t: t.values)
+    losses = _as_losses(study)
+    complete = sorted(configurations(study), key=losses)
     if len(study.directions) == 1:
         return complete[:1]
-    return [t for t in complete if not any(_dominates(other, t) for other in complete)]
+    return [t for t in complete if not any(_dominates(losses(other), losses(t)) for other in complete)]
 
 
-def _dominates(a, b) -> bool:
-    return all(x <= y for x, y in zip(a.values, b.values)) and a.values != b.values
+def _as_losses(study: optuna.Study):
+    """A trial's values, each turned so that lower is better (a maximized objective negated)."""
+    signs = [-1 if d == optuna.study.StudyDirection.MAXIMIZE else 1 for d in study.directions]
+    return lambda trial: [sign * value for sign, value in zip(signs, trial.values)]
+
+
+def _dominates(a: list, b: list) -> bool:
+    return all(x <= y for x, y in zip(a, b)) and a != b
 
 
 def to_confirm(study: optuna.Study, top: int) -> list:
     """The `top` distinct configurations of complete sampled explore trials, best first objective first."""
-    chosen = []
+    chosen, losses = [], _as_losses(study)
     complete = [t for t in trials_of(study, EXPLORE, (TrialState.COMPLETE,)) if sampled(t)]
-    for trial in sorted(complete, key=lambda t: t.values[0]):
+    for trial in sorted(complete, key=lambda t: losses(t)[0]):
         if len(chosen) < top and all(trial.params != other.params for other in chosen):
             chosen.append(trial)
     return chosen
@@ -317,9 +326,12 @@ def confirmations(study: optuna.Study, config: int, steps: int) -> list:
 
 
 def importances(study: optuna.Study) -> dict[str, float]:
-    """fANOVA importances of the first objective; none until two complete trials differ."""
+    """fANOVA importances of the first objective; none until two complete trials differ, in their
+    settings and in their values (fANOVA finds no variance to share out otherwise)."""
     complete = configurations(study)
     if len(complete) < 2 or not any(t.params != complete[0].params for t in complete):
+        return {}
+    if len({t.values[0] for t in complete}) < 2:  # a score of 0 for every trial, say
         return {}
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
     verbosity = optuna.logging.get_verbosity()

@@ -2,6 +2,9 @@
 confirmed configurations and the answer, the description the UI shows first, and the explore
 phase's counts, best values, plots and tables."""
 
+import math
+import statistics
+
 import mlflow
 import optuna
 import pandas as pd
@@ -19,6 +22,7 @@ from lora_study.names import (
     COLUMN_RECOMMENDED,
     COLUMN_SEEDS,
     COLUMN_STDERR,
+    COLUMN_STDERR_OF,
     COLUMN_STEPS,
     COLUMN_TEST_PERPLEXITY_MEAN,
     COLUMN_TEST_PERPLEXITY_STD,
@@ -38,13 +42,15 @@ from lora_study.names import (
     PARAM_DETECTED_FORMAT,
     STAGE_TRIAL,
     TAG_COMMAND,
+    TAG_MEAN,
     TAG_MLFLOW_NOTE,
     TAG_RECOMMENDATION,
     TAG_STAGE,
+    TAG_STD,
     TAG_STUDY,
     TAG_TRIAL_NUMBER,
 )
-from lora_study.sweep.recommendation import Confirmed, pooled_std
+from lora_study.sweep.recommendation import Confirmed, pooled_std, seed_std
 from lora_study.sweep.study import (
     EXPLORE,
     Plan,
@@ -76,14 +82,17 @@ def log_provenance(worker: Worker) -> None:
 
 def log_confirmation(confirmed: list[Confirmed], recommended, versions: dict, steps: int) -> pd.DataFrame:
     """The answer on the parent run: the rule's statement, the seed noise, and a row per configuration."""
+    metric = recommended.chosen.rule_metric
     tracking.set_tag(TAG_RECOMMENDATION, recommended.statement())
     tracking.once_more_if_raced(
         mlflow.log_metrics,
         {
-            METRIC_SEED_STD: pooled_std(confirmed),
-            METRIC_RECOMMENDED_MEAN: recommended.chosen.mean,
-            METRIC_RECOMMENDED_STD: recommended.chosen.std,
-            **{METRIC_SEED_STD_OF.format(config=c.config): c.std for c in confirmed},
+            # of test perplexity, which the report's effects read, and of the rule's metric
+            METRIC_SEED_STD.format(metric=METRIC_TEST_PERPLEXITY): pooled_std(confirmed, perplexity=True),
+            METRIC_SEED_STD.format(metric=metric): pooled_std(confirmed),
+            METRIC_RECOMMENDED_MEAN.format(metric=metric): recommended.chosen.mean,
+            METRIC_RECOMMENDED_STD.format(metric=metric): recommended.chosen.std,
+            **{METRIC_SEED_STD_OF.format(metric=metric, config=c.config): c.std for c in confirmed},
         },
     )
     table = confirmed_table(confirmed, recommended, steps, versions)
@@ -100,9 +109,10 @@ def confirmed_table(confirmed: list[Confirmed], recommended, steps: int, version
             **c.params,
             COLUMN_SEEDS: c.n,
             COLUMN_STEPS: steps,
-            COLUMN_TEST_PERPLEXITY_MEAN: c.mean,
-            COLUMN_TEST_PERPLEXITY_STD: c.std,
-            COLUMN_STDERR: c.stderr,
+            COLUMN_TEST_PERPLEXITY_MEAN: statistics.fmean(c.test_perplexities),
+            COLUMN_TEST_PERPLEXITY_STD: seed_std(c.test_perplexities),
+            COLUMN_STDERR: seed_std(c.test_perplexities) / math.sqrt(c.n),
+            **_rule_columns(c),
             METRIC_TRAINABLE_PARAMS: c.trainable_params,
             METRIC_PEAK_MEMORY_MB: c.peak_memory_mb,
             COLUMN_RECOMMENDED: c is recommended.chosen,
@@ -111,6 +121,17 @@ def confirmed_table(confirmed: list[Confirmed], recommended, steps: int, version
         for c in confirmed
     ]
     return pd.DataFrame(rows)
+
+
+def _rule_columns(c: Confirmed) -> dict[str, float]:
+    """The rule's figures of a configuration (`test_rougeL_mean`, ...), where its metric is not test perplexity."""
+    if c.rule_metric == METRIC_TEST_PERPLEXITY:
+        return {}
+    return {
+        TAG_MEAN.format(metric=c.rule_metric): c.mean,
+        TAG_STD.format(metric=c.rule_metric): c.std,
+        COLUMN_STDERR_OF.format(metric=c.rule_metric): c.stderr,
+    }
 
 
 def describe_parent(parent, versions: list, statement: str | None) -> None:

@@ -15,13 +15,26 @@ import time
 import optuna
 import torch
 
-from lora_study import adapters, console, evaluation, forgetting, logged_models, lora, models, tracking, training
+from lora_study import (
+    adapters,
+    console,
+    evaluation,
+    forgetting,
+    logged_models,
+    lora,
+    models,
+    tracking,
+    tracking_outages,
+    training,
+)
 from lora_study.config import AdapterConfig, TrainConfig
 from lora_study.errors import UserInputError
 from lora_study.losses import mean_loss, perplexity
 from lora_study.names import (
     METRIC_BASE_TEST_PERPLEXITY,
+    METRIC_EVAL_EXACT_MATCH,
     METRIC_EVAL_PERPLEXITY,
+    METRIC_EVAL_ROUGE_L,
     METRIC_PEAK_MEMORY_MB,
     METRIC_PERPLEXITY_IMPROVEMENT_PCT,
     METRIC_TEST_PERPLEXITY,
@@ -41,6 +54,7 @@ from lora_study.names import (
     TAG_STUDY,
     TAG_TRIAL_NUMBER,
 )
+from lora_study.sweep.answer_scores import AnswerScores
 from lora_study.sweep.storage import gave_up_is_one_line
 from lora_study.sweep.study import (
     ATTR_CONFIG,
@@ -67,6 +81,7 @@ from lora_study.sweep.study import (
 )
 
 TRIAL_ATTRS = (METRIC_PEAK_MEMORY_MB, METRIC_TRAINABLE_PARAMS, METRIC_TRAIN_TOKENS_PER_S, METRIC_TRAINED_TOKENS)  # kept
+SCORE_METRICS = (METRIC_EVAL_ROUGE_L, METRIC_EVAL_EXACT_MATCH)  # a generation objective's, in a trial's line
 TEST_BATCH_SIZE = 8  # rows per forward pass for the test loss, which batching does not change
 
 
@@ -80,6 +95,7 @@ class Worker:
             "eval_every": plan.sweep.eval_every,
             "data": plan.sweep.data,
             "forgetting_data": plan.sweep.forgetting_data,
+            **plan.sweep.model_dump(include={"early_stopping_patience", "early_stopping_min_delta", "keep_best"}),
         }
         first = {name: plan.space.choices(name)[0] for name in ("quantization", "precision")}
         adapter = AdapterConfig(quantization=first["quantization"])
@@ -93,6 +109,17 @@ class Worker:
         )
         self.base_distributions: dict[tuple, forgetting.BaseDistribution] = {}  # the same for every trial
         self.base_test_losses: dict[tuple, float] = {}  # of the confirmations' base
+        cfg = plan.sweep
+        self.answer_scores = None  # the generation objectives', if any: refused for plain text before any run
+        if cfg.generation_objectives:
+            self.answer_scores = AnswerScores(
+                cfg.generation_objectives,
+                s.prepared,
+                s.tokenizer,
+                cfg.objective_samples,
+                plan.data.split_seed,
+                cfg.objective_max_new_tokens,
+            )
         self.confirming = False  # in the confirm phase, only queued confirmations run
 
     def check_space(self) -> None:
@@ -181,7 +208,9 @@ class Worker:
         seed = trial.user_attrs.get(ATTR_SEED, plan.data.split_seed)  # a replicate's is the next seed
         name, tags = RUN_NAME_TRIAL.format(number=trial.number, adapter=label), {}
         if confirming:
-            train = train.model_copy(update={"max_steps": plan.sweep.steps_to_confirm, "eval_every": 0})
+            # evaluated at the end only, unless early stopping needs the curve
+            evaluations = plan.sweep.eval_every if train.early_stopping_patience else 0
+            train = train.model_copy(update={"max_steps": plan.sweep.steps_to_confirm, "eval_every": evaluations})
             seed, config = trial.user_attrs[ATTR_SEED], trial.user_attrs[ATTR_CONFIG]
             name = RUN_NAME_CONFIRM.format(config=config, seed=seed, adapter=label)
             tags = {TAG_STAGE: STAGE_CONFIRM, TAG_CONFIG_TRIAL: str(config), TAG_SEED: str(seed)}
@@ -206,10 +235,14 @@ class Worker:
                     base_eval_loss=self.base_eval_losses.get(base_key),
                 )
                 self.base_eval_losses[base_key] = result.eval_losses[0]
-                measured = self._forgetting(s, result.model, base_key)
+                measured, scored = self._forgetting(s, result.model, base_key), {}
+                if self.answer_scores is not None:
+                    for split in ("validation", "test") if confirming else ("validation",):
+                        scored.update(self.answer_scores.measure(result.model, split, base_key, s.dtype))
                 if confirming:
-                    measured.update(self._test_metrics(s, result.model, base_key))
-                    tracking.log_metrics(measured)
+                    scored.update(self._test_metrics(s, result.model, base_key))
+                tracking.log_metrics(scored)
+                measured.update(scored)
                 training.log_trained_adapter(s, result, adapter, train)
             finally:
                 self.bases[adapter.quantization] = lora.detach(s.model)  # the next trial starts from the base
@@ -283,7 +316,8 @@ class Worker:
 def explore_line(trial: optuna.trial.FrozenTrial, done: int, total: int, best: bool) -> str:
     """An explore trial as one terminal line: `trial 3  4/8  r32 qkvo lr1.9e-3  ppl 12.02 (best)  49 s`."""
     if trial.state == optuna.trial.TrialState.COMPLETE:
-        outcome = f"ppl {trial.user_attrs[METRIC_EVAL_PERPLEXITY]:.2f}" + (" (best)" if best else "")
+        scores = [f" {name} {trial.user_attrs[name]:.3f}" for name in SCORE_METRICS if name in trial.user_attrs]
+        outcome = f"ppl {trial.user_attrs[METRIC_EVAL_PERPLEXITY]:.2f}{''.join(scores)}" + (" (best)" if best else "")
     elif trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values:
         step = max(trial.intermediate_values)
         outcome = f"pruned at step {step} (ppl {trial.intermediate_values[step]:.2f})"
@@ -316,6 +350,7 @@ def _worker_main(plan: Plan, worker: int, threads: int, of_phase: str) -> None:
     torch.set_num_threads(threads)
     tracking.set_tracking_uri(plan.tracking_uri)
     console.quiet()
+    tracking_outages.say_once_per_outage()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its lines are `explore_line`s
     _run_phase(Worker(plan), open_study(plan, worker), of_phase)
 

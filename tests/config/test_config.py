@@ -3,9 +3,10 @@
 import pytest
 import yaml
 from conftest import REPO
+from pydantic import ValidationError
 
 from lora_study import cli
-from lora_study.config import BaseModelConfig, DataConfig, SweepConfig, flag, parse_sections
+from lora_study.config import BaseModelConfig, DataConfig, SweepConfig, TrainConfig, flag, parse_sections
 from lora_study.errors import UserInputError
 
 MLPROJECT = yaml.safe_load((REPO / "MLproject").read_text())
@@ -84,3 +85,9 @@ def test_a_study_name_with_quotes_is_refused_at_the_edge():
     assert caught.value.problems == [
         '--study-name: must not contain quotes; use letters, digits, `-`, `_` and `.` (got "it\'s")'
     ]
+
+
+def test_early_stopping_needs_evaluations_during_training():
+    with pytest.raises(ValidationError, match="set --eval-every N"):
+        TrainConfig(early_stopping_patience=2, eval_every=0)
+    assert TrainConfig(early_stopping_patience=2, eval_every=5).keep_best

@@ -59,3 +59,23 @@ def test_the_horizon_says_the_budget_in_steps_tokens_and_share_of_an_epoch():
         "This answer holds for a training of 12 steps (3,060 tokens, 3.2% of an epoch of the training split); a "
         "longer training may prefer another configuration, another learning rate first."
     )
+
+
+def scored(number: int, rouge, trainable: float) -> Confirmed:
+    """A configuration of a study whose first objective is rougeL: its test ROUGE-L per seed."""
+    return Confirmed(number, {"rank": trainable}, (20.0,) * len(rouge), trainable, 1000.0, tuple(rouge), "test_rougeL")
+
+
+def test_a_generation_objective_is_maximized_and_named_in_the_statement():
+    low, high = scored(0, [0.30, 0.32], 100), scored(1, [0.40, 0.42], 800)
+    result = recommend([low, high], BEST)
+    assert result.chosen is high
+    assert "(test ROUGE-L 0.410 +- 0.014, n=2), the best mean" in result.statement()
+    # within one standard error below the best, the cheaper configuration is taken; of two as cheap, the higher
+    close_and_cheap, closer_as_cheap = scored(2, [0.405, 0.405], 50), scored(3, [0.408, 0.408], 50)
+    result = recommend([low, high, close_and_cheap, closer_as_cheap], CHEAPEST_WITHIN_SE)
+    assert result.chosen is closer_as_cheap and math.isclose(result.threshold, 0.40)
+    assert "accepted down to 0.400)" in result.statement()
+    other_perplexities = Confirmed(4, {}, (20.0, 22.0), 1, 1.0, (0.3, 0.3), "test_rougeL")
+    assert pooled_std([other_perplexities]) == 0.0
+    assert math.isclose(pooled_std([other_perplexities], perplexity=True), math.sqrt(2))

@@ -1,6 +1,7 @@
 """A sweep worker: the base loaded once, every trial on the pristine base, and the test metrics
 of a trial's adapter measured on that base."""
 
+import dataclasses
 import datetime
 
 import mlflow
@@ -110,3 +111,11 @@ def test_a_confirmation_is_one_line_with_its_configuration_seed_and_test_perplex
     assert trials.confirm_line(trial, 2, 4, measured, 16.4) == (
         "confirm 2/4  trial 3 seed 1  r32 qkvo lr1.9e-3  test ppl 16.285 (base 18.692)  16 s"
     )
+
+
+def test_a_generation_objective_is_maximized_beside_minimized_costs(tmp_path):
+    plan = worker_plan(tmp_path, "")
+    plan = dataclasses.replace(plan, sweep=SweepConfig(objectives="exact_match,trainable_params"))
+    assert [d.name for d in study.open_study(plan).directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert plan.sweep.rule_metric == "test_exact_match"
+    assert SweepConfig(objectives="peak_memory_mb,rougeL").rule_metric == "test_perplexity"  # a cost first
