@@ -43,6 +43,14 @@ class BestAdapter:
     def should_stop(self) -> bool:
         return self.patience > 0 and self.without_improvement >= self.patience
 
+    def put_back(self, model: torch.nn.Module, last_step: int) -> int:
+        """At the end of training: the best weights back into `model` if they are kept and are not
+        the last step's. The step of the adapter `model` then holds."""
+        if self.keep and self.best_step not in (0, last_step):
+            self.restore(model)
+            return self.best_step
+        return last_step
+
     @torch.no_grad()
     def restore(self, model: torch.nn.Module) -> None:
         """Put the best weights back into `model` (nothing to do when none were kept)."""

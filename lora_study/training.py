@@ -262,10 +262,7 @@ def fine_tune(
                     stopped_early = step  # every process stops at once
                     break
     progress.close()
-    result.adapter_step = step
-    if train.keep_best and best.best_step not in (0, step):
-        best.restore(model)
-        result.adapter_step = best.best_step
+    result.adapter_step = best.put_back(model, step)
     peaks = processes.gathered(accelerator, peak.megabytes)
     tokens_per_s = processes.summed(accelerator, [tokens_seen / step_time])[0]
     final = {

@@ -35,8 +35,8 @@ def test_the_best_is_the_lowest_loss_after_training_began_and_its_weights_come_b
     best.saw(model, 0, 1.0)  # the base, lower than any trained step: not a candidate
     assert scripted(best, [3.0, 2.0, 2.5, 2.2]) == [False] * 4
     assert (best.best_step, best.best_loss) == (2, 2.0)
-    best.restore(model)
-    assert model.weight.item() == 2.0
+    assert best.put_back(model, last_step=4) == 2 and model.weight.item() == 2.0
+    assert BestAdapter(keep=False).put_back(model, last_step=4) == 4  # nothing kept: the last step's
 
 
 def test_patience_counts_evaluations_without_an_improvement_of_more_than_min_delta():
