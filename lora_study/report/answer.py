@@ -55,7 +55,7 @@ from lora_study.registry import comparability
 from lora_study.report import findings
 from lora_study.report.read import StudyRuns, Version
 from lora_study.report.render import Section, Table, cell_text
-from lora_study.sweep.recommendation import BEST, CHEAPEST_WITHIN_SE, words
+from lora_study.sweep.recommendation import BEST, CHEAPEST_WITHIN_SE, rule_columns, words
 from lora_study.sweep.search_space import ALPHA_PER_RANK
 
 # the columns of `confirmed.json` the report reads; a configuration's settings come from its trial's run
@@ -135,7 +135,7 @@ def confirmed_configs(s: StudyRuns) -> pd.DataFrame | None:
     """The confirmed configurations, each with the settings its explore trial's run logged."""
     if s.confirmed is None or s.confirmed.empty:
         return None
-    confirmed = s.confirmed[[c for c in (*CONFIRMED_COLUMNS, *_rule_columns(s)) if c in s.confirmed]]
+    confirmed = s.confirmed[[c for c in (*CONFIRMED_COLUMNS, *rule_columns(rule_metric(s))) if c in s.confirmed]]
     settings = with_alpha_per_rank(s.trials)
     settings = settings[[c for c in (TAG_TRIAL_NUMBER, *CONFIG_PARAMS, ALPHA_PER_RANK) if c in settings]]
     merged = confirmed.merge(settings, how="left", left_on=COLUMN_CONFIG_TRIAL, right_on=TAG_TRIAL_NUMBER)
@@ -192,18 +192,10 @@ def _why(s: StudyRuns) -> str:
     )
 
 
-def _rule_columns(s: StudyRuns) -> tuple[str, ...]:
-    """The confirmed table's columns of the rule's metric, where it is not test perplexity."""
-    metric = rule_metric(s)
-    if metric == METRIC_TEST_PERPLEXITY:
-        return ()
-    return TAG_MEAN.format(metric=metric), TAG_STD.format(metric=metric), COLUMN_STDERR_OF.format(metric=metric)
-
-
 def _confirmed_table(s: StudyRuns) -> pd.DataFrame:
     table = confirmed_configs(s)
     varied = [p for p in CONFIG_PARAMS if p in table and table[p].nunique() > 1]
-    columns = [COLUMN_CONFIG_TRIAL, *varied, COLUMN_SEEDS, *_rule_columns(s), COLUMN_TEST_PERPLEXITY_MEAN]
+    columns = [COLUMN_CONFIG_TRIAL, *varied, COLUMN_SEEDS, *rule_columns(rule_metric(s)), COLUMN_TEST_PERPLEXITY_MEAN]
     columns += [COLUMN_TEST_PERPLEXITY_STD, COLUMN_STDERR, METRIC_TRAINABLE_PARAMS, METRIC_PEAK_MEMORY_MB]
     columns += [COLUMN_VERSION, COLUMN_RECOMMENDED]
     metric = rule_metric(s)

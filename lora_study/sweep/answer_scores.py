@@ -12,20 +12,13 @@ import random
 from lora_study import data
 from lora_study.errors import UserInputError
 from lora_study.generation import Prompt, exact_match, greedy_answers, prompts_from_rows, rouge_l
-from lora_study.names import (
-    BASE_PREFIX,
-    METRIC_EVAL_EXACT_MATCH,
-    METRIC_EVAL_ROUGE_L,
-    METRIC_TEST_EXACT_MATCH,
-    METRIC_TEST_ROUGE_L,
-)
+from lora_study.names import BASE_PREFIX, GENERATION_OBJECTIVES, OBJECTIVE_METRICS
 
 SCORERS = {"rougeL": rouge_l, "exact_match": exact_match}
+# a score's metric per split: validation as the objective names it (eval_rougeL), test as confirmations log it
 METRICS = {
-    ("validation", "rougeL"): METRIC_EVAL_ROUGE_L,
-    ("validation", "exact_match"): METRIC_EVAL_EXACT_MATCH,
-    ("test", "rougeL"): METRIC_TEST_ROUGE_L,
-    ("test", "exact_match"): METRIC_TEST_EXACT_MATCH,
+    **{("validation", name): OBJECTIVE_METRICS[name] for name in GENERATION_OBJECTIVES},
+    **{("test", name): metric for name, metric in GENERATION_OBJECTIVES.items()},
 }
 
 

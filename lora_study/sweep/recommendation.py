@@ -17,7 +17,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from lora_study.names import HIGHER_IS_BETTER, METRIC_TEST_PERPLEXITY
+from lora_study.names import COLUMN_STDERR_OF, HIGHER_IS_BETTER, METRIC_TEST_PERPLEXITY, TAG_MEAN, TAG_STD
 
 CHEAPEST_WITHIN_SE = "cheapest-within-se"
 BEST = "best"
@@ -73,6 +73,14 @@ def words(metric: str) -> str:
     """A metric as a sentence names it: `test perplexity`, `test ROUGE-L`, `test exact match`."""
     split, _, name = metric.partition("_")
     return f"{split} {METRIC_WORDS.get(name, name)}"
+
+
+def rule_columns(metric: str) -> tuple[str, ...]:
+    """The confirmed table's columns of the rule's metric (`test_rougeL_mean`, `_std`, `_stderr`),
+    beside test perplexity's own; none when the rule read test perplexity."""
+    if metric == METRIC_TEST_PERPLEXITY:
+        return ()
+    return TAG_MEAN.format(metric=metric), TAG_STD.format(metric=metric), COLUMN_STDERR_OF.format(metric=metric)
 
 
 METRIC_WORDS = {"perplexity": "perplexity", "rougeL": "ROUGE-L", "exact_match": "exact match"}

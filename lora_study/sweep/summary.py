@@ -22,7 +22,6 @@ from lora_study.names import (
     COLUMN_RECOMMENDED,
     COLUMN_SEEDS,
     COLUMN_STDERR,
-    COLUMN_STDERR_OF,
     COLUMN_STEPS,
     COLUMN_TEST_PERPLEXITY_MEAN,
     COLUMN_TEST_PERPLEXITY_STD,
@@ -42,15 +41,13 @@ from lora_study.names import (
     PARAM_DETECTED_FORMAT,
     STAGE_TRIAL,
     TAG_COMMAND,
-    TAG_MEAN,
     TAG_MLFLOW_NOTE,
     TAG_RECOMMENDATION,
     TAG_STAGE,
-    TAG_STD,
     TAG_STUDY,
     TAG_TRIAL_NUMBER,
 )
-from lora_study.sweep.recommendation import Confirmed, pooled_std, seed_std
+from lora_study.sweep.recommendation import Confirmed, pooled_std, rule_columns, seed_std
 from lora_study.sweep.study import (
     EXPLORE,
     Plan,
@@ -112,7 +109,7 @@ def confirmed_table(confirmed: list[Confirmed], recommended, steps: int, version
             COLUMN_TEST_PERPLEXITY_MEAN: statistics.fmean(c.test_perplexities),
             COLUMN_TEST_PERPLEXITY_STD: seed_std(c.test_perplexities),
             COLUMN_STDERR: seed_std(c.test_perplexities) / math.sqrt(c.n),
-            **_rule_columns(c),
+            **dict(zip(rule_columns(c.rule_metric), (c.mean, c.std, c.stderr))),
             METRIC_TRAINABLE_PARAMS: c.trainable_params,
             METRIC_PEAK_MEMORY_MB: c.peak_memory_mb,
             COLUMN_RECOMMENDED: c is recommended.chosen,
@@ -121,17 +118,6 @@ def confirmed_table(confirmed: list[Confirmed], recommended, steps: int, version
         for c in confirmed
     ]
     return pd.DataFrame(rows)
-
-
-def _rule_columns(c: Confirmed) -> dict[str, float]:
-    """The rule's figures of a configuration (`test_rougeL_mean`, ...), where its metric is not test perplexity."""
-    if c.rule_metric == METRIC_TEST_PERPLEXITY:
-        return {}
-    return {
-        TAG_MEAN.format(metric=c.rule_metric): c.mean,
-        TAG_STD.format(metric=c.rule_metric): c.std,
-        COLUMN_STDERR_OF.format(metric=c.rule_metric): c.stderr,
-    }
 
 
 def describe_parent(parent, versions: list, statement: str | None) -> None:

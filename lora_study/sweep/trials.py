@@ -31,10 +31,9 @@ from lora_study.config import AdapterConfig, TrainConfig
 from lora_study.errors import UserInputError
 from lora_study.losses import mean_loss, perplexity
 from lora_study.names import (
+    GENERATION_OBJECTIVES,
     METRIC_BASE_TEST_PERPLEXITY,
-    METRIC_EVAL_EXACT_MATCH,
     METRIC_EVAL_PERPLEXITY,
-    METRIC_EVAL_ROUGE_L,
     METRIC_PEAK_MEMORY_MB,
     METRIC_PERPLEXITY_IMPROVEMENT_PCT,
     METRIC_TEST_PERPLEXITY,
@@ -81,7 +80,7 @@ from lora_study.sweep.study import (
 )
 
 TRIAL_ATTRS = (METRIC_PEAK_MEMORY_MB, METRIC_TRAINABLE_PARAMS, METRIC_TRAIN_TOKENS_PER_S, METRIC_TRAINED_TOKENS)  # kept
-SCORE_METRICS = (METRIC_EVAL_ROUGE_L, METRIC_EVAL_EXACT_MATCH)  # a generation objective's, in a trial's line
+SCORE_METRICS = tuple(OBJECTIVE_METRICS[name] for name in GENERATION_OBJECTIVES)  # shown in a trial's line
 TEST_BATCH_SIZE = 8  # rows per forward pass for the test loss, which batching does not change
 
 
